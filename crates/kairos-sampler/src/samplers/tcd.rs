@@ -1,0 +1,8 @@
+use candle_core::Tensor;
+
+use crate::{Result, SampleCtx, SamplerError};
+
+#[allow(unused_variables)]
+pub(super) fn sample(ctx: &mut SampleCtx<'_>, x: Tensor, sigmas: &[f64], o: &super::TcdOptions) -> Result<Tensor> {
+    Err(SamplerError::InvalidOption { sampler: "tcd", message: "not implemented yet".into() })
+}
