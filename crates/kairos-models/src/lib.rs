@@ -1,0 +1,2 @@
+//! Model components on candle. Each module mirrors the diffusers (or transformers) module of the
+//! same name, so that struct fields map one-to-one onto the diffusers state-dict keys.
