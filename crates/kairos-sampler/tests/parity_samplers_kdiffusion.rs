@@ -8,10 +8,17 @@ use kairos_sampler::{Sampler, SamplerError};
 
 #[test]
 fn from_name_accepts_aliases_case_insensitively() {
-    for (alias, name) in [("Euler a", "euler_ancestral"), ("euler_a", "euler_ancestral"), ("DPM++ 2M", "dpmpp_2m"),
-        ("dpm++2m", "dpmpp_2m"), ("DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun"), ("lms", "lms"), ("LMS", "lms"),
-        ("DPM2 a", "dpm_2_ancestral"), ("  heun ", "heun")]
-    {
+    for (alias, name) in [
+        ("Euler a", "euler_ancestral"),
+        ("euler_a", "euler_ancestral"),
+        ("DPM++ 2M", "dpmpp_2m"),
+        ("dpm++2m", "dpmpp_2m"),
+        ("DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun"),
+        ("lms", "lms"),
+        ("LMS", "lms"),
+        ("DPM2 a", "dpm_2_ancestral"),
+        ("  heun ", "heun"),
+    ] {
         let s = Sampler::from_name(alias).unwrap_or_else(|e| panic!("{alias}: {e}"));
         assert_eq!(s.name(), name, "alias {alias}");
     }
@@ -196,7 +203,11 @@ fn callback_break_cancels_every_k_diffusion_sampler() {
         let mut seen = Vec::new();
         let mut stop_at_1 = |info: &StepInfo<'_>| {
             seen.push(info.step);
-            if info.step == 1 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            if info.step == 1 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         };
         let result = {
             let mut ctx = SampleCtx::new(&mut denoiser, &mut noise).with_callback(&mut stop_at_1);

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use kairos_sampler::noise::FixedNoise;
-use kairos_sampler::{DenoiseOutput, Denoiser, Sampler, SampleCtx, SamplerError, StepInfo};
+use kairos_sampler::{DenoiseOutput, Denoiser, SampleCtx, Sampler, SamplerError, StepInfo};
 use serde_json::Value;
 
 /// The analytic denoiser above; computes in the dtype of `x`.
@@ -233,8 +233,10 @@ pub fn check_case(fx: &Fixture, case: &str, sampler: Sampler, with_uncond: bool,
             assert!(abs.is_finite(), "{case} ({dtype:?}) step {i}: non-finite result");
         }
     }
-    println!("{case}: f64 max abs err {:.3e} (tol {:.0e}), f32 max rel err {:.3e} (tol {:.0e})",
-        errs.f64_abs, tol.f64_abs, errs.f32_rel, tol.f32_rel);
+    println!(
+        "{case}: f64 max abs err {:.3e} (tol {:.0e}), f32 max rel err {:.3e} (tol {:.0e})",
+        errs.f64_abs, tol.f64_abs, errs.f32_rel, tol.f32_rel
+    );
     assert!(errs.f64_abs <= tol.f64_abs, "{case}: f64 max abs err {:e} > {:e}", errs.f64_abs, tol.f64_abs);
     assert!(errs.f32_rel <= tol.f32_rel, "{case}: f32 max rel err {:e} > {:e}", errs.f32_rel, tol.f32_rel);
     errs
