@@ -7,3 +7,7 @@ pub mod error;
 pub mod resnet;
 
 pub use error::ModelError;
+pub mod attention;
+pub mod embeddings;
+pub mod transformers;
+pub mod unets;

@@ -1,4 +1,6 @@
 //! Loading the fixtures written by `tools/fixtures/unet.py`.
+// Each test crate that includes this module uses a different subset of it.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
