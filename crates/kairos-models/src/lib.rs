@@ -1,2 +1,13 @@
 //! Model components on candle. Each module mirrors the diffusers (or transformers) module of the
 //! same name, so that struct fields map one-to-one onto the diffusers state-dict keys.
+
+pub mod activations;
+pub mod attention_processor;
+pub mod error;
+pub mod resnet;
+
+pub use error::ModelError;
+pub mod attention;
+pub mod embeddings;
+pub mod transformers;
+pub mod unets;
