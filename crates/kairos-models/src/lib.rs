@@ -1,7 +1,10 @@
 //! Model components on candle. Each module mirrors the diffusers (or transformers) module of the
 //! same name, so that struct fields map one-to-one onto the diffusers state-dict keys.
 
-mod error;
+pub mod activations;
+pub mod attention_processor;
+pub mod error;
 pub mod loading;
+pub mod resnet;
 
 pub use error::ModelError;

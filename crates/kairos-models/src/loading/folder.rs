@@ -16,7 +16,7 @@ fn read_json(path: &Path) -> Result<Value, ModelError> {
         return Err(ModelError::FileNotFound { path: path.to_path_buf() });
     }
     let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.to_path_buf(), reason: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| ModelError::ConfigFile { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// Every stored key as is, minus `prefix`.
@@ -43,9 +43,9 @@ fn weight_file(dir: &Path, stem: &str, variant: Option<&str>) -> Result<PathBuf,
     }
     if dir.join(format!("{stem}.safetensors.index.json")).is_file() {
         return Err(ModelError::Unsupported {
-            field: "weight layout".into(),
+            field: "weights",
             value: format!("sharded weights in {}", dir.display()),
-            accepted: format!("a single {stem}[.fp16].safetensors or .bin"),
+            supported: "one diffusion_pytorch_model / model [.variant] .safetensors or .bin file per component",
         });
     }
     Err(ModelError::FileNotFound { path: candidates.swap_remove(0) })
@@ -73,14 +73,14 @@ pub(crate) fn load(root: &Path, opts: &LoadOptions) -> Result<StableDiffusionWei
     let index = read_json(&index_path)?;
     if index.get("text_encoder_2").is_some() {
         return Err(ModelError::Unsupported {
-            field: "model family".into(),
+            field: "model family",
             value: "SDXL (model_index.json has text_encoder_2)".into(),
-            accepted: "SD1.x, SD2.x".into(),
+            supported: "SD1.x, SD2.x",
         });
     }
     for part in ["unet", "vae", "text_encoder"] {
         if index.get(part).is_none() {
-            return Err(ModelError::Config { path: index_path, reason: format!("no `{part}` entry") });
+            return Err(ModelError::ConfigFile { path: index_path, reason: format!("no `{part}` entry") });
         }
     }
     let unet = component(root, "unet", "diffusion_pytorch_model", opts)?;
@@ -98,9 +98,9 @@ pub(crate) fn load(root: &Path, opts: &LoadOptions) -> Result<StableDiffusionWei
         match cfg.get("prediction_type").and_then(Value::as_str) {
             None => PredictionType::Epsilon,
             Some(s) => PredictionType::parse(s).ok_or_else(|| ModelError::Unsupported {
-                field: "prediction_type".into(),
+                field: "prediction_type",
                 value: s.into(),
-                accepted: "epsilon, v_prediction".into(),
+                supported: "epsilon, v_prediction",
             })?,
         }
     } else {

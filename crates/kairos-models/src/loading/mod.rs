@@ -164,9 +164,9 @@ fn load_single_file(path: &Path, opts: &LoadOptions) -> Result<StableDiffusionWe
     let has = |prefix: &str| file.tensors.keys().any(|k| k.starts_with(prefix));
     if has("conditioner.embedders.") {
         return Err(ModelError::Unsupported {
-            field: "model family".into(),
+            field: "model family",
             value: "SDXL (conditioner.embedders.* text encoders)".into(),
-            accepted: "SD1.x, SD2.x".into(),
+            supported: "SD1.x, SD2.x",
         });
     }
     let family = if has(ldm::CLIP_PREFIX) {

@@ -272,7 +272,7 @@ impl SimpleBackend for Handle {
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         self.0.load(name, dtype, dev).map_err(|e| match e {
-            ModelError::Tensor(e) => e,
+            ModelError::Candle(e) => e,
             e => candle_core::Error::wrap(e),
         })
     }
