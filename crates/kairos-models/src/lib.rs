@@ -3,6 +3,7 @@
 
 pub mod activations;
 pub mod attention_processor;
+pub mod autoencoders;
 pub mod error;
 pub mod loading;
 pub mod resnet;
