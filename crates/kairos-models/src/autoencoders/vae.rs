@@ -16,7 +16,7 @@ use candle_nn::{Conv2d, GroupNorm, Module, VarBuilder};
 
 use crate::activations::Activation;
 use crate::attention_processor::{Attention, AttentionConfig};
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::resnet::{conv3x3, Downsample2D, ResnetBlock2D, ResnetBlock2DConfig, Upsample2D};
 
 /// Epsilon of every norm in the VAE (`resnet_eps=1e-6` and the `conv_norm_out`s).
@@ -49,9 +49,18 @@ impl CoderConfig {
         }
     }
 
-    fn last_channels(&self) -> usize {
-        // `AutoencoderKLConfig::validate` rejects an empty `block_out_channels`.
-        self.block_out_channels.last().copied().unwrap_or_default()
+    /// (first, last) of `block_out_channels`, which must not be empty.
+    fn ends(&self) -> Result<(usize, usize)> {
+        match (
+            self.block_out_channels.first(),
+            self.block_out_channels.last(),
+        ) {
+            (Some(&first), Some(&last)) => Ok((first, last)),
+            _ => Err(ModelError::InvalidConfig {
+                field: "block_out_channels",
+                reason: "must not be empty".into(),
+            }),
+        }
     }
 }
 
@@ -199,6 +208,7 @@ impl UNetMidBlock2D {
 
     /// `[N, C, H, W]` → `[N, C, H, W]`.
     pub fn forward(&self, hidden_states: &Tensor) -> Result<Tensor> {
+        // `new` always builds exactly two resnets.
         let mut hidden_states = self.resnets[0].forward(hidden_states, None)?;
         if let Some(attn) = self.attentions.first() {
             hidden_states = attn.forward(&hidden_states, None)?;
@@ -226,9 +236,10 @@ impl Encoder {
         out_channels: usize,
         config: &CoderConfig,
     ) -> Result<Self> {
+        let (first, last) = config.ends()?;
         let boc = &config.block_out_channels;
-        let conv_in = conv3x3(vb.pp("conv_in"), in_channels, boc[0])?;
-        let mut output_channel = boc[0];
+        let conv_in = conv3x3(vb.pp("conv_in"), in_channels, first)?;
+        let mut output_channel = first;
         let mut down_blocks = Vec::with_capacity(boc.len());
         for (i, &channels) in boc.iter().enumerate() {
             let input_channel = output_channel;
@@ -243,7 +254,6 @@ impl Encoder {
                 config,
             )?);
         }
-        let last = config.last_channels();
         Ok(Self {
             conv_in,
             down_blocks,
@@ -288,11 +298,11 @@ impl Decoder {
         out_channels: usize,
         config: &CoderConfig,
     ) -> Result<Self> {
-        let last = config.last_channels();
+        let (first, last) = config.ends()?;
         let conv_in = conv3x3(vb.pp("conv_in"), in_channels, last)?;
         let mid_block = UNetMidBlock2D::new(vb.pp("mid_block"), last, config)?;
         let reversed: Vec<usize> = config.block_out_channels.iter().rev().copied().collect();
-        let mut output_channel = reversed[0];
+        let mut output_channel = last;
         let mut up_blocks = Vec::with_capacity(reversed.len());
         for (i, &channels) in reversed.iter().enumerate() {
             let prev_output_channel = output_channel;
@@ -309,7 +319,6 @@ impl Decoder {
                 config,
             )?);
         }
-        let first = config.block_out_channels[0];
         Ok(Self {
             conv_in,
             mid_block,

@@ -25,7 +25,7 @@ pub(crate) enum TensorFile {
     Pickle(candle_core::pickle::PthTensors),
 }
 
-/// A tensor's name, shape and dtype as stored in a file.
+/// A tensor's shape as stored in a file.
 #[derive(Debug, Clone)]
 pub(crate) struct StoredTensor {
     pub shape: Vec<usize>,
@@ -35,7 +35,7 @@ pub(crate) struct StoredTensor {
 pub(crate) struct OpenFile {
     pub path: PathBuf,
     pub tensors: BTreeMap<String, StoredTensor>,
-    /// Non-tensor integer entries of a pickle's top level (e.g. `global_step`).
+    /// A pickle's top-level `global_step`, if any.
     pub global_step: Option<i64>,
     reader: TensorFile,
 }
@@ -176,6 +176,7 @@ pub(crate) struct Source {
 }
 
 impl Source {
+    /// `key` must be a key of `files[file]`: every caller takes it from that file's index.
     pub fn new(files: &[Arc<OpenFile>], file: usize, key: &str, transform: Transform) -> Self {
         let stored = &files[file].tensors[key].shape;
         let shape = match transform {
