@@ -387,6 +387,11 @@ impl CLIPTextTransformer {
         &self.config
     }
 
+    /// The device the weights are on.
+    pub fn device(&self) -> &Device {
+        self.embeddings.token_embedding.embeddings().device()
+    }
+
     /// Runs the encoder with a causal mask. `input_ids`: [batch, seq_len] of u32 or i64, seq_len
     /// at most `max_position_embeddings`.
     ///

@@ -202,6 +202,11 @@ impl CLIPTokenizer {
         self.pad_token
     }
 
+    /// The id of a vocabulary entry (for example `",</w>"`), if it exists.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
     /// The prompt's token ids without `<|startoftext|>`, `<|endoftext|>`, padding or truncation
     /// (transformers' `tokenizer(text, add_special_tokens=False).input_ids`), for A1111-style
     /// chunking of long prompts.
