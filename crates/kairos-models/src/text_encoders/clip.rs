@@ -251,6 +251,7 @@ fn attention(
 }
 
 /// `CLIPMLP`: fc1, activation, fc2.
+#[allow(clippy::upper_case_acronyms)] // transformers' class name
 #[derive(Debug, Clone)]
 pub struct CLIPMLP {
     activation_fn: HiddenAct,
