@@ -73,7 +73,7 @@ fn full_chunk_moves_text_after_last_comma_to_next_chunk() {
         id(&tokenizer, ","),
     );
     // 70 "a", a comma, 10 "b": the chunk fills after 4 "b"; the comma is 5 tokens back.
-    let prompt = format!("{}, {}", vec!["a"; 70].join(" "), vec!["b"; 10].join(" "));
+    let prompt = format!("{}, {}", ["a"; 70].join(" "), ["b"; 10].join(" "));
     let mut first: Vec<u32> = vec![a; 70];
     first.push(comma);
 
