@@ -132,7 +132,9 @@ impl CLIPTextConfig {
 
     /// Rejects values the model cannot be built with.
     pub fn validate(&self) -> Result<()> {
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(TextEncoderError::UnsupportedConfig {
                 field: "num_attention_heads",
                 value: self.num_attention_heads.to_string(),
