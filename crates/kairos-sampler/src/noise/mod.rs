@@ -1,10 +1,16 @@
 //! Noise sources: where stochastic samplers (and the pipeline's initial latent) get their noise.
 
+mod philox;
+mod torch_cpu;
+
 use std::collections::VecDeque;
 
 use candle_core::Tensor;
 
 use crate::{Result, SamplerError};
+
+pub use philox::PhiloxGenerator;
+pub use torch_cpu::TorchCpuGenerator;
 
 /// Supplies standard normal noise to stochastic samplers, one draw per call.
 pub trait NoiseSource {
