@@ -108,13 +108,18 @@ fn seeded_noise_batch_conventions_are_bitwise_equal() {
         };
         let seed = case["seed"].as_u64().expect("seed");
         let draws = case["draws"].as_array().expect("draws");
-        let dims: Vec<usize> = draws[0]["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().expect("dim") as usize).collect();
+        let dims: Vec<usize> =
+            draws[0]["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().expect("dim") as usize).collect();
         let mut noise = SeededNoise::new(kind, seed, seeding, dims[0]).expect("valid noise");
         let latent = noise.initial_latent(dims.as_slice(), DType::F32, &Device::Cpu).expect("latent");
         let step = noise.step_noise(&latent, 14.6, 10.0).expect("step noise");
         for (k, (t, draw)) in [latent, step].iter().zip(draws).enumerate() {
             let got = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("values");
-            assert_eq!(fnv1a64(&got), draw["fnv1a64"].as_str().expect("hash"), "{kind} {seeding:?} seed {seed} draw {k}");
+            assert_eq!(
+                fnv1a64(&got),
+                draw["fnv1a64"].as_str().expect("hash"),
+                "{kind} {seeding:?} seed {seed} draw {k}"
+            );
         }
     }
 }
@@ -146,10 +151,7 @@ fn rng_kind_names_and_errors() {
     let err = RngKind::from_name("mersenne").unwrap_err();
     assert_eq!(
         err,
-        NoiseError::UnknownRng {
-            name: "mersenne".into(),
-            accepted: "torch-cpu, cpu, philox, cuda, gpu, nv".into()
-        }
+        NoiseError::UnknownRng { name: "mersenne".into(), accepted: "torch-cpu, cpu, philox, cuda, gpu, nv".into() }
     );
     assert!(err.to_string().contains("unknown rng `mersenne`; accepted: torch-cpu, cpu"));
 }
@@ -221,7 +223,7 @@ fn brownian_increment_covariances() {
     let (a, b, c) = (10.0, 3.0, 0.5);
     let (ab, ac) = (increment(&mut tree, a, b), increment(&mut tree, a, c));
     let rho = cov(&ab, &ac) / (cov(&ab, &ab) * cov(&ac, &ac)).sqrt();
-    let want = ((a - b) / (a - c) as f64).sqrt();
+    let want = ((a - b) / (a - c)).sqrt();
     assert!((rho - want).abs() < 0.035, "overlap correlation {rho}, want {want}");
 }
 

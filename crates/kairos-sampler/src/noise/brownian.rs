@@ -96,8 +96,7 @@ impl BrownianTreeNoise {
         let node_key = |node: u64| mix(tree_key ^ mix(node));
         let (mut s, mut e) = (self.t0, self.t1);
         let mut ws = zero;
-        let mut we: Vec<f64> =
-            normals(node_key(0), n).into_iter().map(|x| x * (e - s).sqrt()).collect();
+        let mut we: Vec<f64> = normals(node_key(0), n).into_iter().map(|x| x * (e - s).sqrt()).collect();
         // Node 1 is the whole interval; node k has children 2k and 2k + 1.
         let mut node = 1u64;
         for _ in 0..MAX_DEPTH {

@@ -71,10 +71,7 @@ impl FixedNoise {
 
 impl NoiseSource for FixedNoise {
     fn step_noise(&mut self, like: &Tensor, _sigma: f64, _sigma_next: f64) -> Result<Tensor> {
-        let n = self
-            .queue
-            .pop_front()
-            .ok_or(SamplerError::NoiseExhausted)?;
+        let n = self.queue.pop_front().ok_or(SamplerError::NoiseExhausted)?;
         if n.shape() != like.shape() {
             return Err(candle_core::Error::ShapeMismatchBinaryOp {
                 lhs: n.shape().clone(),

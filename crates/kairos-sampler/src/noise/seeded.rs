@@ -34,11 +34,9 @@ impl RngKind {
     /// Parses a name, case-insensitively, with `_` and `-` alike (`torch_cpu` works).
     pub fn from_name(name: &str) -> Result<Self, NoiseError> {
         let wanted = name.trim().to_ascii_lowercase().replace('_', "-");
-        Self::NAMES.iter().find(|(n, _)| *n == wanted).map(|&(_, kind)| kind).ok_or_else(|| {
-            NoiseError::UnknownRng {
-                name: name.to_string(),
-                accepted: Self::NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-            }
+        Self::NAMES.iter().find(|(n, _)| *n == wanted).map(|&(_, kind)| kind).ok_or_else(|| NoiseError::UnknownRng {
+            name: name.to_string(),
+            accepted: Self::NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
         })
     }
 
@@ -125,8 +123,7 @@ impl SeededNoise {
             BatchSeeding::PerItem if batch_size == 0 => return Err(NoiseError::EmptyBatch),
             BatchSeeding::PerItem => batch_size,
         };
-        let generators =
-            (0..count).map(|i| SeededGenerator::new(kind, seed.wrapping_add(i as u64))).collect();
+        let generators = (0..count).map(|i| SeededGenerator::new(kind, seed.wrapping_add(i as u64))).collect();
         Ok(Self { seeding, generators })
     }
 

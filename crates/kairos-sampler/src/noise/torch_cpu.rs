@@ -23,7 +23,7 @@
 /// Torch's 32-bit Mersenne Twister (`at::mt19937_engine`), the standard MT19937.
 #[derive(Clone)]
 struct Mt19937 {
-    state: [u32; Self::N],
+    state: Box<[u32; Self::N]>,
     next: usize,
 }
 
@@ -37,13 +37,11 @@ impl Mt19937 {
     /// Torch keeps the full 64-bit seed for `initial_seed()`, but only its low 32 bits
     /// initialise the state (`init_with_uint32`).
     fn new(seed: u64) -> Self {
-        let mut state = [0u32; Self::N];
+        let mut state = Box::new([0u32; Self::N]);
         state[0] = seed as u32;
         for j in 1..Self::N {
             let prev = state[j - 1];
-            state[j] = 1_812_433_253u32
-                .wrapping_mul(prev ^ (prev >> 30))
-                .wrapping_add(j as u32);
+            state[j] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(j as u32);
         }
         // `next == N` makes the first draw regenerate the state, as torch's `left_ = 1` does.
         Self { state, next: Self::N }
@@ -149,7 +147,7 @@ impl TorchCpuGenerator {
         for block in data.chunks_exact_mut(16) {
             normal_fill_16(block);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail = &mut data[n - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();
@@ -177,10 +175,11 @@ fn normal_fill_16(data: &mut [f32]) {
     }
 }
 
-// Constants of avx_mathfun.h. The C source writes most as double literals stored into float
-// arrays, so they are rounded decimal → double → float; `as f32` on an f64 literal does the same.
+// Constants of avx_mathfun.h, with the source's digits. The C source writes most as double
+// literals stored into float arrays, so they are rounded decimal → double → float; `as f32` on an
+// f64 literal does the same.
 const MIN_NORM_POS: f32 = f32::MIN_POSITIVE;
-const CEPHES_SQRTHF: f32 = 0.707_106_781_186_547_524_f64 as f32;
+const CEPHES_SQRTHF: f32 = std::f64::consts::FRAC_1_SQRT_2 as f32;
 const CEPHES_LOG_P: [f32; 9] = [
     7.037_683_629_2e-2_f64 as f32,
     -1.151_461_031_0e-1_f64 as f32,
@@ -195,15 +194,14 @@ const CEPHES_LOG_P: [f32; 9] = [
 const CEPHES_LOG_Q1: f32 = -2.121_944_40e-4_f64 as f32;
 const CEPHES_LOG_Q2: f32 = 0.693_359_375_f64 as f32;
 const MINUS_CEPHES_DP1: f32 = -0.785_156_25_f64 as f32;
+#[allow(clippy::excessive_precision)] // the source's digits
 const MINUS_CEPHES_DP2: f32 = -2.418_756_484_985_351_562_5e-4_f64 as f32;
+#[allow(clippy::excessive_precision)] // the source's digits
 const MINUS_CEPHES_DP3: f32 = -3.774_894_977_445_941_08e-8_f64 as f32;
 const SINCOF_P: [f32; 3] =
     [-1.951_529_589_1e-4_f64 as f32, 8.332_160_873_6e-3_f64 as f32, -1.666_665_461_1e-1_f64 as f32];
-const COSCOF_P: [f32; 3] = [
-    2.443_315_711_809_948e-5_f64 as f32,
-    -1.388_731_625_493_765e-3_f64 as f32,
-    4.166_664_568_298_827e-2_f64 as f32,
-];
+const COSCOF_P: [f32; 3] =
+    [2.443_315_711_809_948e-5_f64 as f32, -1.388_731_625_493_765e-3_f64 as f32, 4.166_664_568_298_827e-2_f64 as f32];
 const CEPHES_FOPI: f32 = 1.273_239_544_735_16_f64 as f32;
 const SIGN_MASK: u32 = 0x8000_0000;
 
@@ -277,10 +275,7 @@ fn sincos_ps(x: f32) -> (f32, f32) {
     let yc = yc - ysin1;
     let sin = ysin1 + ysin2;
     let cos = yc + ys;
-    (
-        f32::from_bits(sin.to_bits() ^ sign_bit_sin),
-        f32::from_bits(cos.to_bits() ^ sign_bit_cos),
-    )
+    (f32::from_bits(sin.to_bits() ^ sign_bit_sin), f32::from_bits(cos.to_bits() ^ sign_bit_cos))
 }
 
 #[cfg(test)]
