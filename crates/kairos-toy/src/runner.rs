@@ -11,7 +11,7 @@ use crate::rng::{tensor_to_points, SeededNoise, Stream, ToyRng};
 use crate::ToyError;
 
 /// Size of the true sample the sliced Wasserstein distance compares against.
-pub const REFERENCE_POINTS: usize = 20_000;
+pub const REFERENCE_POINTS: usize = 50_000;
 /// Number of projection directions of the sliced Wasserstein distance.
 pub const DIRECTIONS: usize = 64;
 /// Seed of the true reference sample (drawn from its own stream, so independent of run seeds).
@@ -48,7 +48,7 @@ pub struct Figures {
 pub struct Summary {
     pub sliced_wasserstein: Stats,
     pub nll: Stats,
-    /// Denoiser evaluations per run (of the first seed; all seeds use the same sigmas).
+    /// Denoiser evaluations per run (all seeds use the same sigmas; 0 for true samples).
     pub nfe: usize,
 }
 
@@ -105,21 +105,42 @@ impl ToyWorld {
 
     /// Runs and scores `sampler` for each seed in `seeds` and summarises the figures.
     pub fn evaluate(&self, sampler: &Sampler, sigmas: &[f64], n: usize, seeds: &[u64]) -> Result<Summary, ToyError> {
-        if seeds.is_empty() {
-            return Err(ToyError::InvalidArgument { name: "seeds", message: "need at least one seed".into() });
-        }
-        let mut sw = Vec::with_capacity(seeds.len());
-        let mut nll = Vec::with_capacity(seeds.len());
         let mut nfe = 0;
-        for &seed in seeds {
-            let run = self.run(sampler, sigmas, n, seed)?;
-            let f = self.score(&run.points);
-            sw.push(f.sliced_wasserstein);
-            nll.push(f.nll);
-            nfe = run.nfe;
-        }
-        Ok(Summary { sliced_wasserstein: Stats::of(&sw), nll: Stats::of(&nll), nfe })
+        let figures = seeds
+            .iter()
+            .map(|&seed| {
+                let run = self.run(sampler, sigmas, n, seed)?;
+                nfe = run.nfe;
+                Ok(self.score(&run.points))
+            })
+            .collect::<Result<Vec<_>, ToyError>>()?;
+        summarise(&figures, nfe)
     }
+
+    /// The figures of `n` exact draws from the data per seed: the floor a sampler can reach with
+    /// `n` points (the SW1 of a finite sample is not 0, and its NLL is the data's entropy up to
+    /// sampling noise). Draws come from each seed's initial-noise stream, so never equal the
+    /// reference sample.
+    pub fn evaluate_true_samples(&self, n: usize, seeds: &[u64]) -> Result<Summary, ToyError> {
+        if n == 0 {
+            return Err(ToyError::InvalidArgument { name: "n", message: "the number of points must be at least 1".into() });
+        }
+        let figures: Vec<Figures> = seeds
+            .iter()
+            .map(|&seed| self.score(&self.mixture.sample(n, &mut ToyRng::new(seed, Stream::InitialNoise))))
+            .collect();
+        summarise(&figures, 0)
+    }
+}
+
+/// Mean ± std of each figure over seeds.
+fn summarise(figures: &[Figures], nfe: usize) -> Result<Summary, ToyError> {
+    if figures.is_empty() {
+        return Err(ToyError::InvalidArgument { name: "seeds", message: "need at least one seed".into() });
+    }
+    let sw: Vec<f64> = figures.iter().map(|f| f.sliced_wasserstein).collect();
+    let nll: Vec<f64> = figures.iter().map(|f| f.nll).collect();
+    Ok(Summary { sliced_wasserstein: Stats::of(&sw), nll: Stats::of(&nll), nfe })
 }
 
 #[cfg(test)]
@@ -172,5 +193,6 @@ mod tests {
         assert!(matches!(world.run(&s, &[], 4, 0), Err(ToyError::InvalidArgument { name: "sigmas", .. })));
         assert!(matches!(world.run(&s, &[1.0, 2.0, 0.0], 4, 0), Err(ToyError::Sampler(_))));
         assert!(matches!(world.evaluate(&s, &[1.0, 0.0], 4, &[]), Err(ToyError::InvalidArgument { name: "seeds", .. })));
+        assert!(matches!(world.evaluate_true_samples(4, &[]), Err(ToyError::InvalidArgument { name: "seeds", .. })));
     }
 }
