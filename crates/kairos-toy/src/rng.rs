@@ -17,6 +17,8 @@ pub enum Stream {
     SamplerNoise = 1,
     /// The large true sample that metrics compare against.
     Reference = 2,
+    /// True samples scored like a sampler's output, as the floor of the figures.
+    TrueSample = 3,
 }
 
 /// A seeded generator (ChaCha8, reproducible across platforms).
