@@ -66,7 +66,13 @@ pub(crate) fn churn(
 
 /// `x + noise * scale` with one draw from the context's noise source for the step
 /// `sigma` → `sigma_next` (k-diffusion's `x + noise_sampler(sigma, sigma_next) * s_noise * sigma_up`).
-pub(crate) fn add_noise(ctx: &mut SampleCtx<'_>, x: &Tensor, sigma: f64, sigma_next: f64, scale: f64) -> Result<Tensor> {
+pub(crate) fn add_noise(
+    ctx: &mut SampleCtx<'_>,
+    x: &Tensor,
+    sigma: f64,
+    sigma_next: f64,
+    scale: f64,
+) -> Result<Tensor> {
     let noise = ctx.noise(x, sigma, sigma_next)?;
     Ok((x + (noise * scale)?)?)
 }
@@ -105,10 +111,7 @@ fn check_nonneg(sampler: &'static str, name: &str, value: f64) -> Result<()> {
 /// values that increase, or a 0 before the end (every sampler divides by the step's sigma).
 pub(crate) fn check_sigmas(sigmas: &[f64]) -> Result<()> {
     if sigmas.len() < 2 {
-        return Err(SamplerError::InvalidSigmas(format!(
-            "need at least 2 sigmas (one step), got {}",
-            sigmas.len()
-        )));
+        return Err(SamplerError::InvalidSigmas(format!("need at least 2 sigmas (one step), got {}", sigmas.len())));
     }
     if let Some(s) = sigmas.iter().find(|s| !s.is_finite() || **s < 0.0) {
         return Err(SamplerError::InvalidSigmas(format!("sigma {s} is not a finite non-negative number")));

@@ -39,7 +39,10 @@ fn linear_multistep_coeff(order: usize, t: &[f64], i: usize, j: usize) -> f64 {
 /// steps, including the last step to sigma 0 (ComfyUI's copy returns `denoised` there instead).
 pub(super) fn sample(ctx: &mut SampleCtx<'_>, mut x: Tensor, sigmas: &[f64], o: &LmsOptions) -> Result<Tensor> {
     if o.order == 0 {
-        return Err(SamplerError::InvalidOption { sampler: "lms", message: "order must be >= 1 (default 4), got 0".into() });
+        return Err(SamplerError::InvalidOption {
+            sampler: "lms",
+            message: "order must be >= 1 (default 4), got 0".into(),
+        });
     }
     let mut ds = VecDeque::with_capacity(o.order + 1);
     for i in 0..sigmas.len() - 1 {

@@ -2,9 +2,6 @@
 //! originally from zju-pi/diff-sampler `gits-main`. Published data, transcribed by a script from that file.
 //! Index: `GITS_TABLES[c][s - 2]` is the (steps + 1)-point schedule for coeff `0.80 + 0.05 c` and `s` steps.
 
-/// Number of tabulated coefficients: 0.80, 0.85, ..., 1.50.
-pub(crate) const GITS_COEFF_COUNT: usize = 15;
-
 /// The GITS schedules: per coefficient, the lists for steps 2..=20 (3..=21 values, descending).
 pub(crate) const GITS_TABLES: [[&[f64]; 19]; 15] = [
     // coeff 0.80
