@@ -1,5 +1,7 @@
 //! Runs a sampler on the toy world and scores the result.
 
+use candle_core::{DType, Device};
+use kairos_sampler::noise::{BatchSeeding, RngKind, SeededNoise};
 use kairos_sampler::{SampleCtx, Sampler};
 use kairos_schedule::ModelSchedule;
 use serde::Serialize;
@@ -7,7 +9,7 @@ use serde::Serialize;
 use crate::denoiser::ExactDenoiser;
 use crate::metrics::{SlicedWasserstein, Stats};
 use crate::mixture::GaussianMixture;
-use crate::rng::{tensor_to_points, SeededNoise, Stream, ToyRng};
+use crate::rng::{tensor_to_points, Stream, ToyRng};
 use crate::ToyError;
 
 /// Size of the true sample the sliced Wasserstein distance compares against.
@@ -77,9 +79,10 @@ impl ToyWorld {
         &self.mixture
     }
 
-    /// Runs `sampler` down `sigmas` from x = sigmas[0] * z, z ~ N(0, I) of shape [n, 2] drawn from
-    /// `seed`, with the exact denoiser (f64) and, for stochastic samplers, noise from `seed`'s
-    /// sampler stream.
+    /// Runs `sampler` down `sigmas` from x = sigmas[0] * z with the exact denoiser, in f64.
+    /// z = torch.randn([n, 2]) of a CPU generator seeded `seed` (torch-compatible, drawn in f32
+    /// as torch does), and stochastic samplers continue that stream, as k-diffusion with
+    /// `torch.manual_seed(seed)` would: a run can be replayed in Python.
     pub fn run(&self, sampler: &Sampler, sigmas: &[f64], n: usize, seed: u64) -> Result<Run, ToyError> {
         if n == 0 {
             return Err(ToyError::InvalidArgument { name: "n", message: "the number of points must be at least 1".into() });
@@ -88,12 +91,13 @@ impl ToyWorld {
             name: "sigmas",
             message: "the sigma list is empty".into(),
         })?;
-        let x = (ToyRng::new(seed, Stream::InitialNoise).normal_tensor(&[n, 2])? * sigma_max)?;
+        let mut noise = SeededNoise::new(RngKind::TorchCpu, seed, BatchSeeding::Shared, n)
+            .map_err(kairos_sampler::SamplerError::from)?;
+        let x = (noise.initial_latent((n, 2), DType::F64, &Device::Cpu)? * sigma_max)?;
         let mut denoiser = ExactDenoiser::new(&self.mixture);
         if let Some(schedule) = &self.model_schedule {
             denoiser = denoiser.with_model_schedule(schedule);
         }
-        let mut noise = SeededNoise(ToyRng::new(seed, Stream::SamplerNoise));
         let out = sampler.sample(&mut SampleCtx::new(&mut denoiser, &mut noise), x, sigmas)?;
         Ok(Run { points: tensor_to_points(&out)?, nfe: denoiser.calls() })
     }
