@@ -85,12 +85,14 @@ impl ToyWorld {
     /// `torch.manual_seed(seed)` would: a run can be replayed in Python.
     pub fn run(&self, sampler: &Sampler, sigmas: &[f64], n: usize, seed: u64) -> Result<Run, ToyError> {
         if n == 0 {
-            return Err(ToyError::InvalidArgument { name: "n", message: "the number of points must be at least 1".into() });
+            return Err(ToyError::InvalidArgument {
+                name: "n",
+                message: "the number of points must be at least 1".into(),
+            });
         }
-        let sigma_max = *sigmas.first().ok_or_else(|| ToyError::InvalidArgument {
-            name: "sigmas",
-            message: "the sigma list is empty".into(),
-        })?;
+        let sigma_max = *sigmas
+            .first()
+            .ok_or_else(|| ToyError::InvalidArgument { name: "sigmas", message: "the sigma list is empty".into() })?;
         let mut noise = SeededNoise::new(RngKind::TorchCpu, seed, BatchSeeding::Shared, n)
             .map_err(kairos_sampler::SamplerError::from)?;
         let x = (noise.initial_latent((n, 2), DType::F64, &Device::Cpu)? * sigma_max)?;
@@ -126,7 +128,10 @@ impl ToyWorld {
     /// sampling noise). Draws come from each seed's own [`Stream::TrueSample`].
     pub fn evaluate_true_samples(&self, n: usize, seeds: &[u64]) -> Result<Summary, ToyError> {
         if n == 0 {
-            return Err(ToyError::InvalidArgument { name: "n", message: "the number of points must be at least 1".into() });
+            return Err(ToyError::InvalidArgument {
+                name: "n",
+                message: "the number of points must be at least 1".into(),
+            });
         }
         let figures: Vec<Figures> = seeds
             .iter()
@@ -195,7 +200,10 @@ mod tests {
         assert!(matches!(world.run(&s, &[1.0, 0.0], 0, 0), Err(ToyError::InvalidArgument { name: "n", .. })));
         assert!(matches!(world.run(&s, &[], 4, 0), Err(ToyError::InvalidArgument { name: "sigmas", .. })));
         assert!(matches!(world.run(&s, &[1.0, 2.0, 0.0], 4, 0), Err(ToyError::Sampler(_))));
-        assert!(matches!(world.evaluate(&s, &[1.0, 0.0], 4, &[]), Err(ToyError::InvalidArgument { name: "seeds", .. })));
+        assert!(matches!(
+            world.evaluate(&s, &[1.0, 0.0], 4, &[]),
+            Err(ToyError::InvalidArgument { name: "seeds", .. })
+        ));
         assert!(matches!(world.evaluate_true_samples(4, &[]), Err(ToyError::InvalidArgument { name: "seeds", .. })));
     }
 }

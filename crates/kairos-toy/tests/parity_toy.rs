@@ -13,7 +13,14 @@ fn f64s(v: &Value) -> Vec<f64> {
 }
 
 fn points(v: &Value) -> Vec<[f64; 2]> {
-    v.as_array().expect("array").iter().map(|p| { let p = f64s(p); [p[0], p[1]] }).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|p| {
+            let p = f64s(p);
+            [p[0], p[1]]
+        })
+        .collect()
 }
 
 fn mixture(m: &Value) -> GaussianMixture {
