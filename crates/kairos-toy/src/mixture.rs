@@ -99,8 +99,11 @@ impl GaussianMixture {
             return Err(ToyError::InvalidMixture { reason: "a mixture needs at least one component".into() });
         }
         if let Some((i, c)) = components.iter().enumerate().find(|(_, c)| {
-            !(c.weight.is_finite() && c.weight > 0.0 && c.std.is_finite() && c.std > 0.0)
-                || !c.mean.iter().all(|m| m.is_finite())
+            !(c.weight.is_finite()
+                && c.weight > 0.0
+                && c.std.is_finite()
+                && c.std > 0.0
+                && c.mean.iter().all(|m| m.is_finite()))
         }) {
             return Err(ToyError::InvalidMixture {
                 reason: format!("component {i} ({c:?}) needs a finite positive weight and std and a finite mean"),
