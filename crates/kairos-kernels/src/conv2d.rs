@@ -1,0 +1,176 @@
+//! 2-D convolution (groups 1, dilation 1) as im2col in NCHW, tiled by output rows, and one GEMM
+//! per tile: `out[co, pixels] = bias[co] + W[co, ci·kh·kw] · col[ci·kh·kw, pixels]`.
+//!
+//! The weight is used as stored (`[Co, Ci, kh, kw]` is already `[Co, Ci·kh·kw]` row-major), the
+//! im2col rows are contiguous copies of input rows, and the GEMM writes straight into the NCHW
+//! output; a 1×1 stride-1 convolution is a single GEMM on the input with no im2col.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::error::{f32_slice, KernelError};
+
+const OP: &str = "kairos-conv2d";
+
+/// Bytes of one im2col tile: bounds the extra memory (a full 512² VAE im2col would be 1.2 GB)
+/// while keeping the GEMMs wide enough to run near peak.
+const TILE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Padding and stride of a convolution (dilation 1, one group).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dParams {
+    /// Zero padding on each side, in both spatial dimensions.
+    pub padding: usize,
+    /// Stride in both spatial dimensions.
+    pub stride: usize,
+}
+
+/// The CPU kernel: `x` `[N, Ci, H, W]`, `w` `[Co, Ci, kh, kw]`, `bias` `[Co]`, contiguous f32.
+struct Conv2dOp {
+    params: Conv2dParams,
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(OP, s1, l1)?;
+        let w = f32_slice(OP, s2, l2)?;
+        let bias = f32_slice(OP, s3, l3)?;
+        let (n, ci, h, wd) = l1.shape().dims4()?;
+        let (co, _, kh, kw) = l2.shape().dims4()?;
+        let Conv2dParams { padding, stride } = self.params;
+        let ho = (h + 2 * padding - kh) / stride + 1;
+        let wo = (wd + 2 * padding - kw) / stride + 1;
+        let (plane_in, plane_out, depth) = (h * wd, ho * wo, ci * kh * kw);
+        let threads = Parallelism::Rayon(rayon::current_num_threads());
+
+        // Start from the bias; the GEMMs accumulate onto it.
+        let mut out = vec![0f32; n * co * plane_out];
+        out.par_chunks_mut(plane_out).enumerate().for_each(|(i, p)| p.fill(bias[i % co]));
+
+        let direct = kh == 1 && kw == 1 && stride == 1 && padding == 0;
+        let tile_rows = if direct { ho } else { (TILE_BYTES / (4 * depth * wo)).clamp(1, ho) };
+        let mut col = if direct { Vec::new() } else { vec![0f32; depth * tile_rows * wo] };
+        for b in 0..n {
+            let x_b = &x[b * ci * plane_in..(b + 1) * ci * plane_in];
+            let out_b = &mut out[b * co * plane_out..(b + 1) * co * plane_out];
+            for r0 in (0..ho).step_by(tile_rows) {
+                let rows = tile_rows.min(ho - r0);
+                let pixels = rows * wo;
+                let rhs = if direct {
+                    x_b.as_ptr()
+                } else {
+                    let col = &mut col[..depth * pixels];
+                    col.par_chunks_mut(kh * kw * pixels).enumerate().for_each(|(c, col_c)| {
+                        let x_c = &x_b[c * plane_in..(c + 1) * plane_in];
+                        for (k, dst) in col_c.chunks_mut(pixels).enumerate() {
+                            im2col_row(x_c, dst, (h, wd), (k / kw, k % kw), r0, wo, padding, stride);
+                        }
+                    });
+                    col.as_ptr()
+                };
+                // SAFETY: dst is the rows r0..r0+rows of every output channel of sample b
+                // (row stride plane_out, inside out_b); lhs is w, Co×depth row-major; rhs is
+                // depth×pixels row-major (col, or for the direct case x_b with pixels = H·W).
+                unsafe {
+                    gemm::gemm(
+                        co, pixels, depth,
+                        out_b.as_mut_ptr().add(r0 * wo), 1, plane_out as isize, true,
+                        w.as_ptr(), 1, depth as isize,
+                        rhs, 1, pixels as isize,
+                        1.0, 1.0, false, false, false,
+                        threads,
+                    );
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, co, ho, wo))))
+    }
+}
+
+/// One im2col row: for kernel offset `(ky, kx)`, the input pixels that output rows `r0..` read,
+/// zero where they fall in the padding. `dst` holds `rows × wo` values.
+#[allow(clippy::too_many_arguments)]
+fn im2col_row(
+    x_c: &[f32],
+    dst: &mut [f32],
+    (h, w): (usize, usize),
+    (ky, kx): (usize, usize),
+    r0: usize,
+    wo: usize,
+    padding: usize,
+    stride: usize,
+) {
+    for (r, dst_row) in dst.chunks_mut(wo).enumerate() {
+        // Input row iy = (r0 + r)·stride + ky - padding, checked against [0, h).
+        let iy = (r0 + r) * stride + ky;
+        if iy < padding || iy - padding >= h {
+            dst_row.fill(0.0);
+            continue;
+        }
+        let src = &x_c[(iy - padding) * w..(iy - padding + 1) * w];
+        if stride == 1 {
+            // Output columns whose input column ox + kx - padding lies inside [0, w).
+            let lo = padding.saturating_sub(kx).min(wo);
+            let hi = (w + padding).saturating_sub(kx).clamp(lo, wo);
+            dst_row[..lo].fill(0.0);
+            dst_row[lo..hi].copy_from_slice(&src[lo + kx - padding..hi + kx - padding]);
+            dst_row[hi..].fill(0.0);
+        } else {
+            for (ox, d) in dst_row.iter_mut().enumerate() {
+                let ix = ox * stride + kx;
+                *d = if ix < padding || ix - padding >= w { 0.0 } else { src[ix - padding] };
+            }
+        }
+    }
+}
+
+/// The straightforward candle computation: `Tensor::conv2d` plus the broadcast bias.
+pub fn conv2d_plain(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Tensor> {
+    let ys = xs.conv2d(weight, params.padding, params.stride, 1, 1)?;
+    match bias {
+        Some(bias) => ys.broadcast_add(&bias.reshape((1, (), 1, 1))?),
+        None => Ok(ys),
+    }
+}
+
+/// Convolution of `xs` `[N, Ci, H, W]` with `weight` `[Co, Ci, kh, kw]` and an optional `bias`
+/// `[Co]` (one group, dilation 1). f32 CPU tensors take the im2col+GEMM kernel; anything else
+/// takes [`conv2d_plain`].
+pub fn conv2d(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Tensor> {
+    let (_, ci, h, w) = xs.dims4()?;
+    let (co, wci, kh, kw) = weight.dims4()?;
+    if wci != ci || params.stride == 0 || h + 2 * params.padding < kh || w + 2 * params.padding < kw {
+        return Err(KernelError::BadShape {
+            op: OP,
+            name: "weight",
+            expected: format!(
+                "[Co, {ci}, kh, kw] with a kernel no larger than the padded input {h}x{w} (+{} each side) and stride ≥ 1",
+                params.padding
+            ),
+            got: weight.dims().to_vec(),
+        }
+        .into());
+    }
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if !(f32_cpu(xs) && f32_cpu(weight) && bias.is_none_or(f32_cpu)) {
+        return conv2d_plain(xs, weight, bias, params);
+    }
+    let bias = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(co, DType::F32, xs.device())?,
+    };
+    xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias, &Conv2dOp { params })
+}

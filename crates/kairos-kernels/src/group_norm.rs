@@ -1,0 +1,107 @@
+//! GroupNorm over `[N, C, *]` with an optional fused SiLU, as `torch.nn.GroupNorm` (then
+//! `F.silu`): statistics per (sample, group) with the biased variance, then a per-channel affine.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::error::{f32_slice, KernelError};
+use crate::vecmath;
+
+const OP: &str = "kairos-group-norm";
+
+/// The CPU kernel: inputs `x` `[N, C, *]`, `weight` `[C]`, `bias` `[C]`, all contiguous f32.
+struct GroupNormOp {
+    num_groups: usize,
+    eps: f64,
+    silu: bool,
+}
+
+impl CustomOp3 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(OP, s1, l1)?;
+        let weight = f32_slice(OP, s2, l2)?;
+        let bias = f32_slice(OP, s3, l3)?;
+        let dims = l1.dims();
+        let channels = dims[1];
+        let plane: usize = dims[2..].iter().product();
+        let per_group = channels / self.num_groups;
+        let group_len = per_group * plane;
+        let mut out = vec![0f32; x.len()];
+        if group_len > 0 {
+            out.par_chunks_mut(group_len).zip(x.par_chunks(group_len)).enumerate().for_each(|(i, (dst, src))| {
+                let c0 = (i % self.num_groups) * per_group;
+                // Two passes (mean, then squared deviations from it), so the
+                // variance does not lose digits to cancellation.
+                let sum: f64 = src.chunks(plane).map(|row| vecmath::sums(row, 0.0)[0]).sum();
+                let mean = (sum / group_len as f64) as f32;
+                let sq: f64 = src.chunks(plane).map(|row| vecmath::sums(row, mean)[1]).sum();
+                let rstd = 1.0 / (sq / group_len as f64 + self.eps).sqrt();
+                for (c, (d, s)) in dst.chunks_mut(plane).zip(src.chunks(plane)).enumerate() {
+                    let a = rstd * weight[c0 + c] as f64;
+                    let b = bias[c0 + c] as f64 - mean as f64 * a;
+                    vecmath::affine_act(s, d, a as f32, b as f32, self.silu);
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// The straightforward candle computation: `candle_nn::GroupNorm`, then `silu` when asked.
+pub fn group_norm_plain(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    num_groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    let channels = weight.dims1()?;
+    let norm = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, num_groups, eps)?;
+    let ys = norm.forward(xs)?;
+    if silu {
+        candle_nn::ops::silu(&ys)
+    } else {
+        Ok(ys)
+    }
+}
+
+/// GroupNorm of `xs` `[N, C, *]` in `num_groups` groups with per-channel `weight` and `bias`
+/// `[C]`, followed by SiLU when `silu`. f32 CPU tensors take the fused kernel; anything else
+/// takes [`group_norm_plain`].
+pub fn group_norm(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    num_groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    let dims = xs.dims();
+    if dims.len() < 3 || num_groups == 0 || dims[1] % num_groups != 0 || weight.dims() != [dims[1]] {
+        return Err(KernelError::BadShape {
+            op: OP,
+            name: "xs",
+            expected: format!("[N, C, *] with C a multiple of num_groups ({num_groups}) and equal to weight's length"),
+            got: dims.to_vec(),
+        }
+        .into());
+    }
+    if !xs.device().is_cpu() || xs.dtype() != DType::F32 || weight.dtype() != DType::F32 || bias.dtype() != DType::F32
+    {
+        return group_norm_plain(xs, weight, bias, num_groups, eps, silu);
+    }
+    xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &GroupNormOp { num_groups, eps, silu })
+}

@@ -1,0 +1,28 @@
+//! Fused CPU kernels for Stable Diffusion inference, behind candle's `CustomOp` interface.
+//!
+//! Each kernel has a public function that takes and returns candle tensors and that falls back to
+//! the plain candle computation (the `*_plain` function beside it) wherever the kernel does not
+//! apply: other devices (CUDA, Metal), dtypes other than f32, or options the kernel does not
+//! implement. The plain path is the reference the kernel tests compare against.
+//!
+//! - [`conv2d`]: convolution as row-tiled im2col in NCHW plus one GEMM per tile, writing the NCHW
+//!   output in place (no NHWC round trip, no output scatter); 1×1 convolutions are a single GEMM.
+//! - [`attention`]: `softmax(q·kᵀ·scale)·v` by blocks of query rows, so only a block's scores
+//!   are alive at once instead of all heads' `L×S` matrices.
+//! - [`group_norm`]: GroupNorm with an optional fused SiLU, one pass per group.
+//! - [`nn`]: drop-in `Conv2d` and `GroupNorm` modules (same constructors and weight names as
+//!   `candle_nn`) that route through the kernels.
+//!
+//! GEMMs go through the `gemm` crate (the one candle uses), with its AVX-512 kernels enabled.
+
+mod attention;
+mod conv2d;
+mod error;
+mod group_norm;
+pub mod nn;
+mod vecmath;
+
+pub use attention::{attention, attention_plain};
+pub use conv2d::{conv2d, conv2d_plain, Conv2dParams};
+pub use error::KernelError;
+pub use group_norm::{group_norm, group_norm_plain};

@@ -1,0 +1,137 @@
+//! Each kernel against its plain candle path (`*_plain`) on small random f32 inputs.
+//!
+//! Tolerances: both sides are f32 with different summation orders (GEMM blocking, lane-wise
+//! partial sums, a polynomial exp with ≤ 2.4e-7 relative error), so agreement is expected to a
+//! few ulp of the output magnitudes times the reduction length's square root; the bounds below
+//! are 1e-5 absolute on O(1) outputs (about 100 ulp), well under any real discrepancy (a wrong
+//! index or missing term moves outputs by O(0.1)).
+
+use candle_core::{DType, Device, Tensor};
+use kairos_kernels::{attention, attention_plain, conv2d, conv2d_plain, group_norm, group_norm_plain, Conv2dParams};
+
+fn randn(seed: u64, shape: &[usize]) -> Tensor {
+    // A fixed xorshift stream (candle's own RNG is not seedable on CPU), mapped to [-1, 1).
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn conv2d_matches_candle() {
+    // 3×3 pad 1 (ResnetBlock2D), 3×3 stride 2 pad 1 (Downsample2D), 1×1 (shortcut, proj_in),
+    // and an odd case: 3×3 pad 0 on a non-square input, no bias.
+    let cases: [(usize, usize, usize, usize, usize, Conv2dParams, bool); 4] = [
+        (3, 5, 7, 6, 3, Conv2dParams { padding: 1, stride: 1 }, true),
+        (4, 6, 9, 8, 3, Conv2dParams { padding: 1, stride: 2 }, true),
+        (5, 4, 6, 5, 1, Conv2dParams { padding: 0, stride: 1 }, true),
+        (2, 3, 5, 7, 3, Conv2dParams { padding: 0, stride: 1 }, false),
+    ];
+    for (i, &(ci, co, h, w, k, params, with_bias)) in cases.iter().enumerate() {
+        let x = randn(10 + i as u64, &[2, ci, h, w]);
+        let wt = randn(20 + i as u64, &[co, ci, k, k]);
+        let b = randn(30 + i as u64, &[co]);
+        let bias = with_bias.then_some(&b);
+        let got = conv2d(&x, &wt, bias, params).unwrap();
+        let want = conv2d_plain(&x, &wt, bias, params).unwrap();
+        let err = max_abs_diff(&got, &want);
+        println!("conv2d case {i}: max abs err {err:e}");
+        assert!(err < 1e-5, "case {i}: {err}");
+    }
+    // Strided input (a transpose) is made contiguous first.
+    let x = randn(40, &[1, 3, 6, 5]).transpose(2, 3).unwrap();
+    let wt = randn(41, &[2, 3, 3, 3]);
+    let p = Conv2dParams { padding: 1, stride: 1 };
+    assert!(max_abs_diff(&conv2d(&x, &wt, None, p).unwrap(), &conv2d_plain(&x, &wt, None, p).unwrap()) < 1e-5);
+}
+
+#[test]
+fn conv2d_rejects_mismatched_channels() {
+    let x = randn(1, &[1, 3, 4, 4]);
+    let wt = randn(2, &[2, 4, 3, 3]);
+    let err = conv2d(&x, &wt, None, Conv2dParams { padding: 1, stride: 1 }).unwrap_err().to_string();
+    assert!(err.contains("weight") && err.contains("[Co, 3, kh, kw]"), "{err}");
+}
+
+#[test]
+fn attention_matches_candle() {
+    // Self-attention with L not a multiple of the block, and cross-attention (S = 77).
+    for (i, &(l, s, d)) in [(50usize, 50usize, 8usize), (33, 77, 16)].iter().enumerate() {
+        let q = randn(50 + i as u64, &[2, 3, l, d]);
+        let k = randn(60 + i as u64, &[2, 3, s, d]);
+        let v = randn(70 + i as u64, &[2, 3, s, d]);
+        let scale = (d as f64).powf(-0.5);
+        let got = attention(&q, &k, &v, scale).unwrap();
+        let want = attention_plain(&q, &k, &v, scale).unwrap();
+        let err = max_abs_diff(&got, &want);
+        println!("attention case {i}: max abs err {err:e}");
+        assert!(err < 1e-5, "case {i}: {err}");
+    }
+    // Large logits: the max subtraction keeps exp finite.
+    let q = (randn(80, &[1, 1, 4, 8]) * 100.0).unwrap();
+    let k = (randn(81, &[1, 1, 9, 8]) * 100.0).unwrap();
+    let v = randn(82, &[1, 1, 9, 8]);
+    let err = max_abs_diff(&attention(&q, &k, &v, 1.0).unwrap(), &attention_plain(&q, &k, &v, 1.0).unwrap());
+    assert!(err < 1e-5, "large logits: {err}");
+}
+
+#[test]
+fn attention_rejects_mismatched_heads() {
+    let q = randn(1, &[1, 2, 4, 8]);
+    let k = randn(2, &[1, 3, 4, 8]);
+    assert!(attention(&q, &k, &k, 1.0).is_err());
+}
+
+#[test]
+fn group_norm_matches_candle() {
+    for silu in [false, true] {
+        for (i, shape) in [[2usize, 8, 5, 3], [1, 6, 4, 4]].iter().enumerate() {
+            // Offset inputs (mean 3) exercise the two-pass variance.
+            let x = (randn(90 + i as u64, shape) + 3.0).unwrap();
+            let weight = randn(91 + i as u64, &[shape[1]]);
+            let bias = randn(92 + i as u64, &[shape[1]]);
+            let got = group_norm(&x, &weight, &bias, 2, 1e-6, silu).unwrap();
+            let want = group_norm_plain(&x, &weight, &bias, 2, 1e-6, silu).unwrap();
+            let err = max_abs_diff(&got, &want);
+            println!("group_norm silu={silu} case {i}: max abs err {err:e}");
+            assert!(err < 1e-5, "silu={silu} case {i}: {err}");
+        }
+    }
+    // 3-D input [N, C, L] (the attention's group_norm path).
+    let x = randn(95, &[2, 4, 7]);
+    let (w, b) = (randn(96, &[4]), randn(97, &[4]));
+    let err = max_abs_diff(
+        &group_norm(&x, &w, &b, 4, 1e-5, false).unwrap(),
+        &group_norm_plain(&x, &w, &b, 4, 1e-5, false).unwrap(),
+    );
+    assert!(err < 1e-5, "3-D: {err}");
+}
+
+#[test]
+fn group_norm_rejects_bad_groups() {
+    let x = randn(1, &[1, 6, 2, 2]);
+    let (w, b) = (randn(2, &[6]), randn(3, &[6]));
+    let err = group_norm(&x, &w, &b, 4, 1e-5, false).unwrap_err().to_string();
+    assert!(err.contains("num_groups (4)"), "{err}");
+}
+
+#[test]
+fn non_f32_falls_back_to_candle() {
+    let x = randn(1, &[1, 4, 3, 3]).to_dtype(DType::F64).unwrap();
+    let (w, b) = (randn(2, &[4]).to_dtype(DType::F64).unwrap(), randn(3, &[4]).to_dtype(DType::F64).unwrap());
+    let got = group_norm(&x, &w, &b, 2, 1e-5, true).unwrap();
+    let want = group_norm_plain(&x, &w, &b, 2, 1e-5, true).unwrap();
+    assert_eq!(got.flatten_all().unwrap().to_vec1::<f64>().unwrap(), want.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+}
