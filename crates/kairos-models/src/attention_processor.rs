@@ -12,7 +12,8 @@
 //! - Dropout is omitted (inference only).
 
 use candle_core::{DType, Tensor};
-use candle_nn::{GroupNorm, Linear, Module, VarBuilder};
+use candle_nn::{Linear, Module, VarBuilder};
+use kairos_kernels::nn::GroupNorm;
 
 use crate::error::{ModelError, Result};
 
@@ -103,7 +104,7 @@ impl Attention {
             })
         };
         let group_norm = match config.norm_num_groups {
-            Some(groups) => Some(candle_nn::group_norm(
+            Some(groups) => Some(kairos_kernels::nn::group_norm(
                 groups,
                 config.query_dim,
                 config.eps,
@@ -209,7 +210,9 @@ impl Attention {
 /// as torch's `F.scaled_dot_product_attention` without mask or dropout. With `upcast` the scores
 /// and softmax are computed in f32 and the probabilities cast back to `value`'s dtype.
 ///
-/// This is the one place attention is computed, so a fused kernel can take its place.
+/// This is the one place attention is computed: without an upcast it is
+/// [`kairos_kernels::attention`] (a blocked CPU kernel for f32, candle's plain computation
+/// otherwise).
 pub fn scaled_dot_product_attention(
     query: &Tensor,
     key: &Tensor,
@@ -218,6 +221,9 @@ pub fn scaled_dot_product_attention(
     upcast: bool,
 ) -> Result<Tensor> {
     let dtype = value.dtype();
+    if !upcast || dtype == DType::F32 {
+        return Ok(kairos_kernels::attention(query, key, value, scale)?);
+    }
     let (query, key) = if upcast && dtype != DType::F32 {
         (query.to_dtype(DType::F32)?, key.to_dtype(DType::F32)?)
     } else {

@@ -12,7 +12,8 @@
 //! - Dropout is omitted (inference only).
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, Module, VarBuilder};
+use candle_nn::{Conv2dConfig, Linear, Module, VarBuilder};
+use kairos_kernels::nn::{Conv2d, GroupNorm};
 
 use crate::activations::Activation;
 use crate::error::{ModelError, Result};
@@ -95,7 +96,15 @@ pub(crate) fn conv3x3(vb: VarBuilder, in_channels: usize, out_channels: usize) -
         padding: 1,
         ..Default::default()
     };
-    Ok(candle_nn::conv2d(in_channels, out_channels, 3, cfg, vb)?)
+    Ok(kairos_kernels::nn::conv2d(in_channels, out_channels, 3, cfg, vb)?)
+}
+
+/// `act(norm(xs))`, with GroupNorm and SiLU fused into one pass when the activation is SiLU.
+pub(crate) fn norm_act(norm: &GroupNorm, act: Activation, xs: &Tensor) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Silu => norm.forward_silu(xs)?,
+        _ => act.forward(&norm.forward(xs)?)?,
+    })
 }
 
 /// `ResnetBlock2D`: two GroupNorm → activation → 3×3 conv stages, time embedding added between
@@ -119,7 +128,7 @@ impl ResnetBlock2D {
     pub fn new(vb: VarBuilder, in_channels: usize, config: &ResnetBlock2DConfig) -> Result<Self> {
         let out_channels = config.out_channels.unwrap_or(in_channels);
         let groups_out = config.groups_out.unwrap_or(config.groups);
-        let norm1 = candle_nn::group_norm(config.groups, in_channels, config.eps, vb.pp("norm1"))?;
+        let norm1 = kairos_kernels::nn::group_norm(config.groups, in_channels, config.eps, vb.pp("norm1"))?;
         let conv1 = conv3x3(vb.pp("conv1"), in_channels, out_channels)?;
         let time_emb_proj = match config.temb_channels {
             None => None,
@@ -135,7 +144,7 @@ impl ResnetBlock2D {
                 )?)
             }
         };
-        let norm2 = candle_nn::group_norm(groups_out, out_channels, config.eps, vb.pp("norm2"))?;
+        let norm2 = kairos_kernels::nn::group_norm(groups_out, out_channels, config.eps, vb.pp("norm2"))?;
         let conv_2d_out_channels = config.conv_2d_out_channels.unwrap_or(out_channels);
         let conv2 = conv3x3(vb.pp("conv2"), out_channels, conv_2d_out_channels)?;
         let use_in_shortcut = config
@@ -145,9 +154,9 @@ impl ResnetBlock2D {
             let vb = vb.pp("conv_shortcut");
             let cfg = Conv2dConfig::default();
             Some(if config.conv_shortcut_bias {
-                candle_nn::conv2d(in_channels, conv_2d_out_channels, 1, cfg, vb)?
+                kairos_kernels::nn::conv2d(in_channels, conv_2d_out_channels, 1, cfg, vb)?
             } else {
-                candle_nn::conv2d_no_bias(in_channels, conv_2d_out_channels, 1, cfg, vb)?
+                kairos_kernels::nn::conv2d_no_bias(in_channels, conv_2d_out_channels, 1, cfg, vb)?
             })
         } else {
             None
@@ -169,7 +178,7 @@ impl ResnetBlock2D {
     /// `input_tensor` `[N, C_in, H, W]`, `temb` `[N, temb_channels]` → `[N, C_out, H, W]`.
     pub fn forward(&self, input_tensor: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let act = self.nonlinearity;
-        let hidden_states = act.forward(&self.norm1.forward(input_tensor)?)?;
+        let hidden_states = norm_act(&self.norm1, act, input_tensor)?;
         let mut hidden_states = self.conv1.forward(&hidden_states)?;
 
         // [N, C'] -> [N, C', 1, 1], as diffusers' `[:, :, None, None]`.
@@ -185,18 +194,16 @@ impl ResnetBlock2D {
             _ => None,
         };
 
+        // norm2 and the activation (fused for Default, whose activation directly follows norm2).
         hidden_states = match (self.time_embedding_norm, temb) {
-            (TimeEmbeddingNorm::Default, Some(temb)) => {
-                self.norm2.forward(&hidden_states.broadcast_add(&temb)?)?
-            }
-            (TimeEmbeddingNorm::Default, None) => self.norm2.forward(&hidden_states)?,
+            (TimeEmbeddingNorm::Default, Some(temb)) => norm_act(&self.norm2, act, &hidden_states.broadcast_add(&temb)?)?,
+            (TimeEmbeddingNorm::Default, None) => norm_act(&self.norm2, act, &hidden_states)?,
             (TimeEmbeddingNorm::ScaleShift, Some(temb)) => {
                 let chunks = temb.chunk(2, 1)?;
                 let (time_scale, time_shift) = (&chunks[0], &chunks[1]);
-                self.norm2
-                    .forward(&hidden_states)?
-                    .broadcast_mul(&(time_scale + 1.0)?)?
-                    .broadcast_add(time_shift)?
+                act.forward(
+                    &self.norm2.forward(&hidden_states)?.broadcast_mul(&(time_scale + 1.0)?)?.broadcast_add(time_shift)?,
+                )?
             }
             (TimeEmbeddingNorm::ScaleShift, None) => {
                 return Err(ModelError::MissingInput {
@@ -206,7 +213,7 @@ impl ResnetBlock2D {
             }
         };
 
-        let hidden_states = self.conv2.forward(&act.forward(&hidden_states)?)?;
+        let hidden_states = self.conv2.forward(&hidden_states)?;
         let input_tensor = match &self.conv_shortcut {
             Some(conv) => conv.forward(input_tensor)?,
             None => input_tensor.clone(),
@@ -245,7 +252,7 @@ impl Downsample2D {
                 stride: 2,
                 ..Default::default()
             };
-            let conv = candle_nn::conv2d(channels, out_channels, 3, cfg, vb.pp("conv"))?;
+            let conv = kairos_kernels::nn::conv2d(channels, out_channels, 3, cfg, vb.pp("conv"))?;
             Ok(Self {
                 conv: Some(conv),
                 pad_right_bottom: padding == 0,

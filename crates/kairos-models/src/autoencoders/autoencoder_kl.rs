@@ -9,7 +9,8 @@
 //!   its `VarBuilder`.
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+use kairos_kernels::nn::Conv2d;
 use serde::Deserialize;
 
 use super::vae::{CoderConfig, Decoder, DiagonalGaussianDistribution, Encoder};
@@ -181,7 +182,7 @@ impl AutoencoderKL {
         let coder = config.coder_config()?;
         let latent = config.latent_channels;
         let conv1x1 = |name: &str, ch: usize| -> Result<Conv2d> {
-            Ok(candle_nn::conv2d(
+            Ok(kairos_kernels::nn::conv2d(
                 ch,
                 ch,
                 1,

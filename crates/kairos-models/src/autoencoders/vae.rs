@@ -12,7 +12,8 @@
 //! - Dropout and gradient checkpointing are omitted (inference only).
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, GroupNorm, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+use kairos_kernels::nn::{Conv2d, GroupNorm};
 
 use crate::activations::Activation;
 use crate::attention_processor::{Attention, AttentionConfig};
@@ -258,7 +259,7 @@ impl Encoder {
             conv_in,
             down_blocks,
             mid_block: UNetMidBlock2D::new(vb.pp("mid_block"), last, config)?,
-            conv_norm_out: candle_nn::group_norm(
+            conv_norm_out: kairos_kernels::nn::group_norm(
                 config.norm_num_groups,
                 last,
                 EPS,
@@ -275,7 +276,7 @@ impl Encoder {
             sample = down_block.forward(&sample)?;
         }
         let sample = self.mid_block.forward(&sample)?;
-        let sample = candle_nn::ops::silu(&self.conv_norm_out.forward(&sample)?)?;
+        let sample = self.conv_norm_out.forward_silu(&sample)?;
         Ok(self.conv_out.forward(&sample)?)
     }
 }
@@ -323,7 +324,7 @@ impl Decoder {
             conv_in,
             mid_block,
             up_blocks,
-            conv_norm_out: candle_nn::group_norm(
+            conv_norm_out: kairos_kernels::nn::group_norm(
                 config.norm_num_groups,
                 first,
                 EPS,
@@ -340,7 +341,7 @@ impl Decoder {
         for up_block in &self.up_blocks {
             sample = up_block.forward(&sample)?;
         }
-        let sample = candle_nn::ops::silu(&self.conv_norm_out.forward(&sample)?)?;
+        let sample = self.conv_norm_out.forward_silu(&sample)?;
         Ok(self.conv_out.forward(&sample)?)
     }
 }

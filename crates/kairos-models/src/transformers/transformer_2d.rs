@@ -9,7 +9,8 @@
 //! - `forward` returns the tensor rather than an output dataclass.
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, GroupNorm, Linear, Module, VarBuilder};
+use candle_nn::{Linear, Module, VarBuilder};
+use kairos_kernels::nn::{Conv2d, GroupNorm};
 
 use crate::attention::{BasicTransformerBlock, BasicTransformerBlockConfig};
 use crate::error::Result;
@@ -47,7 +48,7 @@ impl Projection {
         Ok(if linear {
             Self::Linear(candle_nn::linear(in_dim, out_dim, vb)?)
         } else {
-            Self::Conv(candle_nn::conv2d(
+            Self::Conv(kairos_kernels::nn::conv2d(
                 in_dim,
                 out_dim,
                 1,
@@ -82,7 +83,7 @@ impl Transformer2DModel {
         let inner_dim = config.num_attention_heads * config.attention_head_dim;
         let linear = config.use_linear_projection;
         // diffusers fixes this GroupNorm's eps at 1e-6, whatever the UNet's norm_eps.
-        let norm = candle_nn::group_norm(
+        let norm = kairos_kernels::nn::group_norm(
             config.norm_num_groups,
             config.in_channels,
             1e-6,

@@ -19,7 +19,8 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Module, VarBuilder};
+use candle_nn::{Conv2dConfig, Module, VarBuilder};
+use kairos_kernels::nn::{Conv2d, GroupNorm};
 use serde::Deserialize;
 
 use crate::activations::Activation;
@@ -449,7 +450,7 @@ fn conv(vb: VarBuilder, in_c: usize, out_c: usize, kernel: usize) -> Result<Conv
         padding: (kernel - 1) / 2,
         ..Default::default()
     };
-    Ok(candle_nn::conv2d(in_c, out_c, kernel, cfg, vb)?)
+    Ok(kairos_kernels::nn::conv2d(in_c, out_c, kernel, cfg, vb)?)
 }
 
 impl UNet2DConditionModel {
@@ -625,7 +626,7 @@ impl UNet2DConditionModel {
         }
 
         let conv_norm_out =
-            candle_nn::group_norm(groups, channels[0], config.norm_eps, vb.pp("conv_norm_out"))?;
+            kairos_kernels::nn::group_norm(groups, channels[0], config.norm_eps, vb.pp("conv_norm_out"))?;
         let conv_out = conv(
             vb.pp("conv_out"),
             channels[0],
@@ -778,9 +779,7 @@ impl UNet2DConditionModel {
             };
         }
 
-        let sample = self
-            .conv_act
-            .forward(&self.conv_norm_out.forward(&sample)?)?;
+        let sample = crate::resnet::norm_act(&self.conv_norm_out, self.conv_act, &sample)?;
         Ok(self.conv_out.forward(&sample)?)
     }
 }
