@@ -1,0 +1,134 @@
+//! FLOPs of one forward pass, counted from the architecture: the multiply-adds of convolutions,
+//! linear layers and attention products (2 FLOPs each). Norms, activations and softmax are left
+//! out (a few percent), as is customary, so GFLOP/s compare with a GEMM's.
+
+use kairos_models::autoencoders::AutoencoderKLConfig;
+use kairos_models::text_encoders::clip::CLIPTextConfig;
+
+/// `k×k` convolution, `ci → co`, producing `h×w` pixels.
+fn conv(ci: usize, co: usize, k: usize, h: usize, w: usize) -> f64 {
+    2.0 * (ci * co * k * k) as f64 * (h * w) as f64
+}
+
+/// Linear `din → dout` on `tokens` rows.
+fn linear(tokens: usize, din: usize, dout: usize) -> f64 {
+    2.0 * tokens as f64 * (din * dout) as f64
+}
+
+/// `q·kᵀ` and `p·v` for `l` queries, `s` keys, `dim` channels summed over heads.
+fn attention(l: usize, s: usize, dim: usize) -> f64 {
+    4.0 * (l * s) as f64 * dim as f64
+}
+
+/// `ResnetBlock2D` `ci → co` at `h×w` (with a 1×1 shortcut when channels change).
+fn resnet(ci: usize, co: usize, h: usize, w: usize, temb: usize) -> f64 {
+    conv(ci, co, 3, h, w) + conv(co, co, 3, h, w) + linear(1, temb, co)
+        + if ci != co { conv(ci, co, 1, h, w) } else { 0.0 }
+}
+
+/// `Transformer2DModel` with one `BasicTransformerBlock` on `c` channels at `h×w`, cross-attending
+/// to `ctx_len` tokens of width `ctx_dim`.
+fn transformer(c: usize, h: usize, w: usize, ctx_len: usize, ctx_dim: usize) -> f64 {
+    let l = h * w;
+    let proj = 2.0 * linear(l, c, c);
+    let attn1 = 4.0 * linear(l, c, c) + attention(l, l, c);
+    let attn2 = 2.0 * linear(l, c, c) + 2.0 * linear(ctx_len, ctx_dim, c) + attention(l, ctx_len, c);
+    let ff = linear(l, c, 8 * c) + linear(l, 4 * c, c);
+    proj + attn1 + attn2 + ff
+}
+
+/// The parts of a UNet config the count needs.
+#[derive(Debug, Clone)]
+pub struct UNetShape {
+    /// `block_out_channels`.
+    pub block_out_channels: Vec<usize>,
+    /// `layers_per_block`.
+    pub layers_per_block: usize,
+    /// Whether each down block has attention (`CrossAttnDownBlock2D`); up blocks mirror it.
+    pub down_attention: Vec<bool>,
+    /// `cross_attention_dim`.
+    pub cross_attention_dim: usize,
+    /// `in_channels` (= `out_channels`).
+    pub in_channels: usize,
+}
+
+/// FLOPs of one `UNet2DConditionModel` call on `batch` latents of `h×w` with 77 context tokens.
+pub fn unet(u: &UNetShape, batch: usize, h: usize, w: usize) -> f64 {
+    let ch = &u.block_out_channels;
+    let temb = 4 * ch[0];
+    let ctx = |c, h, w| transformer(c, h, w, 77, u.cross_attention_dim);
+    let mut f = conv(u.in_channels, ch[0], 3, h, w) + linear(1, ch[0], temb) + linear(1, temb, temb);
+    let (mut hh, mut ww) = (h, w);
+    let mut skips = vec![ch[0]];
+    let mut prev = ch[0];
+    for (i, &c) in ch.iter().enumerate() {
+        for _ in 0..u.layers_per_block {
+            f += resnet(prev, c, hh, ww, temb);
+            if u.down_attention[i] {
+                f += ctx(c, hh, ww);
+            }
+            prev = c;
+            skips.push(c);
+        }
+        if i + 1 < ch.len() {
+            // Downsample2D: 3×3 stride 2.
+            hh = hh.div_ceil(2);
+            ww = ww.div_ceil(2);
+            f += conv(c, c, 3, hh, ww);
+            skips.push(c);
+        }
+    }
+    let mid = *ch.last().unwrap_or(&0);
+    f += 2.0 * resnet(mid, mid, hh, ww, temb) + ctx(mid, hh, ww);
+    for (i, &c) in ch.iter().rev().enumerate() {
+        let attn = u.down_attention[ch.len() - 1 - i];
+        for _ in 0..=u.layers_per_block {
+            let skip = skips.pop().unwrap_or(0);
+            f += resnet(prev + skip, c, hh, ww, temb);
+            if attn {
+                f += ctx(c, hh, ww);
+            }
+            prev = c;
+        }
+        if i + 1 < ch.len() {
+            hh *= 2;
+            ww *= 2;
+            f += conv(c, c, 3, hh, ww);
+        }
+    }
+    f += conv(ch[0], u.in_channels, 3, hh, ww);
+    f * batch as f64
+}
+
+/// FLOPs of `AutoencoderKL.decode` (post_quant_conv and decoder) of `batch` latents of `h×w`.
+pub fn vae_decode(c: &AutoencoderKLConfig, batch: usize, h: usize, w: usize) -> f64 {
+    let ch: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
+    let lat = c.latent_channels;
+    let top = ch[0];
+    let (mut hh, mut ww) = (h, w);
+    let mut f = conv(lat, lat, 1, hh, ww) + conv(lat, top, 3, hh, ww);
+    // Mid block: resnet, single-head attention over h·w tokens, resnet.
+    let l = hh * ww;
+    f += 2.0 * resnet(top, top, hh, ww, 0) + 4.0 * linear(l, top, top) + attention(l, l, top);
+    let mut prev = top;
+    for (i, &c_out) in ch.iter().enumerate() {
+        for _ in 0..=c.layers_per_block {
+            f += resnet(prev, c_out, hh, ww, 0);
+            prev = c_out;
+        }
+        if i + 1 < ch.len() {
+            hh *= 2;
+            ww *= 2;
+            f += conv(c_out, c_out, 3, hh, ww);
+        }
+    }
+    f += conv(prev, c.out_channels, 3, hh, ww);
+    f * batch as f64
+}
+
+/// FLOPs of the CLIP text transformer on `batch` sequences of `tokens`.
+pub fn clip_text(c: &CLIPTextConfig, batch: usize, tokens: usize) -> f64 {
+    let d = c.hidden_size;
+    let layer = 4.0 * linear(tokens, d, d) + attention(tokens, tokens, d) + 2.0 * linear(tokens, d, c.intermediate_size);
+    layer * c.num_hidden_layers as f64 * batch as f64
+}

@@ -1,0 +1,222 @@
+//! `kairos bench`: times the full-size SD1.5 text encoder, UNet (batch 1 and 2) and VAE decoder
+//! on the CPU with seeded random weights (the cost of a dense network does not depend on the
+//! values), and reports seconds, GFLOP/s from an architecture FLOP count ([`flops`]) and the
+//! peak resident memory. A large GEMM through the same library gives the attainable GFLOP/s.
+//! `tools/bench/pytorch_bench.py` runs the same shapes with diffusers for side-by-side numbers.
+
+pub mod flops;
+pub mod presets;
+mod weights;
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig};
+use kairos_models::text_encoders::clip::{CLIPTextConfig, CLIPTextModel};
+use kairos_models::unets::unet_2d_condition::{UNet2DConditionModel, UNet2DConditionModelConfig};
+use serde::Serialize;
+
+pub use weights::seeded_var_builder;
+
+/// Errors of a benchmark run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Building or running a model failed.
+    #[error(transparent)]
+    Model(#[from] kairos_models::ModelError),
+    /// Building or running the text encoder failed.
+    #[error(transparent)]
+    TextEncoder(#[from] kairos_models::text_encoders::TextEncoderError),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// A preset did not parse.
+    #[error("preset config: {0}")]
+    Preset(#[from] serde_json::Error),
+    /// A resolution that the VAE's 8× downscaling cannot represent.
+    #[error("resolution {resolution} must be a positive multiple of 8")]
+    Resolution {
+        /// The requested resolution.
+        resolution: usize,
+    },
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Image resolutions (square), e.g. `[256, 512]`.
+    pub resolutions: Vec<usize>,
+    /// UNet batch sizes, e.g. `[1, 2]` (2 is one CFG step).
+    pub unet_batches: Vec<usize>,
+    /// Timed repetitions of each case; the minimum and mean are reported.
+    pub repeats: usize,
+    /// Seed of the random weights.
+    pub seed: u64,
+    /// Side of the square f32 GEMM that measures the attainable GFLOP/s (0 skips it).
+    pub gemm_size: usize,
+}
+
+/// One timed case.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// e.g. `unet b2 512`.
+    pub name: String,
+    /// Fastest repetition, seconds.
+    pub seconds_min: f64,
+    /// Mean of the repetitions, seconds.
+    pub seconds_mean: f64,
+    /// FLOPs of one run (architecture count).
+    pub gflop: f64,
+    /// `gflop / seconds_min`.
+    pub gflops_per_s: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Rayon (and so candle/gemm) worker threads.
+    pub threads: usize,
+    /// The timed cases, in order.
+    pub cases: Vec<CaseResult>,
+    /// Peak resident memory of the process (VmHWM), MiB, if the OS reports it.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// The process's resident-memory high-water mark (`VmHWM` in `/proc/self/status`), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Times `f` `repeats` times (after nothing: the first run is included, since a sampler's first
+/// step pays the same allocations) and reports it as `name`.
+fn time_case(
+    name: String,
+    gflop: f64,
+    repeats: usize,
+    mut f: impl FnMut() -> Result<(), BenchError>,
+    report: &mut dyn FnMut(&CaseResult),
+) -> Result<CaseResult, BenchError> {
+    let mut times = Vec::with_capacity(repeats.max(1));
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let case = CaseResult { name, seconds_min: min, seconds_mean: mean, gflop, gflops_per_s: gflop / min };
+    report(&case);
+    Ok(case)
+}
+
+/// `n×n` f32 GEMM through the `gemm` crate (the library candle's CPU matmul uses), as a ceiling.
+fn gemm_case(n: usize, repeats: usize, report: &mut dyn FnMut(&CaseResult)) -> Result<CaseResult, BenchError> {
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0f32; n * n];
+    let threads = gemm::Parallelism::Rayon(candle_core::utils::get_num_threads());
+    time_case(format!("gemm f32 {n}x{n}"), 2.0 * (n as f64).powi(3) / 1e9, repeats, || {
+        // SAFETY: a, b, c are n×n row-major buffers of exactly n² elements.
+        unsafe {
+            gemm::gemm(
+                n, n, n, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, n as isize, b.as_ptr(), 1,
+                n as isize, 0.0, 1.0, false, false, false, threads,
+            );
+        }
+        Ok(())
+    }, report)
+}
+
+/// Runs the benchmark, calling `report` after each case (for progress output).
+pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<BenchReport, BenchError> {
+    let device = Device::Cpu;
+    let dtype = DType::F32;
+    let mut cases = Vec::new();
+    if let Some(&r) = opts.resolutions.iter().find(|&&r| r == 0 || r % 8 != 0) {
+        return Err(BenchError::Resolution { resolution: r });
+    }
+    if opts.gemm_size > 0 {
+        cases.push(gemm_case(opts.gemm_size, opts.repeats, &mut report)?);
+    }
+
+    // Text encoder: 77 tokens, batch 2 (prompt and negative prompt).
+    let clip_cfg = CLIPTextConfig::from_json(presets::SD15_TEXT_ENCODER)?;
+    let clip = CLIPTextModel::new(seeded_var_builder(opts.seed, dtype, &device).pp("text_encoder"), &clip_cfg)?;
+    let ids: Vec<u32> = (0..2 * 77u32).map(|i| (i * 7919) % clip_cfg.vocab_size as u32).collect();
+    let ids = Tensor::from_vec(ids, (2, 77), &device)?;
+    cases.push(time_case("text_encoder b2".into(), flops::clip_text(&clip_cfg, 2, 77) / 1e9, opts.repeats, || {
+        clip.forward(&ids)?;
+        Ok(())
+    }, &mut report)?);
+    drop(clip);
+
+    let unet_json: serde_json::Value = serde_json::from_str(presets::SD15_UNET)?;
+    let unet_cfg = UNet2DConditionModelConfig::from_json(presets::SD15_UNET)?;
+    let unet = UNet2DConditionModel::new(seeded_var_builder(opts.seed, dtype, &device).pp("unet"), &unet_cfg)?;
+    let shape = unet_shape(&unet_json);
+    for &res in &opts.resolutions {
+        let lat = res / 8;
+        for &batch in &opts.unet_batches {
+            let sample = Tensor::randn(0f32, 1.0, (batch, 4, lat, lat), &device)?;
+            let context = Tensor::randn(0f32, 1.0, (batch, 77, 768), &device)?;
+            let gflop = flops::unet(&shape, batch, lat, lat) / 1e9;
+            cases.push(time_case(format!("unet b{batch} {res}"), gflop, opts.repeats, || {
+                unet.forward(&sample, 500.0, &context, None)?;
+                Ok(())
+            }, &mut report)?);
+        }
+    }
+    drop(unet);
+
+    let vae_cfg = AutoencoderKLConfig::from_json(&serde_json::from_str(presets::SD15_VAE)?)?;
+    let vae = AutoencoderKL::new(seeded_var_builder(opts.seed, dtype, &device).pp("vae"), &vae_cfg)?;
+    for &res in &opts.resolutions {
+        let lat = res / 8;
+        let z = Tensor::randn(0f32, 1.0, (1, 4, lat, lat), &device)?;
+        cases.push(time_case(format!("vae_decode b1 {res}"), flops::vae_decode(&vae_cfg, 1, lat, lat) / 1e9, opts.repeats, || {
+            vae.decode(&z)?;
+            Ok(())
+        }, &mut report)?);
+    }
+
+    Ok(BenchReport { threads: candle_core::utils::get_num_threads(), cases, peak_rss_mib: peak_rss_mib() })
+}
+
+/// The FLOP-count view of a diffusers UNet `config.json`.
+fn unet_shape(cfg: &serde_json::Value) -> flops::UNetShape {
+    let usizes = |key: &str| -> Vec<usize> {
+        cfg[key].as_array().map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect()).unwrap_or_default()
+    };
+    flops::UNetShape {
+        block_out_channels: usizes("block_out_channels"),
+        layers_per_block: cfg["layers_per_block"].as_u64().unwrap_or(2) as usize,
+        down_attention: cfg["down_block_types"]
+            .as_array()
+            .map(|a| a.iter().map(|t| t.as_str().is_some_and(|t| t.starts_with("CrossAttn"))).collect())
+            .unwrap_or_default(),
+        cross_attention_dim: cfg["cross_attention_dim"].as_u64().unwrap_or(768) as usize,
+        in_channels: cfg["in_channels"].as_u64().unwrap_or(4) as usize,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The architecture counts against published figures: the SD1.5 UNet is ≈ 0.8 TFLOP per
+    /// 512² image (one latent, 64×64), CLIP-L text ≈ 13 GFLOP (2·params·tokens, 123M params ×
+    /// 77 tokens minus embeddings), the VAE decoder ≈ 2.5 TFLOP at 512².
+    #[test]
+    fn flop_counts_match_published_magnitudes() {
+        let unet = flops::unet(&unet_shape(&serde_json::from_str(presets::SD15_UNET).unwrap()), 1, 64, 64) / 1e9;
+        assert!((700.0..900.0).contains(&unet), "unet {unet} GFLOP");
+        let clip = flops::clip_text(&CLIPTextConfig::from_json(presets::SD15_TEXT_ENCODER).unwrap(), 1, 77) / 1e9;
+        assert!((10.0..15.0).contains(&clip), "clip {clip} GFLOP");
+        let vae_cfg = AutoencoderKLConfig::from_json(&serde_json::from_str(presets::SD15_VAE).unwrap()).unwrap();
+        let vae = flops::vae_decode(&vae_cfg, 1, 64, 64) / 1e9;
+        assert!((2000.0..3000.0).contains(&vae), "vae {vae} GFLOP");
+    }
+}

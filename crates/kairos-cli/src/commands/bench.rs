@@ -1,0 +1,58 @@
+//! `kairos bench`: CPU timings of the full-size SD1.5 architecture with random weights.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use kairos_bench::{BenchOptions, CaseResult};
+
+/// Arguments of `kairos bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Square image resolutions (multiples of 8).
+    #[arg(long, value_delimiter = ',', default_value = "256,512")]
+    resolutions: Vec<usize>,
+    /// UNet batch sizes (2 is one classifier-free-guidance step).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    batches: Vec<usize>,
+    /// Timed repetitions per case.
+    #[arg(long, default_value_t = 1)]
+    repeats: usize,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Side of the reference square f32 GEMM (0 skips it).
+    #[arg(long, default_value_t = 4096)]
+    gemm: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Runs the benchmark and prints one line per case.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let opts = BenchOptions {
+        resolutions: args.resolutions,
+        unet_batches: args.batches,
+        repeats: args.repeats,
+        seed: args.seed,
+        gemm_size: args.gemm,
+    };
+    println!("{:<22} {:>10} {:>10} {:>10} {:>10}", "case", "min s", "mean s", "GFLOP", "GFLOP/s");
+    let print = |c: &CaseResult| {
+        println!(
+            "{:<22} {:>10.3} {:>10.3} {:>10.1} {:>10.1}",
+            c.name, c.seconds_min, c.seconds_mean, c.gflop, c.gflops_per_s
+        )
+    };
+    let report = kairos_bench::run(&opts, print)?;
+    println!("threads: {}", report.threads);
+    if let Some(mib) = report.peak_rss_mib {
+        println!("peak RSS: {mib:.0} MiB");
+    }
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
