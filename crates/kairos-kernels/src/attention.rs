@@ -114,7 +114,7 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor, scale: f64) -> Re
         .into());
     }
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !(f32_cpu(query) && f32_cpu(key) && f32_cpu(value)) {
+    if crate::kernels_off() || !(f32_cpu(query) && f32_cpu(key) && f32_cpu(value)) {
         return attention_plain(query, key, value, scale);
     }
     let flat = |t: &Tensor| -> Result<Tensor> { t.flatten_to(rank - 3)?.contiguous() };

@@ -13,6 +13,9 @@
 //! - [`nn`]: drop-in `Conv2d` and `GroupNorm` modules (same constructors and weight names as
 //!   `candle_nn`) that route through the kernels.
 //!
+//! Setting the environment variable `KAIROS_KERNELS=off` sends every call to the plain path, for
+//! A/B timings on one binary.
+//!
 //! GEMMs go through the `gemm` crate (the one candle uses), with its AVX-512 kernels enabled.
 
 mod attention;
@@ -26,3 +29,9 @@ pub use attention::{attention, attention_plain};
 pub use conv2d::{conv2d, conv2d_plain, Conv2dParams};
 pub use error::KernelError;
 pub use group_norm::{group_norm, group_norm_plain};
+
+/// Whether `KAIROS_KERNELS=off` asked for the plain candle paths (read once).
+pub(crate) fn kernels_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var("KAIROS_KERNELS").is_ok_and(|v| v == "off"))
+}

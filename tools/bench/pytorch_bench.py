@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Side-by-side PyTorch numbers for `kairos bench`: the same SD1.5 architecture (diffusers
+UNet2DConditionModel / AutoencoderKL, transformers CLIPTextModel) with random weights, the same
+shapes, the same thread count, the same FLOP counts (read from `kairos bench --json`, or pass
+--gflop-from), printed in the same table.
+
+The configs are read from crates/kairos-bench/src/presets.rs so both sides run one architecture.
+
+    python3 tools/bench/pytorch_bench.py --threads 2 --resolutions 256,512 --batches 1,2
+"""
+import argparse
+import json
+import pathlib
+import re
+import time
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def presets():
+    text = (ROOT / "crates/kairos-bench/src/presets.rs").read_text()
+    return {name: json.loads(body) for name, body in re.findall(r'pub const (\w+): &str = r#"(.*?)"#;', text, re.S)}
+
+
+def peak_rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resolutions", default="256,512")
+    ap.add_argument("--batches", default="1,2")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--gemm", type=int, default=4096, help="side of the reference f32 matmul (0 skips)")
+    ap.add_argument("--gflop-from", help="kairos bench --json report, to print GFLOP/s with the same counts")
+    ap.add_argument("--json", help="write the report here")
+    args = ap.parse_args()
+
+    import diffusers
+    import transformers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    gflop = {}
+    if args.gflop_from:
+        gflop = {c["name"]: c["gflop"] for c in json.load(open(args.gflop_from))["cases"]}
+    cfg = presets()
+    cases = []
+    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
+    print(f"{'case':<22} {'min s':>10} {'mean s':>10} {'GFLOP':>10} {'GFLOP/s':>10}")
+
+    def timed(name, fn, flop=None):
+        times = []
+        for _ in range(max(1, args.repeats)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        g = flop if flop is not None else gflop.get(name, float("nan"))
+        c = dict(name=name, seconds_min=min(times), seconds_mean=sum(times) / len(times), gflop=g, gflops_per_s=g / min(times))
+        cases.append(c)
+        print(f"{name:<22} {c['seconds_min']:>10.3f} {c['seconds_mean']:>10.3f} {g:>10.1f} {c['gflops_per_s']:>10.1f}", flush=True)
+
+    with torch.inference_mode():
+        if args.gemm:
+            n = args.gemm
+            a, b = torch.ones(n, n), torch.full((n, n), 0.5)
+            timed(f"gemm f32 {n}x{n}", lambda: a @ b, 2 * n**3 / 1e9)
+
+        clip = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in cfg["SD15_TEXT_ENCODER"].items() if k != "architectures"})).eval()
+        ids = (torch.arange(2 * 77) * 7919 % 49408).reshape(2, 77)
+        timed("text_encoder b2", lambda: clip(ids))
+        del clip
+
+        unet = UNet2DConditionModel.from_config(cfg["SD15_UNET"]).eval()
+        for res in map(int, args.resolutions.split(",")):
+            for batch in map(int, args.batches.split(",")):
+                sample = torch.randn(batch, 4, res // 8, res // 8)
+                context = torch.randn(batch, 77, 768)
+                timed(f"unet b{batch} {res}", lambda: unet(sample, 500, context))
+        del unet
+
+        vae = AutoencoderKL.from_config(cfg["SD15_VAE"]).eval()
+        for res in map(int, args.resolutions.split(",")):
+            z = torch.randn(1, 4, res // 8, res // 8)
+            timed(f"vae_decode b1 {res}", lambda: vae.decode(z))
+
+    rss = peak_rss_mib()
+    print(f"threads: {torch.get_num_threads()}\npeak RSS: {rss:.0f} MiB")
+    if args.json:
+        json.dump(dict(threads=torch.get_num_threads(), cases=cases, peak_rss_mib=rss), open(args.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
