@@ -22,7 +22,9 @@ fn attention(l: usize, s: usize, dim: usize) -> f64 {
 
 /// `ResnetBlock2D` `ci → co` at `h×w` (with a 1×1 shortcut when channels change).
 fn resnet(ci: usize, co: usize, h: usize, w: usize, temb: usize) -> f64 {
-    conv(ci, co, 3, h, w) + conv(co, co, 3, h, w) + linear(1, temb, co)
+    conv(ci, co, 3, h, w)
+        + conv(co, co, 3, h, w)
+        + linear(1, temb, co)
         + if ci != co { conv(ci, co, 1, h, w) } else { 0.0 }
 }
 
@@ -129,6 +131,7 @@ pub fn vae_decode(c: &AutoencoderKLConfig, batch: usize, h: usize, w: usize) -> 
 /// FLOPs of the CLIP text transformer on `batch` sequences of `tokens`.
 pub fn clip_text(c: &CLIPTextConfig, batch: usize, tokens: usize) -> f64 {
     let d = c.hidden_size;
-    let layer = 4.0 * linear(tokens, d, d) + attention(tokens, tokens, d) + 2.0 * linear(tokens, d, c.intermediate_size);
+    let layer =
+        4.0 * linear(tokens, d, d) + attention(tokens, tokens, d) + 2.0 * linear(tokens, d, c.intermediate_size);
     layer * c.num_hidden_layers as f64 * batch as f64
 }

@@ -118,16 +118,39 @@ fn gemm_case(n: usize, repeats: usize, report: &mut dyn FnMut(&CaseResult)) -> R
     let b = vec![0.5f32; n * n];
     let mut c = vec![0f32; n * n];
     let threads = gemm::Parallelism::Rayon(candle_core::utils::get_num_threads());
-    time_case(format!("gemm f32 {n}x{n}"), 2.0 * (n as f64).powi(3) / 1e9, repeats, || {
-        // SAFETY: a, b, c are n×n row-major buffers of exactly n² elements.
-        unsafe {
-            gemm::gemm(
-                n, n, n, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, n as isize, b.as_ptr(), 1,
-                n as isize, 0.0, 1.0, false, false, false, threads,
-            );
-        }
-        Ok(())
-    }, report)
+    time_case(
+        format!("gemm f32 {n}x{n}"),
+        2.0 * (n as f64).powi(3) / 1e9,
+        repeats,
+        || {
+            // SAFETY: a, b, c are n×n row-major buffers of exactly n² elements.
+            unsafe {
+                gemm::gemm(
+                    n,
+                    n,
+                    n,
+                    c.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    n as isize,
+                    b.as_ptr(),
+                    1,
+                    n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    threads,
+                );
+            }
+            Ok(())
+        },
+        report,
+    )
 }
 
 /// Runs the benchmark, calling `report` after each case (for progress output).
@@ -147,10 +170,16 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
     let clip = CLIPTextModel::new(seeded_var_builder(opts.seed, dtype, &device).pp("text_encoder"), &clip_cfg)?;
     let ids: Vec<u32> = (0..2 * 77u32).map(|i| (i * 7919) % clip_cfg.vocab_size as u32).collect();
     let ids = Tensor::from_vec(ids, (2, 77), &device)?;
-    cases.push(time_case("text_encoder b2".into(), flops::clip_text(&clip_cfg, 2, 77) / 1e9, opts.repeats, || {
-        clip.forward(&ids)?;
-        Ok(())
-    }, &mut report)?);
+    cases.push(time_case(
+        "text_encoder b2".into(),
+        flops::clip_text(&clip_cfg, 2, 77) / 1e9,
+        opts.repeats,
+        || {
+            clip.forward(&ids)?;
+            Ok(())
+        },
+        &mut report,
+    )?);
     drop(clip);
 
     let unet_json: serde_json::Value = serde_json::from_str(presets::SD15_UNET)?;
@@ -163,10 +192,16 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
             let sample = Tensor::randn(0f32, 1.0, (batch, 4, lat, lat), &device)?;
             let context = Tensor::randn(0f32, 1.0, (batch, 77, 768), &device)?;
             let gflop = flops::unet(&shape, batch, lat, lat) / 1e9;
-            cases.push(time_case(format!("unet b{batch} {res}"), gflop, opts.repeats, || {
-                unet.forward(&sample, 500.0, &context, None)?;
-                Ok(())
-            }, &mut report)?);
+            cases.push(time_case(
+                format!("unet b{batch} {res}"),
+                gflop,
+                opts.repeats,
+                || {
+                    unet.forward(&sample, 500.0, &context, None)?;
+                    Ok(())
+                },
+                &mut report,
+            )?);
         }
     }
     drop(unet);
@@ -176,10 +211,16 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
     for &res in &opts.resolutions {
         let lat = res / 8;
         let z = Tensor::randn(0f32, 1.0, (1, 4, lat, lat), &device)?;
-        cases.push(time_case(format!("vae_decode b1 {res}"), flops::vae_decode(&vae_cfg, 1, lat, lat) / 1e9, opts.repeats, || {
-            vae.decode(&z)?;
-            Ok(())
-        }, &mut report)?);
+        cases.push(time_case(
+            format!("vae_decode b1 {res}"),
+            flops::vae_decode(&vae_cfg, 1, lat, lat) / 1e9,
+            opts.repeats,
+            || {
+                vae.decode(&z)?;
+                Ok(())
+            },
+            &mut report,
+        )?);
     }
 
     Ok(BenchReport { threads: candle_core::utils::get_num_threads(), cases, peak_rss_mib: peak_rss_mib() })
@@ -188,7 +229,10 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
 /// The FLOP-count view of a diffusers UNet `config.json`.
 fn unet_shape(cfg: &serde_json::Value) -> flops::UNetShape {
     let usizes = |key: &str| -> Vec<usize> {
-        cfg[key].as_array().map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect()).unwrap_or_default()
+        cfg[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect())
+            .unwrap_or_default()
     };
     flops::UNetShape {
         block_out_channels: usizes("block_out_channels"),

@@ -19,9 +19,10 @@ impl SimpleBackend for SeededWeights {
         let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
         let bound = (1.0 / fan_in as f64).sqrt() as f32;
         // FNV-1a of the name, mixed with the seed: each tensor has its own reproducible stream.
-        let mut state = name.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ self.seed, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-        }) | 1;
+        let mut state = name
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64 ^ self.seed, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+            | 1;
         let data: Vec<f32> = (0..s.elem_count())
             .map(|_| {
                 state ^= state << 13;

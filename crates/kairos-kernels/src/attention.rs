@@ -57,11 +57,24 @@ impl CustomOp3 for AttentionOp {
                 // so element (i, j) is at j·d + i), v_b S×d row-major, out_t m×d row-major.
                 unsafe {
                     gemm::gemm(
-                        m, s, d,
-                        scores.as_mut_ptr(), 1, s as isize, false,
-                        q_t.as_ptr(), 1, d as isize,
-                        k_b.as_ptr(), d as isize, 1,
-                        0.0, self.scale, false, false, false,
+                        m,
+                        s,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        s as isize,
+                        false,
+                        q_t.as_ptr(),
+                        1,
+                        d as isize,
+                        k_b.as_ptr(),
+                        d as isize,
+                        1,
+                        0.0,
+                        self.scale,
+                        false,
+                        false,
+                        false,
                         Parallelism::None,
                     );
                 }
@@ -69,11 +82,24 @@ impl CustomOp3 for AttentionOp {
                 // SAFETY: as above.
                 unsafe {
                     gemm::gemm(
-                        m, d, s,
-                        out_t.as_mut_ptr(), 1, d as isize, false,
-                        scores.as_ptr(), 1, s as isize,
-                        v_b.as_ptr(), 1, d as isize,
-                        0.0, 1.0, false, false, false,
+                        m,
+                        d,
+                        s,
+                        out_t.as_mut_ptr(),
+                        1,
+                        d as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        s as isize,
+                        v_b.as_ptr(),
+                        1,
+                        d as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
                         Parallelism::None,
                     );
                 }

@@ -86,11 +86,24 @@ impl CustomOp3 for Conv2dOp {
                 // depth×pixels row-major (col, or for the direct case x_b with pixels = H·W).
                 unsafe {
                     gemm::gemm(
-                        co, pixels, depth,
-                        out_b.as_mut_ptr().add(r0 * wo), 1, plane_out as isize, true,
-                        w.as_ptr(), 1, depth as isize,
-                        rhs, 1, pixels as isize,
-                        1.0, 1.0, false, false, false,
+                        co,
+                        pixels,
+                        depth,
+                        out_b.as_mut_ptr().add(r0 * wo),
+                        1,
+                        plane_out as isize,
+                        true,
+                        w.as_ptr(),
+                        1,
+                        depth as isize,
+                        rhs,
+                        1,
+                        pixels as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
                         threads,
                     );
                 }

@@ -99,9 +99,17 @@ pub fn group_norm(
         }
         .into());
     }
-    if crate::kernels_off() || !xs.device().is_cpu() || xs.dtype() != DType::F32 || weight.dtype() != DType::F32 || bias.dtype() != DType::F32
+    if crate::kernels_off()
+        || !xs.device().is_cpu()
+        || xs.dtype() != DType::F32
+        || weight.dtype() != DType::F32
+        || bias.dtype() != DType::F32
     {
         return group_norm_plain(xs, weight, bias, num_groups, eps, silu);
     }
-    xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &GroupNormOp { num_groups, eps, silu })
+    xs.contiguous()?.apply_op3_no_bwd(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        &GroupNormOp { num_groups, eps, silu },
+    )
 }

@@ -33,7 +33,13 @@ impl Module for Conv2d {
 }
 
 /// `candle_nn::conv2d` returning the kernel-backed layer.
-pub fn conv2d(in_channels: usize, out_channels: usize, kernel_size: usize, cfg: Conv2dConfig, vb: VarBuilder) -> Result<Conv2d> {
+pub fn conv2d(
+    in_channels: usize,
+    out_channels: usize,
+    kernel_size: usize,
+    cfg: Conv2dConfig,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
     candle_nn::conv2d(in_channels, out_channels, kernel_size, cfg, vb).map(Conv2d::new)
 }
 

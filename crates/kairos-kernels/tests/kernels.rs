@@ -133,5 +133,8 @@ fn non_f32_falls_back_to_candle() {
     let (w, b) = (randn(2, &[4]).to_dtype(DType::F64).unwrap(), randn(3, &[4]).to_dtype(DType::F64).unwrap());
     let got = group_norm(&x, &w, &b, 2, 1e-5, true).unwrap();
     let want = group_norm_plain(&x, &w, &b, 2, 1e-5, true).unwrap();
-    assert_eq!(got.flatten_all().unwrap().to_vec1::<f64>().unwrap(), want.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+    assert_eq!(
+        got.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+        want.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+    );
 }
