@@ -57,16 +57,17 @@ pub struct UNetShape {
 /// FLOPs of one `UNet2DConditionModel` call on `batch` latents of `h×w` with 77 context tokens.
 pub fn unet(u: &UNetShape, batch: usize, h: usize, w: usize) -> f64 {
     let ch = &u.block_out_channels;
-    let temb = 4 * ch[0];
+    let (Some(&c0), Some(&mid)) = (ch.first(), ch.last()) else { return 0.0 };
+    let temb = 4 * c0;
     let ctx = |c, h, w| transformer(c, h, w, 77, u.cross_attention_dim);
-    let mut f = conv(u.in_channels, ch[0], 3, h, w) + linear(1, ch[0], temb) + linear(1, temb, temb);
+    let mut f = conv(u.in_channels, c0, 3, h, w) + linear(1, c0, temb) + linear(1, temb, temb);
     let (mut hh, mut ww) = (h, w);
-    let mut skips = vec![ch[0]];
-    let mut prev = ch[0];
+    let mut skips = vec![c0];
+    let mut prev = c0;
     for (i, &c) in ch.iter().enumerate() {
         for _ in 0..u.layers_per_block {
             f += resnet(prev, c, hh, ww, temb);
-            if u.down_attention[i] {
+            if u.down_attention.get(i) == Some(&true) {
                 f += ctx(c, hh, ww);
             }
             prev = c;
@@ -80,10 +81,9 @@ pub fn unet(u: &UNetShape, batch: usize, h: usize, w: usize) -> f64 {
             skips.push(c);
         }
     }
-    let mid = *ch.last().unwrap_or(&0);
     f += 2.0 * resnet(mid, mid, hh, ww, temb) + ctx(mid, hh, ww);
     for (i, &c) in ch.iter().rev().enumerate() {
-        let attn = u.down_attention[ch.len() - 1 - i];
+        let attn = u.down_attention.get(ch.len() - 1 - i) == Some(&true);
         for _ in 0..=u.layers_per_block {
             let skip = skips.pop().unwrap_or(0);
             f += resnet(prev + skip, c, hh, ww, temb);
@@ -98,7 +98,7 @@ pub fn unet(u: &UNetShape, batch: usize, h: usize, w: usize) -> f64 {
             f += conv(c, c, 3, hh, ww);
         }
     }
-    f += conv(ch[0], u.in_channels, 3, hh, ww);
+    f += conv(c0, u.in_channels, 3, hh, ww);
     f * batch as f64
 }
 
@@ -106,7 +106,7 @@ pub fn unet(u: &UNetShape, batch: usize, h: usize, w: usize) -> f64 {
 pub fn vae_decode(c: &AutoencoderKLConfig, batch: usize, h: usize, w: usize) -> f64 {
     let ch: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
     let lat = c.latent_channels;
-    let top = ch[0];
+    let Some(&top) = ch.first() else { return 0.0 };
     let (mut hh, mut ww) = (h, w);
     let mut f = conv(lat, lat, 1, hh, ww) + conv(lat, top, 3, hh, ww);
     // Mid block: resnet, single-head attention over h·w tokens, resnet.

@@ -90,8 +90,8 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Times `f` `repeats` times (after nothing: the first run is included, since a sampler's first
-/// step pays the same allocations) and reports it as `name`.
+/// Times `f` `repeats` times and reports it as `name`. There is no warm-up run: the first call
+/// is kept, since a sampler's first step pays the same one-off costs.
 fn time_case(
     name: String,
     gflop: f64,
