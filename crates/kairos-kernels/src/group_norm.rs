@@ -90,7 +90,7 @@ pub fn group_norm(
     silu: bool,
 ) -> Result<Tensor> {
     let dims = xs.dims();
-    if dims.len() < 3 || num_groups == 0 || dims[1] % num_groups != 0 || weight.dims() != [dims[1]] {
+    if dims.len() < 3 || num_groups == 0 || !dims[1].is_multiple_of(num_groups) || weight.dims() != [dims[1]] {
         return Err(KernelError::BadShape {
             op: OP,
             name: "xs",
