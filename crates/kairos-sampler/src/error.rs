@@ -22,6 +22,9 @@ pub enum SamplerError {
     /// A [`crate::noise::FixedNoise`] source was asked for more draws than it holds.
     #[error("the fixed noise source has no draws left")]
     NoiseExhausted,
+    /// A noise source was misconfigured or misused.
+    #[error(transparent)]
+    Noise(#[from] crate::noise::NoiseError),
     /// A sampler option is out of range.
     #[error("invalid option for sampler `{sampler}`: {message}")]
     InvalidOption { sampler: &'static str, message: String },
