@@ -5,3 +5,14 @@
 pub mod prompt;
 pub mod text_encoders;
 pub mod tokenizer;
+
+pub mod activations;
+pub mod attention_processor;
+pub mod error;
+pub mod resnet;
+
+pub use error::ModelError;
+pub mod attention;
+pub mod embeddings;
+pub mod transformers;
+pub mod unets;

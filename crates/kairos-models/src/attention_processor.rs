@@ -1,0 +1,230 @@
+//! Mirrors diffusers 0.42.1 `models/attention_processor.py`: the `Attention` module with the
+//! computation of `AttnProcessor2_0` (the processor diffusers selects on torch 2).
+//!
+//! Differences:
+//! - Only the options SD1.x/SD2.x UNets and VAEs use: cross-attention, `heads`/`dim_head`,
+//!   q/k/v `bias`, `out_bias`, `upcast_attention`/`upcast_softmax`, the input `group_norm`
+//!   (`norm_num_groups`, VAE), `residual_connection` and `rescale_output_factor`. Absent:
+//!   `kv_heads`, `qk_norm`, `cross_attention_norm`, `added_kv_proj_dim`, `spatial_norm_dim`,
+//!   `out_dim`, `context_pre_only`, attention masks, processors other than the default.
+//! - The attention itself is the single function [`scaled_dot_product_attention`], so that a
+//!   fused kernel can replace it without touching the module.
+//! - Dropout is omitted (inference only).
+
+use candle_core::{DType, Tensor};
+use candle_nn::{GroupNorm, Linear, Module, VarBuilder};
+
+use crate::error::{ModelError, Result};
+
+/// Constructor arguments of `Attention`, with diffusers' defaults (see [`AttentionConfig::new`]).
+#[derive(Debug, Clone)]
+pub struct AttentionConfig {
+    /// Channels of the query input.
+    pub query_dim: usize,
+    /// Channels of `encoder_hidden_states`; `None` means self-attention (`query_dim`).
+    pub cross_attention_dim: Option<usize>,
+    /// Number of heads.
+    pub heads: usize,
+    /// Channels per head; `to_q` maps `query_dim` to `heads * dim_head`.
+    pub dim_head: usize,
+    /// Whether `to_q`, `to_k`, `to_v` have a bias.
+    pub bias: bool,
+    /// Compute `q·kᵀ` in f32 (SD2.1-v sets it; no effect on f32 weights).
+    pub upcast_attention: bool,
+    /// Compute the softmax in f32 (no effect on f32 weights).
+    pub upcast_softmax: bool,
+    /// Groups of the `group_norm` applied to the input; `None` means no norm.
+    pub norm_num_groups: Option<usize>,
+    /// Epsilon of `group_norm`.
+    pub eps: f64,
+    /// Whether `to_out.0` has a bias.
+    pub out_bias: bool,
+    /// Add the input to the output.
+    pub residual_connection: bool,
+    /// The output is divided by this.
+    pub rescale_output_factor: f64,
+}
+
+impl AttentionConfig {
+    /// diffusers' defaults for a given `query_dim`: 8 heads of 64, no q/k/v bias, no norm.
+    pub fn new(query_dim: usize) -> Self {
+        Self {
+            query_dim,
+            cross_attention_dim: None,
+            heads: 8,
+            dim_head: 64,
+            bias: false,
+            upcast_attention: false,
+            upcast_softmax: false,
+            norm_num_groups: None,
+            eps: 1e-5,
+            out_bias: true,
+            residual_connection: false,
+            rescale_output_factor: 1.0,
+        }
+    }
+}
+
+/// `Attention`: multi-head (cross-)attention with `to_q`, `to_k`, `to_v`, `to_out.0`.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    group_norm: Option<GroupNorm>,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    scale: f64,
+    upcast: bool,
+    residual_connection: bool,
+    rescale_output_factor: f64,
+}
+
+impl Attention {
+    /// Builds the module under `vb` (e.g. `...transformer_blocks.0.attn2`).
+    pub fn new(vb: VarBuilder, config: &AttentionConfig) -> Result<Self> {
+        if config.heads == 0 || config.dim_head == 0 {
+            return Err(ModelError::InvalidConfig {
+                field: "heads",
+                reason: format!(
+                    "heads ({}) and dim_head ({}) must be positive",
+                    config.heads, config.dim_head
+                ),
+            });
+        }
+        let inner_dim = config.heads * config.dim_head;
+        let kv_dim = config.cross_attention_dim.unwrap_or(config.query_dim);
+        let linear = |in_dim, out_dim, bias: bool, name: &str| -> Result<Linear> {
+            let vb = vb.pp(name);
+            Ok(if bias {
+                candle_nn::linear(in_dim, out_dim, vb)?
+            } else {
+                candle_nn::linear_no_bias(in_dim, out_dim, vb)?
+            })
+        };
+        let group_norm = match config.norm_num_groups {
+            Some(groups) => Some(candle_nn::group_norm(
+                groups,
+                config.query_dim,
+                config.eps,
+                vb.pp("group_norm"),
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            group_norm,
+            to_q: linear(config.query_dim, inner_dim, config.bias, "to_q")?,
+            to_k: linear(kv_dim, inner_dim, config.bias, "to_k")?,
+            to_v: linear(kv_dim, inner_dim, config.bias, "to_v")?,
+            to_out: linear(inner_dim, config.query_dim, config.out_bias, "to_out.0")?,
+            heads: config.heads,
+            scale: (config.dim_head as f64).powf(-0.5),
+            upcast: config.upcast_attention || config.upcast_softmax,
+            residual_connection: config.residual_connection,
+            rescale_output_factor: config.rescale_output_factor,
+        })
+    }
+
+    /// `hidden_states` `[N, L, C]` (or `[N, C, H, W]`, attended over `H·W`), optional
+    /// `encoder_hidden_states` `[N, S, C_cross]` → same shape as `hidden_states`.
+    pub fn forward(
+        &self,
+        hidden_states: &Tensor,
+        encoder_hidden_states: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let residual = hidden_states;
+        let spatial = match hidden_states.rank() {
+            3 => None,
+            4 => Some(hidden_states.dims4()?),
+            _ => {
+                return Err(ModelError::BadInput {
+                    name: "hidden_states",
+                    expected: "[N, L, C] or [N, C, H, W]".into(),
+                    got: hidden_states.dims().to_vec(),
+                })
+            }
+        };
+        // [N, C, H, W] -> [N, H·W, C]
+        let hidden_states = match spatial {
+            Some((n, c, h, w)) => hidden_states.reshape((n, c, h * w))?.transpose(1, 2)?,
+            None => hidden_states.clone(),
+        };
+        let (batch_size, _, _) = hidden_states.dims3()?;
+        let hidden_states = match &self.group_norm {
+            // GroupNorm normalises over channels in dim 1: [N, L, C] -> [N, C, L] and back.
+            Some(norm) => norm
+                .forward(&hidden_states.transpose(1, 2)?)?
+                .transpose(1, 2)?,
+            None => hidden_states,
+        }
+        // candle 0.11.1's `Linear` on a non-contiguous 3-D input takes a broadcast-matmul path
+        // that returns wrong values on CPU; the transposes above make the input non-contiguous.
+        .contiguous()?;
+
+        let query = self.to_q.forward(&hidden_states)?;
+        let encoder_hidden_states = encoder_hidden_states.unwrap_or(&hidden_states);
+        let key = self.to_k.forward(encoder_hidden_states)?;
+        let value = self.to_v.forward(encoder_hidden_states)?;
+
+        let inner_dim = key.dim(2)?;
+        let head_dim = inner_dim / self.heads;
+        // [N, L, heads·d] -> [N, heads, L, d]
+        let split_heads = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((batch_size, (), self.heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let query = split_heads(query)?;
+        let key = split_heads(key)?;
+        let value = split_heads(value)?;
+
+        let hidden_states =
+            scaled_dot_product_attention(&query, &key, &value, self.scale, self.upcast)?;
+        // [N, heads, L, d] -> [N, L, heads·d]
+        let hidden_states =
+            hidden_states
+                .transpose(1, 2)?
+                .reshape((batch_size, (), self.heads * head_dim))?;
+        let hidden_states = self.to_out.forward(&hidden_states)?;
+
+        // [N, H·W, C] -> [N, C, H, W]
+        let hidden_states = match spatial {
+            Some((n, c, h, w)) => hidden_states.transpose(1, 2)?.reshape((n, c, h, w))?,
+            None => hidden_states,
+        };
+        let hidden_states = if self.residual_connection {
+            (hidden_states + residual)?
+        } else {
+            hidden_states
+        };
+        Ok(if self.rescale_output_factor == 1.0 {
+            hidden_states
+        } else {
+            (hidden_states / self.rescale_output_factor)?
+        })
+    }
+}
+
+/// `softmax(q·kᵀ·scale)·v` over `[N, heads, L, d]` tensors (`key`/`value` `[N, heads, S, d]`),
+/// as torch's `F.scaled_dot_product_attention` without mask or dropout. With `upcast` the scores
+/// and softmax are computed in f32 and the probabilities cast back to `value`'s dtype.
+///
+/// This is the one place attention is computed, so a fused kernel can take its place.
+pub fn scaled_dot_product_attention(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    scale: f64,
+    upcast: bool,
+) -> Result<Tensor> {
+    let dtype = value.dtype();
+    let (query, key) = if upcast && dtype != DType::F32 {
+        (query.to_dtype(DType::F32)?, key.to_dtype(DType::F32)?)
+    } else {
+        (query.clone(), key.clone())
+    };
+    // [N, heads, L, S]
+    let scores = (query * scale)?.matmul(&key.t()?)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    Ok(probs.matmul(value)?)
+}

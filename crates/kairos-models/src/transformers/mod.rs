@@ -1,0 +1,3 @@
+//! Transformer models, mirroring diffusers' `models/transformers/`.
+
+pub mod transformer_2d;
