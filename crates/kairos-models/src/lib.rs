@@ -8,7 +8,9 @@ pub mod tokenizer;
 
 pub mod activations;
 pub mod attention_processor;
+pub mod autoencoders;
 pub mod error;
+pub mod loading;
 pub mod resnet;
 
 pub use error::ModelError;
