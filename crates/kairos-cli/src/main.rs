@@ -3,6 +3,8 @@
 mod commands;
 mod plot;
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
 /// kairos: Stable Diffusion in fewer, cheaper steps.
@@ -15,9 +17,18 @@ enum Cli {
     Toy(commands::toy::ToyArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse() {
+fn main() -> ExitCode {
+    let result = match Cli::parse() {
         Cli::Schedule(args) => commands::schedule::run(args),
         Cli::Toy(args) => commands::toy::run(args),
+    };
+    // Print the message chain only: a user error is not a crash, so no backtrace even when
+    // RUST_BACKTRACE is set.
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

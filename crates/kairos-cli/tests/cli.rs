@@ -43,8 +43,19 @@ fn schedule_json_has_sigmas_and_timesteps() {
     let v = json(&["schedule", "--family", "sd1", "--schedule", "ays", "--steps", "10", "--json"]);
     let sigmas = f64s(&v["sigmas"]);
     let timesteps = f64s(&v["timesteps"]);
-    let want = [14.6146412293, 6.4745760956, 3.8636745985, 2.6946151520, 1.8841921177, 1.3943805092, 0.9642583904,
-        0.6523686016, 0.3977456272, 0.1515232662, 0.0];
+    let want = [
+        14.6146412293,
+        6.4745760956,
+        3.8636745985,
+        2.6946151520,
+        1.8841921177,
+        1.3943805092,
+        0.9642583904,
+        0.6523686016,
+        0.3977456272,
+        0.1515232662,
+        0.0,
+    ];
     assert_eq!(sigmas.len(), 11);
     for (g, w) in sigmas.iter().zip(want) {
         assert!((g - w).abs() < 1e-6, "{sigmas:?}");
@@ -96,7 +107,8 @@ fn schedule_compare_json_and_plots() {
     std::fs::create_dir_all(&dir).unwrap();
     let (png, svg) = (dir.join("s.png"), dir.join("s.svg"));
     for path in [&png, &svg] {
-        let out = kairos(&["schedule", "--compare", "karras,ays,gits", "--steps", "10", "--plot", path.to_str().unwrap()]);
+        let out =
+            kairos(&["schedule", "--compare", "karras,ays,gits", "--steps", "10", "--plot", path.to_str().unwrap()]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
@@ -108,8 +120,20 @@ fn schedule_compare_json_and_plots() {
 #[test]
 fn toy_json_has_one_row_per_combination() {
     let v = json(&[
-        "toy", "--samplers", "euler,dpmpp_2m", "--schedules", "karras,ays", "--steps", "3,4", "--seeds", "2", "--points",
-        "64", "--mixture", "ring", "--json",
+        "toy",
+        "--samplers",
+        "euler,dpmpp_2m",
+        "--schedules",
+        "karras,ays",
+        "--steps",
+        "3,4",
+        "--seeds",
+        "2",
+        "--points",
+        "64",
+        "--mixture",
+        "ring",
+        "--json",
     ]);
     assert_eq!(v["mixture"], "ring");
     let rows = v["results"].as_array().unwrap();
@@ -126,9 +150,24 @@ fn toy_json_has_one_row_per_combination() {
 
 #[test]
 fn toy_table_prints() {
-    let out = kairos(&["toy", "--samplers", "heun", "--schedules", "exponential", "--steps", "2", "--seeds", "1", "--points", "32"]);
+    let out = kairos(&[
+        "toy",
+        "--samplers",
+        "heun",
+        "--schedules",
+        "exponential",
+        "--steps",
+        "2",
+        "--seeds",
+        "1",
+        "--points",
+        "32",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("heun") && stdout.contains("exponential") && stdout.contains("±"), "{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("heun") && stdout.contains("exponential") && stdout.contains("±"),
+        "{stdout}"
+    );
 }
 
 #[test]

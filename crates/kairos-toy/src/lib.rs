@@ -13,7 +13,7 @@ mod runner;
 pub use denoiser::ExactDenoiser;
 pub use metrics::{wasserstein_1d, SlicedWasserstein, Stats};
 pub use mixture::{Component, GaussianMixture, Preset, SEPARATION};
-pub use rng::{SeededNoise, Stream, ToyRng};
+pub use rng::{Stream, ToyRng};
 pub use runner::{Figures, Run, Summary, ToyWorld, DIRECTIONS, REFERENCE_POINTS, REFERENCE_SEED};
 
 /// Errors of the toy world.

@@ -99,12 +99,15 @@ impl GaussianMixture {
             return Err(ToyError::InvalidMixture { reason: "a mixture needs at least one component".into() });
         }
         if let Some((i, c)) = components.iter().enumerate().find(|(_, c)| {
-            !(c.weight.is_finite() && c.weight > 0.0 && c.std.is_finite() && c.std > 0.0)
-                || !c.mean.iter().all(|m| m.is_finite())
+            !(c.weight.is_finite()
+                && c.weight > 0.0
+                && c.std.is_finite()
+                && c.std > 0.0
+                && c.mean.iter().all(|m| m.is_finite()))
         }) {
-            return Err(ToyError::InvalidMixture { reason: format!(
-                "component {i} ({c:?}) needs a finite positive weight and std and a finite mean"
-            ) });
+            return Err(ToyError::InvalidMixture {
+                reason: format!("component {i} ({c:?}) needs a finite positive weight and std and a finite mean"),
+            });
         }
         let total: f64 = components.iter().map(|c| c.weight).sum();
         Ok(Self { components: components.into_iter().map(|c| Component { weight: c.weight / total, ..c }).collect() })

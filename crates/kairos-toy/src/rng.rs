@@ -1,22 +1,21 @@
-//! The toy world's random numbers: seeded, platform-independent standard normal and uniform
-//! draws, in separate streams for the initial noise, the sampler noise and the true sample.
+//! The toy world's own random numbers: seeded, platform-independent standard normal and uniform
+//! draws for exact samples of the data (the reference sample and the true-sample floor). The
+//! sampler's initial noise and step noise come from kairos-sampler's torch-compatible
+//! [`kairos_sampler::noise::SeededNoise`] instead, so a toy run can be replayed in k-diffusion.
 
 use candle_core::{DType, Device, Tensor};
-use kairos_sampler::NoiseSource;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
-/// Which independent stream of a seed a generator draws from, so that changing, say, the number
-/// of sampler noise draws never changes the initial noise.
+/// Which independent stream of a seed a generator draws from, so that the reference sample and
+/// the true samples of the same seed never coincide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
-    /// The sampler's starting point x = sigma_max * z.
-    InitialNoise = 0,
-    /// The noise that stochastic samplers inject.
-    SamplerNoise = 1,
     /// The large true sample that metrics compare against.
-    Reference = 2,
+    Reference = 0,
+    /// True samples scored like a sampler's output, as the floor of the figures.
+    TrueSample = 1,
 }
 
 /// A seeded generator (ChaCha8, reproducible across platforms).
@@ -39,24 +38,6 @@ impl ToyRng {
     /// One uniform draw in [0, 1).
     pub fn uniform(&mut self) -> f64 {
         self.0.random()
-    }
-
-    /// A tensor of standard normal draws with the given shape (f64 on the CPU).
-    pub fn normal_tensor(&mut self, shape: &[usize]) -> candle_core::Result<Tensor> {
-        let n = shape.iter().product();
-        let data: Vec<f64> = (0..n).map(|_| self.normal()).collect();
-        Tensor::from_vec(data, shape, &Device::Cpu)
-    }
-}
-
-/// A [`NoiseSource`] that draws from a [`ToyRng`]: one fresh standard normal tensor per call.
-#[derive(Debug, Clone)]
-pub struct SeededNoise(pub ToyRng);
-
-impl NoiseSource for SeededNoise {
-    fn step_noise(&mut self, like: &Tensor, _sigma: f64, _sigma_next: f64) -> kairos_sampler::Result<Tensor> {
-        let noise = self.0.normal_tensor(like.dims())?;
-        Ok(noise.to_dtype(like.dtype())?.to_device(like.device())?)
     }
 }
 

@@ -1,5 +1,7 @@
 //! Runs a sampler on the toy world and scores the result.
 
+use candle_core::{DType, Device};
+use kairos_sampler::noise::{BatchSeeding, RngKind, SeededNoise};
 use kairos_sampler::{SampleCtx, Sampler};
 use kairos_schedule::ModelSchedule;
 use serde::Serialize;
@@ -7,7 +9,7 @@ use serde::Serialize;
 use crate::denoiser::ExactDenoiser;
 use crate::metrics::{SlicedWasserstein, Stats};
 use crate::mixture::GaussianMixture;
-use crate::rng::{tensor_to_points, SeededNoise, Stream, ToyRng};
+use crate::rng::{tensor_to_points, Stream, ToyRng};
 use crate::ToyError;
 
 /// Size of the true sample the sliced Wasserstein distance compares against.
@@ -77,23 +79,27 @@ impl ToyWorld {
         &self.mixture
     }
 
-    /// Runs `sampler` down `sigmas` from x = sigmas[0] * z, z ~ N(0, I) of shape [n, 2] drawn from
-    /// `seed`, with the exact denoiser (f64) and, for stochastic samplers, noise from `seed`'s
-    /// sampler stream.
+    /// Runs `sampler` down `sigmas` from x = sigmas[0] * z with the exact denoiser, in f64.
+    /// z = torch.randn([n, 2]) of a CPU generator seeded `seed` (torch-compatible, drawn in f32
+    /// as torch does), and stochastic samplers continue that stream, as k-diffusion with
+    /// `torch.manual_seed(seed)` would: a run can be replayed in Python.
     pub fn run(&self, sampler: &Sampler, sigmas: &[f64], n: usize, seed: u64) -> Result<Run, ToyError> {
         if n == 0 {
-            return Err(ToyError::InvalidArgument { name: "n", message: "the number of points must be at least 1".into() });
+            return Err(ToyError::InvalidArgument {
+                name: "n",
+                message: "the number of points must be at least 1".into(),
+            });
         }
-        let sigma_max = *sigmas.first().ok_or_else(|| ToyError::InvalidArgument {
-            name: "sigmas",
-            message: "the sigma list is empty".into(),
-        })?;
-        let x = (ToyRng::new(seed, Stream::InitialNoise).normal_tensor(&[n, 2])? * sigma_max)?;
+        let sigma_max = *sigmas
+            .first()
+            .ok_or_else(|| ToyError::InvalidArgument { name: "sigmas", message: "the sigma list is empty".into() })?;
+        let mut noise = SeededNoise::new(RngKind::TorchCpu, seed, BatchSeeding::Shared, n)
+            .map_err(kairos_sampler::SamplerError::from)?;
+        let x = (noise.initial_latent((n, 2), DType::F64, &Device::Cpu)? * sigma_max)?;
         let mut denoiser = ExactDenoiser::new(&self.mixture);
         if let Some(schedule) = &self.model_schedule {
             denoiser = denoiser.with_model_schedule(schedule);
         }
-        let mut noise = SeededNoise(ToyRng::new(seed, Stream::SamplerNoise));
         let out = sampler.sample(&mut SampleCtx::new(&mut denoiser, &mut noise), x, sigmas)?;
         Ok(Run { points: tensor_to_points(&out)?, nfe: denoiser.calls() })
     }
@@ -119,15 +125,17 @@ impl ToyWorld {
 
     /// The figures of `n` exact draws from the data per seed: the floor a sampler can reach with
     /// `n` points (the SW1 of a finite sample is not 0, and its NLL is the data's entropy up to
-    /// sampling noise). Draws come from each seed's initial-noise stream, so never equal the
-    /// reference sample.
+    /// sampling noise). Draws come from each seed's own [`Stream::TrueSample`].
     pub fn evaluate_true_samples(&self, n: usize, seeds: &[u64]) -> Result<Summary, ToyError> {
         if n == 0 {
-            return Err(ToyError::InvalidArgument { name: "n", message: "the number of points must be at least 1".into() });
+            return Err(ToyError::InvalidArgument {
+                name: "n",
+                message: "the number of points must be at least 1".into(),
+            });
         }
         let figures: Vec<Figures> = seeds
             .iter()
-            .map(|&seed| self.score(&self.mixture.sample(n, &mut ToyRng::new(seed, Stream::InitialNoise))))
+            .map(|&seed| self.score(&self.mixture.sample(n, &mut ToyRng::new(seed, Stream::TrueSample))))
             .collect();
         summarise(&figures, 0)
     }
@@ -156,9 +164,9 @@ mod tests {
         ScheduleKind::from_name(kind).unwrap().build(&model, family, steps, 1.0).unwrap().into_vec()
     }
 
-    // Many Euler steps on the exact denoiser approach the true distribution: SW1 against 20k
-    // true points with 2k samples is about 0.01 from sampling noise alone (measured 0.012 for a
-    // true sample of that size), so 0.03 leaves room for the 100-step discretisation error.
+    // Many Euler steps on the exact denoiser approach the true distribution: SW1 of 2k points
+    // against the true sample is about 0.01-0.02 from sampling noise alone, so 0.03 leaves room
+    // for the 100-step discretisation error; the NLL must be within 0.1 of a true sample's.
     #[test]
     fn euler_with_many_steps_reaches_the_data() {
         let world = ToyWorld::new(Preset::Ring.mixture());
@@ -166,7 +174,7 @@ mod tests {
         let run = world.run(&Sampler::from_name("euler").unwrap(), &sigmas, 2000, 3).unwrap();
         assert_eq!(run.nfe, 100);
         let f = world.score(&run.points);
-        let exact = world.score(&world.mixture().sample(2000, &mut ToyRng::new(3, Stream::InitialNoise)));
+        let exact = world.score(&world.mixture().sample(2000, &mut ToyRng::new(3, Stream::TrueSample)));
         assert!(f.sliced_wasserstein < 0.03, "{f:?} vs exact {exact:?}");
         assert!((f.nll - exact.nll).abs() < 0.1, "{f:?} vs exact {exact:?}");
     }
@@ -192,7 +200,10 @@ mod tests {
         assert!(matches!(world.run(&s, &[1.0, 0.0], 0, 0), Err(ToyError::InvalidArgument { name: "n", .. })));
         assert!(matches!(world.run(&s, &[], 4, 0), Err(ToyError::InvalidArgument { name: "sigmas", .. })));
         assert!(matches!(world.run(&s, &[1.0, 2.0, 0.0], 4, 0), Err(ToyError::Sampler(_))));
-        assert!(matches!(world.evaluate(&s, &[1.0, 0.0], 4, &[]), Err(ToyError::InvalidArgument { name: "seeds", .. })));
+        assert!(matches!(
+            world.evaluate(&s, &[1.0, 0.0], 4, &[]),
+            Err(ToyError::InvalidArgument { name: "seeds", .. })
+        ));
         assert!(matches!(world.evaluate_true_samples(4, &[]), Err(ToyError::InvalidArgument { name: "seeds", .. })));
     }
 }

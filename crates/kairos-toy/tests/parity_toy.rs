@@ -13,7 +13,14 @@ fn f64s(v: &Value) -> Vec<f64> {
 }
 
 fn points(v: &Value) -> Vec<[f64; 2]> {
-    v.as_array().expect("array").iter().map(|p| { let p = f64s(p); [p[0], p[1]] }).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|p| {
+            let p = f64s(p);
+            [p[0], p[1]]
+        })
+        .collect()
 }
 
 fn mixture(m: &Value) -> GaussianMixture {
@@ -73,4 +80,29 @@ fn wasserstein_matches_scipy() {
     let err_sliced = (metric.distance(&points(&s["a"])) - s["sw1"].as_f64().unwrap()).abs();
     eprintln!("W1 abs err {err_1d:e}, sliced W1 abs err {err_sliced:e}");
     assert!(err_1d < 1e-12 && err_sliced < 1e-12, "{err_1d:e} {err_sliced:e}");
+}
+
+// A whole toy run against k-diffusion (fixture: tools/fixtures/toy_runs.py): the same torch-CPU
+// seed for the initial noise (and the ancestral noise), the same sigmas, the exact denoiser.
+// Tolerance abs 1e-10: both sides compute in f64 from identical f32 noise; the denoisers differ
+// in rounding only (closed form vs Tweedie autograd, ~1e-13 per call above).
+#[test]
+fn toy_run_matches_k_diffusion() {
+    let f: Value = serde_json::from_str(include_str!("fixtures/toy_runs.json")).expect("fixture parses");
+    let world = kairos_toy::ToyWorld::with_reference(mixture(&f["mixture"]), 16);
+    let sigmas = f64s(&f["sigmas"]);
+    let (n, seed) = (f["n"].as_u64().unwrap() as usize, f["seed"].as_u64().unwrap());
+    for case in f["cases"].as_array().unwrap() {
+        let name = case["sampler"].as_str().unwrap();
+        let sampler = kairos_sampler::Sampler::from_name(name).unwrap();
+        let run = world.run(&sampler, &sigmas, n, seed).unwrap();
+        let max_err = run
+            .points
+            .iter()
+            .zip(points(&case["out"]))
+            .map(|(g, w)| (g[0] - w[0]).abs().max((g[1] - w[1]).abs()))
+            .fold(0.0, f64::max);
+        eprintln!("{name}: max abs err {max_err:e}");
+        assert!(max_err < 1e-10, "{name}: max abs err {max_err:e}");
+    }
 }

@@ -97,7 +97,13 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
 
 fn print_text(b: &Built, family: &str, model: &dyn NoiseSchedule) {
     let list = |v: &[f64], p: usize| v.iter().map(|x| format!("{x:.p$}")).collect::<Vec<_>>().join(" ");
-    println!("{} ({family}, {} steps, sigma range {:.4} → {:.4})", b.schedule, b.steps, model.sigma_max(), model.sigma_min());
+    println!(
+        "{} ({family}, {} steps, sigma range {:.4} → {:.4})",
+        b.schedule,
+        b.steps,
+        model.sigma_max(),
+        model.sigma_min()
+    );
     println!("  sigmas:    {}", list(&b.sigmas, 6));
     println!("  timesteps: {}", list(&b.timesteps, 3));
 }

@@ -17,7 +17,11 @@ pub struct ToyArgs {
     #[arg(long, value_delimiter = ',', default_value = "euler,dpmpp_2m")]
     samplers: Vec<String>,
     /// Sigma schedules, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "normal,karras,exponential,sgm_uniform,simple,beta,kl_optimal,ays,gits")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "normal,karras,exponential,sgm_uniform,simple,beta,kl_optimal,ays,gits"
+    )]
     schedules: Vec<String>,
     /// Step counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "5,10,20")]
