@@ -16,8 +16,25 @@ fn tiny_sd1() -> String {
 /// The tiny model's conventions (hidden flags) and a small fast run.
 fn tiny_args<'a>(model: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
-        "generate", "--model", model, "--norm-num-groups", "4", "--clip-head-dim", "8", "-W", "32", "-H", "24", "--steps",
-        "3", "--seed", "5", "--sampler", "Euler", "--output", out,
+        "generate",
+        "--model",
+        model,
+        "--norm-num-groups",
+        "4",
+        "--clip-head-dim",
+        "8",
+        "-W",
+        "32",
+        "-H",
+        "24",
+        "--steps",
+        "3",
+        "--seed",
+        "5",
+        "--sampler",
+        "Euler",
+        "--output",
+        out,
     ]
 }
 
@@ -59,7 +76,8 @@ fn generate_writes_png_with_infotext_and_never_overwrites() {
     let text = parameters_chunk(&file_s);
     assert!(text.starts_with("a cat\nNegative prompt: dog\nSteps: 3, Sampler: Euler, Schedule type: Karras, CFG scale: 7.5, Seed: 5, Size: 32x24, Model hash: "), "{text}");
     assert!(text.contains("Model: sd1_tiny, RNG: CPU"), "{text}");
-    let sidecar: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cat.json")).unwrap()).unwrap();
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cat.json")).unwrap()).unwrap();
     assert_eq!(sidecar["seed"], 5);
     // Same file again: refused, file untouched.
     fails(&args, &["already exists", "never overwrites"]);

@@ -36,7 +36,12 @@ pub struct ClipPromptEncoder {
 impl ClipPromptEncoder {
     /// `options.clip_skip` counts as A1111's "Clip skip" (1 = last layer) for both syntaxes;
     /// the other options apply to [`PromptSyntax::A1111`] only.
-    pub fn new(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, syntax: PromptSyntax, options: PromptOptions) -> Self {
+    pub fn new(
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        syntax: PromptSyntax,
+        options: PromptOptions,
+    ) -> Self {
         Self { text_encoder, tokenizer, syntax, options }
     }
 }
@@ -59,7 +64,11 @@ impl PromptEncoder for ClipPromptEncoder {
 /// Encodes the prompt and the negative prompt to tensors of one shape `[1, S, D]`: when their
 /// lengths differ (A1111 chunks), the shorter is extended with the empty prompt's embedding,
 /// as A1111's `pad_cond` does, so both fit in one batched UNet call.
-pub fn encode_pair(encoder: &dyn PromptEncoder, prompt: &str, negative_prompt: &str) -> Result<(Tensor, Tensor), PipelineError> {
+pub fn encode_pair(
+    encoder: &dyn PromptEncoder,
+    prompt: &str,
+    negative_prompt: &str,
+) -> Result<(Tensor, Tensor), PipelineError> {
     let cond = encoder.encode(prompt)?;
     let uncond = encoder.encode(negative_prompt)?;
     let (lc, lu) = (cond.dim(1)?, uncond.dim(1)?);
@@ -69,7 +78,7 @@ pub fn encode_pair(encoder: &dyn PromptEncoder, prompt: &str, negative_prompt: &
     let empty = encoder.encode("")?;
     let pad = |t: Tensor, missing: usize| -> Result<Tensor, PipelineError> {
         let chunk = empty.dim(1)?;
-        if missing % chunk != 0 {
+        if !missing.is_multiple_of(chunk) {
             return Err(PipelineError::InvalidOption {
                 name: "prompt",
                 message: format!("embeddings of {lc} and {lu} tokens cannot be padded with {chunk}-token chunks"),

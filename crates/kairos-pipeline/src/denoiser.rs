@@ -31,7 +31,12 @@ pub struct ModelDenoiser<'a> {
 
 impl<'a> ModelDenoiser<'a> {
     /// Wraps `model`; `sigma_data` is 1 for every Stable Diffusion family.
-    pub fn new(model: &'a dyn DiffusionModel, schedule: ModelSchedule, prediction: Prediction, sigma_data: f64) -> Self {
+    pub fn new(
+        model: &'a dyn DiffusionModel,
+        schedule: ModelSchedule,
+        prediction: Prediction,
+        sigma_data: f64,
+    ) -> Self {
         Self { model, schedule, prediction, sigma_data }
     }
 
@@ -73,7 +78,13 @@ pub struct CfgDenoiser<'a> {
 impl<'a> CfgDenoiser<'a> {
     /// Guidance with `cond` and `uncond` `[B, S, D]` (same shape; see
     /// [`crate::conditioning::encode_pair`]) at `scale`.
-    pub fn new(inner: ModelDenoiser<'a>, cond: &Tensor, uncond: &Tensor, scale: f64, keep_uncond: bool) -> candle_core::Result<Self> {
+    pub fn new(
+        inner: ModelDenoiser<'a>,
+        cond: &Tensor,
+        uncond: &Tensor,
+        scale: f64,
+        keep_uncond: bool,
+    ) -> candle_core::Result<Self> {
         let guided = scale != 1.0 || keep_uncond;
         let context = if guided { Tensor::cat(&[uncond, cond], 0)? } else { cond.clone() };
         Ok(Self { inner, context, guided, scale })

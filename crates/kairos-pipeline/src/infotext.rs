@@ -140,8 +140,11 @@ impl Infotext {
         }
         params.extend(self.extra.iter().cloned());
         let line = params.iter().map(|(k, v)| format!("{k}: {}", quote(v))).collect::<Vec<_>>().join(", ");
-        let negative =
-            if self.negative_prompt.is_empty() { String::new() } else { format!("\nNegative prompt: {}", self.negative_prompt) };
+        let negative = if self.negative_prompt.is_empty() {
+            String::new()
+        } else {
+            format!("\nNegative prompt: {}", self.negative_prompt)
+        };
         format!("{}{negative}\n{line}", self.prompt).trim().to_string()
     }
 }

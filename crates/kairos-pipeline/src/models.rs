@@ -140,8 +140,9 @@ fn pad_token(weights: &StableDiffusionWeights) -> Result<PadToken, PipelineError
     let Some(dir) = &weights.tokenizer_dir else { return Ok(default) };
     let path = dir.join("special_tokens_map.json");
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(default) };
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| PipelineError::Model(kairos_models::ModelError::ConfigFile { path: path.clone(), reason: e.to_string() }))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        PipelineError::Model(kairos_models::ModelError::ConfigFile { path: path.clone(), reason: e.to_string() })
+    })?;
     let pad = &json["pad_token"];
     match pad.as_str().or_else(|| pad["content"].as_str()) {
         Some(token) => Ok(PadToken::from_token(token)?),

@@ -63,7 +63,12 @@ fn next_number(dir: &Path) -> Result<u64, PipelineError> {
 }
 
 /// Creates the file for image `index` of `count`, returning its path and handle.
-fn create_output(target: &OutputTarget, index: usize, count: usize, seed: u64) -> Result<(PathBuf, File), PipelineError> {
+fn create_output(
+    target: &OutputTarget,
+    index: usize,
+    count: usize,
+    seed: u64,
+) -> Result<(PathBuf, File), PipelineError> {
     match target {
         OutputTarget::File(path) => {
             let path = if count == 1 {

@@ -152,7 +152,9 @@ pub struct Txt2ImgOutput {
 /// SD1.5 schedule, computed for the sigma range SD2 shares).
 pub fn request_sigmas(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<Vec<f64>, PipelineError> {
     let kind = match (&req.schedule, c.family) {
-        (ScheduleKind::Ays { model: None }, Family::Sd2 | Family::Sd2Base) => ScheduleKind::Ays { model: Some(AysModel::Sd1) },
+        (ScheduleKind::Ays { model: None }, Family::Sd2 | Family::Sd2Base) => {
+            ScheduleKind::Ays { model: Some(AysModel::Sd1) }
+        }
         (kind, _) => kind.clone(),
     };
     Ok(kind.build(&c.schedule, c.family, req.steps, 1.0)?.into_vec())
@@ -208,7 +210,13 @@ pub fn txt2img(
         let mut denoiser = CfgDenoiser::new(inner, &cond, &uncond, req.cfg_scale, req.sampler.needs_uncond())?;
         let batches_total = req.batch_count;
         let mut on_step = |info: &StepInfo<'_>| {
-            on_progress(&Progress::Step { batch, batches: batches_total, step: info.step, steps: info.total, sigma: info.sigma })
+            on_progress(&Progress::Step {
+                batch,
+                batches: batches_total,
+                step: info.step,
+                steps: info.total,
+                sigma: info.sigma,
+            })
         };
         let latents = {
             let mut ctx = SampleCtx::new(&mut denoiser, &mut noise).with_callback(&mut on_step);
@@ -225,4 +233,77 @@ pub fn txt2img(
         batches.push(Txt2ImgBatch { seeds, latents, images });
     }
     Ok(Txt2ImgOutput { sigmas, batches })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kairos_schedule::{DiscreteSchedule, TablePrecision};
+
+    /// ε = 0 network, constant embeddings, identity-ish decoder (first 3 latent channels).
+    struct Fakes;
+
+    impl DiffusionModel for Fakes {
+        fn predict(&self, sample: &Tensor, _t: f64, _c: &Tensor) -> candle_core::Result<Tensor> {
+            sample.zeros_like()
+        }
+    }
+
+    impl PromptEncoder for Fakes {
+        fn encode(&self, _prompt: &str) -> Result<Tensor, PipelineError> {
+            Ok(Tensor::zeros((1, 77, 4), DType::F32, &Device::Cpu)?)
+        }
+    }
+
+    impl LatentDecoder for Fakes {
+        fn decode(&self, latents: &Tensor) -> Result<Tensor, PipelineError> {
+            Ok(latents.narrow(1, 0, 3)?.upsample_nearest2d(latents.dim(2)? * 8, latents.dim(3)? * 8)?)
+        }
+        fn latent_channels(&self) -> usize {
+            4
+        }
+        fn scale_factor(&self) -> usize {
+            8
+        }
+    }
+
+    fn components() -> Components<'static> {
+        Components {
+            model: &Fakes,
+            encoder: &Fakes,
+            decoder: &Fakes,
+            family: Family::Sd1,
+            schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(TablePrecision::F64)),
+            prediction: Prediction::Epsilon,
+            device: Device::Cpu,
+        }
+    }
+
+    #[test]
+    fn runs_batches_reports_progress_and_cancels() {
+        let req =
+            Txt2ImgRequest { width: 16, height: 8, steps: 3, batch_size: 2, batch_count: 2, ..Default::default() };
+        let mut events = vec![];
+        let out = txt2img(&components(), &req, &mut |p| {
+            events.push(*p);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(events.len(), 2 * (3 + 1));
+        assert_eq!(out.batches[1].seeds, vec![2, 2], "batch 1 starts at seed + batch_size, one generator");
+        assert_eq!(out.batches[0].images[0].data.len(), 16 * 8 * 3);
+        // ε = 0 denoises to x0 = x, so the latents are the scaled initial noise.
+        assert_eq!(out.batches[0].latents.dims(), &[2, 4, 1, 2]);
+
+        let err = txt2img(&components(), &req, &mut |p| match p {
+            Progress::Step { step: 1, .. } => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        })
+        .unwrap_err();
+        assert!(err.is_cancelled(), "{err}");
+
+        let bad = Txt2ImgRequest { width: 500, ..req };
+        let err = txt2img(&components(), &bad, &mut |_| ControlFlow::Continue(())).unwrap_err();
+        assert_eq!(err.to_string(), "width must be a positive multiple of 8, got 500 (e.g. 504)");
+    }
 }

@@ -76,16 +76,27 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn max_abs(a: &Tensor) -> f64 {
-    a.to_dtype(candle_core::DType::F64).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    a.to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn run_case(name: &str) {
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("pipeline.json")).unwrap()).unwrap();
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("pipeline.json")).unwrap()).unwrap();
     let case = json["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap();
     let io: HashMap<String, Tensor> =
         candle_core::safetensors::load(fixtures().join("pipeline_io.safetensors"), &Device::Cpu).unwrap();
     let family = case["family"].as_str().unwrap();
-    let sd = StableDiffusion::load(fixtures().join(format!("{family}_tiny.safetensors")), &model_options(family)).unwrap();
+    let sd =
+        StableDiffusion::load(fixtures().join(format!("{family}_tiny.safetensors")), &model_options(family)).unwrap();
     assert_eq!(sd.prediction.scalings(1.0, 1.0).c_skip != 1.0, family == "sd2", "SD2 file detected as v-prediction");
     let components = sd.components();
     let req = request(case);

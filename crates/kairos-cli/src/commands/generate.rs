@@ -10,7 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kairos_models::prompt::PromptOptions;
 use kairos_pipeline::infotext::Infotext;
 use kairos_pipeline::output::{save_json_sidecar, save_png, OutputTarget};
-use kairos_pipeline::{txt2img, InitialNoise, ModelOptions, Progress, PromptSyntax, StableDiffusion, TimestepMode, Txt2ImgRequest};
+use kairos_pipeline::{
+    txt2img, InitialNoise, ModelOptions, Progress, PromptSyntax, StableDiffusion, TimestepMode, Txt2ImgRequest,
+};
 use kairos_sampler::noise::{BatchSeeding, RngKind};
 use kairos_sampler::Sampler;
 use kairos_schedule::{Prediction, ScheduleKind};
@@ -117,7 +119,10 @@ pub fn resolve_model(model: &str) -> anyhow::Result<PathBuf> {
     if path.exists() {
         return Ok(path.to_path_buf());
     }
-    let looks_like_repo = model.split('/').count() == 2 && !model.contains('\\') && !model.ends_with(".safetensors") && !model.ends_with(".ckpt");
+    let looks_like_repo = model.split('/').count() == 2
+        && !model.contains('\\')
+        && !model.ends_with(".safetensors")
+        && !model.ends_with(".ckpt");
     if !looks_like_repo {
         bail!("model not found: {model} (give a .safetensors/.ckpt file, a diffusers folder, or a Hugging Face repo id like {DEFAULT_MODEL})");
     }

@@ -106,7 +106,8 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     // checkpoint always carries its VAE: in the file, or in the folder's vae/.
     let vae = if path.is_dir() { "vae/ folder" } else { "baked in (first_stage_model.*)" };
     let counts: BTreeMap<&str, usize> =
-        [("unet", parameters(&w.unet)), ("vae", parameters(&w.vae)), ("text_encoder", parameters(&w.text_encoder))].into();
+        [("unet", parameters(&w.unet)), ("vae", parameters(&w.vae)), ("text_encoder", parameters(&w.text_encoder))]
+            .into();
     let dtypes = dtypes(&weight_files(&path))?;
     if args.json {
         let v = serde_json::json!({
