@@ -15,12 +15,18 @@ enum Cli {
     Schedule(commands::schedule::ScheduleArgs),
     /// Score samplers and schedules on a 2-D Gaussian mixture with an exact denoiser.
     Toy(commands::toy::ToyArgs),
+    /// Generate images from a prompt (txt2img) into PNG files with A1111 infotext.
+    Generate(commands::generate::GenerateArgs),
+    /// Show a checkpoint's family, prediction type, dtypes and parameter counts.
+    Inspect(commands::inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse() {
         Cli::Schedule(args) => commands::schedule::run(args),
         Cli::Toy(args) => commands::toy::run(args),
+        Cli::Generate(args) => commands::generate::run(args),
+        Cli::Inspect(args) => commands::inspect::run(args),
     };
     // Print the message chain only: a user error is not a crash, so no backtrace even when
     // RUST_BACKTRACE is set.

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod generate;
+pub mod inspect;
 pub mod schedule;
 pub mod toy;
 
