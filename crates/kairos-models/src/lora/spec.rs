@@ -36,7 +36,7 @@ impl FromStr for LoraSpec {
     /// a number, so paths with colons (`C:\loras\x.safetensors`) still work without one.
     fn from_str(text: &str) -> Result<Self, LoraError> {
         let (path, strength) = match text.rsplit_once(':') {
-            Some((p, s)) if !p.is_empty() && s.trim().parse::<f64>().is_ok() => (p, finite(text, s)?),
+            Some((p, s)) if s.trim().parse::<f64>().is_ok() => (p, finite(text, s)?),
             _ => (text, 1.0),
         };
         if path.is_empty() {
