@@ -26,11 +26,7 @@ use crate::ModelError;
 /// pipeline passes w = guidance_scale − 1), `[sin(1000·w·f_j), cos(1000·w·f_j)]` with
 /// f_j = exp(−j·ln(10000)/(half − 1)), j < half = dim / 2, zero-padded when `dim` is odd.
 /// Returns `[w.len(), embedding_dim]`, fed to the UNet as `timestep_cond`.
-pub fn get_guidance_scale_embedding(
-    w: &[f32],
-    embedding_dim: usize,
-    device: &Device,
-) -> Result<Tensor, ModelError> {
+pub fn get_guidance_scale_embedding(w: &[f32], embedding_dim: usize, device: &Device) -> Result<Tensor, ModelError> {
     let half = embedding_dim / 2;
     if half < 2 {
         return Err(ModelError::InvalidConfig {
@@ -94,7 +90,10 @@ pub fn lcm_timesteps(steps: usize, strength: f64, opts: &LcmOptions) -> Result<V
         });
     }
     if !(strength > 0.0 && strength <= 1.0) {
-        return Err(ModelError::InvalidConfig { field: "strength", reason: format!("must be in (0, 1], got {strength}") });
+        return Err(ModelError::InvalidConfig {
+            field: "strength",
+            reason: format!("must be in (0, 1], got {strength}"),
+        });
     }
     let k = opts.num_train_timesteps / original;
     // int(original_steps * strength), as Python truncates.

@@ -6,9 +6,7 @@
 use std::ops::ControlFlow;
 
 use candle_core::{Device, Tensor};
-use kairos_models::lcm::{
-    get_guidance_scale_embedding, initial_noise_scale, lcm_sigmas, LcmDenoiser, LcmOptions,
-};
+use kairos_models::lcm::{get_guidance_scale_embedding, initial_noise_scale, lcm_sigmas, LcmDenoiser, LcmOptions};
 use kairos_sampler::noise::FixedNoise;
 use kairos_sampler::{DenoiseOutput, Denoiser, SampleCtx, Sampler, SamplerError, StepInfo};
 use kairos_schedule::{DiscreteSchedule, Family, NoiseSchedule, TablePrecision};
@@ -48,7 +46,11 @@ fn guidance_embedding_matches_diffusers() {
             let err = (g - w).abs();
             let tol = if arg < 100.0 { 1e-6 } else { 2e-3 };
             assert!(err <= tol, "gs {gs} dim {dim} index {i}: {g} vs {w} (argument {arg})");
-            if arg < 100.0 { worst.0 = worst.0.max(err) } else { worst.1 = worst.1.max(err) }
+            if arg < 100.0 {
+                worst.0 = worst.0.max(err)
+            } else {
+                worst.1 = worst.1.max(err)
+            }
         }
         eprintln!("embedding gs {gs} dim {dim}: max abs err {:e} (small args), {:e} (large args)", worst.0, worst.1);
     }
@@ -83,7 +85,8 @@ fn rel(got: &[f32], want: &[f32]) -> f32 {
 #[test]
 fn lcm_matches_diffusers_lcm_scheduler_1_2_4_8_steps() {
     let f = fixture();
-    let shape: Vec<usize> = f["meta"]["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    let shape: Vec<usize> =
+        f["meta"]["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     let tensor = |v: &serde_json::Value| Tensor::from_vec(vec_f32(v), shape.as_slice(), &Device::Cpu).unwrap();
     for run in f["runs"].as_array().unwrap() {
         let steps = run["steps"].as_u64().unwrap() as usize;
@@ -102,9 +105,10 @@ fn lcm_matches_diffusers_lcm_scheduler_1_2_4_8_steps() {
             trace.push(info.denoised.flatten_all().unwrap().to_vec1::<f32>().unwrap());
             ControlFlow::Continue(())
         };
-        let mut ctx = SampleCtx::new(&mut denoiser, &mut noise).with_callback(&mut cb);
-        let out = Sampler::Lcm.sample(&mut ctx, x, s).unwrap();
-        drop(ctx);
+        let out = {
+            let mut ctx = SampleCtx::new(&mut denoiser, &mut noise).with_callback(&mut cb);
+            Sampler::Lcm.sample(&mut ctx, x, s).unwrap()
+        };
         let mut worst = 0f32;
         for (i, (got, want)) in trace.iter().zip(run["denoised"].as_array().unwrap()).enumerate() {
             let e = rel(got, &vec_f32(want));

@@ -56,14 +56,16 @@ fn run_case(name: &str) -> f32 {
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| (LoraFile::open(fixtures().join("lora").join(l[0].as_str().unwrap())).unwrap(), l[1].as_f64().unwrap()))
+        .map(|l| {
+            (LoraFile::open(fixtures().join("lora").join(l[0].as_str().unwrap())).unwrap(), l[1].as_f64().unwrap())
+        })
         .collect();
-    let uses: Vec<LoraUse> = files
-        .iter()
-        .map(|(file, s)| LoraUse { file, unet_strength: *s, text_encoder_strength: *s })
-        .collect();
+    let uses: Vec<LoraUse> =
+        files.iter().map(|(file, s)| LoraUse { file, unet_strength: *s, text_encoder_strength: *s }).collect();
     let merged = merge(&sd.unet, &sd.text_encoder, &uses, &MergeOptions::default()).unwrap();
-    let expected = candle_core::safetensors::load(fixtures().join(format!("lora/{name}_merged.safetensors")), &Device::Cpu).unwrap();
+    let expected =
+        candle_core::safetensors::load(fixtures().join(format!("lora/{name}_merged.safetensors")), &Device::Cpu)
+            .unwrap();
     let tol = case["tolerance"].as_f64().unwrap() as f32;
     let mut worst = 0f32;
     let mut patched = Vec::new();
@@ -159,11 +161,23 @@ fn lokr_matches_formula() {
 fn switching_loras_restores_base_bitwise_100_times() {
     let sd = base();
     let file = LoraFile::open(fixtures().join("lora/lcm_lora.safetensors")).unwrap();
-    let first = merge(&sd.unet, &sd.text_encoder, &[LoraUse { file: &file, unet_strength: 1.0, text_encoder_strength: 1.0 }], &MergeOptions::default()).unwrap();
+    let first = merge(
+        &sd.unet,
+        &sd.text_encoder,
+        &[LoraUse { file: &file, unet_strength: 1.0, text_encoder_strength: 1.0 }],
+        &MergeOptions::default(),
+    )
+    .unwrap();
     let key = "down_blocks.0.resnets.0.conv1.weight";
     let merged_once = first.unet.load(key, DType::F32, &Device::Cpu).unwrap();
     for _ in 0..100 {
-        let m = merge(&sd.unet, &sd.text_encoder, &[LoraUse { file: &file, unet_strength: 1.0, text_encoder_strength: 1.0 }], &MergeOptions::default()).unwrap();
+        let m = merge(
+            &sd.unet,
+            &sd.text_encoder,
+            &[LoraUse { file: &file, unet_strength: 1.0, text_encoder_strength: 1.0 }],
+            &MergeOptions::default(),
+        )
+        .unwrap();
         assert!(bitwise_equal(&m.unet.load(key, DType::F32, &Device::Cpu).unwrap(), &merged_once));
         let none = merge(&sd.unet, &sd.text_encoder, &[], &MergeOptions::default()).unwrap();
         assert!(bitwise_equal(&none.unet.load(key, DType::F32, &Device::Cpu).unwrap(), &load(&sd.unet, key)));
@@ -178,7 +192,13 @@ fn merged_unet_builds_through_var_builder() {
     use kairos_models::unets::unet_2d_condition::{UNet2DConditionModel, UNet2DConditionModelConfig};
     let sd = base();
     let file = LoraFile::open(fixtures().join("lora/kohya.safetensors")).unwrap();
-    let m = merge(&sd.unet, &sd.text_encoder, &[LoraUse { file: &file, unet_strength: 0.8, text_encoder_strength: 0.8 }], &MergeOptions::default()).unwrap();
+    let m = merge(
+        &sd.unet,
+        &sd.text_encoder,
+        &[LoraUse { file: &file, unet_strength: 0.8, text_encoder_strength: 0.8 }],
+        &MergeOptions::default(),
+    )
+    .unwrap();
     let config: UNet2DConditionModelConfig = serde_json::from_value(sd.unet.config.clone()).unwrap();
     UNet2DConditionModel::new(m.unet.var_builder(DType::F32, &Device::Cpu), &config).unwrap();
 }
@@ -226,5 +246,8 @@ fn unapplicable_keys_are_listed_never_dropped() {
     assert!(keys.keys().any(|k| k.starts_with("lora_te2_")), "{err}");
     let m = merge(&sd.unet, &sd.text_encoder, &use_, &MergeOptions { skip_unapplicable: true }).unwrap();
     assert_eq!(m.report.skipped[0].1.len(), 4);
-    assert_eq!(m.unet.patched_keys().collect::<Vec<_>>(), vec!["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"]);
+    assert_eq!(
+        m.unet.patched_keys().collect::<Vec<_>>(),
+        vec!["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight"]
+    );
 }

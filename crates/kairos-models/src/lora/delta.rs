@@ -111,9 +111,8 @@ pub(crate) fn delta(p: &Params, weight_shape: &[usize]) -> Result<(Tensor, &'sta
             let down = mat(get(p, "lora_down.weight")?).map_err(e)?;
             let up = mat(get(p, "lora_up.weight")?).map_err(e)?;
             let rank = rows(&down);
-            let dw = up
-                .matmul(&down)
-                .map_err(|x| format!("lora_up {:?} · lora_down {:?}: {x}", up.dims(), down.dims()))?;
+            let dw =
+                up.matmul(&down).map_err(|x| format!("lora_up {:?} · lora_down {:?}: {x}", up.dims(), down.dims()))?;
             (dw, Some(rank))
         }
         "loha" => {

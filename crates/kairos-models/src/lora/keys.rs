@@ -93,9 +93,7 @@ fn parse_dotted(key: &str) -> Option<(LoraTarget, String, &'static str)> {
     } else {
         (LoraTarget::TextEncoder, key.strip_prefix("text_encoder.")?)
     };
-    let (module, param) = DOTTED_SUFFIXES
-        .iter()
-        .find_map(|(s, p)| rest.strip_suffix(s).map(|m| (m, *p)))?;
+    let (module, param) = DOTTED_SUFFIXES.iter().find_map(|(s, p)| rest.strip_suffix(s).map(|m| (m, *p)))?;
     let is_processor = key.ends_with("_lora.down.weight") || key.ends_with("_lora.up.weight");
     let module = if is_processor {
         // `attn1.processor.to_q_lora` → `attn1.to_q`; text encoder `self_attn.to_q_lora` → `q_proj`.
@@ -162,12 +160,7 @@ pub(crate) fn group(tensors: HashMap<String, Tensor>) -> (Vec<LayerGroup>, Vec<L
         };
         groups
             .entry((target, name.clone()))
-            .or_insert_with(|| LayerGroup {
-                target,
-                name,
-                file_name,
-                params: BTreeMap::new(),
-            })
+            .or_insert_with(|| LayerGroup { target, name, file_name, params: BTreeMap::new() })
             .params
             .insert(param, tensor);
     }
@@ -195,11 +188,7 @@ impl<'a> Resolver<'a> {
             .get("layers_per_block")
             .and_then(serde_json::Value::as_u64)
             .and_then(|n| usize::try_from(n).ok());
-        Self {
-            base,
-            kohya,
-            layers_per_block,
-        }
+        Self { base, kohya, layers_per_block }
     }
 
     /// The diffusers weight key (`<module>.weight`) that a layer patches, with its shape.
@@ -268,9 +257,7 @@ fn ldm_kohya_to_diffusers(name: &str, lpb: usize) -> Option<String> {
     } else {
         return None;
     };
-    ldm::unet_key(&ldm_key, lpb)?
-        .strip_suffix(".weight")
-        .map(str::to_string)
+    ldm::unet_key(&ldm_key, lpb)?.strip_suffix(".weight").map(str::to_string)
 }
 
 #[cfg(test)]
@@ -281,7 +268,10 @@ mod tests {
     fn ldm_names_map_like_the_single_file_converter() {
         // SD1: layers_per_block 2.
         let cases = [
-            ("input_blocks_1_1_transformer_blocks_0_attn1_to_q", "down_blocks.0.attentions.0.transformer_blocks_0_attn1_to_q"),
+            (
+                "input_blocks_1_1_transformer_blocks_0_attn1_to_q",
+                "down_blocks.0.attentions.0.transformer_blocks_0_attn1_to_q",
+            ),
             ("input_blocks_4_0_in_layers_2", "down_blocks.1.resnets.0.conv1"),
             ("input_blocks_4_0_skip_connection", "down_blocks.1.resnets.0.conv_shortcut"),
             ("input_blocks_3_0_op", "down_blocks.0.downsamplers.0.conv"),
@@ -302,7 +292,7 @@ mod tests {
 
     #[test]
     fn dotted_names_normalise_like_diffusers() {
-        let p = |k| parse_dotted(k).map(|(t, m, p)| (t, m, p));
+        let p = parse_dotted;
         assert_eq!(
             p("unet.a.attn1.processor.to_out_lora.up.weight"),
             Some((LoraTarget::Unet, "a.attn1.to_out.0".into(), "lora_up.weight"))

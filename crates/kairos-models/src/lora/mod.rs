@@ -1,6 +1,6 @@
 //! LoRA merging at load time: several LoRAs at once, each with its own strength, into the UNet
-//! and the text encoder, from the layouts people share (see [`keys`] for the key layouts and
-//! [`delta`] for the formulas: LoRA, LoCon, LoHa, LoKr, LyCORIS full diffs).
+//! and the text encoder, from the layouts people share (see the `keys` module for the layouts and
+//! `delta` for the formulas: LoRA, LoCon, LoHa, LoKr, LyCORIS full diffs).
 //!
 //! W' = W + Σᵢ strengthᵢ · ΔWᵢ, added in float32 in the order the LoRAs are given, as diffusers'
 //! `fuse_lora` does with several adapters. The base weights are never modified: a
@@ -59,10 +59,8 @@ impl LoraFile {
         if ext != "safetensors" {
             return Err(ModelError::UnknownExtension { path: path.to_path_buf(), extension: ext }.into());
         }
-        let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ModelError::Corrupt {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| ModelError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
         let (layers, unparsed) = keys::group(tensors);
         Ok(Self { path: path.to_path_buf(), layers, unparsed })
     }
@@ -204,10 +202,7 @@ pub struct MergedComponent {
 
 impl std::fmt::Debug for MergedComponent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MergedComponent")
-            .field("base", &self.base.name())
-            .field("patched", &self.deltas.len())
-            .finish()
+        f.debug_struct("MergedComponent").field("base", &self.base.name()).field("patched", &self.deltas.len()).finish()
     }
 }
 

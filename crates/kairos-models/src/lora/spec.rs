@@ -64,7 +64,10 @@ pub struct PromptLora {
 pub fn extract_prompt_loras(prompt: &str) -> Result<(String, Vec<PromptLora>), LoraError> {
     static RE: OnceLock<Regex> = OnceLock::new();
     // A1111's re_extra_net, restricted to the network types handled here.
-    let re = RE.get_or_init(|| Regex::new(r"<(?:lora|lyco):([^>]+)>").unwrap_or_else(|_| unreachable!()));
+    let re = RE.get_or_init(|| {
+        // A constant pattern; its validity is checked by the prompt-tag tests.
+        Regex::new(r"<(?:lora|lyco):([^>]+)>").unwrap_or_else(|err| unreachable!("constant regex: {err}"))
+    });
     let mut loras = Vec::new();
     for cap in re.captures_iter(prompt) {
         let (whole, args) = (&cap[0], &cap[1]);
