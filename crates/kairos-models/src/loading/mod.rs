@@ -17,7 +17,7 @@
 
 mod derive;
 mod folder;
-mod ldm;
+pub(crate) mod ldm;
 mod store;
 
 use std::path::{Path, PathBuf};
