@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
@@ -232,20 +233,24 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         bar.set_style(style);
         bar
     });
+    // Plain lines carry the time since the previous event, so logs show the time per step.
+    let mut last = Instant::now();
     let mut on_progress = |p: &Progress| {
+        let took = std::mem::replace(&mut last, Instant::now()).elapsed().as_secs_f64();
         match (p, &bar) {
             (Progress::Step { .. }, Some(bar)) => bar.inc(1),
             (Progress::Step { batch, batches, step, steps, sigma }, None) => {
-                eprintln!("batch {}/{batches} step {}/{steps} sigma {sigma:.4}", batch + 1, step + 1)
+                eprintln!("batch {}/{batches} step {}/{steps} sigma {sigma:.4} ({took:.2} s)", batch + 1, step + 1)
             }
             (Progress::Decoding { .. }, Some(bar)) => bar.set_message("decoding"),
-            (Progress::Decoding { batch }, None) => eprintln!("batch {} decoding", batch + 1),
+            (Progress::Decoding { batch }, None) => eprintln!("batch {} decoding ({took:.2} s)", batch + 1),
         }
         ControlFlow::Continue(())
     };
     let out = txt2img(&components, &req, &mut on_progress)?;
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
+    match &bar {
+        Some(bar) => bar.finish_and_clear(),
+        None => eprintln!("decoded ({:.2} s)", last.elapsed().as_secs_f64()),
     }
 
     let model_name = model_path.file_stem().map(|s| s.to_string_lossy().into_owned());
