@@ -17,6 +17,9 @@ pub enum AysError {
     /// A checkpoint written by a run with other settings.
     #[error("checkpoint {path} was written with other settings ({field} differs); delete it or use another path")]
     CheckpointMismatch { path: PathBuf, field: String },
+    /// The progress callback cancelled the run.
+    #[error("the optimization was cancelled")]
+    Cancelled,
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

@@ -55,6 +55,7 @@ mod mlp;
 pub mod optimize;
 mod rng;
 mod schedule_file;
+mod toy;
 
 pub use data::{DataSource, TensorData};
 pub use error::AysError;
@@ -63,6 +64,7 @@ pub use knots::{initial_knots, knots_of, loglinear_knots, sampler_sigmas, subdiv
 pub use mlp::{MlpConfig, MlpDenoiser, TrainOptions};
 pub use optimize::{Level, OptimizeOptions, Optimizer, Progress, StopReason};
 pub use schedule_file::{Objective, ScheduleFile, FORMAT, VERSION};
+pub use toy::{toy_quality, Quality};
 
 /// Result type of this crate.
 pub type Result<T, E = AysError> = std::result::Result<T, E>;

@@ -1,6 +1,7 @@
 //! Coordinate descent on the KLUB (paper Alg. 1), with early stopping, the 10 → 20 → 40
 //! subdivision hierarchy, seeded draws and a resumable JSON checkpoint.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -143,7 +144,7 @@ pub struct Optimizer<'a, 'p> {
     options: OptimizeOptions,
     model: String,
     checkpoint: Option<PathBuf>,
-    on_progress: Option<&'p mut dyn FnMut(&Progress)>,
+    on_progress: Option<&'p mut dyn FnMut(&Progress) -> ControlFlow<()>>,
 }
 
 impl<'a, 'p> Optimizer<'a, 'p> {
@@ -161,8 +162,9 @@ impl<'a, 'p> Optimizer<'a, 'p> {
         self
     }
 
-    /// Calls `f` before each coordinate update.
-    pub fn with_progress(mut self, f: &'p mut dyn FnMut(&Progress)) -> Self {
+    /// Calls `f` before each coordinate update; `ControlFlow::Break` cancels the run with
+    /// [`AysError::Cancelled`] (the checkpoint keeps the last finished sweep).
+    pub fn with_progress(mut self, f: &'p mut dyn FnMut(&Progress) -> ControlFlow<()>) -> Self {
         self.on_progress = Some(f);
         self
     }
@@ -226,7 +228,7 @@ impl<'a, 'p> Optimizer<'a, 'p> {
             self.klub.set_options(self.options.search)?;
             for (c, &i) in free.iter().enumerate() {
                 if let Some(cb) = self.on_progress.as_mut() {
-                    cb(&Progress {
+                    let flow = cb(&Progress {
                         level: idx,
                         levels: total,
                         steps: n,
@@ -236,6 +238,9 @@ impl<'a, 'p> Optimizer<'a, 'p> {
                         coordinates: free.len(),
                         klub: levels[idx].klub,
                     });
+                    if flow.is_break() {
+                        return Err(AysError::Cancelled);
+                    }
                 }
                 let best = self.best_candidate(&knots, i, &[idx as u64, sweep as u64, i as u64])?;
                 if best != knots[i] {

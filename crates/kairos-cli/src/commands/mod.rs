@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod optimize;
 pub mod schedule;
 pub mod toy;
 
