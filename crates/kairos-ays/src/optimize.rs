@@ -24,9 +24,10 @@ pub struct OptimizeOptions {
     pub moves: Vec<f64>,
     /// Sweep limit per level.
     pub max_sweeps: usize,
-    /// Early stopping: a level ends when a sweep lowers the paired KLUB estimate by less than
-    /// this many standard errors of the difference.
-    pub stop_z: f64,
+    /// Early stopping of the first level (paper §3.3; subdivided levels run without it): the
+    /// level ends when a sweep lowers the paired KLUB estimate by less than this many standard
+    /// errors of the difference. `None` runs to no-move or `max_sweeps`.
+    pub stop_z: Option<f64>,
     /// Sizes of each candidate comparison.
     pub search: KlubOptions,
     /// Sizes of the per-sweep evaluation of the whole schedule (the stopping test and the
@@ -42,7 +43,7 @@ impl Default for OptimizeOptions {
             subdivisions: 0,
             moves: vec![0.02, 0.06, 0.15, 0.3, 0.5],
             max_sweeps: 30,
-            stop_z: 2.0,
+            stop_z: Some(2.0),
             search: KlubOptions::default(),
             eval: KlubOptions { t_samples: 4096, ..KlubOptions::default() },
             seed: 0,
@@ -58,8 +59,8 @@ impl OptimizeOptions {
         if self.max_sweeps == 0 {
             return Err(AysError::option("max_sweeps", 0, "at least 1"));
         }
-        if !(self.stop_z.is_finite() && self.stop_z >= 0.0) {
-            return Err(AysError::option("stop_z", self.stop_z, "a finite number of standard errors >= 0"));
+        if let Some(z) = self.stop_z.filter(|z| !(z.is_finite() && *z >= 0.0)) {
+            return Err(AysError::option("stop_z", z, "a finite number of standard errors >= 0, or none"));
         }
         Ok(())
     }
@@ -258,7 +259,7 @@ impl<'a, 'p> Optimizer<'a, 'p> {
             level.klub = klub;
             level.stop = if moved == 0 {
                 Some(StopReason::NoMove)
-            } else if improvement.value < self.options.stop_z * improvement.stderr {
+            } else if idx == 0 && self.options.stop_z.is_some_and(|z| improvement.value < z * improvement.stderr) {
                 Some(StopReason::WithinNoise)
             } else if level.sweeps.len() >= self.options.max_sweeps {
                 Some(StopReason::MaxSweeps)

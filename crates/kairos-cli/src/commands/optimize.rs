@@ -72,9 +72,13 @@ pub struct OptimizeArgs {
     /// Sweep limit per level.
     #[arg(long, default_value_t = 30)]
     max_sweeps: usize,
-    /// Early stopping: stop when a sweep improves the KLUB by less than this many standard errors.
+    /// Early stopping of the first level: stop when a sweep improves the KLUB by less than this
+    /// many standard errors.
     #[arg(long, default_value_t = 2.0)]
     stop_z: f64,
+    /// Run the first level to no-move or --max-sweeps, without early stopping.
+    #[arg(long)]
+    no_early_stop: bool,
     /// Where to write the schedule file (other levels go beside it as <stem>.<steps>.json).
     #[arg(long, default_value = "ays_schedule.json")]
     out: PathBuf,
@@ -163,7 +167,7 @@ fn run(args: OptimizeArgs) -> anyhow::Result<()> {
     let options = OptimizeOptions {
         subdivisions: args.subdivisions,
         max_sweeps: args.max_sweeps,
-        stop_z: args.stop_z,
+        stop_z: (!args.no_early_stop).then_some(args.stop_z),
         search,
         eval,
         seed: args.seed,
