@@ -146,7 +146,7 @@ fn run(args: OptimizeArgs) -> anyhow::Result<()> {
     let (family, model) = family_schedule(&args.family)?;
     let init = Init::from_name(&args.init)?;
     let samplers = args.samplers.iter().map(|n| Sampler::from_name(n)).collect::<Result<Vec<_>, _>>()?;
-    let kinds = args.compare.iter().map(|n| ScheduleKind::from_name(n)).collect::<Result<Vec<_>, _>>()?;
+    let kinds = args.compare.iter().filter(|n| !n.is_empty()).map(|n| ScheduleKind::from_name(n)).collect::<Result<Vec<_>, _>>()?;
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
