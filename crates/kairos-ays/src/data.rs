@@ -32,7 +32,11 @@ impl TensorData {
     /// A source over the rows of `data`, which needs at least one row.
     pub fn new(data: Tensor) -> Result<Self> {
         if data.rank() == 0 || data.dim(0)? == 0 {
-            return Err(AysError::option("data", format!("{:?}", data.shape()), "a tensor with at least one sample along dim 0"));
+            return Err(AysError::option(
+                "data",
+                format!("{:?}", data.shape()),
+                "a tensor with at least one sample along dim 0",
+            ));
         }
         Ok(Self { data })
     }

@@ -33,7 +33,11 @@ impl Default for KlubOptions {
 impl KlubOptions {
     fn validate(&self) -> Result<()> {
         if self.t_samples < 2 {
-            return Err(AysError::option("t_samples", self.t_samples, "at least 2 (the standard error needs two groups)"));
+            return Err(AysError::option(
+                "t_samples",
+                self.t_samples,
+                "at least 2 (the standard error needs two groups)",
+            ));
         }
         if self.batch == 0 {
             return Err(AysError::option("batch", self.batch, "at least 1"));
@@ -206,11 +210,16 @@ impl<'a> KlubEstimator<'a> {
     /// unbiased estimates of its KLUB: [`Estimate::of`] gives value and error,
     /// [`Estimate::difference`] the paired difference of two spans.
     pub fn paired(&mut self, spans: &[Vec<f64>], rng: &mut ToyRng) -> Result<Vec<Vec<f64>>> {
-        let proposals = spans.iter().map(|s| Ok(Proposal::new(ascending(s)?, self.options.c))).collect::<Result<Vec<_>>>()?;
+        let proposals =
+            spans.iter().map(|s| Ok(Proposal::new(ascending(s)?, self.options.c))).collect::<Result<Vec<_>>>()?;
         let KlubOptions { t_samples, batch, .. } = self.options;
         let x0 = self.data.sample(t_samples * batch, rng)?;
         if x0.rank() == 0 || x0.dim(0)? != t_samples * batch {
-            return Err(AysError::option("data", format!("{:?}", x0.shape()), format!("{} samples along dim 0", t_samples * batch)));
+            return Err(AysError::option(
+                "data",
+                format!("{:?}", x0.shape()),
+                format!("{} samples along dim 0", t_samples * batch),
+            ));
         }
         let z1 = normal_like(&x0, rng)?;
         let z2 = normal_like(&x0, rng)?;
@@ -220,10 +229,19 @@ impl<'a> KlubEstimator<'a> {
 
     /// Group values of one proposal: for group g with t_g ~ q, the mean over its `batch` rows of
     /// ||D(x_t, t_g) - D(x_up, up_g)||² / t_g³ / q(t_g).
-    fn groups(&mut self, p: &Proposal, uniforms: &[(f64, f64)], x0: &Tensor, z1: &Tensor, z2: &Tensor) -> Result<Vec<f64>> {
+    fn groups(
+        &mut self,
+        p: &Proposal,
+        uniforms: &[(f64, f64)],
+        x0: &Tensor,
+        z1: &Tensor,
+        z2: &Tensor,
+    ) -> Result<Vec<f64>> {
         let batch = self.options.batch;
         let draws: Vec<Draw> = uniforms.iter().map(|&(a, b)| p.draw(a, b)).collect();
-        let per_row = |f: &dyn Fn(&Draw) -> f64| draws.iter().flat_map(|d| std::iter::repeat_n(f(d), batch)).collect::<Vec<f64>>();
+        let per_row = |f: &dyn Fn(&Draw) -> f64| {
+            draws.iter().flat_map(|d| std::iter::repeat_n(f(d), batch)).collect::<Vec<f64>>()
+        };
         let x_t = (x0 + z1.broadcast_mul(&row_scale(&per_row(&|d| d.t), x0)?)?)?;
         let up_std = per_row(&|d| (p.knots[d.upper].powi(2) - d.t * d.t).max(0.0).sqrt());
         let x_up = (&x_t + z2.broadcast_mul(&row_scale(&up_std, x0)?)?)?;

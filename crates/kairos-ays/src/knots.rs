@@ -117,9 +117,15 @@ mod tests {
         for kind in ["normal", "karras", "exponential"] {
             let k = knots_of(&ScheduleKind::from_name(kind).unwrap(), &model, family, 10).unwrap();
             assert_eq!(k.len(), 11);
-            assert!((k[0] - model.sigma_max()).abs() < 1e-9 && (k[10] - model.sigma_min()).abs() < 1e-9, "{kind}: {k:?}");
+            assert!(
+                (k[0] - model.sigma_max()).abs() < 1e-9 && (k[10] - model.sigma_min()).abs() < 1e-9,
+                "{kind}: {k:?}"
+            );
         }
-        assert_eq!(initial_knots(Init::Auto, &model, family, 10).unwrap(), knots_of(&ScheduleKind::Normal, &model, family, 10).unwrap());
+        assert_eq!(
+            initial_knots(Init::Auto, &model, family, 10).unwrap(),
+            knots_of(&ScheduleKind::Normal, &model, family, 10).unwrap()
+        );
     }
 
     #[test]

@@ -88,7 +88,8 @@ impl MlpDenoiser {
             .windows(2)
             .map(|w| {
                 let bound = 1.0 / (w[0] as f64).sqrt();
-                let mut u = |n: usize| -> Vec<f32> { (0..n).map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32).collect() };
+                let mut u =
+                    |n: usize| -> Vec<f32> { (0..n).map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32).collect() };
                 let weight = Var::from_tensor(&Tensor::from_vec(u(w[0] * w[1]), (w[1], w[0]), &Device::Cpu)?)?;
                 let bias = Var::from_tensor(&Tensor::from_vec(u(w[1]), w[1], &Device::Cpu)?)?;
                 Ok((weight, bias))
@@ -109,12 +110,25 @@ impl MlpDenoiser {
 
     /// Trains on `data`; returns the loss of each step. `on_step(step, loss)` is called after
     /// each step.
-    pub fn train(&mut self, data: &mut dyn DataSource, opts: &TrainOptions, on_step: &mut dyn FnMut(usize, f64)) -> Result<Vec<f64>> {
+    pub fn train(
+        &mut self,
+        data: &mut dyn DataSource,
+        opts: &TrainOptions,
+        on_step: &mut dyn FnMut(usize, f64),
+    ) -> Result<Vec<f64>> {
         if opts.steps == 0 || opts.batch == 0 {
-            return Err(AysError::option("train", format!("steps {} batch {}", opts.steps, opts.batch), "steps >= 1 and batch >= 1"));
+            return Err(AysError::option(
+                "train",
+                format!("steps {} batch {}", opts.steps, opts.batch),
+                "steps >= 1 and batch >= 1",
+            ));
         }
         if !(opts.sigma_min > 0.0 && opts.sigma_max > opts.sigma_min && opts.sigma_max.is_finite()) {
-            return Err(AysError::option("sigma range", format!("[{}, {}]", opts.sigma_min, opts.sigma_max), "0 < sigma_min < sigma_max"));
+            return Err(AysError::option(
+                "sigma range",
+                format!("[{}, {}]", opts.sigma_min, opts.sigma_max),
+                "0 < sigma_min < sigma_max",
+            ));
         }
         let params = ParamsAdamW { lr: opts.lr, weight_decay: opts.weight_decay, ..ParamsAdamW::default() };
         let all: Vec<Var> = self.vars.iter().flat_map(|(w, b)| [w.clone(), b.clone()]).collect();
@@ -198,10 +212,18 @@ impl MlpDenoiser {
         for (i, (w, b)) in net.vars.iter_mut().enumerate() {
             for (key, var) in [(format!("layers.{i}.weight"), w), (format!("layers.{i}.bias"), b)] {
                 let t = map.get(&key).ok_or_else(|| {
-                    AysError::option("weights", path.as_ref().display(), format!("a file with key `{key}` for {config:?}"))
+                    AysError::option(
+                        "weights",
+                        path.as_ref().display(),
+                        format!("a file with key `{key}` for {config:?}"),
+                    )
                 })?;
                 if t.shape() != var.shape() {
-                    return Err(AysError::option("weights", format!("{key} {:?}", t.shape()), format!("shape {:?} for {config:?}", var.shape())));
+                    return Err(AysError::option(
+                        "weights",
+                        format!("{key} {:?}", t.shape()),
+                        format!("shape {:?} for {config:?}", var.shape()),
+                    ));
                 }
                 var.set(&t.to_dtype(DType::F32)?)?;
             }
@@ -222,7 +244,8 @@ impl Denoiser for MlpDenoiser {
             }
             .into());
         }
-        let points: Vec<[f64; 2]> = x.to_dtype(DType::F64)?.to_vec2::<f64>()?.into_iter().map(|r| [r[0], r[1]]).collect();
+        let points: Vec<[f64; 2]> =
+            x.to_dtype(DType::F64)?.to_vec2::<f64>()?.into_iter().map(|r| [r[0], r[1]]).collect();
         let f = self.raw(&points, &vec![sigma; n])?;
         let (c_skip, c_out) = self.skip_out(sigma);
         let f = f.to_dtype(x.dtype())?.to_device(x.device())?;
@@ -230,4 +253,3 @@ impl Denoiser for MlpDenoiser {
         Ok(DenoiseOutput::new(out))
     }
 }
-

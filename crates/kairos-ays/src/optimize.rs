@@ -54,7 +54,11 @@ impl Default for OptimizeOptions {
 impl OptimizeOptions {
     fn validate(&self) -> Result<()> {
         if self.moves.is_empty() || self.moves.iter().any(|f| !(*f > 0.0 && *f < 1.0)) {
-            return Err(AysError::option("moves", format!("{:?}", self.moves), "a non-empty list of fractions in (0, 1)"));
+            return Err(AysError::option(
+                "moves",
+                format!("{:?}", self.moves),
+                "a non-empty list of fractions in (0, 1)",
+            ));
         }
         if self.max_sweeps == 0 {
             return Err(AysError::option("max_sweeps", 0, "at least 1"));
@@ -126,6 +130,9 @@ pub struct Progress {
     pub klub: Estimate,
 }
 
+/// The progress callback: return `ControlFlow::Break(())` to cancel.
+pub type OnProgress<'p> = dyn FnMut(&Progress) -> ControlFlow<()> + 'p;
+
 /// What a checkpoint holds: the options and model it belongs to, and every level so far (the
 /// last possibly unfinished).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,7 +152,7 @@ pub struct Optimizer<'a, 'p> {
     options: OptimizeOptions,
     model: String,
     checkpoint: Option<PathBuf>,
-    on_progress: Option<&'p mut dyn FnMut(&Progress) -> ControlFlow<()>>,
+    on_progress: Option<&'p mut OnProgress<'p>>,
 }
 
 impl<'a, 'p> Optimizer<'a, 'p> {
@@ -165,7 +172,7 @@ impl<'a, 'p> Optimizer<'a, 'p> {
 
     /// Calls `f` before each coordinate update; `ControlFlow::Break` cancels the run with
     /// [`AysError::Cancelled`] (the checkpoint keeps the last finished sweep).
-    pub fn with_progress(mut self, f: &'p mut dyn FnMut(&Progress) -> ControlFlow<()>) -> Self {
+    pub fn with_progress(mut self, f: &'p mut OnProgress<'p>) -> Self {
         self.on_progress = Some(f);
         self
     }
@@ -295,7 +302,8 @@ impl<'a, 'p> Optimizer<'a, 'p> {
             return Ok(Vec::new());
         }
         let text = std::fs::read_to_string(path).map_err(|source| AysError::Io { path: path.clone(), source })?;
-        let cp: Checkpoint = serde_json::from_str(&text).map_err(|source| AysError::Json { path: path.clone(), source })?;
+        let cp: Checkpoint =
+            serde_json::from_str(&text).map_err(|source| AysError::Json { path: path.clone(), source })?;
         let mismatch = |field: &str| AysError::CheckpointMismatch { path: path.clone(), field: field.to_string() };
         if cp.format != CHECKPOINT_FORMAT {
             return Err(mismatch("format"));
@@ -324,7 +332,8 @@ impl<'a, 'p> Optimizer<'a, 'p> {
 /// Writes `value` as pretty JSON to a temporary sibling, then renames it over `path`, so an
 /// interrupted write never leaves a truncated file.
 pub(crate) fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|source| AysError::Json { path: path.to_path_buf(), source })?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|source| AysError::Json { path: path.to_path_buf(), source })?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);

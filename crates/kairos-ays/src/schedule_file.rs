@@ -98,7 +98,8 @@ impl ScheduleFile {
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| AysError::Io { path: path.to_path_buf(), source })?;
-        let file: Self = serde_json::from_str(&text).map_err(|source| AysError::Json { path: path.to_path_buf(), source })?;
+        let file: Self =
+            serde_json::from_str(&text).map_err(|source| AysError::Json { path: path.to_path_buf(), source })?;
         file.check().map_err(|reason| AysError::ScheduleFile { path: path.to_path_buf(), reason })?;
         Ok(file)
     }
@@ -129,14 +130,23 @@ impl ScheduleFile {
             return Err(format!("version {} is not supported (this build reads version {VERSION})", self.version));
         }
         if self.sigmas.len() != self.steps + 1 {
-            return Err(format!("{} sigmas for {} steps; expected steps + 1 = {}", self.sigmas.len(), self.steps, self.steps + 1));
+            return Err(format!(
+                "{} sigmas for {} steps; expected steps + 1 = {}",
+                self.sigmas.len(),
+                self.steps,
+                self.steps + 1
+            ));
         }
         Sigmas::new(self.sigmas.clone()).map_err(|e| format!("sigmas: {e}"))?;
         if self.sigmas.last() != Some(&0.0) {
             return Err("sigmas must end at 0".into());
         }
         if self.knots.len() != self.sigmas.len() {
-            return Err(format!("{} knots for {} sigmas; expected the same count", self.knots.len(), self.sigmas.len()));
+            return Err(format!(
+                "{} knots for {} sigmas; expected the same count",
+                self.knots.len(),
+                self.sigmas.len()
+            ));
         }
         let k = Sigmas::new(self.knots.clone()).map_err(|e| format!("knots: {e}"))?;
         if k.ends_at_zero() {

@@ -26,7 +26,11 @@ pub fn toy_quality(
     seeds: &[u64],
 ) -> Result<Quality> {
     if points == 0 || seeds.is_empty() || sigmas.is_empty() {
-        return Err(AysError::option("toy run", format!("{points} points, {} seeds", seeds.len()), "points >= 1, seeds >= 1, non-empty sigmas"));
+        return Err(AysError::option(
+            "toy run",
+            format!("{points} points, {} seeds", seeds.len()),
+            "points >= 1, seeds >= 1, non-empty sigmas",
+        ));
     }
     let figures = seeds
         .iter()

@@ -45,7 +45,12 @@ fn brute_force(mixture: &GaussianMixture, knots: &[f64], n_grid: usize, m: usize
             var += wt.powi(2) * v;
         }
         let h2 = 2.0 * h;
-        coarse_total += vals.iter().step_by(2).enumerate().map(|(j, v)| if j == 0 || j == (n_grid - 1) / 2 { 0.5 * h2 * v } else { h2 * v }).sum::<f64>();
+        coarse_total += vals
+            .iter()
+            .step_by(2)
+            .enumerate()
+            .map(|(j, v)| if j == 0 || j == (n_grid - 1) / 2 { 0.5 * h2 * v } else { h2 * v })
+            .sum::<f64>();
     }
     (total, var.sqrt(), (total - coarse_total).abs() / 3.0)
 }
@@ -69,15 +74,32 @@ fn klub_estimate_matches_brute_force_on_8x8() {
 
 fn small_options(seed: u64) -> OptimizeOptions {
     let search = KlubOptions { t_samples: 128, batch: 2, c: 0.5 };
-    OptimizeOptions { max_sweeps: 4, search, eval: KlubOptions { t_samples: 512, ..search }, seed, subdivisions: 1, ..Default::default() }
+    OptimizeOptions {
+        max_sweeps: 4,
+        search,
+        eval: KlubOptions { t_samples: 512, ..search },
+        seed,
+        subdivisions: 1,
+        ..Default::default()
+    }
 }
 
-fn run(options: OptimizeOptions, checkpoint: Option<&std::path::Path>, cancel_at: Option<(usize, usize)>) -> Result<Vec<kairos_ays::Level>, AysError> {
+fn run(
+    options: OptimizeOptions,
+    checkpoint: Option<&std::path::Path>,
+    cancel_at: Option<(usize, usize)>,
+) -> Result<Vec<kairos_ays::Level>, AysError> {
     let mixture = Preset::Ring.mixture();
     let mut data = mixture.clone();
     let mut denoiser = ExactDenoiser::new(&mixture);
     let klub = KlubEstimator::new(&mut denoiser, &mut data, options.search)?;
-    let mut cb = |p: &Progress| if Some((p.level, p.sweep)) == cancel_at { ControlFlow::Break(()) } else { ControlFlow::Continue(()) };
+    let mut cb = |p: &Progress| {
+        if Some((p.level, p.sweep)) == cancel_at {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
     let mut opt = Optimizer::new(klub, options, "toy:ring:exact")?.with_progress(&mut cb);
     if let Some(cp) = checkpoint {
         opt = opt.with_checkpoint(cp);
@@ -147,7 +169,12 @@ fn optimized_schedule_beats_hand_crafted_ones_on_8x8() {
     let mut data = mixture.clone();
     let mut denoiser = ExactDenoiser::new(&mixture);
     let search = KlubOptions { t_samples: 256, batch: 2, c: 0.5 };
-    let options = OptimizeOptions { max_sweeps: 25, search, eval: KlubOptions { t_samples: 1024, ..search }, ..Default::default() };
+    let options = OptimizeOptions {
+        max_sweeps: 25,
+        search,
+        eval: KlubOptions { t_samples: 1024, ..search },
+        ..Default::default()
+    };
     let klub = KlubEstimator::new(&mut denoiser, &mut data, search).unwrap();
     let initial = kairos_ays::initial_knots(kairos_ays::Init::Auto, &model, family, 10).unwrap();
     let levels = Optimizer::new(klub, options, "toy:8x8:exact").unwrap().run(&initial).unwrap();
@@ -169,7 +196,9 @@ fn optimized_schedule_beats_hand_crafted_ones_on_8x8() {
     let mut exact = ExactDenoiser::new(&mixture);
     for sampler in ["euler_ancestral", "dpmpp_2m"] {
         let s = Sampler::from_name(sampler).unwrap();
-        let nll = |knots: &[f64], d: &mut dyn Denoiser| toy_quality(&world, d, &s, &sampler_sigmas(knots), 2000, &[0, 1, 2]).unwrap().nll.mean;
+        let nll = |knots: &[f64], d: &mut dyn Denoiser| {
+            toy_quality(&world, d, &s, &sampler_sigmas(knots), 2000, &[0, 1, 2]).unwrap().nll.mean
+        };
         let ours = nll(&ays, &mut exact);
         for (b, k) in baselines.iter().zip(&spans[1..]) {
             let theirs = nll(k, &mut exact);
@@ -183,7 +212,16 @@ fn schedule_file_round_trips_and_rejects_bad_files() {
     let family = Family::Sd1;
     let model = family.noise_schedule(TablePrecision::F64);
     let knots = sd1_knots("karras", 4);
-    let file = ScheduleFile::new("toy", "sd1", "euler_ancestral", knots.clone(), &model, kairos_ays::Objective::klub(Estimate { value: 1.0, stderr: 0.1 }), serde_json::json!({"seed": 0})).unwrap();
+    let file = ScheduleFile::new(
+        "toy",
+        "sd1",
+        "euler_ancestral",
+        knots.clone(),
+        &model,
+        kairos_ays::Objective::klub(Estimate { value: 1.0, stderr: 0.1 }),
+        serde_json::json!({"seed": 0}),
+    )
+    .unwrap();
     assert_eq!(file.sigmas, sampler_sigmas(&knots));
     assert_eq!(file.timesteps.len(), 4);
     let dir = std::env::temp_dir().join(format!("kairos-ays-file-{}", std::process::id()));
@@ -231,12 +269,20 @@ fn mlp_trains_and_round_trips() {
     let distance = |net: &mut MlpDenoiser| {
         let mut exact = ExactDenoiser::new(&mixture);
         let mut rng = ToyRng::new(8, Stream::Reference);
-        let x0 = candle_core::Tensor::from_vec(mixture.sample(512, &mut rng).into_iter().flatten().collect::<Vec<f64>>(), (512, 2), &candle_core::Device::Cpu).unwrap();
-        [0.5, 2.0].iter().map(|&s| {
-            let x = (&x0 + (rng.normal_tensor(&[512, 2]).unwrap() * s).unwrap()).unwrap();
-            let d = (net.denoise(&x, s).unwrap().denoised - exact.denoise(&x, s).unwrap().denoised).unwrap();
-            d.sqr().unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
-        }).sum::<f64>()
+        let x0 = candle_core::Tensor::from_vec(
+            mixture.sample(512, &mut rng).into_iter().flatten().collect::<Vec<f64>>(),
+            (512, 2),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        [0.5, 2.0]
+            .iter()
+            .map(|&s| {
+                let x = (&x0 + (rng.normal_tensor(&[512, 2]).unwrap() * s).unwrap()).unwrap();
+                let d = (net.denoise(&x, s).unwrap().denoised - exact.denoise(&x, s).unwrap().denoised).unwrap();
+                d.sqr().unwrap().mean_all().unwrap().to_scalar::<f64>().unwrap()
+            })
+            .sum::<f64>()
     };
     let train = || {
         let mut net = MlpDenoiser::new(config, 4).unwrap();

@@ -33,7 +33,7 @@ pub struct ScheduleCommand {
 #[derive(Subcommand, Debug)]
 enum ScheduleSub {
     /// Optimize an Align Your Steps schedule (KLUB coordinate descent) on the toy world.
-    Optimize(OptimizeArgs),
+    Optimize(Box<OptimizeArgs>),
 }
 
 /// Arguments of `kairos schedule optimize`.
@@ -111,7 +111,7 @@ pub struct OptimizeArgs {
 /// Runs `kairos schedule [optimize]`.
 pub fn run_schedule(cmd: ScheduleCommand) -> anyhow::Result<()> {
     match cmd.sub {
-        Some(ScheduleSub::Optimize(args)) => run(args),
+        Some(ScheduleSub::Optimize(args)) => run(*args),
         None => super::schedule::run(cmd.args),
     }
 }
@@ -146,7 +146,12 @@ fn run(args: OptimizeArgs) -> anyhow::Result<()> {
     let (family, model) = family_schedule(&args.family)?;
     let init = Init::from_name(&args.init)?;
     let samplers = args.samplers.iter().map(|n| Sampler::from_name(n)).collect::<Result<Vec<_>, _>>()?;
-    let kinds = args.compare.iter().filter(|n| !n.is_empty()).map(|n| ScheduleKind::from_name(n)).collect::<Result<Vec<_>, _>>()?;
+    let kinds = args
+        .compare
+        .iter()
+        .filter(|n| !n.is_empty())
+        .map(|n| ScheduleKind::from_name(n))
+        .collect::<Result<Vec<_>, _>>()?;
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
@@ -156,7 +161,13 @@ fn run(args: OptimizeArgs) -> anyhow::Result<()> {
         "exact" => (Box::new(ExactDenoiser::new(&mixture)), format!("toy:{}:exact", preset.name())),
         "mlp" => {
             let net = mlp(&args, &mut data, &model)?;
-            let id = format!("toy:{}:mlp(hidden {}, {} train steps, seed {})", preset.name(), args.mlp_hidden, args.mlp_train_steps, args.seed);
+            let id = format!(
+                "toy:{}:mlp(hidden {}, {} train steps, seed {})",
+                preset.name(),
+                args.mlp_hidden,
+                args.mlp_train_steps,
+                args.seed
+            );
             (Box::new(net), id)
         }
         other => bail!("unknown --denoiser `{other}`; accepted: exact, mlp"),
@@ -195,7 +206,15 @@ fn run(args: OptimizeArgs) -> anyhow::Result<()> {
     let last = levels.len() - 1;
     for (i, level) in levels.iter().enumerate() {
         let path = if i == last { args.out.clone() } else { level_path(&args.out, level.steps) };
-        let file = ScheduleFile::new(&model_id, family.name(), "euler_ancestral", level.knots.clone(), &model, Objective::klub(level.klub), settings.clone())?;
+        let file = ScheduleFile::new(
+            &model_id,
+            family.name(),
+            "euler_ancestral",
+            level.knots.clone(),
+            &model,
+            Objective::klub(level.klub),
+            settings.clone(),
+        )?;
         file.write(&path).with_context(|| format!("writing {}", path.display()))?;
         println!(
             "{} steps: KLUB {:.4} ± {:.4} (initial {:.4} ± {:.4}), {} sweeps, stop {:?} → {}",
@@ -249,7 +268,10 @@ fn run(args: OptimizeArgs) -> anyhow::Result<()> {
             let q = toy_quality(&world, denoiser.as_mut(), s, &sampler_sigmas(knots), args.points, &seeds)?;
             print!(
                 "  {:>29}",
-                format!("{:.4}±{:.4} / {:.3}±{:.3}", q.sliced_wasserstein.mean, q.sliced_wasserstein.std, q.nll.mean, q.nll.std)
+                format!(
+                    "{:.4}±{:.4} / {:.3}±{:.3}",
+                    q.sliced_wasserstein.mean, q.sliced_wasserstein.std, q.nll.mean, q.nll.std
+                )
             );
         }
         println!();
