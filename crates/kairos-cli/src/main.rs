@@ -11,8 +11,9 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "kairos", version, about)]
 enum Cli {
-    /// Print (or plot) a model family's sigma schedule and the timesteps the network is fed.
-    Schedule(commands::schedule::ScheduleArgs),
+    /// Print (or plot) a model family's sigma schedule and the timesteps the network is fed;
+    /// `schedule optimize` optimizes an Align Your Steps schedule.
+    Schedule(commands::optimize::ScheduleCommand),
     /// Score samplers and schedules on a 2-D Gaussian mixture with an exact denoiser.
     Toy(commands::toy::ToyArgs),
     /// Generate images from a prompt (txt2img) into PNG files with A1111 infotext.
@@ -23,7 +24,7 @@ enum Cli {
 
 fn main() -> ExitCode {
     let result = match Cli::parse() {
-        Cli::Schedule(args) => commands::schedule::run(args),
+        Cli::Schedule(cmd) => commands::optimize::run_schedule(cmd),
         Cli::Toy(args) => commands::toy::run(args),
         Cli::Generate(args) => commands::generate::run(args),
         Cli::Inspect(args) => commands::inspect::run(args),

@@ -2,6 +2,7 @@
 
 pub mod generate;
 pub mod inspect;
+pub mod optimize;
 pub mod schedule;
 pub mod toy;
 
