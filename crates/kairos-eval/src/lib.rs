@@ -8,6 +8,7 @@
 //! - [`inception::FidInceptionV3`]: pytorch-fid's `InceptionV3` (the TF-ported FID network with
 //!   `FIDInceptionA/C/E`), 2048-d pool features;
 //! - [`lpips::Lpips`]: the `lpips` package's `LPIPS(net="vgg")`.
+//! - [`stats::MeanStd`]: mean ± std of per-image values.
 //!
 //! Images are [`Image`]s: `f64` samples, height × width × channels, in the range the metric is
 //! given as `data_range`.
@@ -19,6 +20,7 @@ pub mod inception;
 pub mod lpips;
 pub mod psnr;
 pub mod ssim;
+pub mod stats;
 
 pub use error::{EvalError, Result};
 pub use image::Image;

@@ -2,6 +2,7 @@
 
 pub mod schedule;
 pub mod toy;
+pub mod vae_eval;
 
 use kairos_schedule::{Family, ModelSchedule, TablePrecision};
 
