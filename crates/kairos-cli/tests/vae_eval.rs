@@ -35,8 +35,21 @@ fn vae_eval_reports_caches_and_resumes() {
     let (images, out) = setup("resume");
     let vae = tiny_vae();
     let base = [
-        "vae-eval", "--images", images.to_str().unwrap(), "--vae", vae.to_str().unwrap(), "--out",
-        out.to_str().unwrap(), "--size", "16", "--batch", "2", "--vae-norm-groups", "4", "--worst", "2",
+        "vae-eval",
+        "--images",
+        images.to_str().unwrap(),
+        "--vae",
+        vae.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--size",
+        "16",
+        "--batch",
+        "2",
+        "--vae-norm-groups",
+        "4",
+        "--worst",
+        "2",
     ];
     let first = kairos(&[&base[..], &["--limit", "2"]].concat());
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
@@ -72,9 +85,22 @@ fn vae_eval_bad_inputs_are_reported() {
     let cases: [(&[&str], &str); 4] = [
         (&["vae-eval", "--images", images, "--out", out], "at least one VAE"),
         (&["vae-eval", "--images", images, "--out", out, "--vae", "x.safetensors", "--size", "20"], "multiple of 8"),
-        (&["vae-eval", "--images", "/nonexistent", "--out", out, "--vae", "x.safetensors"], "cannot read the image folder"),
         (
-            &["vae-eval", "--images", images, "--out", out, "--vae", "x.safetensors", "--inception", "/nonexistent/pt.pth"],
+            &["vae-eval", "--images", "/nonexistent", "--out", out, "--vae", "x.safetensors"],
+            "cannot read the image folder",
+        ),
+        (
+            &[
+                "vae-eval",
+                "--images",
+                images,
+                "--out",
+                out,
+                "--vae",
+                "x.safetensors",
+                "--inception",
+                "/nonexistent/pt.pth",
+            ],
             "pt_inception-2015-12-05",
         ),
     ];

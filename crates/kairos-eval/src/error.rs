@@ -24,9 +24,7 @@ pub enum EvalError {
         reason: String,
     },
     /// A network's weight file is missing.
-    #[error(
-        "{network} weights not found at {path}; {hint}"
-    )]
+    #[error("{network} weights not found at {path}; {hint}")]
     WeightsNotFound {
         /// `inception` or `lpips`.
         network: &'static str,

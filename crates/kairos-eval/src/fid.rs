@@ -26,10 +26,7 @@ impl FeatureStats {
         if features.len() != n * dim || n < 2 || dim == 0 {
             return Err(EvalError::InvalidArgument {
                 name: "features",
-                reason: format!(
-                    "{} values for {n} rows of {dim}; need at least 2 rows",
-                    features.len()
-                ),
+                reason: format!("{} values for {n} rows of {dim}; need at least 2 rows", features.len()),
             });
         }
         let x = DMatrix::from_row_slice(n, dim, features);
@@ -57,11 +54,7 @@ pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
     let sqrt_a = psd_sqrt(&a.sigma);
     let m = &sqrt_a * &b.sigma * &sqrt_a;
     let m = (&m + m.transpose()) * 0.5; // symmetric up to rounding; make it exact
-    let tr_covmean: f64 = SymmetricEigen::new(m)
-        .eigenvalues
-        .iter()
-        .map(|&l| l.max(0.0).sqrt())
-        .sum();
+    let tr_covmean: f64 = SymmetricEigen::new(m).eigenvalues.iter().map(|&l| l.max(0.0).sqrt()).sum();
     Ok(diff.dot(&diff) + a.sigma.trace() + b.sigma.trace() - 2.0 * tr_covmean)
 }
 

@@ -22,49 +22,27 @@ impl Image {
         if data.len() != height * width * channels || channels == 0 {
             return Err(EvalError::InvalidArgument {
                 name: "data",
-                reason: format!(
-                    "{} samples for a {height}×{width}×{channels} image",
-                    data.len()
-                ),
+                reason: format!("{} samples for a {height}×{width}×{channels} image", data.len()),
             });
         }
-        Ok(Self {
-            height,
-            width,
-            channels,
-            data,
-        })
+        Ok(Self { height, width, channels, data })
     }
 
     /// From 8-bit samples (HWC), as values in [0, 255].
     pub fn from_u8(height: usize, width: usize, channels: usize, data: &[u8]) -> Result<Self> {
-        Self::new(
-            height,
-            width,
-            channels,
-            data.iter().map(|&v| v as f64).collect(),
-        )
+        Self::new(height, width, channels, data.iter().map(|&v| v as f64).collect())
     }
 
     /// Channel `c` as a `height × width` plane.
     pub fn plane(&self, c: usize) -> Vec<f64> {
-        self.data
-            .iter()
-            .skip(c)
-            .step_by(self.channels)
-            .copied()
-            .collect()
+        self.data.iter().skip(c).step_by(self.channels).copied().collect()
     }
 
     pub(crate) fn same_shape(&self, other: &Image) -> Result<()> {
         let a = [self.height, self.width, self.channels];
         let b = [other.height, other.width, other.channels];
         if a != b {
-            return Err(EvalError::ShapeMismatch {
-                name: "images",
-                left: a.to_vec(),
-                right: b.to_vec(),
-            });
+            return Err(EvalError::ShapeMismatch { name: "images", left: a.to_vec(), right: b.to_vec() });
         }
         Ok(())
     }

@@ -41,17 +41,8 @@ impl BasicConv2d {
     ) -> Result<Self> {
         let weight = vb.pp("conv").get((out_channels, in_channels, kernel.0, kernel.1), "weight")?;
         let symmetric = padding.0 == padding.1;
-        let cfg = Conv2dConfig {
-            padding: if symmetric { padding.0 } else { 0 },
-            stride,
-            ..Default::default()
-        };
-        let bn_cfg = BatchNormConfig {
-            eps: 1e-3,
-            remove_mean: true,
-            affine: true,
-            momentum: 0.1,
-        };
+        let cfg = Conv2dConfig { padding: if symmetric { padding.0 } else { 0 }, stride, ..Default::default() };
+        let bn_cfg = BatchNormConfig { eps: 1e-3, remove_mean: true, affine: true, momentum: 0.1 };
         Ok(Self {
             conv: Conv2d::new(weight, None, cfg),
             pad: if symmetric { (0, 0) } else { padding },
@@ -76,9 +67,7 @@ fn avg_pool_3x3_same(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let summed = (x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?.avg_pool2d_with_stride(3, 1)? * 9.0)?;
     let span = |i: usize, n: usize| (i.min(1) + 1 + (n - 1 - i).min(1)) as f32;
-    let count: Vec<f32> = (0..h)
-        .flat_map(|i| (0..w).map(move |j| span(i, h) * span(j, w)))
-        .collect();
+    let count: Vec<f32> = (0..h).flat_map(|i| (0..w).map(move |j| span(i, h) * span(j, w))).collect();
     let count = Tensor::from_vec(count, (1, 1, h, w), x.device())?.to_dtype(x.dtype())?;
     Ok(summed.broadcast_div(&count)?)
 }
@@ -183,9 +172,8 @@ impl InceptionC {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let chain = |convs: &[BasicConv2d]| -> Result<Tensor> {
-            convs.iter().try_fold(x.clone(), |h, conv| conv.forward(&h))
-        };
+        let chain =
+            |convs: &[BasicConv2d]| -> Result<Tensor> { convs.iter().try_fold(x.clone(), |h, conv| conv.forward(&h)) };
         let b1 = self.branch1x1.forward(x)?;
         let b7 = chain(&self.branch7x7)?;
         let bd = chain(&self.branch7x7dbl)?;
@@ -218,9 +206,8 @@ impl InceptionD {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let chain = |convs: &[BasicConv2d]| -> Result<Tensor> {
-            convs.iter().try_fold(x.clone(), |h, conv| conv.forward(&h))
-        };
+        let chain =
+            |convs: &[BasicConv2d]| -> Result<Tensor> { convs.iter().try_fold(x.clone(), |h, conv| conv.forward(&h)) };
         let b3 = chain(&self.branch3x3)?;
         let b7 = chain(&self.branch7x7x3)?;
         let bp = x.max_pool2d_with_stride(3, 2)?;
@@ -266,11 +253,7 @@ impl InceptionE {
         let b3 = Tensor::cat(&[self.branch3x3_2a.forward(&b3)?, self.branch3x3_2b.forward(&b3)?], 1)?;
         let bd = self.branch3x3dbl_2.forward(&self.branch3x3dbl_1.forward(x)?)?;
         let bd = Tensor::cat(&[self.branch3x3dbl_3a.forward(&bd)?, self.branch3x3dbl_3b.forward(&bd)?], 1)?;
-        let pooled = if self.max_pool {
-            max_pool_3x3_same(x)?
-        } else {
-            avg_pool_3x3_same(x)?
-        };
+        let pooled = if self.max_pool { max_pool_3x3_same(x)? } else { avg_pool_3x3_same(x)? };
         let bp = self.branch_pool.forward(&pooled)?;
         Ok(Tensor::cat(&[b1, b3, bd, bp], 1)?)
     }
@@ -358,16 +341,9 @@ pub(crate) fn load_var_builder(
     device: &Device,
 ) -> Result<VarBuilder<'static>> {
     if !path.is_file() {
-        return Err(EvalError::WeightsNotFound {
-            network,
-            path: path.to_path_buf(),
-            hint,
-        });
+        return Err(EvalError::WeightsNotFound { network, path: path.to_path_buf(), hint });
     }
-    let bad = |e: candle_core::Error| EvalError::BadWeights {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
+    let bad = |e: candle_core::Error| EvalError::BadWeights { path: path.to_path_buf(), reason: e.to_string() };
     let tensors = if path.extension().is_some_and(|e| e == "safetensors") {
         candle_core::safetensors::load(path, &Device::Cpu).map_err(bad)?
     } else {

@@ -41,10 +41,7 @@ impl Lpips {
     /// heads' `lin{k}.model.1.weight` names.
     pub fn new(vgg: VarBuilder, lin: VarBuilder) -> Result<Self> {
         let features = vgg.pp("features");
-        let cfg = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
+        let cfg = Conv2dConfig { padding: 1, ..Default::default() };
         let mut in_c = 3;
         let mut slices = Vec::new();
         for (indices, &out_c) in SLICES.iter().zip(&CHANNELS) {
@@ -58,9 +55,7 @@ impl Lpips {
         let lins = CHANNELS
             .iter()
             .enumerate()
-            .map(|(k, &c)| {
-                candle_nn::conv2d_no_bias(c, 1, 1, Default::default(), lin.pp(format!("lin{k}.model.1")))
-            })
+            .map(|(k, &c)| candle_nn::conv2d_no_bias(c, 1, 1, Default::default(), lin.pp(format!("lin{k}.model.1"))))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self { slices, lins })
     }

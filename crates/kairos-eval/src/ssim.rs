@@ -45,12 +45,7 @@ impl SsimOptions {
     /// Wang et al. (2004)'s settings, as scikit-image's docstring recommends to match them:
     /// Gaussian weights with σ = 1.5 and population covariance.
     pub fn wang_2004(data_range: f64) -> Self {
-        Self {
-            data_range,
-            gaussian_weights: true,
-            use_sample_covariance: false,
-            ..Self::default()
-        }
+        Self { data_range, gaussian_weights: true, use_sample_covariance: false, ..Self::default() }
     }
 
     fn window(&self) -> Result<Vec<f64>> {
@@ -66,7 +61,7 @@ impl SsimOptions {
                 reason: format!("{win_size} must be odd and at least 3"),
             });
         }
-        if !(self.data_range > 0.0) {
+        if self.data_range.is_nan() || self.data_range <= 0.0 {
             return Err(EvalError::InvalidArgument {
                 name: "data_range",
                 reason: format!("{} must be positive (255 for 8-bit images)", self.data_range),
@@ -75,9 +70,7 @@ impl SsimOptions {
         if self.gaussian_weights {
             // scipy's gaussian_filter1d kernel: radius int(truncate·σ + 0.5), normalised.
             let r = (truncate * self.sigma + 0.5) as i64;
-            let phi: Vec<f64> = (-r..=r)
-                .map(|x| (-0.5 / (self.sigma * self.sigma) * (x * x) as f64).exp())
-                .collect();
+            let phi: Vec<f64> = (-r..=r).map(|x| (-0.5 / (self.sigma * self.sigma) * (x * x) as f64).exp()).collect();
             let sum: f64 = phi.iter().sum();
             Ok(phi.into_iter().map(|p| p / sum).collect())
         } else {
@@ -91,11 +84,7 @@ pub fn structural_similarity(im1: &Image, im2: &Image, options: &SsimOptions) ->
     im1.same_shape(im2)?;
     let kernel = options.window()?;
     // With Gaussian weights scikit-image keeps win_size for the crop and the covariance norm.
-    let win_size = options.win_size.unwrap_or(if options.gaussian_weights {
-        kernel.len()
-    } else {
-        7
-    });
+    let win_size = options.win_size.unwrap_or(if options.gaussian_weights { kernel.len() } else { 7 });
     if win_size > im1.height || win_size > im1.width {
         return Err(EvalError::InvalidArgument {
             name: "win_size",
@@ -112,21 +101,9 @@ pub fn structural_similarity(im1: &Image, im2: &Image, options: &SsimOptions) ->
     Ok(total / im1.channels as f64)
 }
 
-fn ssim_plane(
-    x: &[f64],
-    y: &[f64],
-    h: usize,
-    w: usize,
-    kernel: &[f64],
-    win_size: usize,
-    o: &SsimOptions,
-) -> f64 {
+fn ssim_plane(x: &[f64], y: &[f64], h: usize, w: usize, kernel: &[f64], win_size: usize, o: &SsimOptions) -> f64 {
     let np = (win_size * win_size) as f64;
-    let cov_norm = if o.use_sample_covariance {
-        np / (np - 1.0)
-    } else {
-        1.0
-    };
+    let cov_norm = if o.use_sample_covariance { np / (np - 1.0) } else { 1.0 };
     let filter = |img: &[f64]| separable_filter(img, h, w, kernel);
     let prod = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a * b).collect() };
     let ux = filter(x);
@@ -170,21 +147,15 @@ fn separable_filter(img: &[f64], h: usize, w: usize, kernel: &[f64]) -> Vec<f64>
     let mut tmp = vec![0.0; h * w];
     for i in 0..h {
         for j in 0..w {
-            tmp[i * w + j] = kernel
-                .iter()
-                .enumerate()
-                .map(|(t, k)| k * img[reflect(i as i64 + t as i64 - r, h) * w + j])
-                .sum();
+            tmp[i * w + j] =
+                kernel.iter().enumerate().map(|(t, k)| k * img[reflect(i as i64 + t as i64 - r, h) * w + j]).sum();
         }
     }
     let mut out = vec![0.0; h * w];
     for i in 0..h {
         for j in 0..w {
-            out[i * w + j] = kernel
-                .iter()
-                .enumerate()
-                .map(|(t, k)| k * tmp[i * w + reflect(j as i64 + t as i64 - r, w)])
-                .sum();
+            out[i * w + j] =
+                kernel.iter().enumerate().map(|(t, k)| k * tmp[i * w + reflect(j as i64 + t as i64 - r, w)]).sum();
         }
     }
     out

@@ -20,10 +20,7 @@ impl MeanStd {
         let n = values.len() as f64;
         let mean = values.iter().sum::<f64>() / n;
         let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-        Some(Self {
-            mean,
-            std: var.sqrt(),
-        })
+        Some(Self { mean, std: var.sqrt() })
     }
 }
 

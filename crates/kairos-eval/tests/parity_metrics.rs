@@ -36,7 +36,9 @@ fn psnr_and_ssim_match_scikit_image() {
         let psnr = peak_signal_noise_ratio(&a, &b, dr).unwrap();
         let default = structural_similarity(&a, &b, &SsimOptions { data_range: dr, ..Default::default() }).unwrap();
         let gaussian = structural_similarity(&a, &b, &SsimOptions::wang_2004(dr)).unwrap();
-        for (metric, got, key) in [("psnr", psnr, "psnr"), ("ssim", default, "ssim_default"), ("ssim_gaussian", gaussian, "ssim_gaussian")] {
+        for (metric, got, key) in
+            [("psnr", psnr, "psnr"), ("ssim", default, "ssim_default"), ("ssim_gaussian", gaussian, "ssim_gaussian")]
+        {
             let want = case[key].as_f64().unwrap();
             let err = (got - want).abs();
             println!("{name}.{metric}: {got:.10} vs {want:.10} (|a-b| = {err:.1e})");

@@ -116,6 +116,7 @@ fn missing_network_weights_are_reported() {
     let err = FidInceptionV3::load("/nonexistent/pt_inception.pth".as_ref(), &Device::Cpu).unwrap_err();
     assert!(matches!(err, EvalError::WeightsNotFound { network: "inception", .. }), "{err}");
     assert!(err.to_string().contains("pt_inception-2015-12-05"), "{err}");
-    let err = Lpips::load("/nonexistent/vgg16.pth".as_ref(), "/nonexistent/vgg.pth".as_ref(), &Device::Cpu).unwrap_err();
+    let err =
+        Lpips::load("/nonexistent/vgg16.pth".as_ref(), "/nonexistent/vgg.pth".as_ref(), &Device::Cpu).unwrap_err();
     assert!(matches!(err, EvalError::WeightsNotFound { .. }), "{err}");
 }

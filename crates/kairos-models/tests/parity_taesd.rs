@@ -29,10 +29,8 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
 }
 
 fn config() -> AutoencoderTinyConfig {
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir().join("diffusers/config.json")).unwrap(),
-    )
-    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("diffusers/config.json")).unwrap()).unwrap();
     AutoencoderTinyConfig::from_json(&json).unwrap()
 }
 
@@ -67,18 +65,14 @@ fn autoencoder_tiny_matches_diffusers_from_madebyollin_files() {
     // Bare encoder indices in a safetensors file, decoder indices shifted by the Clamp in a pickle.
     let enc = dir().join("taesd_encoder.safetensors");
     let dec = dir().join("taesd_decoder.pth");
-    let model =
-        AutoencoderTiny::load(&[&enc, &dec], &config(), DType::F32, &Device::Cpu).unwrap();
+    let model = AutoencoderTiny::load(&[&enc, &dec], &config(), DType::F32, &Device::Cpu).unwrap();
     check("madebyollin", &model, &io());
 }
 
 #[test]
 fn latent_rgb_preview_matches_comfyui_formula() {
     let io = io();
-    for (name, factors) in [
-        ("preview_sd15", LatentRgbFactors::Sd15),
-        ("preview_sdxl", LatentRgbFactors::Sdxl),
-    ] {
+    for (name, factors) in [("preview_sd15", LatentRgbFactors::Sd15), ("preview_sdxl", LatentRgbFactors::Sdxl)] {
         let got = factors.preview(&io["z"]).unwrap();
         // One 4-term dot product per pixel: a few ulps.
         let err = rel_err(&got, &io[name]);
@@ -93,8 +87,7 @@ fn bad_taesd_files_and_inputs_are_reported() {
     let err = AutoencoderTiny::load(&[&missing], &config(), DType::F32, &Device::Cpu).unwrap_err();
     assert!(matches!(err, ModelError::FileNotFound { .. }), "{err}");
     // An AutoencoderKL file is not TAESD.
-    let kl = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/vae/tiny/diffusion_pytorch_model.safetensors");
+    let kl = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae/tiny/diffusion_pytorch_model.safetensors");
     let err = AutoencoderTiny::load(&[&kl], &config(), DType::F32, &Device::Cpu).unwrap_err();
     assert!(matches!(err, ModelError::UnrecognisedLayout { .. }), "{err}");
     // Encoder only: building the decoder reports the first missing weight.

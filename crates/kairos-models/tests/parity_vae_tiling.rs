@@ -48,11 +48,7 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
 }
 
 /// diffusers' tiling of the tiny VAE, always on (tiles when larger than one tile).
-const DIFFUSERS: TilingOptions = TilingOptions {
-    tile_sample_size: 32,
-    overlap_factor: 0.25,
-    mode: TilingMode::Always,
-};
+const DIFFUSERS: TilingOptions = TilingOptions { tile_sample_size: 32, overlap_factor: 0.25, mode: TilingMode::Always };
 
 #[test]
 fn tiled_decode_matches_diffusers_enable_tiling() {
@@ -102,9 +98,7 @@ fn tiled_vs_untiled_error_at_and_away_from_seams() {
         }
     }
     let scale = max_abs(&io["untiled_decoded"]);
-    println!(
-        "tiled vs untiled max abs: seams {seam:.4} interior {interior:.4} (output max {scale:.3})"
-    );
+    println!("tiled vs untiled max abs: seams {seam:.4} interior {interior:.4} (output max {scale:.3})");
     assert!(seam.is_finite() && interior.is_finite());
     assert!(seam <= 2.0 * interior.max(1e-6), "seams {seam} vs interior {interior}");
 }
@@ -117,20 +111,12 @@ fn auto_mode_tiles_only_above_the_memory_budget() {
     let estimate = vae.decode_memory_estimate(z.dims(), DType::F32);
     // Attention over 40·28 latents: 2·1120² f32 scores dominate.
     assert_eq!(estimate, 2 * 1120 * 1120 * 4);
-    let auto = |budget| TilingOptions {
-        mode: TilingMode::Auto {
-            memory_budget_bytes: budget,
-        },
-        ..DIFFUSERS
-    };
+    let auto = |budget| TilingOptions { mode: TilingMode::Auto { memory_budget_bytes: budget }, ..DIFFUSERS };
     let under = vae.decode_with(z, &auto(estimate)).unwrap();
     assert!(rel_err(&under, &io["untiled_decoded"]) <= TOL);
     let over = vae.decode_with(z, &auto(estimate - 1)).unwrap();
     assert!(rel_err(&over, &io["tiled_decoded"]) <= TOL);
-    let never = TilingOptions {
-        mode: TilingMode::Never,
-        ..DIFFUSERS
-    };
+    let never = TilingOptions { mode: TilingMode::Never, ..DIFFUSERS };
     assert!(rel_err(&vae.decode_with(z, &never).unwrap(), &io["untiled_decoded"]) <= TOL);
 }
 
@@ -139,25 +125,10 @@ fn bad_tiling_options_are_reported() {
     let z = &io()["z"];
     let vae = vae();
     for (opts, field) in [
-        (
-            TilingOptions {
-                tile_sample_size: 31,
-                ..DIFFUSERS
-            },
-            "tile_sample_size",
-        ),
-        (
-            TilingOptions {
-                overlap_factor: 1.0,
-                ..DIFFUSERS
-            },
-            "overlap_factor",
-        ),
+        (TilingOptions { tile_sample_size: 31, ..DIFFUSERS }, "tile_sample_size"),
+        (TilingOptions { overlap_factor: 1.0, ..DIFFUSERS }, "overlap_factor"),
     ] {
         let err = vae.decode_with(z, &opts).unwrap_err();
-        assert!(
-            matches!(err, ModelError::InvalidConfig { field: f, .. } if f == field),
-            "{err}"
-        );
+        assert!(matches!(err, ModelError::InvalidConfig { field: f, .. } if f == field), "{err}");
     }
 }

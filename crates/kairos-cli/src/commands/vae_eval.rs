@@ -74,8 +74,8 @@ pub struct VaeEvalArgs {
 
 /// A VAE under evaluation.
 enum Vae {
-    Kl(AutoencoderKL),
-    Tiny(AutoencoderTiny),
+    Kl(Box<AutoencoderKL>),
+    Tiny(Box<AutoencoderTiny>),
 }
 
 impl Vae {
@@ -130,7 +130,7 @@ pub fn run(args: VaeEvalArgs) -> anyhow::Result<()> {
     if args.vae.is_empty() && args.taesd.is_empty() {
         bail!("give at least one VAE: --vae FILE and/or --taesd ENCODER+DECODER");
     }
-    if args.size < 8 || args.size % 8 != 0 {
+    if args.size < 8 || !args.size.is_multiple_of(8) {
         bail!("--size must be a positive multiple of 8, got {}", args.size);
     }
     if args.batch == 0 {
@@ -166,20 +166,17 @@ pub fn run(args: VaeEvalArgs) -> anyhow::Result<()> {
 
     let mut vaes: Vec<(String, String, Vae)> = Vec::new();
     for path in &args.vae {
-        let hints = ConfigHints {
-            norm_num_groups: args.vae_norm_groups,
-            ..Default::default()
-        };
+        let hints = ConfigHints { norm_num_groups: args.vae_norm_groups, ..Default::default() };
         let component = load_vae_file(path, &hints)?;
         let config = AutoencoderKLConfig::from_json(&component.config)?;
         let vae = AutoencoderKL::new(component.var_builder(DType::F32, &device), &config)?;
-        vaes.push((label(path), path.display().to_string(), Vae::Kl(vae)));
+        vaes.push((label(path), path.display().to_string(), Vae::Kl(Box::new(vae))));
     }
     for spec in &args.taesd {
         let paths: Vec<PathBuf> = spec.split('+').map(PathBuf::from).collect();
         let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
         let vae = AutoencoderTiny::load(&refs, &AutoencoderTinyConfig::default(), DType::F32, &device)?;
-        vaes.push((label(&paths[0]), spec.clone(), Vae::Tiny(vae)));
+        vaes.push((label(&paths[0]), spec.clone(), Vae::Tiny(Box::new(vae))));
     }
     let labels: HashSet<&String> = vaes.iter().map(|v| &v.0).collect();
     if labels.len() != vaes.len() {
@@ -197,7 +194,7 @@ pub fn run(args: VaeEvalArgs) -> anyhow::Result<()> {
         let cache = args.out.join(format!("{label}.jsonl"));
         let mut done = read_jsonl::<Record>(&cache)?;
         let todo: Vec<&PathBuf> = files.iter().filter(|f| !done.contains_key(&name(f))).collect();
-        if done.len() > 0 {
+        if !done.is_empty() {
             eprintln!("{label}: resuming, {} of {} images cached", files.len() - todo.len(), files.len());
         }
         let mut writer = OpenOptions::new().create(true).append(true).open(&cache)?;

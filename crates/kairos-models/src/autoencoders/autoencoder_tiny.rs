@@ -142,16 +142,8 @@ impl AutoencoderTinyConfig {
 
     fn check(&self) -> Result<Activation> {
         for (field, channels, blocks) in [
-            (
-                "num_encoder_blocks",
-                &self.encoder_block_out_channels,
-                &self.num_encoder_blocks,
-            ),
-            (
-                "num_decoder_blocks",
-                &self.decoder_block_out_channels,
-                &self.num_decoder_blocks,
-            ),
+            ("num_encoder_blocks", &self.encoder_block_out_channels, &self.num_encoder_blocks),
+            ("num_decoder_blocks", &self.decoder_block_out_channels, &self.num_decoder_blocks),
         ] {
             if channels.is_empty() || channels.len() != blocks.len() {
                 return Err(ModelError::InvalidConfig {
@@ -190,13 +182,7 @@ impl AutoencoderTinyBlock {
     pub fn new(vb: VarBuilder, in_channels: usize, out_channels: usize, act: Activation) -> Result<Self> {
         let conv = vb.pp("conv");
         let skip = if in_channels != out_channels {
-            Some(candle_nn::conv2d_no_bias(
-                in_channels,
-                out_channels,
-                1,
-                Default::default(),
-                vb.pp("skip"),
-            )?)
+            Some(candle_nn::conv2d_no_bias(in_channels, out_channels, 1, Default::default(), vb.pp("skip"))?)
         } else {
             None
         };
@@ -271,11 +257,7 @@ impl EncoderTiny {
             let conv = if i == 0 {
                 conv3x3(vb.pp(layers.len()), config.in_channels, c)?
             } else {
-                let cfg = Conv2dConfig {
-                    padding: 1,
-                    stride: 2,
-                    ..Default::default()
-                };
+                let cfg = Conv2dConfig { padding: 1, stride: 2, ..Default::default() };
                 candle_nn::conv2d_no_bias(c, c, 3, cfg, vb.pp(layers.len()))?
             };
             layers.push(Layer::Conv(conv));
@@ -312,10 +294,7 @@ impl DecoderTiny {
         let act = config.check()?;
         let vb = vb.pp("layers");
         let channels = &config.decoder_block_out_channels;
-        let mut layers = vec![
-            Layer::Conv(conv3x3(vb.pp(0), config.latent_channels, channels[0])?),
-            Layer::Act(act),
-        ];
+        let mut layers = vec![Layer::Conv(conv3x3(vb.pp(0), config.latent_channels, channels[0])?), Layer::Act(act)];
         let n = channels.len();
         for (i, (&num_block, &c)) in config.num_decoder_blocks.iter().zip(channels).enumerate() {
             let is_final_block = i == n - 1;
@@ -329,10 +308,7 @@ impl DecoderTiny {
             let conv = if is_final_block {
                 conv3x3(vb.pp(layers.len()), c, config.out_channels)?
             } else {
-                let cfg = Conv2dConfig {
-                    padding: 1,
-                    ..Default::default()
-                };
+                let cfg = Conv2dConfig { padding: 1, ..Default::default() };
                 candle_nn::conv2d_no_bias(c, c, 3, cfg, vb.pp(layers.len()))?
             };
             layers.push(Layer::Conv(conv));
@@ -371,12 +347,7 @@ impl AutoencoderTiny {
     /// Loads TAESD/TAESDXL from one diffusers `diffusion_pytorch_model.safetensors` or from
     /// madebyollin's encoder and decoder files (see [`load_tiny_state_dict`]).
     /// `AutoencoderTinyConfig::default()` is the architecture of TAESD and TAESDXL.
-    pub fn load(
-        paths: &[&Path],
-        config: &AutoencoderTinyConfig,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn load(paths: &[&Path], config: &AutoencoderTinyConfig, dtype: DType, device: &Device) -> Result<Self> {
         let tensors = load_tiny_state_dict(paths)?;
         Self::new(VarBuilder::from_tensors(tensors, dtype, device), config)
     }
@@ -414,11 +385,7 @@ impl AutoencoderTiny {
 fn check_input(x: &Tensor, name: &'static str, channels: usize) -> Result<()> {
     match x.dims4() {
         Ok((_, c, _, _)) if c == channels => Ok(()),
-        _ => Err(ModelError::BadInput {
-            name,
-            expected: format!("[N, {channels}, H, W]"),
-            got: x.dims().to_vec(),
-        }),
+        _ => Err(ModelError::BadInput { name, expected: format!("[N, {channels}, H, W]"), got: x.dims().to_vec() }),
     }
 }
 
@@ -439,25 +406,26 @@ pub fn load_tiny_state_dict(paths: &[&Path]) -> Result<HashMap<String, Tensor>> 
         let keys: Vec<&String> = raw.keys().collect();
         let has = |k: &str| raw.contains_key(k);
         // (prefix in the file, diffusers prefix, index offset)
-        let rules: Vec<(&str, &str, usize)> = if keys.iter().any(|k| k.starts_with("encoder.layers.") || k.starts_with("decoder.layers.")) {
-            vec![("encoder.layers.", "encoder.layers.", 0), ("decoder.layers.", "decoder.layers.", 0)]
-        } else if keys.iter().any(|k| k.starts_with("taesd_encoder.") || k.starts_with("taesd_decoder.")) {
-            vec![("taesd_encoder.", "encoder.layers.", 0), ("taesd_decoder.", "decoder.layers.", 1)]
-        } else if keys.iter().any(|k| k.starts_with("encoder.") || k.starts_with("decoder.")) {
-            vec![("encoder.", "encoder.layers.", 0), ("decoder.", "decoder.layers.", 1)]
-        } else if has("0.weight") {
-            vec![("", "encoder.layers.", 0)]
-        } else if has("1.weight") {
-            vec![("", "decoder.layers.", 1)]
-        } else {
-            return Err(ModelError::UnrecognisedLayout {
-                path: path.to_path_buf(),
-                expected: "TAESD weights: diffusers `encoder.layers.N` / `decoder.layers.N`, or \
+        let rules: Vec<(&str, &str, usize)> =
+            if keys.iter().any(|k| k.starts_with("encoder.layers.") || k.starts_with("decoder.layers.")) {
+                vec![("encoder.layers.", "encoder.layers.", 0), ("decoder.layers.", "decoder.layers.", 0)]
+            } else if keys.iter().any(|k| k.starts_with("taesd_encoder.") || k.starts_with("taesd_decoder.")) {
+                vec![("taesd_encoder.", "encoder.layers.", 0), ("taesd_decoder.", "decoder.layers.", 1)]
+            } else if keys.iter().any(|k| k.starts_with("encoder.") || k.starts_with("decoder.")) {
+                vec![("encoder.", "encoder.layers.", 0), ("decoder.", "decoder.layers.", 1)]
+            } else if has("0.weight") {
+                vec![("", "encoder.layers.", 0)]
+            } else if has("1.weight") {
+                vec![("", "decoder.layers.", 1)]
+            } else {
+                return Err(ModelError::UnrecognisedLayout {
+                    path: path.to_path_buf(),
+                    expected: "TAESD weights: diffusers `encoder.layers.N` / `decoder.layers.N`, or \
                            madebyollin's `N.weight` encoder / decoder files"
-                    .into(),
-                examples: keys.iter().take(5).map(|k| k.to_string()).collect(),
-            });
-        };
+                        .into(),
+                    examples: keys.iter().take(5).map(|k| k.to_string()).collect(),
+                });
+            };
         for (key, tensor) in raw.iter() {
             let renamed = rules.iter().find_map(|(from, to, offset)| {
                 let rest = key.strip_prefix(from)?;
@@ -487,29 +455,16 @@ pub fn load_tiny_state_dict(paths: &[&Path]) -> Result<HashMap<String, Tensor>> 
 
 fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.exists() {
-        return Err(ModelError::FileNotFound {
-            path: path.to_path_buf(),
-        });
+        return Err(ModelError::FileNotFound { path: path.to_path_buf() });
     }
-    let extension = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_lowercase();
-    let corrupt = |e: candle_core::Error| ModelError::Corrupt {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+    let corrupt = |e: candle_core::Error| ModelError::Corrupt { path: path.to_path_buf(), reason: e.to_string() };
     match extension.as_str() {
         "safetensors" => candle_core::safetensors::load(path, &Device::Cpu).map_err(corrupt),
-        "pth" | "pt" | "ckpt" | "bin" => Ok(candle_core::pickle::read_all(path)
-            .map_err(corrupt)?
-            .into_iter()
-            .collect()),
-        _ => Err(ModelError::UnknownExtension {
-            path: path.to_path_buf(),
-            extension,
-        }),
+        "pth" | "pt" | "ckpt" | "bin" => {
+            Ok(candle_core::pickle::read_all(path).map_err(corrupt)?.into_iter().collect())
+        }
+        _ => Err(ModelError::UnknownExtension { path: path.to_path_buf(), extension }),
     }
 }
 

@@ -58,13 +58,7 @@ pub struct TilingOptions {
 impl Default for TilingOptions {
     /// 512-pixel tiles, overlap 0.25, tiling above a 4 GiB activation estimate.
     fn default() -> Self {
-        Self {
-            tile_sample_size: 512,
-            overlap_factor: 0.25,
-            mode: TilingMode::Auto {
-                memory_budget_bytes: 4 << 30,
-            },
-        }
+        Self { tile_sample_size: 512, overlap_factor: 0.25, mode: TilingMode::Auto { memory_budget_bytes: 4 << 30 } }
     }
 }
 
@@ -89,7 +83,7 @@ impl TilingOptions {
                 reason: format!("{} is not in [0, 1)", self.overlap_factor),
             });
         }
-        if self.tile_sample_size == 0 || self.tile_sample_size % f != 0 {
+        if self.tile_sample_size == 0 || !self.tile_sample_size.is_multiple_of(f) {
             return Err(ModelError::InvalidConfig {
                 field: "tile_sample_size",
                 reason: format!(
@@ -108,18 +102,10 @@ impl TilingOptions {
         if stride_in == 0 {
             return Err(ModelError::InvalidConfig {
                 field: "tile_sample_size",
-                reason: format!(
-                    "tiles of {tile_in} with overlap {} do not advance",
-                    self.overlap_factor
-                ),
+                reason: format!("tiles of {tile_in} with overlap {} do not advance", self.overlap_factor),
             });
         }
-        Ok(Geometry {
-            tile_in,
-            stride_in,
-            blend_extent,
-            row_limit: tile_out - blend_extent,
-        })
+        Ok(Geometry { tile_in, stride_in, blend_extent, row_limit: tile_out - blend_extent })
     }
 }
 
@@ -155,11 +141,7 @@ impl AutoencoderKL {
         let (n, h, w) = (n as u64, h as u64, w as u64);
         let boc = &self.config().block_out_channels;
         let f = self.spatial_factor() as u64;
-        let attention = if self.config().mid_block_add_attention {
-            2 * n * (h * w) * (h * w)
-        } else {
-            0
-        };
+        let attention = if self.config().mid_block_add_attention { 2 * n * (h * w) * (h * w) } else { 0 };
         let convs = (0..boc.len())
             .map(|k| {
                 let c = boc[k].max(boc.get(k + 1).copied().unwrap_or(0)) as u64;
@@ -179,9 +161,9 @@ impl AutoencoderKL {
         let tiled = match options.mode {
             TilingMode::Never => false,
             TilingMode::Always => larger,
-            TilingMode::Auto {
-                memory_budget_bytes,
-            } => larger && self.decode_memory_estimate(z.dims(), z.dtype()) > memory_budget_bytes,
+            TilingMode::Auto { memory_budget_bytes } => {
+                larger && self.decode_memory_estimate(z.dims(), z.dtype()) > memory_budget_bytes
+            }
         };
         if tiled {
             self.tiled_decode(z, options)
@@ -191,20 +173,16 @@ impl AutoencoderKL {
     }
 
     /// Encodes `x` (as [`AutoencoderKL::encode`]), tiling as `options.mode` says.
-    pub fn encode_with(
-        &self,
-        x: &Tensor,
-        options: &TilingOptions,
-    ) -> Result<DiagonalGaussianDistribution> {
+    pub fn encode_with(&self, x: &Tensor, options: &TilingOptions) -> Result<DiagonalGaussianDistribution> {
         let (_, tile) = options.sizes(self.spatial_factor())?;
         let (_, _, h, w) = x.dims4().map_err(|_| bad_input("x", x))?;
         let larger = h > tile || w > tile;
         let tiled = match options.mode {
             TilingMode::Never => false,
             TilingMode::Always => larger,
-            TilingMode::Auto {
-                memory_budget_bytes,
-            } => larger && self.encode_memory_estimate(x.dims(), x.dtype()) > memory_budget_bytes,
+            TilingMode::Auto { memory_budget_bytes } => {
+                larger && self.encode_memory_estimate(x.dims(), x.dtype()) > memory_budget_bytes
+            }
         };
         if tiled {
             self.tiled_encode(x, options)
@@ -221,11 +199,7 @@ impl AutoencoderKL {
     }
 
     /// Encodes `x` tile by tile (diffusers' `_tiled_encode`), whatever its size.
-    pub fn tiled_encode(
-        &self,
-        x: &Tensor,
-        options: &TilingOptions,
-    ) -> Result<DiagonalGaussianDistribution> {
+    pub fn tiled_encode(&self, x: &Tensor, options: &TilingOptions) -> Result<DiagonalGaussianDistribution> {
         let (tile_latent, tile_sample) = options.sizes(self.spatial_factor())?;
         let geometry = options.geometry(tile_sample, tile_latent)?;
         // The two posterior parameters, blended as one moments tensor [N, 2·latent, h, w].
@@ -238,20 +212,14 @@ impl AutoencoderKL {
 }
 
 /// Runs `f` on overlapping tiles of `x` `[N, C, H, W]` and blends the results.
-fn tiled(
-    x: &Tensor,
-    g: &Geometry,
-    f: impl Fn(&Tensor) -> Result<Tensor>,
-) -> Result<Tensor> {
+fn tiled(x: &Tensor, g: &Geometry, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let mut rows: Vec<Vec<Tensor>> = Vec::new();
     for i in (0..h).step_by(g.stride_in) {
         let mut row = Vec::new();
         for j in (0..w).step_by(g.stride_in) {
             // [N, C, ≤tile, ≤tile]: edge tiles are cut short, as Python slicing does.
-            let tile = x
-                .narrow(2, i, g.tile_in.min(h - i))?
-                .narrow(3, j, g.tile_in.min(w - j))?;
+            let tile = x.narrow(2, i, g.tile_in.min(h - i))?.narrow(3, j, g.tile_in.min(w - j))?;
             row.push(f(&tile)?);
         }
         rows.push(row);
@@ -270,9 +238,7 @@ fn tiled(
             // diffusers blends in place: later tiles see this tile's blended values.
             rows[i][j] = tile.clone();
             let (th, tw) = (tile.dim(2)?, tile.dim(3)?);
-            let kept = tile
-                .narrow(2, 0, g.row_limit.min(th))?
-                .narrow(3, 0, g.row_limit.min(tw))?;
+            let kept = tile.narrow(2, 0, g.row_limit.min(th))?.narrow(3, 0, g.row_limit.min(tw))?;
             result_row.push(kept);
         }
         result_rows.push(Tensor::cat(&result_row, 3)?);
@@ -307,9 +273,5 @@ fn blend(a: &Tensor, b: &Tensor, extent: usize, dim: usize) -> Result<Tensor> {
 }
 
 fn bad_input(name: &'static str, t: &Tensor) -> ModelError {
-    ModelError::BadInput {
-        name,
-        expected: "[N, C, H, W]".into(),
-        got: t.dims().to_vec(),
-    }
+    ModelError::BadInput { name, expected: "[N, C, H, W]".into(), got: t.dims().to_vec() }
 }
