@@ -70,6 +70,30 @@ fn autoencoder_tiny_matches_diffusers_from_madebyollin_files() {
 }
 
 #[test]
+fn autoencoder_tiny_matches_diffusers_from_comfyui_prefixed_dict() {
+    // The same weights renamed as ComfyUI's TAESD module holds them, with its scalar scale/shift.
+    let file = dir().join("diffusers/diffusion_pytorch_model.safetensors");
+    let mut renamed = HashMap::new();
+    for (k, t) in candle_core::safetensors::load(&file, &Device::Cpu).unwrap() {
+        let (part, rest) = k.split_once(".layers.").unwrap();
+        let (i, tail) = rest.split_once('.').unwrap();
+        let i: usize = i.parse().unwrap();
+        let key = match part {
+            "encoder" => format!("taesd_encoder.{i}.{tail}"),
+            _ => format!("taesd_decoder.{}.{tail}", i + 1),
+        };
+        renamed.insert(key, t);
+    }
+    renamed.insert("vae_scale".into(), Tensor::new(0.18215f32, &Device::Cpu).unwrap());
+    renamed.insert("vae_shift".into(), Tensor::new(0f32, &Device::Cpu).unwrap());
+    let path = std::env::temp_dir().join(format!("kairos-taesd-comfy-{}.safetensors", std::process::id()));
+    candle_core::safetensors::save(&renamed, &path).unwrap();
+    let model = AutoencoderTiny::load(&[&path], &config(), DType::F32, &Device::Cpu).unwrap();
+    let _ = std::fs::remove_file(&path);
+    check("comfyui", &model, &io());
+}
+
+#[test]
 fn latent_rgb_preview_matches_comfyui_formula() {
     let io = io();
     for (name, factors) in [("preview_sd15", LatentRgbFactors::Sd15), ("preview_sdxl", LatentRgbFactors::Sdxl)] {

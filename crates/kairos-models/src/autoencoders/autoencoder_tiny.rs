@@ -396,7 +396,7 @@ fn check_input(x: &Tensor, name: &'static str, channels: usize) -> Result<()> {
 ///   `nn.Sequential` indices. The decoder's index 0 is the weightless clamp, so its layer `k`
 ///   is diffusers' `k − 1`; a file is a decoder when it has `1.weight` but no `0.weight`;
 /// - a whole madebyollin `TAESD` module (`encoder.{i}`, `decoder.{i}`) or ComfyUI's
-///   (`taesd_encoder.{i}`, `taesd_decoder.{i}`).
+///   (`taesd_encoder.{i}`, `taesd_decoder.{i}`; its scalar `vae_scale`/`vae_shift` are skipped).
 ///
 /// Several files are merged (typically an encoder and a decoder).
 pub fn load_tiny_state_dict(paths: &[&Path]) -> Result<HashMap<String, Tensor>> {
@@ -426,7 +426,9 @@ pub fn load_tiny_state_dict(paths: &[&Path]) -> Result<HashMap<String, Tensor>> 
                     examples: keys.iter().take(5).map(|k| k.to_string()).collect(),
                 });
             };
-        for (key, tensor) in raw.iter() {
+        // ComfyUI's TAESD module stores its latent scale and shift as scalars beside the layers;
+        // kairos applies latent scaling outside the model.
+        for (key, tensor) in raw.iter().filter(|(k, _)| !matches!(k.as_str(), "vae_scale" | "vae_shift")) {
             let renamed = rules.iter().find_map(|(from, to, offset)| {
                 let rest = key.strip_prefix(from)?;
                 let (index, tail) = rest.split_once('.')?;
