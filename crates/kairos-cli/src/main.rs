@@ -20,6 +20,8 @@ enum Cli {
     Generate(commands::generate::GenerateArgs),
     /// Show a checkpoint's family, prediction type, dtypes and parameter counts.
     Inspect(commands::inspect::InspectArgs),
+    /// Reconstruct images through VAEs and report rFID, PSNR, SSIM and PSIM (LPIPS).
+    VaeEval(commands::vae_eval::VaeEvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         Cli::Toy(args) => commands::toy::run(args),
         Cli::Generate(args) => commands::generate::run(args),
         Cli::Inspect(args) => commands::inspect::run(args),
+        Cli::VaeEval(args) => commands::vae_eval::run(args),
     };
     // Print the message chain only: a user error is not a crash, so no backtrace even when
     // RUST_BACKTRACE is set.

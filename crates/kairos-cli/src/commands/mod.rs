@@ -5,6 +5,7 @@ pub mod inspect;
 pub mod optimize;
 pub mod schedule;
 pub mod toy;
+pub mod vae_eval;
 
 use kairos_schedule::{Family, ModelSchedule, TablePrecision};
 
