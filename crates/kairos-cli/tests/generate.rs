@@ -136,3 +136,34 @@ fn inspect_reports_family_dtypes_and_parameters() {
     // The tiny text encoder: 49408 x 16 token embedding alone.
     assert!(v["parameters"]["text_encoder"].as_u64().unwrap() > 49408 * 16);
 }
+
+/// Issue 5's round trip: `kairos schedule optimize` writes a schedule file that `kairos schedule`
+/// and `kairos generate --sigmas-file` read, both interpolating it to --steps the same way.
+#[test]
+fn optimized_schedule_file_round_trips_into_generate() {
+    let model = tiny_sd1();
+    let dir = temp_dir("sigmas-file");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ays.json").to_string_lossy().into_owned();
+    let opt = ["schedule", "optimize", "--steps", "6", "--t-samples", "32", "--eval-t-samples", "64"];
+    let out = kairos(&[&opt[..], &["--max-sweeps", "2", "--compare", "", "--out", &file]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let printed = kairos(&["schedule", "--sigmas-file", &file, "--steps", "3", "--json"]);
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+
+    let png = dir.join("img.png").to_string_lossy().into_owned();
+    let mut args = tiny_args(&model, &png);
+    args.extend(["--sigmas-file", &file, "--json"]);
+    let out = kairos(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("img.json")).unwrap()).unwrap();
+    // Both read the same file with the same interpolation: equal to the last bit.
+    assert_eq!(sidecar["sigmas"], printed["sigmas"]);
+    assert!(parameters_chunk(&png).contains("Steps: 3,"));
+
+    fails(&[&tiny_args(&model, &png)[..], &["--sigmas-file", "/nonexistent/ays.json"]].concat(), &["ays.json"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

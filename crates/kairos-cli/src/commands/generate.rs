@@ -33,9 +33,10 @@ pub struct GenerateArgs {
     /// A checkpoint file (.safetensors, .ckpt), a diffusers folder, or a Hugging Face repo id.
     #[arg(long, short, default_value = DEFAULT_MODEL)]
     model: String,
-    /// Sampling steps (ignored with --sigmas/--timesteps, whose length counts).
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
+    /// Sampling steps [default: 20; with --sigmas-file, the file's own step count]. Ignored with
+    /// --sigmas/--timesteps, whose length counts.
+    #[arg(long)]
+    steps: Option<usize>,
     /// Classifier-free guidance scale (1 disables the negative branch).
     #[arg(long, default_value_t = 7.5)]
     cfg_scale: f64,
@@ -70,8 +71,12 @@ pub struct GenerateArgs {
     #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "timesteps")]
     sigmas: Option<Vec<f64>>,
     /// Explicit timesteps, descending, comma-separated (e.g. 999,850,736,...); 0 is appended to the sigmas.
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "sigmas_file")]
     timesteps: Option<Vec<f64>>,
+    /// A schedule file written by `kairos schedule optimize`: its sigmas, log-linearly
+    /// interpolated when --steps differs from the file's step count.
+    #[arg(long, conflicts_with = "sigmas")]
+    sigmas_file: Option<PathBuf>,
     /// A1111 clip skip (1 = last layer, 2 = penultimate).
     #[arg(long, default_value_t = 1)]
     clip_skip: usize,
@@ -168,10 +173,17 @@ fn short_hash(path: &Path) -> Option<String> {
     Some(hasher.finalize().iter().take(5).map(|b| format!("{b:02x}")).collect())
 }
 
+/// Sampling steps when neither --steps nor a schedule file says otherwise.
+const DEFAULT_STEPS: usize = 20;
+
 fn parse_request(args: &GenerateArgs) -> anyhow::Result<Txt2ImgRequest> {
-    let schedule = match (&args.sigmas, &args.timesteps) {
-        (Some(s), _) => ScheduleKind::Sigmas(s.clone()),
-        (_, Some(t)) => ScheduleKind::Timesteps(t.clone()),
+    let schedule = match (&args.sigmas, &args.timesteps, &args.sigmas_file) {
+        (Some(s), _, _) => ScheduleKind::Sigmas(s.clone()),
+        (_, Some(t), _) => ScheduleKind::Timesteps(t.clone()),
+        (_, _, Some(path)) => {
+            let file = kairos_ays::ScheduleFile::read(path)?;
+            ScheduleKind::Sigmas(file.sigmas_for(args.steps)?.into_vec())
+        }
         _ => ScheduleKind::from_name(&args.schedule)?,
     };
     Ok(Txt2ImgRequest {
@@ -179,7 +191,7 @@ fn parse_request(args: &GenerateArgs) -> anyhow::Result<Txt2ImgRequest> {
         negative_prompt: args.negative_prompt.clone(),
         width: args.width,
         height: args.height,
-        steps: args.steps,
+        steps: args.steps.unwrap_or(DEFAULT_STEPS),
         cfg_scale: args.cfg_scale,
         sampler: Sampler::from_name(&args.sampler)?,
         schedule,
