@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use store::Component;
+pub(crate) use store::checked_shape;
 
 use ldm::KeyMap;
 use store::OpenFile;

@@ -250,16 +250,7 @@ impl SimpleBackend for MergedComponent {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let t = self.get_unchecked(name, dtype, dev)?;
-        if t.dims() != s.dims() {
-            return Err(candle_core::Error::wrap(ModelError::ShapeMismatch {
-                component: self.base.name().to_string(),
-                key: name.to_string(),
-                expected: s.dims().to_vec(),
-                got: t.dims().to_vec(),
-            }));
-        }
-        Ok(t)
+        crate::loading::checked_shape(self.base.name(), name, &s, self.get_unchecked(name, dtype, dev)?)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
