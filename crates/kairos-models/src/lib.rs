@@ -8,6 +8,9 @@ pub mod autoencoders;
 pub mod embeddings;
 pub mod error;
 pub mod loading;
+// LoRA / LyCORIS merging at load time; LCM pieces (w-embedding, boundary conditions, timesteps).
+pub mod lcm;
+pub mod lora;
 pub mod resnet;
 pub mod transformers;
 pub mod unets;

@@ -19,7 +19,7 @@ use common::{check_case, load_fixture, max_abs, max_abs_diff, AnalyticDenoiser, 
 use kairos_sampler::noise::FixedNoise;
 use kairos_sampler::samplers::{AncestralOptions, ErSdeOptions, TcdOptions, UniPcVariant};
 use kairos_sampler::{DenoiseOutput, Denoiser, SampleCtx, Sampler, SamplerError, StepInfo};
-use kairos_schedule::NoiseSchedule;
+use kairos_schedule::{DiscreteSchedule, NoiseSchedule};
 
 const FIXTURE: &str = "samplers_comfy.json";
 const TOL: Tol = Tol { f64_abs: 1e-10, f32_rel: 1e-5 };
@@ -121,42 +121,10 @@ fn tcd_matches_diffusers() {
     }
 }
 
-/// The SD training schedule as a table of the 1000 training sigmas (from the fixture: diffusers'
-/// float32 scaled_linear alphas_cumprod), with k-diffusion's log-sigma interpolation. Test-side
-/// stand-in for kairos-schedule's discrete schedule.
-struct TableSchedule {
-    sigmas: Vec<f64>,
-}
-
-impl NoiseSchedule for TableSchedule {
-    fn sigma_min(&self) -> f64 {
-        self.sigmas[0]
-    }
-    fn sigma_max(&self) -> f64 {
-        self.sigmas[self.sigmas.len() - 1]
-    }
-    fn sigma_to_t(&self, sigma: f64) -> f64 {
-        let log_sigma = sigma.ln();
-        let n = self.sigmas.len();
-        let low = self.sigmas.iter().rposition(|s| s.ln() <= log_sigma).unwrap_or(0).min(n - 2);
-        let (l, h) = (self.sigmas[low].ln(), self.sigmas[low + 1].ln());
-        let w = ((l - log_sigma) / (l - h)).clamp(0.0, 1.0);
-        low as f64 + w
-    }
-    fn t_to_sigma(&self, t: f64) -> f64 {
-        let (lo, hi) = (t.floor() as usize, t.ceil() as usize);
-        let w = t - t.floor();
-        ((1.0 - w) * self.sigmas[lo].ln() + w * self.sigmas[hi].ln()).exp()
-    }
-    fn train_sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-}
-
 /// The analytic denoiser with a model schedule, for samplers on the training timestep grid.
 struct ScheduledDenoiser {
     inner: AnalyticDenoiser,
-    schedule: TableSchedule,
+    schedule: DiscreteSchedule,
 }
 
 impl Denoiser for ScheduledDenoiser {
@@ -180,7 +148,8 @@ fn check_scheduled_case(fx: &Fixture, case: &str, sampler: Sampler, tol: Tol) {
     for dtype in [DType::F64, DType::F32] {
         let mut denoiser = ScheduledDenoiser {
             inner: AnalyticDenoiser::new(false),
-            schedule: TableSchedule { sigmas: train_sigmas(fx) },
+            // The fixture's table: diffusers' float32 scaled_linear alphas_cumprod.
+            schedule: DiscreteSchedule::from_sigmas(train_sigmas(fx)).expect("a valid table"),
         };
         let mut noise = FixedNoise::new(c.noise.iter().map(|n| fx.tensor(n, dtype)));
         let mut xs = Vec::new();
@@ -204,8 +173,10 @@ fn check_scheduled_case(fx: &Fixture, case: &str, sampler: Sampler, tol: Tol) {
             }
         }
     }
-    println!("{case}: f64 max abs err {f64_abs:.3e} (tol {:.0e}), f32 max rel err {f32_rel:.3e} (tol {:.0e})",
-        tol.f64_abs, tol.f32_rel);
+    println!(
+        "{case}: f64 max abs err {f64_abs:.3e} (tol {:.0e}), f32 max rel err {f32_rel:.3e} (tol {:.0e})",
+        tol.f64_abs, tol.f32_rel
+    );
     assert!(f64_abs <= tol.f64_abs, "{case}: f64 max abs err {f64_abs:e}");
     assert!(f32_rel <= tol.f32_rel, "{case}: f32 max rel err {f32_rel:e}");
 }
@@ -243,7 +214,9 @@ fn tcd_needs_the_model_schedule_and_gamma_in_unit_interval() {
         other => panic!("expected MissingModelSchedule, got {other:?}"),
     }
     match run(&fx, Sampler::Tcd(TcdOptions { gamma: 1.5 }), &sigmas, false) {
-        Err(SamplerError::InvalidOption { sampler: "tcd", message }) => assert!(message.contains("[0, 1]"), "{message}"),
+        Err(SamplerError::InvalidOption { sampler: "tcd", message }) => {
+            assert!(message.contains("[0, 1]"), "{message}")
+        }
         other => panic!("expected InvalidOption, got {other:?}"),
     }
 }

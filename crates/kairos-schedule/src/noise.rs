@@ -44,7 +44,10 @@ impl BetaSchedule {
     pub fn betas(&self, num_train_timesteps: usize) -> Vec<f64> {
         match *self {
             Self::ScaledLinear { beta_start, beta_end } => {
-                torch_linspace_f64(beta_start.sqrt(), beta_end.sqrt(), num_train_timesteps).iter().map(|b| b * b).collect()
+                torch_linspace_f64(beta_start.sqrt(), beta_end.sqrt(), num_train_timesteps)
+                    .iter()
+                    .map(|b| b * b)
+                    .collect()
             }
             Self::Linear { beta_start, beta_end } => torch_linspace_f64(beta_start, beta_end, num_train_timesteps),
             Self::SquaredcosCapV2 => cosine_betas(num_train_timesteps),
@@ -108,7 +111,11 @@ pub struct DiscreteSchedule {
 impl DiscreteSchedule {
     /// Builds the table of `num_train_timesteps` sigmas (≥ 2) for `betas`, rounded as `precision`
     /// says. `sigma_to_t` is fractional (k-diffusion's default); see [`Self::with_quantize`].
-    pub fn new(betas: BetaSchedule, num_train_timesteps: usize, precision: TablePrecision) -> Result<Self, ScheduleError> {
+    pub fn new(
+        betas: BetaSchedule,
+        num_train_timesteps: usize,
+        precision: TablePrecision,
+    ) -> Result<Self, ScheduleError> {
         if num_train_timesteps < 2 {
             return Err(ScheduleError::InvalidOption {
                 schedule: "discrete",
@@ -116,6 +123,23 @@ impl DiscreteSchedule {
             });
         }
         Ok(Self::build(betas, num_train_timesteps, precision))
+    }
+
+    /// A schedule over a given table of training sigmas (ascending, at least 2, finite and
+    /// positive), e.g. one recorded from a reference implementation; log-sigmas in f64.
+    pub fn from_sigmas(sigmas: Vec<f64>) -> Result<Self, ScheduleError> {
+        if sigmas.len() < 2
+            || sigmas.iter().any(|s| !s.is_finite() || *s <= 0.0)
+            || sigmas.windows(2).any(|w| w[1] <= w[0])
+        {
+            return Err(ScheduleError::InvalidOption {
+                schedule: "discrete",
+                message: "the training sigma table must hold at least 2 finite, positive, increasing values".into(),
+            });
+        }
+        let alphas_cumprod = sigmas.iter().map(|s| 1.0 / (1.0 + s * s)).collect();
+        let log_sigmas = sigmas.iter().map(|s| s.ln()).collect();
+        Ok(Self { alphas_cumprod, sigmas, log_sigmas, quantize: false })
     }
 
     /// Stable Diffusion's table (SD1, SD2, SDXL): scaled_linear 0.00085 → 0.012, 1000 steps.
@@ -356,5 +380,18 @@ mod tests {
     #[test]
     fn too_small_table_is_an_error() {
         assert!(DiscreteSchedule::new(BetaSchedule::SD, 1, TablePrecision::F64).is_err());
+        assert!(DiscreteSchedule::from_sigmas(vec![0.1]).is_err());
+        assert!(DiscreteSchedule::from_sigmas(vec![0.1, 0.1]).is_err());
+        assert!(DiscreteSchedule::from_sigmas(vec![0.0, 1.0]).is_err());
+    }
+
+    #[test]
+    fn from_sigmas_round_trips_the_sd_table() {
+        let sd = DiscreteSchedule::sd(TablePrecision::F64);
+        let back = DiscreteSchedule::from_sigmas(sd.sigmas.clone()).unwrap();
+        for t in [0.0, 10.5, 500.0, 999.0] {
+            let (a, b) = (sd.t_to_sigma(t), back.t_to_sigma(t));
+            assert!((a - b).abs() <= 1e-12 * a, "t = {t}: {a} vs {b}");
+        }
     }
 }

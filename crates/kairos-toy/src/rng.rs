@@ -16,6 +16,8 @@ pub enum Stream {
     Reference = 0,
     /// True samples scored like a sampler's output, as the floor of the figures.
     TrueSample = 1,
+    /// Monte Carlo draws of estimators built on the toy world (the AYS optimizer's KLUB).
+    Estimator = 2,
 }
 
 /// A seeded generator (ChaCha8, reproducible across platforms).
@@ -38,6 +40,12 @@ impl ToyRng {
     /// One uniform draw in [0, 1).
     pub fn uniform(&mut self) -> f64 {
         self.0.random()
+    }
+
+    /// A tensor of standard normal draws with the given shape (f64 on the CPU).
+    pub fn normal_tensor(&mut self, shape: &[usize]) -> candle_core::Result<Tensor> {
+        let data: Vec<f64> = (0..shape.iter().product()).map(|_| self.normal()).collect();
+        Tensor::from_vec(data, shape, &Device::Cpu)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device};
 use kairos_sampler::noise::{BatchSeeding, RngKind, SeededNoise};
-use kairos_sampler::{SampleCtx, Sampler};
+use kairos_sampler::{Denoiser, SampleCtx, Sampler};
 use kairos_schedule::ModelSchedule;
 use serde::Serialize;
 
@@ -84,6 +84,24 @@ impl ToyWorld {
     /// as torch does), and stochastic samplers continue that stream, as k-diffusion with
     /// `torch.manual_seed(seed)` would: a run can be replayed in Python.
     pub fn run(&self, sampler: &Sampler, sigmas: &[f64], n: usize, seed: u64) -> Result<Run, ToyError> {
+        let mut denoiser = ExactDenoiser::new(&self.mixture);
+        if let Some(schedule) = &self.model_schedule {
+            denoiser = denoiser.with_model_schedule(schedule);
+        }
+        let points = self.run_with(&mut denoiser, sampler, sigmas, n, seed)?;
+        Ok(Run { points, nfe: denoiser.calls() })
+    }
+
+    /// [`Self::run`] with any denoiser in place of the exact one (a trained network, say): the same
+    /// initial and sampler noise for the seed, so the exact denoiser gives the same points.
+    pub fn run_with(
+        &self,
+        denoiser: &mut dyn Denoiser,
+        sampler: &Sampler,
+        sigmas: &[f64],
+        n: usize,
+        seed: u64,
+    ) -> Result<Vec<[f64; 2]>, ToyError> {
         if n == 0 {
             return Err(ToyError::InvalidArgument {
                 name: "n",
@@ -96,12 +114,8 @@ impl ToyWorld {
         let mut noise = SeededNoise::new(RngKind::TorchCpu, seed, BatchSeeding::Shared, n)
             .map_err(kairos_sampler::SamplerError::from)?;
         let x = (noise.initial_latent((n, 2), DType::F64, &Device::Cpu)? * sigma_max)?;
-        let mut denoiser = ExactDenoiser::new(&self.mixture);
-        if let Some(schedule) = &self.model_schedule {
-            denoiser = denoiser.with_model_schedule(schedule);
-        }
-        let out = sampler.sample(&mut SampleCtx::new(&mut denoiser, &mut noise), x, sigmas)?;
-        Ok(Run { points: tensor_to_points(&out)?, nfe: denoiser.calls() })
+        let out = sampler.sample(&mut SampleCtx::new(denoiser, &mut noise), x, sigmas)?;
+        Ok(tensor_to_points(&out)?)
     }
 
     /// The quality figures of `points`.

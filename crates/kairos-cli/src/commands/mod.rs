@@ -1,8 +1,12 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod generate;
+pub mod inspect;
+pub mod optimize;
 pub mod schedule;
 pub mod toy;
+pub mod vae_eval;
 
 use kairos_schedule::{Family, ModelSchedule, TablePrecision};
 

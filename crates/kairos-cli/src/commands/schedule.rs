@@ -11,21 +11,27 @@ use super::family_schedule;
 
 /// Arguments of `kairos schedule`.
 #[derive(Args, Debug)]
-#[command(group(ArgGroup::new("source").required(true).args(["schedule", "sigmas", "timesteps", "compare"])))]
+#[command(group(
+    ArgGroup::new("source").required(true).multiple(true).args(["schedule", "sigmas", "timesteps", "compare", "sigmas_file"])
+))]
 pub struct ScheduleArgs {
     /// Model family: its training sigmas (range, sigma ↔ timestep) and its AYS/GITS table.
     #[arg(long, default_value = "sd1")]
     family: String,
     /// Sigma schedule by name (normal, karras, exponential, sgm_uniform, simple, beta,
     /// kl_optimal, ays, gits, ...; A1111 labels accepted).
-    #[arg(long, visible_alias = "scheduler")]
+    #[arg(long, visible_alias = "scheduler", conflicts_with_all = ["sigmas", "timesteps", "compare", "sigmas_file"])]
     schedule: Option<String>,
     /// A sigma list, strictly decreasing, comma-separated: 14.6,7.8,...,0.
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with_all = ["timesteps", "compare", "sigmas_file"])]
     sigmas: Option<Vec<f64>>,
     /// A timestep list, strictly decreasing, comma-separated: 999,850,...; 0 is appended to the sigmas.
-    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with_all = ["compare", "sigmas_file"])]
     timesteps: Option<Vec<f64>>,
+    /// A schedule file written by `kairos schedule optimize`, log-linearly interpolated to
+    /// --steps; with --compare it is plotted beside the named schedules.
+    #[arg(long)]
+    sigmas_file: Option<PathBuf>,
     /// Several schedules by name, comma-separated: karras,exponential,ays.
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     compare: Option<Vec<String>>,
@@ -55,20 +61,27 @@ pub(crate) struct Built {
 /// Runs `kairos schedule`.
 pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
     let (family, model) = family_schedule(&args.family)?;
-    let kinds = if let Some(v) = &args.sigmas {
-        vec![ScheduleKind::Sigmas(v.clone())]
+    // (label, schedule) pairs; a schedule file is labelled by its file name.
+    let mut kinds = if let Some(v) = &args.sigmas {
+        vec![(None, ScheduleKind::Sigmas(v.clone()))]
     } else if let Some(t) = &args.timesteps {
-        vec![ScheduleKind::Timesteps(t.clone())]
+        vec![(None, ScheduleKind::Timesteps(t.clone()))]
     } else {
         let names = args.compare.clone().or_else(|| args.schedule.clone().map(|s| vec![s])).unwrap_or_default();
-        names.iter().map(|n| ScheduleKind::from_name(n)).collect::<Result<Vec<_>, _>>()?
+        names.iter().map(|n| Ok((None, ScheduleKind::from_name(n)?))).collect::<anyhow::Result<Vec<_>>>()?
     };
+    if let Some(path) = &args.sigmas_file {
+        let file = kairos_ays::ScheduleFile::read(path)?;
+        let label = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        kinds.push((label, ScheduleKind::Sigmas(file.sigmas_for(Some(args.steps))?.into_vec())));
+    }
     let built = kinds
         .iter()
-        .map(|kind| {
+        .map(|(label, kind)| {
             let sigmas = kind.build(&model, family, args.steps, args.denoise)?;
             let timesteps = sigmas.timesteps(&model);
-            Ok(Built { schedule: kind.name().to_string(), steps: sigmas.steps(), sigmas: sigmas.into_vec(), timesteps })
+            let schedule = label.clone().unwrap_or_else(|| kind.name().to_string());
+            Ok(Built { schedule, steps: sigmas.steps(), sigmas: sigmas.into_vec(), timesteps })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(path) = &args.plot {
@@ -76,7 +89,7 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
         crate::plot::schedules(path, &title, &built)?;
     }
 
-    let single = args.compare.is_none();
+    let single = built.len() == 1;
     if args.json {
         let meta = serde_json::json!({ "family": family.name(), "denoise": args.denoise });
         let mut out = match (single, built.as_slice()) {

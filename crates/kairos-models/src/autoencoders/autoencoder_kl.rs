@@ -3,7 +3,8 @@
 //! Differences:
 //! - `encode` returns the [`DiagonalGaussianDistribution`] directly and `decode` the image
 //!   tensor (no output dataclasses, no `return_dict`).
-//! - Slicing and tiling (`enable_slicing`/`enable_tiling`) are not implemented yet.
+//! - Tiling is in `tiling.rs` (`decode_with`/`encode_with`, `tiled_decode`/`tiled_encode`);
+//!   slicing (`enable_slicing`) is not implemented.
 //! - `forward` (encode, sample, decode in one call; training) is absent.
 //! - `force_upcast` is kept in the config for the pipeline; the model computes in the dtype of
 //!   its `VarBuilder`.

@@ -121,7 +121,7 @@ pub(crate) fn convert_unet(files: &[Arc<OpenFile>], file: usize) -> Result<KeyMa
     Ok(map)
 }
 
-fn unet_key(key: &str, lpb: usize) -> Option<String> {
+pub(crate) fn unet_key(key: &str, lpb: usize) -> Option<String> {
     let p: Vec<&str> = key.splitn(4, '.').collect();
     let tail = |n: usize| key.splitn(n + 1, '.').nth(n).unwrap_or("");
     match p.as_slice() {

@@ -17,13 +17,14 @@
 
 mod derive;
 mod folder;
-mod ldm;
+pub(crate) mod ldm;
 mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use store::Component;
+pub(crate) use store::checked_shape;
 
 use ldm::KeyMap;
 use store::OpenFile;

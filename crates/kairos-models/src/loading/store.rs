@@ -313,6 +313,25 @@ impl Weights {
 
 struct Handle(Arc<Weights>);
 
+/// `t` if it has the shape a module asked for, else [`ModelError::ShapeMismatch`] naming the key:
+/// the check every `VarBuilder` backend over checkpoint weights makes.
+pub(crate) fn checked_shape(
+    component: &str,
+    key: &str,
+    expected: &candle_core::Shape,
+    t: Tensor,
+) -> candle_core::Result<Tensor> {
+    if t.dims() != expected.dims() {
+        return Err(candle_core::Error::wrap(ModelError::ShapeMismatch {
+            component: component.to_string(),
+            key: key.to_string(),
+            expected: expected.dims().to_vec(),
+            got: t.dims().to_vec(),
+        }));
+    }
+    Ok(t)
+}
+
 impl SimpleBackend for Handle {
     fn get(
         &self,
@@ -322,16 +341,7 @@ impl SimpleBackend for Handle {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let t = self.get_unchecked(name, dtype, dev)?;
-        if t.dims() != s.dims() {
-            return Err(candle_core::Error::wrap(ModelError::ShapeMismatch {
-                component: self.0.name.clone(),
-                key: name.to_string(),
-                expected: s.dims().to_vec(),
-                got: t.dims().to_vec(),
-            }));
-        }
-        Ok(t)
+        checked_shape(&self.0.name, name, &s, self.get_unchecked(name, dtype, dev)?)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {

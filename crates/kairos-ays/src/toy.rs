@@ -1,0 +1,44 @@
+//! Sample quality on the toy world with any denoiser (the toy's runner fixes its exact one).
+
+use kairos_sampler::{Denoiser, Sampler};
+use kairos_toy::{Figures, Stats, ToyWorld};
+use serde::Serialize;
+
+use crate::{AysError, Result};
+
+/// Mean ± std over seeds of the toy figures of one sampler run per seed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Quality {
+    pub sliced_wasserstein: Stats,
+    pub nll: Stats,
+}
+
+/// Runs `sampler` down `sigmas` with `denoiser` once per seed through
+/// [`kairos_toy::ToyWorld::run_with`] (the same noise as the toy's own runs) and scores each run on
+/// `world`.
+pub fn toy_quality(
+    world: &ToyWorld,
+    denoiser: &mut dyn Denoiser,
+    sampler: &Sampler,
+    sigmas: &[f64],
+    points: usize,
+    seeds: &[u64],
+) -> Result<Quality> {
+    if points == 0 || seeds.is_empty() || sigmas.is_empty() {
+        return Err(AysError::option(
+            "toy run",
+            format!("{points} points, {} seeds", seeds.len()),
+            "points >= 1, seeds >= 1, non-empty sigmas",
+        ));
+    }
+    let figures = seeds
+        .iter()
+        .map(|&seed| {
+            let pts = world.run_with(denoiser, sampler, sigmas, points, seed)?;
+            Ok(world.score(&pts))
+        })
+        .collect::<Result<Vec<Figures>>>()?;
+    let sw: Vec<f64> = figures.iter().map(|f| f.sliced_wasserstein).collect();
+    let nll: Vec<f64> = figures.iter().map(|f| f.nll).collect();
+    Ok(Quality { sliced_wasserstein: Stats::of(&sw), nll: Stats::of(&nll) })
+}

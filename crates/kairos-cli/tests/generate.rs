@@ -1,0 +1,169 @@
+//! `kairos generate` and `kairos inspect` on the tiny SD1 checkpoint of kairos-pipeline's
+//! fixtures: PNG output with infotext, no overwriting, and the bad-input errors.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn kairos(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kairos")).args(args).output().expect("the kairos binary runs")
+}
+
+fn tiny_sd1() -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kairos-pipeline/tests/fixtures/sd1_tiny.safetensors");
+    p.to_string_lossy().into_owned()
+}
+
+/// The tiny model's conventions (hidden flags) and a small fast run.
+fn tiny_args<'a>(model: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "generate",
+        "--model",
+        model,
+        "--norm-num-groups",
+        "4",
+        "--clip-head-dim",
+        "8",
+        "-W",
+        "32",
+        "-H",
+        "24",
+        "--steps",
+        "3",
+        "--seed",
+        "5",
+        "--sampler",
+        "Euler",
+        "--output",
+        out,
+    ]
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kairos-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn fails(args: &[&str], expected: &[&str]) {
+    let out = kairos(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    for e in expected {
+        assert!(stderr.contains(e), "{args:?}: `{e}` not in: {stderr}");
+    }
+}
+
+fn parameters_chunk(path: &str) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let at = bytes.windows(10).position(|w| w == b"parameters").expect("a parameters chunk");
+    let len = u32::from_be_bytes(bytes[at - 8..at - 4].try_into().unwrap()) as usize;
+    String::from_utf8_lossy(&bytes[at + 11..at + len]).into_owned()
+}
+
+#[test]
+fn generate_writes_png_with_infotext_and_never_overwrites() {
+    let model = tiny_sd1();
+    let dir = temp_dir("gen");
+    let file = dir.join("cat.png");
+    let file_s = file.to_string_lossy().into_owned();
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args = tiny_args(&model, &file_s);
+    args.extend(["--prompt", "a cat", "--negative-prompt", "dog", "--json"]);
+    let out = kairos(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), file_s);
+    let text = parameters_chunk(&file_s);
+    assert!(text.starts_with("a cat\nNegative prompt: dog\nSteps: 3, Sampler: Euler, Schedule type: Karras, CFG scale: 7.5, Seed: 5, Size: 32x24, Model hash: "), "{text}");
+    assert!(text.contains("Model: sd1_tiny, RNG: CPU"), "{text}");
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cat.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["seed"], 5);
+    // Same file again: refused, file untouched.
+    fails(&args, &["already exists", "never overwrites"]);
+
+    // Into a directory, empty prompt, batch of two: A1111 names, next free numbers.
+    let dir_s = dir.to_string_lossy().into_owned();
+    let mut args = tiny_args(&model, &dir_s);
+    args.extend(["--batch-size", "2", "--seeding", "per-image"]);
+    let out = kairos(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| PathBuf::from(l).file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["00000-5.png", "00001-6.png"]);
+    assert!(parameters_chunk(&dir.join("00001-6.png").to_string_lossy()).starts_with("Steps: 3, "));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn generate_rejects_bad_input() {
+    let model = tiny_sd1();
+    let dir = temp_dir("bad");
+    let out = dir.to_string_lossy().into_owned();
+    // The tiny arguments with one flag's value replaced or added.
+    let with = |extra: &[&'static str]| {
+        let mut a = tiny_args(&model, &out);
+        match a.iter().position(|f| *f == extra[0]) {
+            Some(i) => a[i + 1] = extra[1],
+            None => a.extend_from_slice(extra),
+        }
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>, expected: &[&str]| fails(&a.iter().map(String::as_str).collect::<Vec<_>>(), expected);
+    run(with(&["-W", "500"]), &["width must be a positive multiple of 8, got 500", "504"]);
+    run(with(&["--sampler", "euler_z"]), &["unknown sampler `euler_z`", "accepted: euler, euler_ancestral"]);
+    run(with(&["--schedule", "fast"]), &["unknown schedule `fast`", "karras"]);
+    run(with(&["--rng", "mt"]), &["unknown rng `mt`", "torch-cpu"]);
+    fails(&["generate", "--model", "/no/such/model.safetensors"], &["model not found: /no/such/model.safetensors"]);
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    fails(&["generate", "--model", manifest], &["unknown checkpoint format `toml`", ".safetensors"]);
+    fails(&["inspect", manifest], &["unknown checkpoint format `toml`"]);
+    assert!(!dir.exists(), "nothing written on errors");
+}
+
+#[test]
+fn inspect_reports_family_dtypes_and_parameters() {
+    let out = kairos(&["inspect", &tiny_sd1(), "--json", "--norm-num-groups", "4", "--clip-head-dim", "8"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["family"], "sd1");
+    assert_eq!(v["prediction_type"], "epsilon");
+    assert_eq!(v["layout"], "single file (LDM keys)");
+    assert!(v["vae"].as_str().unwrap().starts_with("baked in"));
+    assert!(v["dtypes"]["f16"].as_u64().unwrap() > 0, "{v}");
+    // The tiny text encoder: 49408 x 16 token embedding alone.
+    assert!(v["parameters"]["text_encoder"].as_u64().unwrap() > 49408 * 16);
+}
+
+/// Issue 5's round trip: `kairos schedule optimize` writes a schedule file that `kairos schedule`
+/// and `kairos generate --sigmas-file` read, both interpolating it to --steps the same way.
+#[test]
+fn optimized_schedule_file_round_trips_into_generate() {
+    let model = tiny_sd1();
+    let dir = temp_dir("sigmas-file");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ays.json").to_string_lossy().into_owned();
+    let opt = ["schedule", "optimize", "--steps", "6", "--t-samples", "32", "--eval-t-samples", "64"];
+    let out = kairos(&[&opt[..], &["--max-sweeps", "2", "--compare", "", "--out", &file]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let printed = kairos(&["schedule", "--sigmas-file", &file, "--steps", "3", "--json"]);
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+
+    let png = dir.join("img.png").to_string_lossy().into_owned();
+    let mut args = tiny_args(&model, &png);
+    args.extend(["--sigmas-file", &file, "--json"]);
+    let out = kairos(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("img.json")).unwrap()).unwrap();
+    // Both read the same file with the same interpolation: equal to the last bit.
+    assert_eq!(sidecar["sigmas"], printed["sigmas"]);
+    assert!(parameters_chunk(&png).contains("Steps: 3,"));
+
+    fails(&[&tiny_args(&model, &png)[..], &["--sigmas-file", "/nonexistent/ays.json"]].concat(), &["ays.json"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

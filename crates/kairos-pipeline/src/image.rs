@@ -1,0 +1,73 @@
+//! Latents → pixels: the VAE decoder behind a trait, and diffusers' `VaeImageProcessor`
+//! post-processing to 8-bit RGB.
+
+use candle_core::{DType, Tensor};
+
+use crate::PipelineError;
+
+/// The VAE's decoder, as the pipeline uses it.
+pub trait LatentDecoder {
+    /// Images `[N, 3, H, W]` in [−1, 1] (unclamped) from UNet-scale latents `[N, C, h, w]`:
+    /// the implementation divides by its `scaling_factor` first.
+    fn decode(&self, latents: &Tensor) -> Result<Tensor, PipelineError>;
+    /// Latent channels (4 for SD).
+    fn latent_channels(&self) -> usize;
+    /// Pixels per latent along each side: 2^(len(block_out_channels) − 1), 8 for SD.
+    fn scale_factor(&self) -> usize;
+}
+
+/// An 8-bit RGB image, rows top to bottom, pixels interleaved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// `width · height · 3` bytes.
+    pub data: Vec<u8>,
+}
+
+/// Converts decoded images `[N, 3, H, W]` to 8-bit RGB exactly as diffusers'
+/// `VaeImageProcessor.postprocess(output_type="pil")`: `(x * 0.5 + 0.5).clamp(0, 1)`, then
+/// `(x * 255).round()` (numpy: half to even) in float32.
+pub fn to_rgb8(images: &Tensor) -> Result<Vec<RgbImage>, PipelineError> {
+    let (n, c, height, width) = images.dims4()?;
+    if c != 3 {
+        return Err(PipelineError::InvalidOption {
+            name: "images",
+            message: format!("expected 3 channels (RGB), got shape {:?}", images.dims()),
+        });
+    }
+    // [N, H, W, 3], as diffusers' pt_to_numpy.
+    let hwc = images.to_dtype(DType::F32)?.permute((0, 2, 3, 1))?.contiguous()?;
+    let values = hwc.flatten_all()?.to_vec1::<f32>()?;
+    let per_image = height * width * 3;
+    Ok((0..n)
+        .map(|i| RgbImage {
+            width,
+            height,
+            data: values[i * per_image..(i + 1) * per_image]
+                .iter()
+                // In [0, 255] after the clamp, so the cast cannot saturate.
+                .map(|&x| ((x * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0).round_ties_even() as u8)
+                .collect(),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn postprocess_matches_diffusers_rounding() {
+        // 0.5 → 191.25 → 191; −1 → 0; 2 → clamp → 255; −0.5 → 63.75 → 64; 0 → 127.5 → 128 (even).
+        let x = [0.5f32, -1.0, 2.0, -0.5, 0.0, 1.0];
+        let t = Tensor::new(&x, &Device::Cpu).unwrap().reshape((1, 3, 1, 2)).unwrap();
+        let img = to_rgb8(&t).unwrap();
+        assert_eq!((img[0].width, img[0].height), (2, 1));
+        // pixel 0 = (x[0], x[2], x[4]), pixel 1 = (x[1], x[3], x[5])
+        assert_eq!(img[0].data, vec![191, 255, 128, 0, 64, 255]);
+    }
+}

@@ -1,0 +1,29 @@
+//! The Stable Diffusion txt2img pipeline of kairos: a library with no CLI and no HTTP.
+//!
+//! - [`denoiser`]: the UNet behind [`DiffusionModel`] as a k-diffusion denoiser
+//!   ([`ModelDenoiser`]: c_in, σ → timestep, ε/v → x0) and classifier-free guidance
+//!   ([`CfgDenoiser`]: one batched call, guidance on the prediction as diffusers, the
+//!   unconditional x0 for CFG++).
+//! - [`conditioning`]: prompts → embeddings ([`PromptEncoder`]; diffusers or A1111 syntax).
+//! - [`image`]: latents → 8-bit RGB ([`LatentDecoder`], diffusers' post-processing).
+//! - [`txt2img()`]: the run (seeded latents, any sampler and schedule, progress, cancellation).
+//! - [`models`]: the real networks from a checkpoint ([`StableDiffusion::load`]).
+//! - [`infotext`] and [`output`]: A1111 infotext, PNG files that never overwrite.
+//!
+//! Every model sits behind a small trait, so the run is testable with fakes.
+
+pub mod conditioning;
+pub mod denoiser;
+mod error;
+pub mod image;
+pub mod infotext;
+pub mod models;
+pub mod output;
+pub mod txt2img;
+
+pub use conditioning::{PromptEncoder, PromptSyntax};
+pub use denoiser::{CfgDenoiser, DiffusionModel, ModelDenoiser};
+pub use error::PipelineError;
+pub use image::{LatentDecoder, RgbImage};
+pub use models::{ModelOptions, StableDiffusion, TimestepMode};
+pub use txt2img::{txt2img, Components, InitialNoise, Progress, Txt2ImgOutput, Txt2ImgRequest};

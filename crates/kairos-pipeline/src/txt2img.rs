@@ -1,0 +1,309 @@
+//! Text to image: conditioning, seeded initial latents, any sampler over any sigma schedule,
+//! VAE decode, 8-bit RGB.
+//!
+//! The run reproduces diffusers' `StableDiffusionPipeline` with a CPU generator when the same
+//! sigmas and timesteps are used: the initial latent is `randn` from the seeded generator times
+//! sqrt(1 + σ₀²) (diffusers' `init_noise_sigma` in the VE scale k-diffusion samplers work in),
+//! and ancestral noise continues the same generator (founders' measurement; see
+//! `tests/parity_pipeline.rs`).
+
+use std::ops::ControlFlow;
+
+use candle_core::{DType, Device, Tensor};
+use kairos_sampler::noise::{BatchSeeding, RngKind, SeededNoise};
+use kairos_sampler::{SampleCtx, Sampler, StepInfo};
+use kairos_schedule::{AysModel, Family, ModelSchedule, Prediction, ScheduleKind};
+
+use crate::conditioning::{encode_pair, PromptEncoder};
+use crate::denoiser::{repeat_batch, CfgDenoiser, DiffusionModel, ModelDenoiser};
+use crate::image::{to_rgb8, LatentDecoder, RgbImage};
+use crate::PipelineError;
+
+/// How the initial standard-normal latent is scaled to the first noise level σ₀.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitialNoise {
+    /// noise · sqrt(1 + σ₀²): diffusers' `init_noise_sigma` (and DPM-Solver's unit-variance VP
+    /// latent), ComfyUI's `max_denoise`, A1111's "SGM noise multiplier".
+    #[default]
+    SqrtOnePlusSigmaSquared,
+    /// noise · σ₀: k-diffusion's and A1111's default.
+    Sigma,
+}
+
+/// What to generate. [`Default`] gives diffusers' SD1.5 defaults (512×512) with the `dpmpp_2m`
+/// sampler on `karras` sigmas and a CPU generator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Txt2ImgRequest {
+    /// The prompt (may be empty).
+    pub prompt: String,
+    /// The negative prompt (the unconditional branch of guidance; may be empty).
+    pub negative_prompt: String,
+    /// Image width in pixels: a positive multiple of 8.
+    pub width: usize,
+    /// Image height in pixels: a positive multiple of 8.
+    pub height: usize,
+    /// Sampling steps (ignored by the user lists [`ScheduleKind::Sigmas`] and
+    /// [`ScheduleKind::Timesteps`], whose length counts).
+    pub steps: usize,
+    /// Classifier-free guidance scale; 1 turns the unconditional branch off.
+    pub cfg_scale: f64,
+    /// The sampler with its options.
+    pub sampler: Sampler,
+    /// The sigma schedule.
+    pub schedule: ScheduleKind,
+    /// Seed of the first batch; batch j uses `seed + j · batch_size`.
+    pub seed: u64,
+    /// Images per sampler run.
+    pub batch_size: usize,
+    /// Sampler runs.
+    pub batch_count: usize,
+    /// Generator family.
+    pub rng: RngKind,
+    /// One generator per batch (diffusers) or one per image (A1111).
+    pub seeding: BatchSeeding,
+    /// Scaling of the initial latent.
+    pub initial_noise: InitialNoise,
+}
+
+impl Default for Txt2ImgRequest {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            width: 512,
+            height: 512,
+            steps: 20,
+            cfg_scale: 7.5,
+            sampler: Sampler::Dpmpp2m,
+            schedule: ScheduleKind::Karras { rho: 7.0 },
+            seed: 0,
+            batch_size: 1,
+            batch_count: 1,
+            rng: RngKind::TorchCpu,
+            seeding: BatchSeeding::Shared,
+            initial_noise: InitialNoise::SqrtOnePlusSigmaSquared,
+        }
+    }
+}
+
+/// The model side of a run: the three networks behind their traits, plus what the sampler
+/// needs to know about the diffusion model.
+pub struct Components<'a> {
+    /// The UNet.
+    pub model: &'a dyn DiffusionModel,
+    /// Prompt → embeddings.
+    pub encoder: &'a dyn PromptEncoder,
+    /// Latents → images.
+    pub decoder: &'a dyn LatentDecoder,
+    /// The model family (picks the AYS table).
+    pub family: Family,
+    /// The training noise schedule, with the timestep convention set (quantize or not).
+    pub schedule: ModelSchedule,
+    /// What the UNet predicts.
+    pub prediction: Prediction,
+    /// Where the latents live.
+    pub device: Device,
+}
+
+/// Progress of a run, reported to the caller's callback, which may cancel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Progress {
+    /// A sampler step finished its first model call.
+    Step {
+        /// Sampler run, 0-based.
+        batch: usize,
+        /// Sampler runs in all.
+        batches: usize,
+        /// Step, 0-based.
+        step: usize,
+        /// Steps per run.
+        steps: usize,
+        /// Noise level at the start of the step.
+        sigma: f64,
+    },
+    /// Sampling of a run is done; the VAE decode starts.
+    Decoding {
+        /// Sampler run, 0-based.
+        batch: usize,
+    },
+}
+
+/// One sampler run's output.
+#[derive(Debug, Clone)]
+pub struct Txt2ImgBatch {
+    /// The seed of each image (all equal with [`BatchSeeding::Shared`]: one generator).
+    pub seeds: Vec<u64>,
+    /// Final latents `[B, C, h, w]` (UNet scale, as diffusers' `output_type="latent"`).
+    pub latents: Tensor,
+    /// The decoded images.
+    pub images: Vec<RgbImage>,
+}
+
+/// The result of [`txt2img`].
+#[derive(Debug, Clone)]
+pub struct Txt2ImgOutput {
+    /// The sigmas sampled (steps + 1, ending in 0 for the standard schedules).
+    pub sigmas: Vec<f64>,
+    /// One entry per sampler run.
+    pub batches: Vec<Txt2ImgBatch>,
+}
+
+/// The sigmas a request samples for the model in `c` (AYS on SD2 uses the SD1 table: the paper's
+/// SD1.5 schedule, computed for the sigma range SD2 shares).
+pub fn request_sigmas(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<Vec<f64>, PipelineError> {
+    let kind = match (&req.schedule, c.family) {
+        (ScheduleKind::Ays { model: None }, Family::Sd2 | Family::Sd2Base) => {
+            ScheduleKind::Ays { model: Some(AysModel::Sd1) }
+        }
+        (kind, _) => kind.clone(),
+    };
+    Ok(kind.build(&c.schedule, c.family, req.steps, 1.0)?.into_vec())
+}
+
+fn check_request(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<(), PipelineError> {
+    let multiple = c.decoder.scale_factor().max(8);
+    for (side, value) in [("width", req.width), ("height", req.height)] {
+        if value == 0 || value % multiple != 0 {
+            let nearest = ((value + multiple / 2) / multiple).max(1) * multiple;
+            return Err(PipelineError::BadImageSize { side, value, multiple, nearest });
+        }
+    }
+    for (name, value) in [("batch_size", req.batch_size), ("batch_count", req.batch_count)] {
+        if value == 0 {
+            return Err(PipelineError::InvalidOption { name, message: "must be at least 1".into() });
+        }
+    }
+    if !req.cfg_scale.is_finite() {
+        return Err(PipelineError::InvalidOption {
+            name: "cfg_scale",
+            message: format!("must be a finite number, got {}", req.cfg_scale),
+        });
+    }
+    Ok(())
+}
+
+/// Runs txt2img. `on_progress` sees every step and may return `Break` to cancel, which ends
+/// the run with [`kairos_sampler::SamplerError::Cancelled`] (see [`PipelineError::is_cancelled`]).
+pub fn txt2img(
+    c: &Components<'_>,
+    req: &Txt2ImgRequest,
+    on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+) -> Result<Txt2ImgOutput, PipelineError> {
+    check_request(c, req)?;
+    let sigmas = request_sigmas(c, req)?;
+    let (cond, uncond) = encode_pair(c.encoder, &req.prompt, &req.negative_prompt)?;
+    let b = req.batch_size;
+    let (cond, uncond) = (repeat_batch(&cond, b)?, repeat_batch(&uncond, b)?);
+    let f = c.decoder.scale_factor();
+    let shape = (b, c.decoder.latent_channels(), req.height / f, req.width / f);
+    let init_scale = match req.initial_noise {
+        InitialNoise::SqrtOnePlusSigmaSquared => (1.0 + sigmas[0] * sigmas[0]).sqrt(),
+        InitialNoise::Sigma => sigmas[0],
+    };
+
+    let mut batches = Vec::with_capacity(req.batch_count);
+    for batch in 0..req.batch_count {
+        let seed = req.seed.wrapping_add((batch * b) as u64);
+        let mut noise = SeededNoise::new(req.rng, seed, req.seeding, b)?;
+        let x = (noise.initial_latent(shape, DType::F32, &c.device)? * init_scale)?;
+        let inner = ModelDenoiser::new(c.model, c.schedule.clone(), c.prediction, c.family.sigma_data());
+        let mut denoiser = CfgDenoiser::new(inner, &cond, &uncond, req.cfg_scale, req.sampler.needs_uncond())?;
+        let batches_total = req.batch_count;
+        let mut on_step = |info: &StepInfo<'_>| {
+            on_progress(&Progress::Step {
+                batch,
+                batches: batches_total,
+                step: info.step,
+                steps: info.total,
+                sigma: info.sigma,
+            })
+        };
+        let latents = {
+            let mut ctx = SampleCtx::new(&mut denoiser, &mut noise).with_callback(&mut on_step);
+            req.sampler.sample(&mut ctx, x, &sigmas)?
+        };
+        if on_progress(&Progress::Decoding { batch }).is_break() {
+            return Err(kairos_sampler::SamplerError::Cancelled.into());
+        }
+        let images = to_rgb8(&c.decoder.decode(&latents)?)?;
+        let seeds = match req.seeding {
+            BatchSeeding::Shared => vec![seed; b],
+            BatchSeeding::PerItem => (0..b).map(|i| seed.wrapping_add(i as u64)).collect(),
+        };
+        batches.push(Txt2ImgBatch { seeds, latents, images });
+    }
+    Ok(Txt2ImgOutput { sigmas, batches })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kairos_schedule::{DiscreteSchedule, TablePrecision};
+
+    /// ε = 0 network, constant embeddings, identity-ish decoder (first 3 latent channels).
+    struct Fakes;
+
+    impl DiffusionModel for Fakes {
+        fn predict(&self, sample: &Tensor, _t: f64, _c: &Tensor) -> candle_core::Result<Tensor> {
+            sample.zeros_like()
+        }
+    }
+
+    impl PromptEncoder for Fakes {
+        fn encode(&self, _prompt: &str) -> Result<Tensor, PipelineError> {
+            Ok(Tensor::zeros((1, 77, 4), DType::F32, &Device::Cpu)?)
+        }
+    }
+
+    impl LatentDecoder for Fakes {
+        fn decode(&self, latents: &Tensor) -> Result<Tensor, PipelineError> {
+            Ok(latents.narrow(1, 0, 3)?.upsample_nearest2d(latents.dim(2)? * 8, latents.dim(3)? * 8)?)
+        }
+        fn latent_channels(&self) -> usize {
+            4
+        }
+        fn scale_factor(&self) -> usize {
+            8
+        }
+    }
+
+    fn components() -> Components<'static> {
+        Components {
+            model: &Fakes,
+            encoder: &Fakes,
+            decoder: &Fakes,
+            family: Family::Sd1,
+            schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(TablePrecision::F64)),
+            prediction: Prediction::Epsilon,
+            device: Device::Cpu,
+        }
+    }
+
+    #[test]
+    fn runs_batches_reports_progress_and_cancels() {
+        let req =
+            Txt2ImgRequest { width: 16, height: 8, steps: 3, batch_size: 2, batch_count: 2, ..Default::default() };
+        let mut events = vec![];
+        let out = txt2img(&components(), &req, &mut |p| {
+            events.push(*p);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(events.len(), 2 * (3 + 1));
+        assert_eq!(out.batches[1].seeds, vec![2, 2], "batch 1 starts at seed + batch_size, one generator");
+        assert_eq!(out.batches[0].images[0].data.len(), 16 * 8 * 3);
+        // ε = 0 denoises to x0 = x, so the latents are the scaled initial noise.
+        assert_eq!(out.batches[0].latents.dims(), &[2, 4, 1, 2]);
+
+        let err = txt2img(&components(), &req, &mut |p| match p {
+            Progress::Step { step: 1, .. } => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        })
+        .unwrap_err();
+        assert!(err.is_cancelled(), "{err}");
+
+        let bad = Txt2ImgRequest { width: 500, ..req };
+        let err = txt2img(&components(), &bad, &mut |_| ControlFlow::Continue(())).unwrap_err();
+        assert_eq!(err.to_string(), "width must be a positive multiple of 8, got 500 (e.g. 504)");
+    }
+}
