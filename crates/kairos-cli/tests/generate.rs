@@ -167,3 +167,72 @@ fn optimized_schedule_file_round_trips_into_generate() {
     fails(&[&tiny_args(&model, &png)[..], &["--sigmas-file", "/nonexistent/ays.json"]].concat(), &["ays.json"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--vae` with the standalone LDM VAE of kairos-models' loading fixtures, which holds the tiny
+/// SD1 model's own VAE weights: the pixels are those of the baked-in VAE, and the infotext names
+/// the file as A1111 does.
+#[test]
+fn generate_with_replacement_vae() {
+    let model = tiny_sd1();
+    let vae = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kairos-models/tests/fixtures/loading/vae_ldm.pt");
+    let vae = vae.to_string_lossy().into_owned();
+    let dir = temp_dir("vae");
+    std::fs::create_dir_all(&dir).unwrap();
+    let baked = dir.join("baked.png").to_string_lossy().into_owned();
+    let replaced = dir.join("replaced.png").to_string_lossy().into_owned();
+    let out = kairos(&tiny_args(&model, &baked));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = kairos(&[&tiny_args(&model, &replaced)[..], &["--vae", &vae]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = parameters_chunk(&replaced);
+    assert!(text.contains(", VAE hash: ") && text.contains(", VAE: vae_ldm.pt"), "{text}");
+    let pixels = |p: &str| image::open(p).unwrap().to_rgb8().into_raw();
+    assert_eq!(pixels(&baked), pixels(&replaced), "same VAE weights, same image");
+    fails(&[&tiny_args(&model, &replaced)[..], &["--vae", "/no/such/vae.pt"]].concat(), &["/no/such/vae.pt"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--preview` writes the linear latent → RGB preview (latent resolution) during sampling, and
+/// `--taesd` refuses a TAESD whose upsampling differs from the model's VAE.
+#[test]
+fn generate_writes_previews_and_checks_taesd() {
+    let model = tiny_sd1();
+    let dir = temp_dir("preview");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("img.png").to_string_lossy().into_owned();
+    let preview = dir.join("preview.png").to_string_lossy().into_owned();
+    let out = kairos(&[&tiny_args(&model, &png)[..], &["--preview", &preview, "--preview-every", "2"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // 32x24 pixels, and the tiny VAE downsamples 2x: a 16x12 latent.
+    let image = image::open(&preview).unwrap();
+    assert_eq!((image.width(), image.height()), (16, 12));
+    assert!(!dir.join("preview.png.tmp").exists());
+
+    let taesd = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kairos-models/tests/fixtures/taesd/diffusers");
+    let png2 = dir.join("img2.png").to_string_lossy().into_owned();
+    let taesd = taesd.to_string_lossy().into_owned();
+    fails(&[&tiny_args(&model, &png2)[..], &["--taesd", &taesd]].concat(), &["does not fit this model", "at 4x", "at 2x"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// img2img from a PNG: the size follows the image, the infotext records the strength, and a
+/// strength that leaves no step is refused.
+#[test]
+fn generate_img2img_from_png() {
+    let model = tiny_sd1();
+    let init = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kairos-pipeline/tests/fixtures/img2img_init.png");
+    let init = init.to_string_lossy().into_owned();
+    let dir = temp_dir("img2img");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("img.png").to_string_lossy().into_owned();
+    let args = ["generate", "--model", &model, "--norm-num-groups", "4", "--clip-head-dim", "8", "--steps", "4"];
+    let out = kairos(&[&args[..], &["--seed", "1", "--init-image", &init, "--strength", "0.5", "--output", &png]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let image = image::open(&png).unwrap();
+    assert_eq!((image.width(), image.height()), (32, 24), "the init image's size");
+    let text = parameters_chunk(&png);
+    assert!(text.contains("Steps: 4,") && text.contains("Size: 32x24") && text.contains("Denoising strength: 0.5"), "{text}");
+    let png2 = dir.join("img2.png").to_string_lossy().into_owned();
+    fails(&[&args[..], &["--init-image", &init, "--denoise", "0.1", "--output", &png2]].concat(), &["leaves no step to run"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

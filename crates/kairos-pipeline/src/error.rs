@@ -33,6 +33,18 @@ pub enum PipelineError {
         /// What is wrong and what is accepted.
         message: String,
     },
+    /// A replacement VAE (`--vae`) that does not fit the model.
+    #[error("VAE {path} does not fit this model: its {what} is {vae}, the model needs {model} (use a VAE made for this model family)")]
+    VaeMismatch {
+        /// The VAE file.
+        path: PathBuf,
+        /// What differs: `latent channels` or `scaling factor`.
+        what: &'static str,
+        /// The VAE's value.
+        vae: String,
+        /// The model's value.
+        model: String,
+    },
     /// Sampling failed or was cancelled ([`SamplerError::Cancelled`]).
     #[error(transparent)]
     Sampler(#[from] SamplerError),

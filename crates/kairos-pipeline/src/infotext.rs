@@ -4,7 +4,8 @@
 //!
 //! Format: the prompt, then `Negative prompt: ...` on its own line if there is one, then one
 //! line of `Key: value` pairs joined by `, ` in A1111's order (`Steps`, `Sampler`,
-//! `Schedule type`, `CFG scale`, `Seed`, `Size`, `Model hash`, `Model`, `Clip skip`, `RNG`),
+//! `Schedule type`, `CFG scale`, `Seed`, `Size`, `Model hash`, `Model`, `VAE hash`, `VAE`,
+//! `Clip skip`, `RNG`),
 //! then kairos' extra parameters. A value containing `,`, `:` or a newline is written as a JSON
 //! string, as A1111's `quote` does.
 
@@ -107,6 +108,10 @@ pub struct Infotext {
     pub model_hash: Option<String>,
     /// Model name (the file stem).
     pub model: Option<String>,
+    /// A1111's short hash of a replacement VAE file (`VAE hash`).
+    pub vae_hash: Option<String>,
+    /// A replacement VAE's file name with its extension (`VAE`, as A1111 writes it).
+    pub vae: Option<String>,
     /// A1111 clip skip (written when above 1).
     pub clip_skip: usize,
     /// Generator (`RNG: CPU` for torch-cpu; Philox is A1111's default GPU noise and is omitted).
@@ -131,6 +136,12 @@ impl Infotext {
         }
         if let Some(m) = &self.model {
             params.push(("Model".into(), m.clone()));
+        }
+        if let Some(h) = &self.vae_hash {
+            params.push(("VAE hash".into(), h.clone()));
+        }
+        if let Some(v) = &self.vae {
+            params.push(("VAE".into(), v.clone()));
         }
         if self.clip_skip > 1 {
             params.push(("Clip skip".into(), self.clip_skip.to_string()));
@@ -166,6 +177,8 @@ mod tests {
             height: 512,
             model_hash: Some("6ce0161689".into()),
             model: Some("v1-5-pruned-emaonly".into()),
+            vae_hash: None,
+            vae: None,
             clip_skip: 1,
             rng: RngKind::Philox,
             extra: vec![],
@@ -192,10 +205,13 @@ mod tests {
         t.model_hash = None;
         t.model = Some("my, model".into());
         t.schedule = ScheduleKind::Ays { model: None };
+        t.vae_hash = Some("735e4c3a44".into());
+        t.vae = Some("vae-ft-mse-840000-ema-pruned.safetensors".into());
         assert_eq!(
             t.to_text(),
             "Steps: 20, Sampler: DPM++ 2M, Schedule type: ays, CFG scale: 7.5, Seed: 1, Size: 512x512, \
-             Model: \"my, model\", Clip skip: 2, RNG: CPU"
+             Model: \"my, model\", VAE hash: 735e4c3a44, VAE: vae-ft-mse-840000-ema-pruned.safetensors, \
+             Clip skip: 2, RNG: CPU"
         );
     }
 }

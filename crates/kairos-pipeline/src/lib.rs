@@ -5,7 +5,8 @@
 //!   ([`CfgDenoiser`]: one batched call, guidance on the prediction as diffusers, the
 //!   unconditional x0 for CFG++).
 //! - [`conditioning`]: prompts → embeddings ([`PromptEncoder`]; diffusers or A1111 syntax).
-//! - [`image`]: latents → 8-bit RGB ([`LatentDecoder`], diffusers' post-processing).
+//! - [`image`]: latents → 8-bit RGB ([`LatentDecoder`], diffusers' post-processing, step
+//!   [`Preview`]s).
 //! - [`txt2img()`]: the run (seeded latents, any sampler and schedule, progress, cancellation).
 //! - [`models`]: the real networks from a checkpoint ([`StableDiffusion::load`]).
 //! - [`infotext`] and [`output`]: A1111 infotext, PNG files that never overwrite.
@@ -24,6 +25,6 @@ pub mod txt2img;
 pub use conditioning::{PromptEncoder, PromptSyntax};
 pub use denoiser::{CfgDenoiser, DiffusionModel, ModelDenoiser};
 pub use error::PipelineError;
-pub use image::{LatentDecoder, RgbImage};
-pub use models::{ModelOptions, StableDiffusion, TimestepMode};
-pub use txt2img::{txt2img, Components, InitialNoise, Progress, Txt2ImgOutput, Txt2ImgRequest};
+pub use image::{LatentDecoder, LatentEncoder, Preview, RgbImage};
+pub use models::{ModelOptions, StableDiffusion, Taesd, TimestepMode};
+pub use txt2img::{txt2img, Components, InitImage, InitialNoise, Progress, Txt2ImgOutput, Txt2ImgRequest};

@@ -1,9 +1,11 @@
 //! The real networks from a checkpoint (`kairos_models::loading`) behind the pipeline's traits.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig};
+use candle_nn::VarBuilder;
+use kairos_models::autoencoders::autoencoder_tiny::{load_tiny_state_dict, DecoderTiny};
+use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig, AutoencoderTinyConfig};
 use kairos_models::loading::{self, LoadOptions, ModelFamily, PredictionType, StableDiffusionWeights};
 use kairos_models::prompt::PromptOptions;
 use kairos_models::text_encoders::clip::{CLIPTextConfig, CLIPTextModel};
@@ -13,7 +15,8 @@ use kairos_schedule::{DiscreteSchedule, Family, ModelSchedule, Prediction, Table
 
 use crate::conditioning::{ClipPromptEncoder, PromptSyntax};
 use crate::denoiser::DiffusionModel;
-use crate::image::LatentDecoder;
+use crate::image::{LatentDecoder, LatentEncoder};
+use kairos_models::autoencoders::DiagonalGaussianDistribution;
 use crate::txt2img::Components;
 use crate::PipelineError;
 
@@ -44,6 +47,9 @@ pub struct ModelOptions {
     pub prompt_syntax: PromptSyntax,
     /// A1111 prompt options; `clip_skip` applies to both syntaxes.
     pub prompt: PromptOptions,
+    /// A standalone VAE file (LDM or diffusers keys) that replaces the checkpoint's VAE, as
+    /// A1111's `--vae`/"SD VAE" setting.
+    pub vae: Option<PathBuf>,
     /// Compute dtype of the networks (the sampler state stays float32).
     pub dtype: DType,
     /// Compute device.
@@ -59,6 +65,7 @@ impl Default for ModelOptions {
             table_precision: TablePrecision::DiffusersF32,
             prompt_syntax: PromptSyntax::A1111,
             prompt: PromptOptions::default(),
+            vae: None,
             dtype: DType::F32,
             device: Device::Cpu,
         }
@@ -101,6 +108,67 @@ impl LatentDecoder for Vae {
 
     fn scale_factor(&self) -> usize {
         1 << self.vae.config().block_out_channels.len().saturating_sub(1)
+    }
+}
+
+impl LatentEncoder for Vae {
+    fn encode(&self, images: &Tensor) -> Result<DiagonalGaussianDistribution, PipelineError> {
+        let posterior = self.vae.encode(&images.to_dtype(self.dtype)?)?;
+        Ok(DiagonalGaussianDistribution {
+            mean: posterior.mean.to_dtype(DType::F32)?,
+            logvar: posterior.logvar.to_dtype(DType::F32)?,
+            std: posterior.std.to_dtype(DType::F32)?,
+        })
+    }
+
+    fn scaling_factor(&self) -> f64 {
+        self.vae.config().scaling_factor
+    }
+}
+
+/// TAESD's decoder (`AutoencoderTiny`) as a [`LatentDecoder`]: a fast approximation of the VAE
+/// that reads UNet-scale latents directly (its scaling factor is 1).
+pub struct Taesd {
+    decoder: DecoderTiny,
+    config: AutoencoderTinyConfig,
+    dtype: DType,
+}
+
+impl Taesd {
+    /// Loads TAESD from a diffusers `AutoencoderTiny` folder (`config.json` and
+    /// `diffusion_pytorch_model.safetensors`) or from one weights file (madebyollin's
+    /// `taesd_decoder.pth`/`.safetensors`, a whole TAESD, or diffusers' file), which has the
+    /// TAESD/TAESDXL architecture.
+    pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self, PipelineError> {
+        let (weights, config) = if path.is_dir() {
+            let config_path = path.join("config.json");
+            let text = std::fs::read_to_string(&config_path)
+                .map_err(|_| kairos_models::ModelError::FileNotFound { path: config_path.clone() })?;
+            let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                kairos_models::ModelError::ConfigFile { path: config_path.clone(), reason: e.to_string() }
+            })?;
+            (path.join("diffusion_pytorch_model.safetensors"), AutoencoderTinyConfig::from_json(&json)?)
+        } else {
+            (path.to_path_buf(), AutoencoderTinyConfig::default())
+        };
+        let tensors = load_tiny_state_dict(&[weights.as_path()])?;
+        let vb = VarBuilder::from_tensors(tensors, dtype, device);
+        Ok(Self { decoder: DecoderTiny::new(vb.pp("decoder"), &config)?, config, dtype })
+    }
+}
+
+impl LatentDecoder for Taesd {
+    fn decode(&self, latents: &Tensor) -> Result<Tensor, PipelineError> {
+        Ok(self.decoder.forward(&latents.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?)
+    }
+
+    fn latent_channels(&self) -> usize {
+        self.config.latent_channels
+    }
+
+    fn scale_factor(&self) -> usize {
+        let stages = self.config.decoder_block_out_channels.len().saturating_sub(1);
+        self.config.upsampling_scaling_factor.pow(stages as u32)
     }
 }
 
@@ -150,6 +218,33 @@ fn pad_token(weights: &StableDiffusionWeights) -> Result<PadToken, PipelineError
     }
 }
 
+/// A replacement VAE must produce the latents the UNet was trained on: as many channels as the
+/// UNet takes, and the checkpoint VAE's scaling factor (the UNet-scale latent statistics).
+fn check_vae_fits(
+    path: &Path,
+    vae: &AutoencoderKLConfig,
+    checkpoint_vae: &AutoencoderKLConfig,
+    unet_in_channels: usize,
+) -> Result<(), PipelineError> {
+    let mismatch = |what: &'static str, vae: String, model: String| PipelineError::VaeMismatch {
+        path: path.to_path_buf(),
+        what,
+        vae,
+        model,
+    };
+    if vae.latent_channels != unet_in_channels {
+        return Err(mismatch("latent channels", vae.latent_channels.to_string(), unet_in_channels.to_string()));
+    }
+    if vae.scaling_factor != checkpoint_vae.scaling_factor {
+        return Err(mismatch(
+            "scaling factor",
+            vae.scaling_factor.to_string(),
+            checkpoint_vae.scaling_factor.to_string(),
+        ));
+    }
+    Ok(())
+}
+
 impl StableDiffusion {
     /// Loads a single-file checkpoint or a diffusers folder and builds the networks.
     pub fn load(path: impl AsRef<Path>, opts: &ModelOptions) -> Result<Self, PipelineError> {
@@ -164,7 +259,15 @@ impl StableDiffusion {
         let unet_config = UNet2DConditionModelConfig::from_json(&weights.unet.config.to_string())?;
         let unet = UNet2DConditionModel::new(weights.unet.var_builder(dtype, device), &unet_config)?;
         let vae_config = AutoencoderKLConfig::from_json(&weights.vae.config)?;
-        let vae = AutoencoderKL::new(weights.vae.var_builder(dtype, device), &vae_config)?;
+        let vae = match &opts.vae {
+            None => AutoencoderKL::new(weights.vae.var_builder(dtype, device), &vae_config)?,
+            Some(path) => {
+                let file = loading::load_vae_file(path, &opts.load.hints)?;
+                let config = AutoencoderKLConfig::from_json(&file.config)?;
+                check_vae_fits(path, &config, &vae_config, unet_config.in_channels)?;
+                AutoencoderKL::new(file.var_builder(dtype, device), &config)?
+            }
+        };
         let te_config = CLIPTextConfig::from_json(&weights.text_encoder.config.to_string())?;
         let text_encoder = CLIPTextModel::new(weights.text_encoder.var_builder(dtype, device), &te_config)?;
         let tokenizer = CLIPTokenizer::new(pad_token(&weights)?)?;
@@ -186,10 +289,57 @@ impl StableDiffusion {
             model: &self.unet,
             encoder: &self.encoder,
             decoder: &self.vae,
+            image_encoder: &self.vae,
             family: self.family,
             schedule: self.schedule.clone(),
             prediction: self.prediction,
             device: self.device.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(latent_channels: usize, scaling_factor: f64) -> AutoencoderKLConfig {
+        let json = serde_json::json!({ "latent_channels": latent_channels, "scaling_factor": scaling_factor });
+        AutoencoderKLConfig::from_json(&json).unwrap()
+    }
+
+    /// TAESD through the pipeline's decoder trait against diffusers' `AutoencoderTiny.decode` on
+    /// kairos-models' TAESD fixture (tools/fixtures/taesd.py), from the diffusers folder and from
+    /// madebyollin's decoder file. Tolerance 1e-5 of the output's range, the fixture's: the same
+    /// f32 convolutions summed in another order, about 12 layers deep.
+    #[test]
+    fn taesd_decodes_as_diffusers() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kairos-models/tests/fixtures/taesd");
+        let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
+        let want = &io["decoded_z"];
+        let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let folder = Taesd::load(&dir.join("diffusers"), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!((folder.scale_factor(), folder.latent_channels()), (4, 4));
+        let got = folder.decode(&io["z"]).unwrap();
+        let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale;
+        assert!(err < 1e-5, "relative max error {err}");
+        // The decoder file alone takes TAESD's default architecture, which the tiny test
+        // weights do not have: a clear shape error, not a panic.
+        let err = Taesd::load(&dir.join("taesd_decoder.pth"), DType::F32, &Device::Cpu).err().unwrap();
+        assert!(err.to_string().contains("shape"), "{err}");
+    }
+
+    #[test]
+    fn replacement_vae_must_fit_the_unet() {
+        let path = Path::new("sdxl_vae.safetensors");
+        let sd = config(4, 0.18215);
+        assert!(check_vae_fits(path, &sd, &sd, 4).is_ok());
+        let err = check_vae_fits(path, &config(4, 0.13025), &sd, 4).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "VAE sdxl_vae.safetensors does not fit this model: its scaling factor is 0.13025, the model \
+             needs 0.18215 (use a VAE made for this model family)"
+        );
+        let err = check_vae_fits(path, &config(16, 0.18215), &sd, 4).unwrap_err();
+        assert!(err.to_string().contains("its latent channels is 16, the model needs 4"), "{err}");
     }
 }

@@ -1,11 +1,17 @@
-//! Text to image: conditioning, seeded initial latents, any sampler over any sigma schedule,
-//! VAE decode, 8-bit RGB.
+//! Text to image (and image to image): conditioning, seeded initial latents, any sampler over any
+//! sigma schedule, VAE decode, 8-bit RGB.
 //!
 //! The run reproduces diffusers' `StableDiffusionPipeline` with a CPU generator when the same
 //! sigmas and timesteps are used: the initial latent is `randn` from the seeded generator times
 //! sqrt(1 + σ₀²) (diffusers' `init_noise_sigma` in the VE scale k-diffusion samplers work in),
 //! and ancestral noise continues the same generator (founders' measurement; see
 //! `tests/parity_pipeline.rs`).
+//!
+//! With an [`InitImage`] the run is diffusers' `StableDiffusionImg2ImgPipeline`: the schedule
+//! keeps its last `floor(steps · strength)` steps (diffusers' `get_timesteps`, chosen for
+//! diffusers parity; ComfyUI's and AYS's own denoise rules are `ScheduleKind::build`'s), the VAE
+//! posterior is sampled from the seeded generator before the noise is drawn, and the start is
+//! `scaling_factor · latent + σ_start · noise` (`tests/parity_img2img.rs`).
 
 use std::ops::ControlFlow;
 
@@ -16,7 +22,7 @@ use kairos_schedule::{AysModel, Family, ModelSchedule, Prediction, ScheduleKind}
 
 use crate::conditioning::{encode_pair, PromptEncoder};
 use crate::denoiser::{repeat_batch, CfgDenoiser, DiffusionModel, ModelDenoiser};
-use crate::image::{to_rgb8, LatentDecoder, RgbImage};
+use crate::image::{to_rgb8, LatentDecoder, LatentEncoder, RgbImage};
 use crate::PipelineError;
 
 /// How the initial standard-normal latent is scaled to the first noise level σ₀.
@@ -28,6 +34,16 @@ pub enum InitialNoise {
     SqrtOnePlusSigmaSquared,
     /// noise · σ₀: k-diffusion's and A1111's default.
     Sigma,
+}
+
+/// The image img2img starts from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitImage {
+    /// The image, already at the request's width and height (the caller resizes).
+    pub image: RgbImage,
+    /// How much of the schedule runs, in (0, 1]: the last `floor(steps · strength)` steps
+    /// (diffusers' rule; 1 starts from σ_max, with the image's latent under the noise).
+    pub strength: f64,
 }
 
 /// What to generate. [`Default`] gives diffusers' SD1.5 defaults (512×512) with the `dpmpp_2m`
@@ -61,8 +77,10 @@ pub struct Txt2ImgRequest {
     pub rng: RngKind,
     /// One generator per batch (diffusers) or one per image (A1111).
     pub seeding: BatchSeeding,
-    /// Scaling of the initial latent.
+    /// Scaling of the initial latent (txt2img only).
     pub initial_noise: InitialNoise,
+    /// img2img: the image to start from; `None` is txt2img.
+    pub init_image: Option<InitImage>,
 }
 
 impl Default for Txt2ImgRequest {
@@ -82,6 +100,7 @@ impl Default for Txt2ImgRequest {
             rng: RngKind::TorchCpu,
             seeding: BatchSeeding::Shared,
             initial_noise: InitialNoise::SqrtOnePlusSigmaSquared,
+            init_image: None,
         }
     }
 }
@@ -95,6 +114,8 @@ pub struct Components<'a> {
     pub encoder: &'a dyn PromptEncoder,
     /// Latents → images.
     pub decoder: &'a dyn LatentDecoder,
+    /// Images → latents, for img2img.
+    pub image_encoder: &'a dyn LatentEncoder,
     /// The model family (picks the AYS table).
     pub family: Family,
     /// The training noise schedule, with the timestep convention set (quantize or not).
@@ -106,8 +127,8 @@ pub struct Components<'a> {
 }
 
 /// Progress of a run, reported to the caller's callback, which may cancel.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Progress {
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
     /// A sampler step finished its first model call.
     Step {
         /// Sampler run, 0-based.
@@ -120,6 +141,8 @@ pub enum Progress {
         steps: usize,
         /// Noise level at the start of the step.
         sigma: f64,
+        /// The step's x0 prediction `[B, C, h, w]` (UNet scale), for previews.
+        denoised: &'a Tensor,
     },
     /// Sampling of a run is done; the VAE decode starts.
     Decoding {
@@ -157,7 +180,21 @@ pub fn request_sigmas(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<Vec<f6
         }
         (kind, _) => kind.clone(),
     };
-    Ok(kind.build(&c.schedule, c.family, req.steps, 1.0)?.into_vec())
+    let sigmas = kind.build(&c.schedule, c.family, req.steps, 1.0)?.into_vec();
+    let Some(init) = &req.init_image else { return Ok(sigmas) };
+    // diffusers' get_timesteps: keep the last floor(steps · strength) steps.
+    let steps = sigmas.len() - 1;
+    let kept = ((steps as f64 * init.strength).floor() as usize).min(steps);
+    if kept == 0 {
+        return Err(PipelineError::InvalidOption {
+            name: "strength",
+            message: format!(
+                "{steps} steps × strength {} leaves no step to run; raise the strength or the steps",
+                init.strength
+            ),
+        });
+    }
+    Ok(sigmas[steps - kept..].to_vec())
 }
 
 fn check_request(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<(), PipelineError> {
@@ -171,6 +208,23 @@ fn check_request(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<(), Pipelin
     for (name, value) in [("batch_size", req.batch_size), ("batch_count", req.batch_count)] {
         if value == 0 {
             return Err(PipelineError::InvalidOption { name, message: "must be at least 1".into() });
+        }
+    }
+    if let Some(init) = &req.init_image {
+        if !(init.strength > 0.0 && init.strength <= 1.0) {
+            return Err(PipelineError::InvalidOption {
+                name: "strength",
+                message: format!("must be in (0, 1], got {}", init.strength),
+            });
+        }
+        if (init.image.width, init.image.height) != (req.width, req.height) {
+            return Err(PipelineError::InvalidOption {
+                name: "init_image",
+                message: format!(
+                    "is {}x{}, the request {}x{}: resize it first",
+                    init.image.width, init.image.height, req.width, req.height
+                ),
+            });
         }
     }
     if !req.cfg_scale.is_finite() {
@@ -187,7 +241,7 @@ fn check_request(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<(), Pipelin
 pub fn txt2img(
     c: &Components<'_>,
     req: &Txt2ImgRequest,
-    on_progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+    on_progress: &mut dyn FnMut(&Progress<'_>) -> ControlFlow<()>,
 ) -> Result<Txt2ImgOutput, PipelineError> {
     check_request(c, req)?;
     let sigmas = request_sigmas(c, req)?;
@@ -201,11 +255,34 @@ pub fn txt2img(
         InitialNoise::Sigma => sigmas[0],
     };
 
+    // img2img: the posterior of the image, once; each batch samples it with its generator.
+    let posterior = match &req.init_image {
+        Some(init) => Some(c.image_encoder.encode(&init.image.to_tensor(&c.device)?)?),
+        None => None,
+    };
+
     let mut batches = Vec::with_capacity(req.batch_count);
     for batch in 0..req.batch_count {
         let seed = req.seed.wrapping_add((batch * b) as u64);
         let mut noise = SeededNoise::new(req.rng, seed, req.seeding, b)?;
-        let x = (noise.initial_latent(shape, DType::F32, &c.device)? * init_scale)?;
+        let x = match &posterior {
+            None => (noise.initial_latent(shape, DType::F32, &c.device)? * init_scale)?,
+            Some(posterior) => {
+                // diffusers' order: the posterior sample (one draw for the shared generator,
+                // repeated over the batch as diffusers does; one per image per-item), then the
+                // noise.
+                let (_, ch, h, w) = posterior.mean.dims4()?;
+                let draws = match req.seeding {
+                    BatchSeeding::Shared => 1,
+                    BatchSeeding::PerItem => b,
+                };
+                let eps = noise.initial_latent((draws, ch, h, w), DType::F32, &c.device)?;
+                let latent = posterior.mean.broadcast_add(&posterior.std.broadcast_mul(&eps)?)?;
+                let latent = (latent.broadcast_as(shape)? * c.image_encoder.scaling_factor())?;
+                let eps = noise.initial_latent(shape, DType::F32, &c.device)?;
+                (latent + (eps * sigmas[0])?)?
+            }
+        };
         let inner = ModelDenoiser::new(c.model, c.schedule.clone(), c.prediction, c.family.sigma_data());
         let mut denoiser = CfgDenoiser::new(inner, &cond, &uncond, req.cfg_scale, req.sampler.needs_uncond())?;
         let batches_total = req.batch_count;
@@ -216,6 +293,7 @@ pub fn txt2img(
                 step: info.step,
                 steps: info.total,
                 sigma: info.sigma,
+                denoised: info.denoised,
             })
         };
         let latents = {
@@ -238,6 +316,7 @@ pub fn txt2img(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kairos_models::autoencoders::DiagonalGaussianDistribution;
     use kairos_schedule::{DiscreteSchedule, TablePrecision};
 
     /// ε = 0 network, constant embeddings, identity-ish decoder (first 3 latent channels).
@@ -267,11 +346,24 @@ mod tests {
         }
     }
 
+    impl LatentEncoder for Fakes {
+        fn encode(&self, images: &Tensor) -> Result<DiagonalGaussianDistribution, PipelineError> {
+            // The image's mean over 8×8 blocks in 4 channels (RGBR), variance e^−30.
+            let mean = images.avg_pool2d(8)?.repeat((1, 2, 1, 1))?.narrow(1, 0, 4)?.contiguous()?;
+            let logvar = (mean.zeros_like()? - 30.0)?;
+            Ok(DiagonalGaussianDistribution { std: (&logvar * 0.5)?.exp()?, mean, logvar })
+        }
+        fn scaling_factor(&self) -> f64 {
+            0.5
+        }
+    }
+
     fn components() -> Components<'static> {
         Components {
             model: &Fakes,
             encoder: &Fakes,
             decoder: &Fakes,
+            image_encoder: &Fakes,
             family: Family::Sd1,
             schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(TablePrecision::F64)),
             prediction: Prediction::Epsilon,
@@ -285,11 +377,15 @@ mod tests {
             Txt2ImgRequest { width: 16, height: 8, steps: 3, batch_size: 2, batch_count: 2, ..Default::default() };
         let mut events = vec![];
         let out = txt2img(&components(), &req, &mut |p| {
-            events.push(*p);
+            events.push(match p {
+                Progress::Step { step, denoised, .. } => Some((*step, denoised.dims().to_vec())),
+                Progress::Decoding { .. } => None,
+            });
             ControlFlow::Continue(())
         })
         .unwrap();
         assert_eq!(events.len(), 2 * (3 + 1));
+        assert_eq!(events[1], Some((1, vec![2, 4, 1, 2])), "each step shows its x0 prediction");
         assert_eq!(out.batches[1].seeds, vec![2, 2], "batch 1 starts at seed + batch_size, one generator");
         assert_eq!(out.batches[0].images[0].data.len(), 16 * 8 * 3);
         // ε = 0 denoises to x0 = x, so the latents are the scaled initial noise.
@@ -305,5 +401,31 @@ mod tests {
         let bad = Txt2ImgRequest { width: 500, ..req };
         let err = txt2img(&components(), &bad, &mut |_| ControlFlow::Continue(())).unwrap_err();
         assert_eq!(err.to_string(), "width must be a positive multiple of 8, got 500 (e.g. 504)");
+    }
+
+    #[test]
+    fn img2img_truncates_the_schedule_and_checks_the_image() {
+        let image = RgbImage { width: 16, height: 8, data: vec![255; 16 * 8 * 3] };
+        let init = InitImage { image, strength: 0.5 };
+        let req = Txt2ImgRequest {
+            width: 16,
+            height: 8,
+            steps: 5,
+            schedule: ScheduleKind::from_name("normal").unwrap(),
+            init_image: Some(init.clone()),
+            ..Default::default()
+        };
+        let full = request_sigmas(&components(), &Txt2ImgRequest { init_image: None, ..req.clone() }).unwrap();
+        let sigmas = request_sigmas(&components(), &req).unwrap();
+        assert_eq!(sigmas, full[3..], "floor(5 · 0.5) = 2 steps kept");
+        let out = txt2img(&components(), &req, &mut |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(out.sigmas.len(), 3);
+
+        let low = Txt2ImgRequest { init_image: Some(InitImage { strength: 0.1, ..init.clone() }), ..req.clone() };
+        let err = txt2img(&components(), &low, &mut |_| ControlFlow::Continue(())).unwrap_err();
+        assert!(err.to_string().contains("leaves no step to run"), "{err}");
+        let wrong = Txt2ImgRequest { width: 24, ..req };
+        let err = txt2img(&components(), &wrong, &mut |_| ControlFlow::Continue(())).unwrap_err();
+        assert_eq!(err.to_string(), "invalid `init_image`: is 16x8, the request 24x8: resize it first");
     }
 }

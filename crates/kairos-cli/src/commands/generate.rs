@@ -1,4 +1,4 @@
-//! `kairos generate`: txt2img to PNG files with A1111 infotext.
+//! `kairos generate`: txt2img and img2img to PNG files with A1111 infotext.
 
 use std::io::IsTerminal;
 use std::ops::ControlFlow;
@@ -11,8 +11,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kairos_models::prompt::PromptOptions;
 use kairos_pipeline::infotext::Infotext;
 use kairos_pipeline::output::{save_json_sidecar, save_png, OutputTarget};
+use kairos_models::autoencoders::LatentRgbFactors;
 use kairos_pipeline::{
-    txt2img, InitialNoise, ModelOptions, Progress, PromptSyntax, StableDiffusion, TimestepMode, Txt2ImgRequest,
+    txt2img, InitImage, InitialNoise, LatentDecoder, ModelOptions, Preview, Progress, PromptSyntax, StableDiffusion, Taesd,
+    RgbImage, TimestepMode, Txt2ImgRequest,
 };
 use kairos_sampler::noise::{BatchSeeding, RngKind};
 use kairos_sampler::Sampler;
@@ -49,12 +51,22 @@ pub struct GenerateArgs {
     /// Seed of the first image (default: random).
     #[arg(long)]
     seed: Option<u64>,
-    /// Image width in pixels (a multiple of 8).
-    #[arg(long, short = 'W', default_value_t = 512)]
-    width: usize,
-    /// Image height in pixels (a multiple of 8).
-    #[arg(long, short = 'H', default_value_t = 512)]
-    height: usize,
+    /// Image width in pixels (a multiple of 8) [default: 512, or --init-image's width rounded
+    /// down to a multiple of 8].
+    #[arg(long, short = 'W')]
+    width: Option<usize>,
+    /// Image height in pixels (a multiple of 8) [default: 512, or --init-image's height rounded
+    /// down to a multiple of 8].
+    #[arg(long, short = 'H')]
+    height: Option<usize>,
+    /// img2img: start from this image (PNG, JPEG, WebP), resized to -W x -H (Lanczos, as
+    /// diffusers' image processor) when they differ.
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// img2img strength in (0, 1]: the last floor(steps x denoise) steps of the schedule run
+    /// (diffusers' rule).
+    #[arg(long, alias = "strength", default_value_t = 0.75, requires = "init_image")]
+    denoise: f64,
     /// Images per sampler run.
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
@@ -77,6 +89,22 @@ pub struct GenerateArgs {
     /// interpolated when --steps differs from the file's step count.
     #[arg(long, conflicts_with = "sigmas")]
     sigmas_file: Option<PathBuf>,
+    /// A standalone VAE file (.safetensors/.ckpt/.pt, LDM or diffusers keys) replacing the
+    /// checkpoint's VAE; it must fit the model (latent channels, scaling factor).
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// TAESD for the final decode instead of the VAE: a diffusers AutoencoderTiny folder, or a
+    /// decoder file (madebyollin's taesd_decoder.pth/.safetensors) or whole-TAESD file.
+    #[arg(long)]
+    taesd: Option<PathBuf>,
+    /// Write a PNG preview of the current x0 prediction to this file during sampling (replaced
+    /// at each preview): TAESD's decode with --taesd, else a linear latent → RGB map at latent
+    /// resolution.
+    #[arg(long)]
+    preview: Option<PathBuf>,
+    /// Steps between previews.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    preview_every: u64,
     /// A1111 clip skip (1 = last layer, 2 = penultimate).
     #[arg(long, default_value_t = 1)]
     clip_skip: usize,
@@ -173,8 +201,44 @@ fn short_hash(path: &Path) -> Option<String> {
     Some(hasher.finalize().iter().take(5).map(|b| format!("{b:02x}")).collect())
 }
 
+/// Writes a step preview to `path`, through a temporary file so that viewers never see a
+/// half-written PNG.
+fn write_preview(path: &Path, preview: &Preview<'_>, denoised: &candle_core::Tensor) -> anyhow::Result<()> {
+    let image = preview.render(denoised)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    image::save_buffer_with_format(
+        &tmp,
+        &image.data,
+        image.width as u32,
+        image.height as u32,
+        image::ColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .with_context(|| format!("writing the preview {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing the preview {}", path.display()))
+}
+
 /// Sampling steps when neither --steps nor a schedule file says otherwise.
 const DEFAULT_STEPS: usize = 20;
+
+/// Default image side without an init image.
+const DEFAULT_SIZE: usize = 512;
+
+/// The init image at the request's size: -W/-H if given, else its own size rounded down to a
+/// multiple of 8 (diffusers' `get_default_height_width`).
+fn load_init_image(path: &Path, width: Option<usize>, height: Option<usize>) -> anyhow::Result<RgbImage> {
+    let image = image::open(path).with_context(|| format!("reading the init image {}", path.display()))?.to_rgb8();
+    let round = |v: u32| (v as usize / 8 * 8).max(8);
+    let (w, h) = (width.unwrap_or(round(image.width())), height.unwrap_or(round(image.height())));
+    let image = if (w, h) == (image.width() as usize, image.height() as usize) {
+        image
+    } else {
+        image::imageops::resize(&image, w as u32, h as u32, image::imageops::FilterType::Lanczos3)
+    };
+    Ok(RgbImage { width: w, height: h, data: image.into_raw() })
+}
 
 fn parse_request(args: &GenerateArgs) -> anyhow::Result<Txt2ImgRequest> {
     let schedule = match (&args.sigmas, &args.timesteps, &args.sigmas_file) {
@@ -186,11 +250,19 @@ fn parse_request(args: &GenerateArgs) -> anyhow::Result<Txt2ImgRequest> {
         }
         _ => ScheduleKind::from_name(&args.schedule)?,
     };
+    let init_image = match &args.init_image {
+        Some(path) => Some(InitImage { image: load_init_image(path, args.width, args.height)?, strength: args.denoise }),
+        None => None,
+    };
+    let (width, height) = match &init_image {
+        Some(init) => (init.image.width, init.image.height),
+        None => (args.width.unwrap_or(DEFAULT_SIZE), args.height.unwrap_or(DEFAULT_SIZE)),
+    };
     Ok(Txt2ImgRequest {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
-        width: args.width,
-        height: args.height,
+        width,
+        height,
         steps: args.steps.unwrap_or(DEFAULT_STEPS),
         cfg_scale: args.cfg_scale,
         sampler: Sampler::from_name(&args.sampler)?,
@@ -204,6 +276,7 @@ fn parse_request(args: &GenerateArgs) -> anyhow::Result<Txt2ImgRequest> {
             Seeding::PerImage => BatchSeeding::PerItem,
         },
         initial_noise: InitialNoise::SqrtOnePlusSigmaSquared,
+        init_image,
     })
 }
 
@@ -231,13 +304,44 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             SyntaxArg::Diffusers => PromptSyntax::Diffusers,
         },
         prompt: PromptOptions { clip_skip: args.clip_skip, ..PromptOptions::default() },
+        vae: args.vae.clone(),
         ..ModelOptions::default()
     };
     let sd = StableDiffusion::load(&model_path, &opts).with_context(|| format!("loading {}", model_path.display()))?;
-    let components = sd.components();
+    let taesd = args
+        .taesd
+        .as_deref()
+        .map(|path| Taesd::load(path, opts.dtype, &opts.device).with_context(|| format!("loading {}", path.display())))
+        .transpose()?;
+    let mut components = sd.components();
+    if let Some(taesd) = &taesd {
+        let (tiny, vae) = (taesd.scale_factor(), sd.vae.scale_factor());
+        if tiny != vae || taesd.latent_channels() != sd.vae.latent_channels() {
+            bail!(
+                "TAESD {} does not fit this model: it decodes {} latent channels at {tiny}x, the model's VAE {} at {vae}x",
+                args.taesd.as_deref().map_or(String::new(), |p| p.display().to_string()),
+                taesd.latent_channels(),
+                sd.vae.latent_channels(),
+            );
+        }
+        components.decoder = taesd;
+    }
+    let preview = match &taesd {
+        Some(taesd) => Preview::Decoder(taesd),
+        None => Preview::Linear(LatentRgbFactors::Sd15),
+    };
 
-    let steps = kairos_pipeline::txt2img::request_sigmas(&components, &req)?.len() - 1;
-    let total = (steps * req.batch_count) as u64;
+    let run_steps = kairos_pipeline::txt2img::request_sigmas(&components, &req)?.len() - 1;
+    // The infotext's Steps is the full schedule's, as A1111 writes it for img2img (which runs
+    // floor(steps x denoise) of them, the same rule).
+    let steps = match &req.init_image {
+        None => run_steps,
+        Some(_) => {
+            let full = Txt2ImgRequest { init_image: None, ..req.clone() };
+            kairos_pipeline::txt2img::request_sigmas(&components, &full)?.len() - 1
+        }
+    };
+    let total = (run_steps * req.batch_count) as u64;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::new(total);
         let style = ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}")
@@ -247,19 +351,33 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     });
     // Plain lines carry the time since the previous event, so logs show the time per step.
     let mut last = Instant::now();
+    // A preview that cannot be written stops the run; the error is reported after it.
+    let mut preview_error: Option<anyhow::Error> = None;
     let mut on_progress = |p: &Progress| {
         let took = std::mem::replace(&mut last, Instant::now()).elapsed().as_secs_f64();
         match (p, &bar) {
             (Progress::Step { .. }, Some(bar)) => bar.inc(1),
-            (Progress::Step { batch, batches, step, steps, sigma }, None) => {
+            (Progress::Step { batch, batches, step, steps, sigma, .. }, None) => {
                 eprintln!("batch {}/{batches} step {}/{steps} sigma {sigma:.4} ({took:.2} s)", batch + 1, step + 1)
             }
             (Progress::Decoding { .. }, Some(bar)) => bar.set_message("decoding"),
             (Progress::Decoding { batch }, None) => eprintln!("batch {} decoding ({took:.2} s)", batch + 1),
         }
+        if let (Progress::Step { step, denoised, .. }, Some(path)) = (p, &args.preview) {
+            if (*step as u64 + 1) % args.preview_every == 0 {
+                if let Err(e) = write_preview(path, &preview, denoised) {
+                    preview_error = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
         ControlFlow::Continue(())
     };
-    let out = txt2img(&components, &req, &mut on_progress)?;
+    let out = txt2img(&components, &req, &mut on_progress);
+    if let Some(e) = preview_error {
+        return Err(e);
+    }
+    let out = out?;
     match &bar {
         Some(bar) => bar.finish_and_clear(),
         None => eprintln!("decoded ({:.2} s)", last.elapsed().as_secs_f64()),
@@ -267,6 +385,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 
     let model_name = model_path.file_stem().map(|s| s.to_string_lossy().into_owned());
     let model_hash = short_hash(&model_path);
+    let vae_hash = args.vae.as_deref().and_then(short_hash);
+    let vae_name = args.vae.as_deref().and_then(Path::file_name).map(|s| s.to_string_lossy().into_owned());
     let target = OutputTarget::from_path(&args.output);
     let count = req.batch_size * req.batch_count;
     let images = out.batches.iter().flat_map(|b| b.seeds.iter().zip(&b.images));
@@ -283,9 +403,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             height: req.height,
             model_hash: model_hash.clone(),
             model: model_name.clone(),
+            vae_hash: vae_hash.clone(),
+            vae: vae_name.clone(),
             clip_skip: args.clip_skip,
             rng: req.rng,
-            extra: vec![("Timestep mode".into(), format!("{:?}", args.timestep_mode).to_lowercase())],
+            extra: [
+                req.init_image.as_ref().map(|init| ("Denoising strength".to_string(), init.strength.to_string())),
+                Some(("Timestep mode".into(), format!("{:?}", args.timestep_mode).to_lowercase())),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         };
         let path = save_png(&target, index, count, seed, image, &info.to_text())?;
         println!("{}", path.display());
@@ -306,6 +434,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 "rng": req.rng.name(),
                 "clip_skip": args.clip_skip,
                 "family": sd.family.name(),
+                "vae": args.vae,
+                "init_image": args.init_image,
+                "denoise": req.init_image.as_ref().map(|init| init.strength),
             });
             save_json_sidecar(&path, &sidecar)?;
         }
