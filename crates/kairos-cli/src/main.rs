@@ -18,7 +18,7 @@ enum Cli {
     Toy(commands::toy::ToyArgs),
     /// Time the full-size SD1.5 text encoder, UNet and VAE decoder on the CPU (random weights).
     Bench(commands::bench::BenchArgs),
-    /// Generate images from a prompt (txt2img) into PNG files with A1111 infotext.
+    /// Generate images from a prompt (txt2img, or img2img with --init-image) into PNG files with A1111 infotext.
     Generate(commands::generate::GenerateArgs),
     /// Show a checkpoint's family, prediction type, dtypes and parameter counts.
     Inspect(commands::inspect::InspectArgs),

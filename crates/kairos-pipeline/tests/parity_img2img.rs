@@ -54,7 +54,7 @@ fn run_case(name: &str) {
         schedule: ScheduleKind::Timesteps(list("all_timesteps")),
         steps: case["steps"].as_u64().unwrap() as usize,
         cfg_scale: case["cfg"].as_f64().unwrap(),
-        sampler: Sampler::Euler,
+        sampler: Sampler::from_name("euler").unwrap(),
         seed: case["seed"].as_u64().unwrap(),
         rng: RngKind::TorchCpu,
         seeding: BatchSeeding::Shared,
