@@ -211,7 +211,10 @@ fn generate_writes_previews_and_checks_taesd() {
     let taesd = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kairos-models/tests/fixtures/taesd/diffusers");
     let png2 = dir.join("img2.png").to_string_lossy().into_owned();
     let taesd = taesd.to_string_lossy().into_owned();
-    fails(&[&tiny_args(&model, &png2)[..], &["--taesd", &taesd]].concat(), &["does not fit this model", "at 4x", "at 2x"]);
+    fails(
+        &[&tiny_args(&model, &png2)[..], &["--taesd", &taesd]].concat(),
+        &["does not fit this model", "at 4x", "at 2x"],
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -226,13 +229,20 @@ fn generate_img2img_from_png() {
     std::fs::create_dir_all(&dir).unwrap();
     let png = dir.join("img.png").to_string_lossy().into_owned();
     let args = ["generate", "--model", &model, "--norm-num-groups", "4", "--clip-head-dim", "8", "--steps", "4"];
-    let out = kairos(&[&args[..], &["--seed", "1", "--init-image", &init, "--strength", "0.5", "--output", &png]].concat());
+    let out =
+        kairos(&[&args[..], &["--seed", "1", "--init-image", &init, "--strength", "0.5", "--output", &png]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let image = image::open(&png).unwrap();
     assert_eq!((image.width(), image.height()), (32, 24), "the init image's size");
     let text = parameters_chunk(&png);
-    assert!(text.contains("Steps: 4,") && text.contains("Size: 32x24") && text.contains("Denoising strength: 0.5"), "{text}");
+    assert!(
+        text.contains("Steps: 4,") && text.contains("Size: 32x24") && text.contains("Denoising strength: 0.5"),
+        "{text}"
+    );
     let png2 = dir.join("img2.png").to_string_lossy().into_owned();
-    fails(&[&args[..], &["--init-image", &init, "--denoise", "0.1", "--output", &png2]].concat(), &["leaves no step to run"]);
+    fails(
+        &[&args[..], &["--init-image", &init, "--denoise", "0.1", "--output", &png2]].concat(),
+        &["leaves no step to run"],
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -44,7 +44,13 @@ impl RgbImage {
         if self.data.len() != self.width * self.height * 3 {
             return Err(PipelineError::InvalidOption {
                 name: "image",
-                message: format!("{}x{} RGB needs {} bytes, got {}", self.width, self.height, self.width * self.height * 3, self.data.len()),
+                message: format!(
+                    "{}x{} RGB needs {} bytes, got {}",
+                    self.width,
+                    self.height,
+                    self.width * self.height * 3,
+                    self.data.len()
+                ),
             });
         }
         let values: Vec<f32> = self.data.iter().map(|&v| (v as f32 / 255.0) * 2.0 - 1.0).collect();
@@ -99,10 +105,9 @@ impl Preview<'_> {
             // The linear preview is in [0, 1]; to_rgb8 takes [−1, 1].
             Self::Linear(factors) => factors.preview(&first.to_dtype(DType::F32)?)?.affine(2.0, -1.0)?,
         };
-        to_rgb8(&images)?.pop().ok_or(PipelineError::InvalidOption {
-            name: "latents",
-            message: "the batch is empty".into(),
-        })
+        to_rgb8(&images)?
+            .pop()
+            .ok_or(PipelineError::InvalidOption { name: "latents", message: "the batch is empty".into() })
     }
 }
 

@@ -16,9 +16,9 @@ use kairos_schedule::{DiscreteSchedule, Family, ModelSchedule, Prediction, Table
 use crate::conditioning::{ClipPromptEncoder, PromptSyntax};
 use crate::denoiser::DiffusionModel;
 use crate::image::{LatentDecoder, LatentEncoder};
-use kairos_models::autoencoders::DiagonalGaussianDistribution;
 use crate::txt2img::Components;
 use crate::PipelineError;
+use kairos_models::autoencoders::DiagonalGaussianDistribution;
 
 /// Which timestep the UNet is fed for a sigma between two training timesteps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

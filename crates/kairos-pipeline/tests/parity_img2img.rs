@@ -32,7 +32,10 @@ fn run_case(name: &str) {
     let io: HashMap<String, Tensor> =
         candle_core::safetensors::load(fixtures().join("img2img_io.safetensors"), &Device::Cpu).unwrap();
     let opts = ModelOptions {
-        load: LoadOptions { hints: ConfigHints { norm_num_groups: 4, clip_head_dim: 8, unet_heads: None }, ..Default::default() },
+        load: LoadOptions {
+            hints: ConfigHints { norm_num_groups: 4, clip_head_dim: 8, unet_heads: None },
+            ..Default::default()
+        },
         // diffusers' leading timesteps are integers, its sigma table float32.
         timestep_mode: TimestepMode::Quantized,
         table_precision: TablePrecision::DiffusersF32,

@@ -8,13 +8,13 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use kairos_models::autoencoders::LatentRgbFactors;
 use kairos_models::prompt::PromptOptions;
 use kairos_pipeline::infotext::Infotext;
 use kairos_pipeline::output::{save_json_sidecar, save_png, OutputTarget};
-use kairos_models::autoencoders::LatentRgbFactors;
 use kairos_pipeline::{
-    txt2img, InitImage, InitialNoise, LatentDecoder, ModelOptions, Preview, Progress, PromptSyntax, StableDiffusion, Taesd,
-    RgbImage, TimestepMode, Txt2ImgRequest,
+    txt2img, InitImage, InitialNoise, LatentDecoder, ModelOptions, Preview, Progress, PromptSyntax, RgbImage,
+    StableDiffusion, Taesd, TimestepMode, Txt2ImgRequest,
 };
 use kairos_sampler::noise::{BatchSeeding, RngKind};
 use kairos_sampler::Sampler;
@@ -251,7 +251,9 @@ fn parse_request(args: &GenerateArgs) -> anyhow::Result<Txt2ImgRequest> {
         _ => ScheduleKind::from_name(&args.schedule)?,
     };
     let init_image = match &args.init_image {
-        Some(path) => Some(InitImage { image: load_init_image(path, args.width, args.height)?, strength: args.denoise }),
+        Some(path) => {
+            Some(InitImage { image: load_init_image(path, args.width, args.height)?, strength: args.denoise })
+        }
         None => None,
     };
     let (width, height) = match &init_image {
