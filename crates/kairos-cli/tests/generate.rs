@@ -169,8 +169,9 @@ fn optimized_schedule_file_round_trips_into_generate() {
 }
 
 /// `--vae` with the standalone LDM VAE of kairos-models' loading fixtures, which holds the tiny
-/// SD1 model's own VAE weights: the pixels are those of the baked-in VAE, and the infotext names
-/// the file as A1111 does.
+/// SD1 model's own VAE weights in float32 (the checkpoint stores them rounded to fp16): the
+/// pixels are those of the baked-in VAE up to that rounding, and the infotext names the file as
+/// A1111 does.
 #[test]
 fn generate_with_replacement_vae() {
     let model = tiny_sd1();
@@ -187,7 +188,11 @@ fn generate_with_replacement_vae() {
     let text = parameters_chunk(&replaced);
     assert!(text.contains(", VAE hash: ") && text.contains(", VAE: vae_ldm.pt"), "{text}");
     let pixels = |p: &str| image::open(p).unwrap().to_rgb8().into_raw();
-    assert_eq!(pixels(&baked), pixels(&replaced), "same VAE weights, same image");
+    let (a, b) = (pixels(&baked), pixels(&replaced));
+    let diff = a.iter().zip(&b).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+    // Only the decode differs (the same latents), by fp16 rounding of the weights: a few 8-bit
+    // levels at most; some pixel differs, so the file's weights were used.
+    assert!(diff > 0 && diff <= 2, "max pixel difference {diff}");
     fails(&[&tiny_args(&model, &replaced)[..], &["--vae", "/no/such/vae.pt"]].concat(), &["/no/such/vae.pt"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
