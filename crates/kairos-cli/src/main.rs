@@ -19,7 +19,8 @@ enum Cli {
     /// Time the full-size SD1.5 text encoder, UNet and VAE decoder on the CPU (random weights).
     Bench(commands::bench::BenchArgs),
     /// Generate images from a prompt (txt2img, or img2img with --init-image) into PNG files with A1111 infotext.
-    Generate(commands::generate::GenerateArgs),
+    // Boxed: its many options would make every other variant as large.
+    Generate(Box<commands::generate::GenerateArgs>),
     /// Show a checkpoint's family, prediction type, dtypes and parameter counts.
     Inspect(commands::inspect::InspectArgs),
     /// Reconstruct images through VAEs and report rFID, PSNR, SSIM and PSIM (LPIPS).
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
         Cli::Schedule(cmd) => commands::optimize::run_schedule(cmd),
         Cli::Toy(args) => commands::toy::run(args),
         Cli::Bench(args) => commands::bench::run(args),
-        Cli::Generate(args) => commands::generate::run(args),
+        Cli::Generate(args) => commands::generate::run(*args),
         Cli::Inspect(args) => commands::inspect::run(args),
         Cli::VaeEval(args) => commands::vae_eval::run(args),
     };

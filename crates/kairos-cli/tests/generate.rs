@@ -251,3 +251,136 @@ fn generate_img2img_from_png() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A kohya LoRA (all-ones factors, rank 2) on the tiny SD1's mid-block query and first
+/// text-encoder query, written as `dir/name.safetensors`.
+fn write_lora(dir: &std::path::Path, name: &str) -> PathBuf {
+    use candle_core::{Device, Tensor};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut map = std::collections::HashMap::new();
+    for prefix in [
+        "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q",
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+    ] {
+        map.insert(
+            format!("{prefix}.lora_down.weight"),
+            Tensor::ones((2, 16), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+        map.insert(
+            format!("{prefix}.lora_up.weight"),
+            Tensor::ones((16, 2), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+    }
+    let path = dir.join(format!("{name}.safetensors"));
+    candle_core::safetensors::save(&map, &path).unwrap();
+    path
+}
+
+/// A1111's `addnet_hash_safetensors` short hash, computed here from the file bytes.
+fn addnet_short_hash(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    sha2::Sha256::digest(&bytes[8 + n..]).iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn generate_applies_loras_from_tags_and_files_and_records_their_hashes() {
+    let model = tiny_sd1();
+    let dir = temp_dir("lora");
+    let loras = dir.join("loras");
+    let style = write_lora(&loras.join("sub"), "style");
+    let extra = write_lora(&loras, "extra");
+    let png_s = dir.join("a.png").to_string_lossy().into_owned();
+    let loras_s = loras.to_string_lossy().into_owned();
+    let extra_arg = format!("{}:0.5", extra.display());
+    let mut args = tiny_args(&model, &png_s);
+    args.extend(["--prompt", "a cat <lora:style:0.8>", "--lora-dir", &loras_s, "--lora", &extra_arg]);
+    let out = kairos(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info = parameters_chunk(&png_s);
+    assert!(info.starts_with("a cat <lora:style:0.8>\n"), "A1111 keeps the tags in the infotext prompt: {info}");
+    let want = format!("Lora hashes: \"style: {}, extra: {}\"", addnet_short_hash(&style), addnet_short_hash(&extra));
+    assert!(info.contains(&want), "`{want}` not in: {info}");
+
+    let other = dir.join("b.png").to_string_lossy().into_owned();
+    let fails_with = |extra: &[&str], expected: &[&str]| {
+        let mut a = tiny_args(&model, &other);
+        a.extend_from_slice(extra);
+        fails(&a, expected);
+    };
+    fails_with(&["--prompt", "<lora:style:1>"], &["LoRA `style`", "--lora-dir"]);
+    fails_with(
+        &["--prompt", "<lora:nope:1>", "--lora-dir", &loras_s],
+        &["LoRA `nope` not found", "no nope.safetensors"],
+    );
+    fails_with(&["--lora", "/no/such/lora.safetensors:0.5"], &["LoRA file not found: /no/such/lora.safetensors"]);
+    fails_with(&["--lora", "x.safetensors:inf"], &["strength `inf` is not a finite number"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An LCM-LoRA-shaped file (every layer kind the LCM-LoRA script trains, UNet only) switches the
+/// defaults the user left open to lcm / 4 steps / cfg 1 and says so on stderr.
+#[test]
+fn generate_picks_lcm_defaults_for_an_lcm_lora() {
+    use candle_core::{DType, Device, Tensor};
+    let model = tiny_sd1();
+    let dir = temp_dir("lcm-lora");
+    std::fs::create_dir_all(&dir).unwrap();
+    let layers: [(&str, &[usize]); 7] = [
+        ("down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", &[8, 8]),
+        ("down_blocks_0_attentions_0_transformer_blocks_0_ff_net_2", &[8, 32]),
+        ("down_blocks_0_resnets_0_conv1", &[8, 8, 3, 3]),
+        ("down_blocks_0_resnets_0_conv2", &[8, 8, 3, 3]),
+        ("down_blocks_0_resnets_0_time_emb_proj", &[8, 32]),
+        ("down_blocks_0_downsamplers_0_conv", &[8, 8, 3, 3]),
+        ("up_blocks_0_upsamplers_0_conv", &[16, 16, 3, 3]),
+    ];
+    let mut map = std::collections::HashMap::new();
+    for (name, shape) in layers {
+        let (down, up) = match shape {
+            [o, i] => (vec![2, *i], vec![*o, 2]),
+            [o, i, k, l] => (vec![2, *i, *k, *l], vec![*o, 2, 1, 1]),
+            _ => unreachable!(),
+        };
+        map.insert(
+            format!("lora_unet_{name}.lora_down.weight"),
+            Tensor::zeros(down, DType::F32, &Device::Cpu).unwrap(),
+        );
+        map.insert(format!("lora_unet_{name}.lora_up.weight"), Tensor::zeros(up, DType::F32, &Device::Cpu).unwrap());
+    }
+    let lora = dir.join("lcm.safetensors");
+    candle_core::safetensors::save(&map, &lora).unwrap();
+    let (lora_s, png) = (lora.to_string_lossy().into_owned(), dir.join("a.png").to_string_lossy().into_owned());
+    let args = [
+        "generate",
+        "--model",
+        &model,
+        "--norm-num-groups",
+        "4",
+        "--clip-head-dim",
+        "8",
+        "-W",
+        "16",
+        "-H",
+        "16",
+        "--seed",
+        "1",
+        "--lora",
+        &lora_s,
+        "--output",
+        &png,
+    ];
+    let out = kairos(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .contains("LCM-LoRA detected: using sampler lcm, 4 steps, cfg scale 1, LCM timesteps [999, 759, 499, 259]"),
+        "{stderr}"
+    );
+    let info = parameters_chunk(&png);
+    assert!(info.contains("Steps: 4, Sampler: LCM"), "{info}");
+    assert!(info.contains("CFG scale: 1"), "{info}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -11,10 +11,23 @@ use kairos_sampler::{DenoiseOutput, Denoiser};
 use kairos_schedule::{ModelSchedule, NoiseSchedule, Prediction};
 
 /// The denoising network (`UNet2DConditionModel`): its raw prediction (ε, v, ...) for a
-/// c_in-scaled `sample` `[N, C, h, w]` at `timestep`, conditioned on `context` `[N, S, D]`.
+/// c_in-scaled `sample` `[N, C, h, w]` at `timestep`, conditioned on `context` `[N, S, D]` and,
+/// for LCM-distilled networks, the guidance embedding `timestep_cond` `[N, time_cond_proj_dim]`.
 pub trait DiffusionModel {
     /// One forward pass.
-    fn predict(&self, sample: &Tensor, timestep: f64, context: &Tensor) -> candle_core::Result<Tensor>;
+    fn predict(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        timestep_cond: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor>;
+
+    /// The width of the guidance embedding an LCM-distilled network takes
+    /// (`time_cond_proj_dim`); `None` for other networks.
+    fn time_cond_proj_dim(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A [`DiffusionModel`] with its training noise schedule and prediction type.
@@ -27,6 +40,7 @@ pub struct ModelDenoiser<'a> {
     schedule: ModelSchedule,
     prediction: Prediction,
     sigma_data: f64,
+    timestep_cond: Option<Tensor>,
 }
 
 impl<'a> ModelDenoiser<'a> {
@@ -37,14 +51,21 @@ impl<'a> ModelDenoiser<'a> {
         prediction: Prediction,
         sigma_data: f64,
     ) -> Self {
-        Self { model, schedule, prediction, sigma_data }
+        Self { model, schedule, prediction, sigma_data, timestep_cond: None }
+    }
+
+    /// Feeds the network `timestep_cond` `[N, time_cond_proj_dim]` on every call (the guidance
+    /// embedding of LCM-distilled UNets; N is the batch of each call).
+    pub fn with_timestep_cond(mut self, timestep_cond: Tensor) -> Self {
+        self.timestep_cond = Some(timestep_cond);
+        self
     }
 
     /// The network's raw prediction for the VE-scale state `x` at noise level `sigma`.
     pub fn model_output(&self, x: &Tensor, sigma: f64, context: &Tensor) -> candle_core::Result<Tensor> {
         let c_in = self.prediction.scalings(sigma, self.sigma_data).c_in;
         let t = self.schedule.sigma_to_t(sigma);
-        self.model.predict(&(x * c_in)?, t, context)
+        self.model.predict(&(x * c_in)?, t, context, self.timestep_cond.as_ref())
     }
 
     /// x0 from the state and a (possibly guided) prediction: c_skip·x + c_out·output.
@@ -137,7 +158,13 @@ mod tests {
     }
 
     impl DiffusionModel for Fake {
-        fn predict(&self, sample: &Tensor, timestep: f64, context: &Tensor) -> candle_core::Result<Tensor> {
+        fn predict(
+            &self,
+            sample: &Tensor,
+            timestep: f64,
+            context: &Tensor,
+            _: Option<&Tensor>,
+        ) -> candle_core::Result<Tensor> {
             self.calls.borrow_mut().push((sample.dims().to_vec(), timestep));
             let per_item = context.mean_keepdim(2)?.mean_keepdim(1)?.unsqueeze(3)?; // [N,1,1,1]
             sample.zeros_like()?.broadcast_add(&per_item)? + 0.1 * timestep / 1000.0

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use kairos_models::lora::LoraError;
 use kairos_models::prompt::PromptError;
 use kairos_models::text_encoders::TextEncoderError;
 use kairos_models::tokenizer::TokenizerError;
@@ -54,6 +55,9 @@ pub enum PipelineError {
     /// Loading or running a model failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// A LoRA could not be read or merged.
+    #[error(transparent)]
+    Lora(#[from] LoraError),
     /// Parsing or encoding the prompt failed.
     #[error(transparent)]
     Prompt(#[from] PromptError),

@@ -6,7 +6,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use kairos_models::autoencoders::autoencoder_tiny::{load_tiny_state_dict, DecoderTiny};
 use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig, AutoencoderTinyConfig};
+use kairos_models::lcm::{lcm_time_cond_proj_dim, LcmOptions};
 use kairos_models::loading::{self, LoadOptions, ModelFamily, PredictionType, StableDiffusionWeights};
+use kairos_models::lora::{self, LoraFile, LoraUse, MergeOptions};
 use kairos_models::prompt::PromptOptions;
 use kairos_models::text_encoders::clip::{CLIPTextConfig, CLIPTextModel};
 use kairos_models::tokenizer::{CLIPTokenizer, PadToken};
@@ -50,6 +52,8 @@ pub struct ModelOptions {
     /// A standalone VAE file (LDM or diffusers keys) that replaces the checkpoint's VAE, as
     /// A1111's `--vae`/"SD VAE" setting.
     pub vae: Option<PathBuf>,
+    /// LoRAs merged into the UNet and text encoder (in order) before the networks are built.
+    pub loras: Vec<LoraWeights>,
     /// Compute dtype of the networks (the sampler state stays float32).
     pub dtype: DType,
     /// Compute device.
@@ -66,10 +70,35 @@ impl Default for ModelOptions {
             prompt_syntax: PromptSyntax::A1111,
             prompt: PromptOptions::default(),
             vae: None,
+            loras: Vec::new(),
             dtype: DType::F32,
             device: Device::Cpu,
         }
     }
+}
+
+/// One LoRA to merge at load time (`--lora FILE:STRENGTH`, or a `<lora:NAME:TE:UNET>` tag).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraWeights {
+    /// The `.safetensors` file.
+    pub path: PathBuf,
+    /// Multiplier of the UNet deltas.
+    pub unet_strength: f64,
+    /// Multiplier of the text-encoder deltas.
+    pub text_encoder_strength: f64,
+}
+
+/// What kind of consistency-distilled model was loaded, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LcmKind {
+    /// An LCM-distilled UNet (guidance embedding of this width, `time_cond_proj_dim`).
+    Unet {
+        /// `time_cond_proj_dim`.
+        time_cond_proj_dim: usize,
+    },
+    /// An ordinary UNet with a LoRA that looks like an LCM-LoRA merged
+    /// ([`LoraFile::looks_like_lcm_lora`]).
+    Lora,
 }
 
 /// `UNet2DConditionModel` in its compute dtype as a [`DiffusionModel`] (float32 in and out).
@@ -78,13 +107,31 @@ pub struct Unet {
     dtype: DType,
 }
 
+impl Unet {
+    /// Wraps a built UNet whose weights are in `dtype` (inputs are converted to it).
+    pub fn new(unet: UNet2DConditionModel, dtype: DType) -> Self {
+        Self { unet, dtype }
+    }
+}
+
 impl DiffusionModel for Unet {
-    fn predict(&self, sample: &Tensor, timestep: f64, context: &Tensor) -> candle_core::Result<Tensor> {
+    fn predict(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        timestep_cond: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let cond = timestep_cond.map(|c| c.to_dtype(self.dtype)).transpose()?;
         let out = self
             .unet
-            .forward(&sample.to_dtype(self.dtype)?, timestep, &context.to_dtype(self.dtype)?, None)
+            .forward(&sample.to_dtype(self.dtype)?, timestep, &context.to_dtype(self.dtype)?, cond.as_ref())
             .map_err(candle_core::Error::wrap)?;
         out.to_dtype(DType::F32)
+    }
+
+    fn time_cond_proj_dim(&self) -> Option<usize> {
+        self.unet.config().time_cond_proj_dim
     }
 }
 
@@ -186,6 +233,8 @@ pub struct StableDiffusion {
     pub encoder: ClipPromptEncoder,
     /// The training schedule with the timestep convention applied.
     pub schedule: ModelSchedule,
+    /// `Some` for an LCM UNet or an LCM-LoRA: the run uses LCM's boundary conditions.
+    pub lcm: Option<LcmKind>,
     /// Where the networks run.
     pub device: Device,
 }
@@ -256,8 +305,23 @@ impl StableDiffusion {
             (ModelFamily::Sd2, _) => Family::Sd2,
         };
         let (dtype, device) = (opts.dtype, &opts.device);
+        let files = opts.loras.iter().map(|l| LoraFile::open(&l.path)).collect::<Result<Vec<_>, _>>()?;
+        let uses: Vec<LoraUse<'_>> = files
+            .iter()
+            .zip(&opts.loras)
+            .map(|(file, l)| LoraUse {
+                file,
+                unet_strength: l.unet_strength,
+                text_encoder_strength: l.text_encoder_strength,
+            })
+            .collect();
+        let merged = lora::merge(&weights.unet, &weights.text_encoder, &uses, &MergeOptions::default())?;
+        let lcm = match lcm_time_cond_proj_dim(&weights.unet) {
+            Some(time_cond_proj_dim) => Some(LcmKind::Unet { time_cond_proj_dim }),
+            None => files.iter().any(LoraFile::looks_like_lcm_lora).then_some(LcmKind::Lora),
+        };
         let unet_config = UNet2DConditionModelConfig::from_json(&weights.unet.config.to_string())?;
-        let unet = UNet2DConditionModel::new(weights.unet.var_builder(dtype, device), &unet_config)?;
+        let unet = UNet2DConditionModel::new(merged.unet.var_builder(dtype, device), &unet_config)?;
         let vae_config = AutoencoderKLConfig::from_json(&weights.vae.config)?;
         let vae = match &opts.vae {
             None => AutoencoderKL::new(weights.vae.var_builder(dtype, device), &vae_config)?,
@@ -269,16 +333,17 @@ impl StableDiffusion {
             }
         };
         let te_config = CLIPTextConfig::from_json(&weights.text_encoder.config.to_string())?;
-        let text_encoder = CLIPTextModel::new(weights.text_encoder.var_builder(dtype, device), &te_config)?;
+        let text_encoder = CLIPTextModel::new(merged.text_encoder.var_builder(dtype, device), &te_config)?;
         let tokenizer = CLIPTokenizer::new(pad_token(&weights)?)?;
         let quantize = opts.timestep_mode == TimestepMode::Quantized;
         Ok(Self {
             family,
             prediction,
-            unet: Unet { unet, dtype },
+            unet: Unet::new(unet, dtype),
             vae: Vae { vae, dtype },
             encoder: ClipPromptEncoder::new(text_encoder, tokenizer, opts.prompt_syntax, opts.prompt),
             schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(opts.table_precision).with_quantize(quantize)),
+            lcm,
             device: device.clone(),
         })
     }
@@ -293,6 +358,7 @@ impl StableDiffusion {
             family: self.family,
             schedule: self.schedule.clone(),
             prediction: self.prediction,
+            consistency: self.lcm.map(|_| LcmOptions::default()),
             device: self.device.clone(),
         }
     }

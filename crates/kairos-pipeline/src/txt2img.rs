@@ -16,8 +16,9 @@
 use std::ops::ControlFlow;
 
 use candle_core::{DType, Device, Tensor};
+use kairos_models::lcm::{get_guidance_scale_embedding, LcmDenoiser, LcmOptions};
 use kairos_sampler::noise::{BatchSeeding, RngKind, SeededNoise};
-use kairos_sampler::{SampleCtx, Sampler, StepInfo};
+use kairos_sampler::{Denoiser, SampleCtx, Sampler, StepInfo};
 use kairos_schedule::{AysModel, Family, ModelSchedule, Prediction, ScheduleKind};
 
 use crate::conditioning::{encode_pair, PromptEncoder};
@@ -122,6 +123,10 @@ pub struct Components<'a> {
     pub schedule: ModelSchedule,
     /// What the UNet predicts.
     pub prediction: Prediction,
+    /// `Some` for a consistency-distilled model (an LCM UNet, or a UNet with an LCM-LoRA merged):
+    /// every prediction goes through LCM's boundary conditions ([`LcmDenoiser`]), as diffusers'
+    /// `LCMScheduler` applies them.
+    pub consistency: Option<LcmOptions>,
     /// Where the latents live.
     pub device: Device,
 }
@@ -284,7 +289,24 @@ pub fn txt2img(
             }
         };
         let inner = ModelDenoiser::new(c.model, c.schedule.clone(), c.prediction, c.family.sigma_data());
-        let mut denoiser = CfgDenoiser::new(inner, &cond, &uncond, req.cfg_scale, req.sampler.needs_uncond())?;
+        let mut denoiser = match c.model.time_cond_proj_dim() {
+            // diffusers' LatentConsistencyModelPipeline: guidance is distilled into the UNet,
+            // fed as the embedding of w = guidance_scale − 1; no unconditional batch.
+            Some(dim) => {
+                let w = vec![(req.cfg_scale - 1.0) as f32; b];
+                let inner = inner.with_timestep_cond(get_guidance_scale_embedding(&w, dim, &c.device)?);
+                CfgDenoiser::new(inner, &cond, &uncond, 1.0, false)?
+            }
+            None => CfgDenoiser::new(inner, &cond, &uncond, req.cfg_scale, req.sampler.needs_uncond())?,
+        };
+        let mut lcm_denoiser;
+        let denoiser: &mut dyn Denoiser = match c.consistency {
+            Some(opts) => {
+                lcm_denoiser = LcmDenoiser::new(denoiser, opts);
+                &mut lcm_denoiser
+            }
+            None => &mut denoiser,
+        };
         let batches_total = req.batch_count;
         let mut on_step = |info: &StepInfo<'_>| {
             on_progress(&Progress::Step {
@@ -297,7 +319,7 @@ pub fn txt2img(
             })
         };
         let latents = {
-            let mut ctx = SampleCtx::new(&mut denoiser, &mut noise).with_callback(&mut on_step);
+            let mut ctx = SampleCtx::new(denoiser, &mut noise).with_callback(&mut on_step);
             req.sampler.sample(&mut ctx, x, &sigmas)?
         };
         if on_progress(&Progress::Decoding { batch }).is_break() {
@@ -323,7 +345,7 @@ mod tests {
     struct Fakes;
 
     impl DiffusionModel for Fakes {
-        fn predict(&self, sample: &Tensor, _t: f64, _c: &Tensor) -> candle_core::Result<Tensor> {
+        fn predict(&self, sample: &Tensor, _t: f64, _c: &Tensor, _: Option<&Tensor>) -> candle_core::Result<Tensor> {
             sample.zeros_like()
         }
     }
@@ -367,6 +389,7 @@ mod tests {
             family: Family::Sd1,
             schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(TablePrecision::F64)),
             prediction: Prediction::Epsilon,
+            consistency: None,
             device: Device::Cpu,
         }
     }
@@ -427,5 +450,50 @@ mod tests {
         let wrong = Txt2ImgRequest { width: 24, ..req };
         let err = txt2img(&components(), &wrong, &mut |_| ControlFlow::Continue(())).unwrap_err();
         assert_eq!(err.to_string(), "invalid `init_image`: is 16x8, the request 24x8: resize it first");
+    }
+
+    /// An LCM-distilled fake: ε = 0, records the batch and `timestep_cond` of every call.
+    struct LcmFake {
+        calls: std::cell::RefCell<Vec<(usize, Option<Tensor>)>>,
+    }
+
+    impl DiffusionModel for LcmFake {
+        fn predict(&self, sample: &Tensor, _t: f64, _c: &Tensor, cond: Option<&Tensor>) -> candle_core::Result<Tensor> {
+            self.calls.borrow_mut().push((sample.dim(0)?, cond.cloned()));
+            sample.zeros_like()
+        }
+
+        fn time_cond_proj_dim(&self) -> Option<usize> {
+            Some(8)
+        }
+    }
+
+    #[test]
+    fn lcm_unet_gets_the_guidance_embedding_and_no_cfg_batch() {
+        let fake = LcmFake { calls: Default::default() };
+        let c = Components { model: &fake, consistency: Some(LcmOptions::default()), ..components() };
+        let req = Txt2ImgRequest {
+            width: 8,
+            height: 8,
+            steps: 2,
+            batch_size: 2,
+            cfg_scale: 8.5,
+            sampler: Sampler::Lcm,
+            schedule: ScheduleKind::Timesteps(vec![999.0, 499.0]),
+            ..Default::default()
+        };
+        let out = txt2img(&c, &req, &mut |_| ControlFlow::Continue(())).unwrap();
+        let calls = fake.calls.borrow();
+        assert_eq!(calls.len(), 2);
+        let want = get_guidance_scale_embedding(&[7.5, 7.5], 8, &Device::Cpu).unwrap();
+        for (batch, cond) in calls.iter() {
+            assert_eq!(*batch, 2, "one conditional batch, no unconditional half");
+            let cond = cond.as_ref().expect("timestep_cond is fed");
+            let diff: f32 = (cond - &want).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+            assert_eq!(diff, 0.0, "w = guidance − 1 embedding");
+        }
+        // ε = 0 gives x0 = x; the boundary conditions at t = 499 (τ = 4990, c_skip ≈ 1e-8, c_out ≈ 1)
+        // leave c_out·x + c_skip·x/sqrt(1+σ²) ≈ x, and the last lcm step returns it: finite output.
+        assert!(out.batches[0].latents.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|v| v.is_finite()));
     }
 }

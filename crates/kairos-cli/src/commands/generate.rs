@@ -9,12 +9,14 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use kairos_models::autoencoders::LatentRgbFactors;
+use kairos_models::lcm::{lcm_timesteps, LcmOptions};
+use kairos_models::lora::{extract_prompt_loras, resolve_lora, LoraSpec};
 use kairos_models::prompt::PromptOptions;
 use kairos_pipeline::infotext::Infotext;
 use kairos_pipeline::output::{save_json_sidecar, save_png, OutputTarget};
 use kairos_pipeline::{
-    txt2img, InitImage, InitialNoise, LatentDecoder, ModelOptions, Preview, Progress, PromptSyntax, RgbImage,
-    StableDiffusion, Taesd, TimestepMode, Txt2ImgRequest,
+    txt2img, InitImage, InitialNoise, LatentDecoder, LcmKind, LoraWeights, ModelOptions, Preview, Progress,
+    PromptSyntax, RgbImage, StableDiffusion, Taesd, TimestepMode, Txt2ImgRequest,
 };
 use kairos_sampler::noise::{BatchSeeding, RngKind};
 use kairos_sampler::Sampler;
@@ -35,19 +37,29 @@ pub struct GenerateArgs {
     /// A checkpoint file (.safetensors, .ckpt), a diffusers folder, or a Hugging Face repo id.
     #[arg(long, short, default_value = DEFAULT_MODEL)]
     model: String,
-    /// Sampling steps [default: 20; with --sigmas-file, the file's own step count]. Ignored with
-    /// --sigmas/--timesteps, whose length counts.
+    /// Sampling steps [default: 20; 4 for LCM models; with --sigmas-file, the file's own step
+    /// count]. Ignored with --sigmas/--timesteps, whose length counts.
     #[arg(long)]
     steps: Option<usize>,
-    /// Classifier-free guidance scale (1 disables the negative branch).
-    #[arg(long, default_value_t = 7.5)]
-    cfg_scale: f64,
-    /// Sampler: k-diffusion/ComfyUI names or A1111 labels (euler, euler_ancestral, "Euler a", dpmpp_2m, ...).
-    #[arg(long, default_value = "dpmpp_2m")]
-    sampler: String,
+    /// Classifier-free guidance scale (1 disables the negative branch) [default: 7.5; 8.5 for
+    /// an LCM UNet (its distilled guidance, diffusers' default), 1 with an LCM-LoRA].
+    #[arg(long)]
+    cfg_scale: Option<f64>,
+    /// Sampler: k-diffusion/ComfyUI names or A1111 labels (euler, euler_ancestral, "Euler a",
+    /// dpmpp_2m, ...) [default: dpmpp_2m; lcm for LCM models].
+    #[arg(long)]
+    sampler: Option<String>,
     /// Sigma schedule: karras, normal, exponential, sgm_uniform, simple, ays, ays_a1111, gits, ...
-    #[arg(long, alias = "scheduler", default_value = "karras")]
-    schedule: String,
+    /// [default: karras; LCMScheduler's timesteps for LCM models with the lcm sampler].
+    #[arg(long, alias = "scheduler")]
+    schedule: Option<String>,
+    /// A LoRA merged into the UNet and text encoder: FILE[:STRENGTH] (strength 1 by default).
+    /// Repeatable; applied in order, after any `<lora:NAME:STRENGTH>` prompt tags.
+    #[arg(long = "lora")]
+    loras: Vec<LoraSpec>,
+    /// Where `<lora:NAME:STRENGTH>` prompt tags are looked up (NAME.safetensors, searched recursively).
+    #[arg(long)]
+    lora_dir: Option<PathBuf>,
     /// Seed of the first image (default: random).
     #[arg(long)]
     seed: Option<u64>,
@@ -220,8 +232,56 @@ fn write_preview(path: &Path, preview: &Preview<'_>, denoised: &candle_core::Ten
     std::fs::rename(&tmp, path).with_context(|| format!("writing the preview {}", path.display()))
 }
 
+/// A1111's `addnet_hash_safetensors`, cut to its 12-digit short hash (the `Lora hashes`
+/// infotext entry): SHA-256 of the file after its safetensors header.
+fn lora_hash(path: &Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    file.seek(SeekFrom::Start(u64::from_le_bytes(len).saturating_add(8)))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect())
+}
+
+/// The LoRAs of a run: the prompt's tags (looked up in `--lora-dir`), then `--lora` files; and
+/// the prompt without its tags.
+fn collect_loras(args: &GenerateArgs) -> anyhow::Result<(String, Vec<LoraWeights>)> {
+    let (prompt, tags) = extract_prompt_loras(&args.prompt)?;
+    let mut loras = Vec::with_capacity(tags.len() + args.loras.len());
+    for tag in tags {
+        let Some(dir) = &args.lora_dir else {
+            bail!("the prompt names LoRA `{}` in a <lora:...> tag; give --lora-dir DIR to say where to find it (or pass --lora FILE:STRENGTH)", tag.name);
+        };
+        loras.push(LoraWeights {
+            path: resolve_lora(&tag.name, dir)?,
+            unet_strength: tag.unet_strength,
+            text_encoder_strength: tag.text_encoder_strength,
+        });
+    }
+    for spec in &args.loras {
+        if !spec.path.is_file() {
+            bail!("LoRA file not found: {}", spec.path.display());
+        }
+        loras.push(LoraWeights {
+            path: spec.path.clone(),
+            unet_strength: spec.strength,
+            text_encoder_strength: spec.strength,
+        });
+    }
+    Ok((prompt, loras))
+}
+
 /// Sampling steps when neither --steps nor a schedule file says otherwise.
 const DEFAULT_STEPS: usize = 20;
+/// Sampling steps for LCM models (diffusers' LCM pipeline and the LCM-LoRA model cards).
+const LCM_STEPS: usize = 4;
+/// CFG scale when the user gives none.
+const DEFAULT_CFG: f64 = 7.5;
+/// diffusers `LatentConsistencyModelPipeline`'s default guidance for LCM UNets.
+const LCM_UNET_CFG: f64 = 8.5;
 
 /// Default image side without an init image.
 const DEFAULT_SIZE: usize = 512;
@@ -240,7 +300,44 @@ fn load_init_image(path: &Path, width: Option<usize>, height: Option<usize>) -> 
     Ok(RgbImage { width: w, height: h, data: image.into_raw() })
 }
 
-fn parse_request(args: &GenerateArgs) -> anyhow::Result<Txt2ImgRequest> {
+/// Fills what the user left open with the defaults for `lcm` models (lcm sampler, 4 steps,
+/// LCMScheduler's timesteps, guidance 8.5 for an LCM UNet and 1 for an LCM-LoRA), and says on
+/// stderr which were picked.
+fn apply_lcm_defaults(args: &GenerateArgs, req: &mut Txt2ImgRequest, lcm: LcmKind) -> anyhow::Result<()> {
+    let mut picked = Vec::new();
+    if args.sampler.is_none() {
+        req.sampler = Sampler::Lcm;
+        picked.push("sampler lcm".to_string());
+    }
+    if args.steps.is_none() && args.sigmas_file.is_none() {
+        req.steps = LCM_STEPS;
+        picked.push(format!("{LCM_STEPS} steps"));
+    }
+    if args.cfg_scale.is_none() {
+        req.cfg_scale = match lcm {
+            LcmKind::Unet { .. } => LCM_UNET_CFG,
+            LcmKind::Lora => 1.0,
+        };
+        picked.push(format!("cfg scale {}", req.cfg_scale));
+    }
+    let explicit_schedule =
+        args.schedule.is_some() || args.sigmas.is_some() || args.timesteps.is_some() || args.sigmas_file.is_some();
+    if !explicit_schedule && req.sampler == Sampler::Lcm {
+        let ts = lcm_timesteps(req.steps, 1.0, &LcmOptions::default())?;
+        req.schedule = ScheduleKind::Timesteps(ts.iter().map(|&t| t as f64).collect());
+        picked.push(format!("LCM timesteps {ts:?}"));
+    }
+    if !picked.is_empty() {
+        let what = match lcm {
+            LcmKind::Unet { .. } => "LCM UNet",
+            LcmKind::Lora => "LCM-LoRA",
+        };
+        eprintln!("{what} detected: using {} (set them to override)", picked.join(", "));
+    }
+    Ok(())
+}
+
+fn parse_request(args: &GenerateArgs, prompt: String) -> anyhow::Result<Txt2ImgRequest> {
     let schedule = match (&args.sigmas, &args.timesteps, &args.sigmas_file) {
         (Some(s), _, _) => ScheduleKind::Sigmas(s.clone()),
         (_, Some(t), _) => ScheduleKind::Timesteps(t.clone()),
@@ -248,7 +345,7 @@ fn parse_request(args: &GenerateArgs) -> anyhow::Result<Txt2ImgRequest> {
             let file = kairos_ays::ScheduleFile::read(path)?;
             ScheduleKind::Sigmas(file.sigmas_for(args.steps)?.into_vec())
         }
-        _ => ScheduleKind::from_name(&args.schedule)?,
+        _ => ScheduleKind::from_name(args.schedule.as_deref().unwrap_or("karras"))?,
     };
     let init_image = match &args.init_image {
         Some(path) => {
@@ -261,13 +358,13 @@ fn parse_request(args: &GenerateArgs) -> anyhow::Result<Txt2ImgRequest> {
         None => (args.width.unwrap_or(DEFAULT_SIZE), args.height.unwrap_or(DEFAULT_SIZE)),
     };
     Ok(Txt2ImgRequest {
-        prompt: args.prompt.clone(),
+        prompt,
         negative_prompt: args.negative_prompt.clone(),
         width,
         height,
         steps: args.steps.unwrap_or(DEFAULT_STEPS),
-        cfg_scale: args.cfg_scale,
-        sampler: Sampler::from_name(&args.sampler)?,
+        cfg_scale: args.cfg_scale.unwrap_or(DEFAULT_CFG),
+        sampler: Sampler::from_name(args.sampler.as_deref().unwrap_or("dpmpp_2m"))?,
         schedule,
         seed: args.seed.unwrap_or_else(random_seed),
         batch_size: args.batch_size,
@@ -291,7 +388,15 @@ fn random_seed() -> u64 {
 /// Runs `kairos generate`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     // Cheap checks first, so that a typo fails before a model is loaded.
-    let req = parse_request(&args)?;
+    let (prompt, loras) = collect_loras(&args)?;
+    let lora_hashes = loras
+        .iter()
+        .map(|l| {
+            let name = l.path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+            Ok(format!("{}: {}", name.replace([':', ','], "_"), lora_hash(&l.path)?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut req = parse_request(&args, prompt)?;
     let prediction = args.prediction.as_deref().map(Prediction::from_name).transpose()?;
     let model_path = resolve_model(&args.model)?;
     let opts = ModelOptions {
@@ -307,9 +412,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         },
         prompt: PromptOptions { clip_skip: args.clip_skip, ..PromptOptions::default() },
         vae: args.vae.clone(),
+        loras,
         ..ModelOptions::default()
     };
     let sd = StableDiffusion::load(&model_path, &opts).with_context(|| format!("loading {}", model_path.display()))?;
+    if let Some(lcm) = sd.lcm {
+        apply_lcm_defaults(&args, &mut req, lcm)?;
+    }
     let taesd = args
         .taesd
         .as_deref()
@@ -393,8 +502,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let count = req.batch_size * req.batch_count;
     let images = out.batches.iter().flat_map(|b| b.seeds.iter().zip(&b.images));
     for (index, (&seed, image)) in images.enumerate() {
+        let mut extra: Vec<(String, String)> = req
+            .init_image
+            .as_ref()
+            .map(|init| ("Denoising strength".to_string(), init.strength.to_string()))
+            .into_iter()
+            .collect();
+        extra.push(("Timestep mode".into(), format!("{:?}", args.timestep_mode).to_lowercase()));
+        if !lora_hashes.is_empty() {
+            extra.push(("Lora hashes".into(), lora_hashes.join(", ")));
+        }
         let info = Infotext {
-            prompt: req.prompt.clone(),
+            // A1111 keeps the <lora:...> tags in the infotext prompt.
+            prompt: args.prompt.clone(),
             negative_prompt: req.negative_prompt.clone(),
             steps,
             sampler: req.sampler,
@@ -409,13 +529,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             vae: vae_name.clone(),
             clip_skip: args.clip_skip,
             rng: req.rng,
-            extra: [
-                req.init_image.as_ref().map(|init| ("Denoising strength".to_string(), init.strength.to_string())),
-                Some(("Timestep mode".into(), format!("{:?}", args.timestep_mode).to_lowercase())),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
+            extra,
         };
         let path = save_png(&target, index, count, seed, image, &info.to_text())?;
         println!("{}", path.display());
@@ -439,6 +553,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 "vae": args.vae,
                 "init_image": args.init_image,
                 "denoise": req.init_image.as_ref().map(|init| init.strength),
+                "loras": opts.loras.iter().map(|l| serde_json::json!({
+                    "path": l.path,
+                    "unet_strength": l.unet_strength,
+                    "text_encoder_strength": l.text_encoder_strength,
+                })).collect::<Vec<_>>(),
+                "lora_hashes": lora_hashes,
             });
             save_json_sidecar(&path, &sidecar)?;
         }
