@@ -1,4 +1,5 @@
-//! ΔW of one layer from its LoRA tensors, in float32 on the CPU, before the user's strength.
+//! ΔW of one layer from its LoRA tensors, in float32 on the CPU, before the user's strength:
+//! checked against the weight's shape when a LoRA is merged, formed when the weight is loaded.
 //!
 //! Formulas (kohya `networks/lora.py`, LyCORIS `modules/{locon,loha,lokr}.py`, ComfyUI
 //! `comfy/weight_adapter`), with W of shape [out, in] or [out, in, kh, kw] and every factor
@@ -72,78 +73,142 @@ fn kron(w1: &Tensor, w2: &Tensor) -> candle_core::Result<Tensor> {
     w1.broadcast_mul(&w2)?.reshape((a * c, b * e))
 }
 
-/// A LyCORIS factor: the full matrix `<name>` or the product `<name>_a · <name>_b`; with the rank.
-fn factor(p: &Params, name: &str) -> Result<(Tensor, Option<usize>), String> {
-    let e = |e: candle_core::Error| e.to_string();
-    if let Some(w) = p.get(name) {
-        return Ok((mat(w).map_err(e)?, None));
+/// Rows and columns of a factor once flattened to 2-D (as [`mat`] makes it).
+fn mat_dims(t: &Tensor) -> (usize, usize) {
+    match t.dims() {
+        [] => (1, 1),
+        [n] => (*n, 1),
+        [rows, rest @ ..] => (*rows, rest.iter().product()),
     }
-    let a = mat(get(p, &format!("{name}_a"))?).map_err(e)?;
-    let b = mat(get(p, &format!("{name}_b"))?).map_err(e)?;
-    let rank = rows(&b);
-    Ok((a.matmul(&b).map_err(|x| format!("`{name}_a · {name}_b`: {x}"))?, Some(rank)))
 }
 
-/// ΔW (float32, CPU, shaped like the weight) and the kind of patch, or why it cannot be formed.
-pub(crate) fn delta(p: &Params, weight_shape: &[usize]) -> Result<(Tensor, &'static str), String> {
+/// Shape of the product `a · b` of two factors, or why they do not multiply.
+fn product_dims(p: &Params, a: &str, b: &str) -> Result<(usize, usize), String> {
+    let (ta, tb) = (get(p, a)?, get(p, b)?);
+    let ((r, inner_a), (inner_b, c)) = (mat_dims(ta), mat_dims(tb));
+    if inner_a != inner_b {
+        return Err(format!(
+            "`{a}` {:?} · `{b}` {:?}: inner dimensions {inner_a} and {inner_b} differ",
+            ta.dims(),
+            tb.dims()
+        ));
+    }
+    Ok((r, c))
+}
+
+/// A LyCORIS factor's 2-D shape: the full matrix `<name>` or the product `<name>_a · <name>_b`;
+/// with the rank of the product.
+fn factor_dims(p: &Params, name: &str) -> Result<((usize, usize), Option<usize>), String> {
+    if let Some(w) = p.get(name) {
+        return Ok((mat_dims(w), None));
+    }
+    let dims = product_dims(p, &format!("{name}_a"), &format!("{name}_b"))?;
+    Ok((dims, Some(rows(get(p, &format!("{name}_b"))?))))
+}
+
+/// The formula a layer's tensors follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Lora,
+    Loha,
+    Lokr,
+    Full,
+}
+
+/// One layer's patch, checked against the weight's shape. ΔW itself is formed only when the
+/// weight is loaded ([`Patch::delta`]): a whole-UNet rank-64 LoRA's ΔWs, kept, would hold as many
+/// float32 values as the UNet itself.
+#[derive(Debug, Clone)]
+pub(crate) struct Patch {
+    kind: Kind,
+    params: Params,
+    scale: f64,
+    shape: Vec<usize>,
+}
+
+/// Checks a layer's tensors against the weight's shape: the patch, or why it cannot be formed.
+pub(crate) fn plan(p: &Params, weight_shape: &[usize]) -> Result<Patch, String> {
     if let Some((_, what)) = UNSUPPORTED.iter().find(|(k, _)| p.contains_key(*k)) {
         return Err(format!("unsupported LyCORIS variant: {what}"));
     }
     let has = |k: &str| p.contains_key(k);
-    let (kind, allowed): (&'static str, &[&str]) = if has("lora_down.weight") || has("lora_up.weight") {
-        ("lora", LORA)
+    let (kind, name, allowed): (Kind, &str, &[&str]) = if has("lora_down.weight") || has("lora_up.weight") {
+        (Kind::Lora, "lora", LORA)
     } else if p.keys().any(|k| k.starts_with("hada_")) {
-        ("loha", LOHA)
+        (Kind::Loha, "loha", LOHA)
     } else if p.keys().any(|k| k.starts_with("lokr_")) {
-        ("lokr", LOKR)
+        (Kind::Lokr, "lokr", LOKR)
     } else if has("diff") {
-        ("full", FULL)
+        (Kind::Full, "full", FULL)
     } else {
         return Err(format!("no weight tensors, only {:?}", p.keys().collect::<Vec<_>>()));
     };
     if let Some(k) = p.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(format!("unexpected parameter `{k}` for a {kind} layer (accepted: {allowed:?})"));
+        return Err(format!("unexpected parameter `{k}` for a {name} layer (accepted: {allowed:?})"));
     }
-    let e = |e: candle_core::Error| e.to_string();
     let alpha = alpha(p)?;
-    let (dw, rank) = match kind {
-        "lora" => {
-            let down = mat(get(p, "lora_down.weight")?).map_err(e)?;
-            let up = mat(get(p, "lora_up.weight")?).map_err(e)?;
-            let rank = rows(&down);
-            let dw =
-                up.matmul(&down).map_err(|x| format!("lora_up {:?} · lora_down {:?}: {x}", up.dims(), down.dims()))?;
-            (dw, Some(rank))
+    let (dims, rank) = match kind {
+        Kind::Lora => (product_dims(p, "lora_up.weight", "lora_down.weight")?, Some(rows(get(p, "lora_down.weight")?))),
+        Kind::Loha => {
+            let w1 = product_dims(p, "hada_w1_a", "hada_w1_b")?;
+            let w2 = product_dims(p, "hada_w2_a", "hada_w2_b")?;
+            if w1 != w2 {
+                return Err(format!("hada products differ in shape: {w1:?} and {w2:?}"));
+            }
+            (w1, Some(rows(get(p, "hada_w1_b")?)))
         }
-        "loha" => {
-            let w1 = mat(get(p, "hada_w1_a")?).map_err(e)?.matmul(&mat(get(p, "hada_w1_b")?).map_err(e)?).map_err(e)?;
-            let w2 = mat(get(p, "hada_w2_a")?).map_err(e)?.matmul(&mat(get(p, "hada_w2_b")?).map_err(e)?).map_err(e)?;
-            let rank = rows(get(p, "hada_w1_b")?);
-            (w1.mul(&w2).map_err(|x| format!("hada products differ in shape: {x}"))?, Some(rank))
+        Kind::Lokr => {
+            let ((a, b), r1) = factor_dims(p, "lokr_w1")?;
+            let ((c, e), r2) = factor_dims(p, "lokr_w2")?;
+            ((a * c, b * e), r2.or(r1))
         }
-        "lokr" => {
-            let (w1, r1) = factor(p, "lokr_w1")?;
-            let (w2, r2) = factor(p, "lokr_w2")?;
-            (kron(&w1, &w2).map_err(e)?, r2.or(r1))
-        }
-        _ => (mat(get(p, "diff")?).map_err(e)?, None),
+        Kind::Full => (mat_dims(get(p, "diff")?), None),
     };
     let scale = match (alpha, rank) {
-        (Some(a), Some(r)) if kind != "full" => a / r as f64,
+        (Some(a), Some(r)) if kind != Kind::Full => a / r as f64,
         _ => 1.0,
     };
     let fan_in: usize = weight_shape.iter().skip(1).product();
     let want = (weight_shape.first().copied().unwrap_or(0), fan_in);
-    if dw.dims() != [want.0, want.1] {
+    if dims != want {
         return Err(format!(
-            "{kind} product has shape {:?}, the layer's weight is {weight_shape:?} (= [{}, {}] flattened)",
-            dw.dims(),
+            "{name} product has shape {:?}, the layer's weight is {weight_shape:?} (= [{}, {}] flattened)",
+            [dims.0, dims.1],
             want.0,
             want.1
         ));
     }
-    let dw = if scale == 1.0 { dw } else { (dw * scale).map_err(e)? };
-    Ok((dw.reshape(weight_shape).map_err(e)?, kind))
+    Ok(Patch { kind, params: p.clone(), scale, shape: weight_shape.to_vec() })
+}
+
+impl Patch {
+    /// A factor of this patch as a 2-D float32 CPU matrix.
+    fn mat(&self, name: &str) -> candle_core::Result<Tensor> {
+        mat(get(&self.params, name).map_err(candle_core::Error::msg)?)
+    }
+
+    /// A LyCORIS factor: the full matrix `<name>` or the product `<name>_a · <name>_b`.
+    fn factor(&self, name: &str) -> candle_core::Result<Tensor> {
+        match self.params.contains_key(name) {
+            true => self.mat(name),
+            false => self.mat(&format!("{name}_a"))?.matmul(&self.mat(&format!("{name}_b"))?),
+        }
+    }
+
+    /// ΔW (float32, CPU, shaped like the weight), before the user's strength.
+    pub(crate) fn delta(&self) -> candle_core::Result<Tensor> {
+        let dw = match self.kind {
+            Kind::Lora => self.mat("lora_up.weight")?.matmul(&self.mat("lora_down.weight")?)?,
+            Kind::Loha => {
+                let w1 = self.mat("hada_w1_a")?.matmul(&self.mat("hada_w1_b")?)?;
+                w1.mul(&self.mat("hada_w2_a")?.matmul(&self.mat("hada_w2_b")?)?)?
+            }
+            Kind::Lokr => kron(&self.factor("lokr_w1")?, &self.factor("lokr_w2")?)?,
+            Kind::Full => self.mat("diff")?,
+        };
+        let dw = if self.scale == 1.0 { dw } else { (dw * self.scale)? };
+        dw.reshape(self.shape.as_slice())
+    }
 }
 
 #[cfg(test)]
@@ -164,9 +229,11 @@ mod tests {
         let mut p = Params::new();
         p.insert("lora_down.weight".into(), t(&[2, 8]));
         p.insert("lora_up.weight".into(), t(&[4, 2]));
-        let err = delta(&p, &[4, 9]).unwrap_err();
+        let err = plan(&p, &[4, 9]).unwrap_err();
         assert!(err.contains("[4, 8]") && err.contains("[4, 9]"), "{err}");
+        p.insert("lora_up.weight".into(), t(&[4, 3]));
+        assert!(plan(&p, &[4, 8]).unwrap_err().contains("inner dimensions 3 and 2 differ"));
         p.insert("dora_scale".into(), t(&[4, 1]));
-        assert!(delta(&p, &[4, 8]).unwrap_err().contains("DoRA"));
+        assert!(plan(&p, &[4, 8]).unwrap_err().contains("DoRA"));
     }
 }

@@ -37,6 +37,7 @@ pub use spec::{extract_prompt_loras, resolve_lora, LoraSpec, PromptLora};
 
 use crate::loading::Component;
 use crate::ModelError;
+use delta::Patch;
 use keys::{LayerGroup, Resolver};
 
 /// A LoRA file, read and grouped by layer (not yet matched to a model).
@@ -146,7 +147,7 @@ pub fn merge(
     opts: &MergeOptions,
 ) -> Result<MergedModels, LoraError> {
     let resolvers = [(LoraTarget::Unet, Resolver::new(unet)), (LoraTarget::TextEncoder, Resolver::new(text_encoder))];
-    let mut deltas: [BTreeMap<String, Vec<Tensor>>; 2] = [BTreeMap::new(), BTreeMap::new()];
+    let mut deltas: [BTreeMap<String, Vec<(Patch, f64)>>; 2] = [BTreeMap::new(), BTreeMap::new()];
     let mut report = MergeReport::default();
     for lora in loras {
         let mut problems = lora.file.unparsed.clone();
@@ -167,10 +168,9 @@ pub fn merge(
                 });
                 continue;
             };
-            match delta::delta(&layer.params, &shape) {
-                Ok((dw, _)) => {
-                    let dw = if strength == 1.0 { dw } else { (dw * strength)? };
-                    deltas[slot].entry(key).or_default().push(dw);
+            match delta::plan(&layer.params, &shape) {
+                Ok(patch) => {
+                    deltas[slot].entry(key).or_default().push((patch, strength));
                     applied += 1;
                 }
                 Err(reason) => problems.push(LoraProblem { key: layer.file_name.clone(), reason }),
@@ -196,8 +196,8 @@ pub fn merge(
 #[derive(Clone)]
 pub struct MergedComponent {
     base: Component,
-    /// diffusers key → ΔW per LoRA (float32, CPU, strength applied), in merge order.
-    deltas: Arc<BTreeMap<String, Vec<Tensor>>>,
+    /// diffusers key → the patches of the LoRAs that touch it, with their strengths, in merge order.
+    deltas: Arc<BTreeMap<String, Vec<(Patch, f64)>>>,
 }
 
 impl std::fmt::Debug for MergedComponent {
@@ -207,7 +207,7 @@ impl std::fmt::Debug for MergedComponent {
 }
 
 impl MergedComponent {
-    fn new(base: Component, deltas: BTreeMap<String, Vec<Tensor>>) -> Self {
+    fn new(base: Component, deltas: BTreeMap<String, Vec<(Patch, f64)>>) -> Self {
         Self { base, deltas: Arc::new(deltas) }
     }
 
@@ -221,15 +221,16 @@ impl MergedComponent {
         self.deltas.keys().map(String::as_str)
     }
 
-    /// Loads one weight: the base weight plus the deltas, summed in float32 on the CPU, then
+    /// Loads one weight: the base weight plus the deltas (formed now), summed in float32 on the CPU, then
     /// converted to `dtype` on `device`. Unpatched weights are the base weights exactly.
     pub fn load(&self, key: &str, dtype: DType, device: &Device) -> Result<Tensor, ModelError> {
         let Some(deltas) = self.deltas.get(key) else {
             return self.base.load(key, dtype, device);
         };
         let mut w = self.base.load(key, DType::F32, &Device::Cpu)?;
-        for d in deltas {
-            w = (w + d)?;
+        for (patch, strength) in deltas {
+            let d = patch.delta()?;
+            w = (w + if *strength == 1.0 { d } else { (d * *strength)? })?;
         }
         Ok(w.to_dtype(dtype)?.to_device(device)?)
     }
