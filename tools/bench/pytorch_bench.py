@@ -31,6 +31,25 @@ def peak_rss_mib():
     return None
 
 
+def clip_tokenizer(cls, tmp):
+    """transformers' CLIPTokenizer on kairos' bundled OpenAI merges (no download): the vocabulary
+    is rebuilt from them as OpenAI's simple_tokenizer does (bytes, bytes + </w>, merges, specials)."""
+    merges_path = ROOT / "crates/kairos-models/src/tokenizer/clip_merges.txt"
+    merges = [tuple(l.split()) for l in merges_path.read_text().splitlines()[1:] if l]
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    chars = [chr(c) for c in cs]
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = pathlib.Path(tmp) / "vocab.json"
+    vocab.write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    return cls(vocab_file=str(vocab), merges_file=str(merges_path), model_max_length=77)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -38,6 +57,8 @@ def main():
     ap.add_argument("--batches", default="1,2")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--gemm", type=int, default=4096, help="side of the reference f32 matmul (0 skips)")
+    ap.add_argument("--txt2img-steps", type=int, default=0, help="whole txt2img, DPM++ 2M Karras, CFG 7.5 (0 skips)")
+    ap.add_argument("--lcm-steps", type=int, default=0, help="whole txt2img, LCMScheduler, guidance 1 (0 skips)")
     ap.add_argument("--gflop-from", help="kairos bench --json report, to print GFLOP/s with the same counts")
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args()
@@ -91,6 +112,33 @@ def main():
         for res in map(int, args.resolutions.split(",")):
             z = torch.randn(1, 4, res // 8, res // 8)
             timed(f"vae_decode b1 {res}", lambda: vae.decode(z))
+
+        # Whole runs at the largest resolution, as `kairos bench --txt2img-steps/--lcm-steps`.
+        if args.txt2img_steps or args.lcm_steps:
+            from diffusers import DPMSolverMultistepScheduler, LCMScheduler, StableDiffusionPipeline
+            from transformers import CLIPTokenizer
+
+            import tempfile
+
+            res = max(map(int, args.resolutions.split(",")))
+            tmp = tempfile.TemporaryDirectory()
+            pipe = StableDiffusionPipeline(
+                vae=vae,
+                text_encoder=CLIPTextModel(CLIPTextConfig(**{k: v for k, v in cfg["SD15_TEXT_ENCODER"].items() if k != "architectures"})).eval(),
+                tokenizer=clip_tokenizer(CLIPTokenizer, tmp.name),
+                unet=UNet2DConditionModel.from_config(cfg["SD15_UNET"]).eval(),
+                scheduler=DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", use_karras_sigmas=True),
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            )
+            pipe.set_progress_bar_config(disable=True)
+            run = lambda steps, cfg_scale: pipe("a photo of a cat", height=res, width=res, num_inference_steps=steps, guidance_scale=cfg_scale, output_type="np")
+            if args.txt2img_steps:
+                n = args.txt2img_steps
+                timed(f"txt2img {res} cfg {n} steps", lambda: run(n, 7.5))
+            if args.lcm_steps:
+                n = args.lcm_steps
+                pipe.scheduler = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+                timed(f"txt2img {res} lcm {n} steps", lambda: run(n, 1.0))
 
     rss = peak_rss_mib()
     print(f"threads: {torch.get_num_threads()}\npeak RSS: {rss:.0f} MiB")

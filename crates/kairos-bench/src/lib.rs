@@ -2,18 +2,28 @@
 //! on the CPU with seeded random weights (the cost of a dense network does not depend on the
 //! values), and reports seconds, GFLOP/s from an architecture FLOP count ([`flops`]) and the
 //! peak resident memory. A large GEMM through the same library gives the attainable GFLOP/s.
+//! Optionally, whole txt2img runs (CFG, and LCM) through kairos-pipeline on the same networks.
 //! `tools/bench/pytorch_bench.py` runs the same shapes with diffusers for side-by-side numbers.
 
 pub mod flops;
 pub mod presets;
 mod weights;
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig};
+use kairos_models::lcm::{lcm_timesteps, LcmOptions};
+use kairos_models::prompt::PromptOptions;
 use kairos_models::text_encoders::clip::{CLIPTextConfig, CLIPTextModel};
+use kairos_models::tokenizer::{CLIPTokenizer, PadToken};
 use kairos_models::unets::unet_2d_condition::{UNet2DConditionModel, UNet2DConditionModelConfig};
+use kairos_pipeline::conditioning::ClipPromptEncoder;
+use kairos_pipeline::models::Vae;
+use kairos_pipeline::{txt2img, Components, PromptSyntax, Txt2ImgRequest, Unet};
+use kairos_sampler::Sampler;
+use kairos_schedule::{DiscreteSchedule, Family, ModelSchedule, Prediction, ScheduleKind, TablePrecision};
 use serde::Serialize;
 
 pub use weights::seeded_var_builder;
@@ -33,6 +43,9 @@ pub enum BenchError {
     /// A preset did not parse.
     #[error("preset config: {0}")]
     Preset(#[from] serde_json::Error),
+    /// A whole txt2img run failed.
+    #[error(transparent)]
+    Pipeline(#[from] kairos_pipeline::PipelineError),
     /// A resolution that the VAE's 8× downscaling cannot represent.
     #[error("resolution {resolution} must be a positive multiple of 8")]
     Resolution {
@@ -54,6 +67,12 @@ pub struct BenchOptions {
     pub seed: u64,
     /// Side of the square f32 GEMM that measures the attainable GFLOP/s (0 skips it).
     pub gemm_size: usize,
+    /// Steps of a whole txt2img at the largest resolution: `dpmpp_2m`, `karras`, CFG 7.5
+    /// (0 skips it).
+    pub txt2img_steps: usize,
+    /// Steps of a whole LCM txt2img at the largest resolution: the `lcm` sampler on LCMScheduler's
+    /// timesteps, guidance 1 (an LCM-LoRA's setting: no unconditional batch) (0 skips it).
+    pub lcm_steps: usize,
 }
 
 /// One timed case.
@@ -223,7 +242,74 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
         )?);
     }
 
+    if let Some(&res) = opts.resolutions.iter().max().filter(|_| opts.txt2img_steps > 0 || opts.lcm_steps > 0) {
+        cases.extend(txt2img_cases(opts, res, &mut report)?);
+    }
+
     Ok(BenchReport { threads: candle_core::utils::get_num_threads(), cases, peak_rss_mib: peak_rss_mib() })
+}
+
+/// Whole `res`² txt2img runs through kairos-pipeline (prompt encoding, the sampler loop, VAE
+/// decode) on the same seeded networks: CFG with `dpmpp_2m`/`karras`, and LCM.
+fn txt2img_cases(
+    opts: &BenchOptions,
+    res: usize,
+    report: &mut dyn FnMut(&CaseResult),
+) -> Result<Vec<CaseResult>, BenchError> {
+    let (device, dtype) = (Device::Cpu, DType::F32);
+    let vb = |prefix: &str| seeded_var_builder(opts.seed, dtype, &device).pp(prefix);
+    let clip_cfg = CLIPTextConfig::from_json(presets::SD15_TEXT_ENCODER)?;
+    let unet_json: serde_json::Value = serde_json::from_str(presets::SD15_UNET)?;
+    let unet_cfg = UNet2DConditionModelConfig::from_json(presets::SD15_UNET)?;
+    let vae_cfg = AutoencoderKLConfig::from_json(&serde_json::from_str(presets::SD15_VAE)?)?;
+    let encoder = ClipPromptEncoder::new(
+        CLIPTextModel::new(vb("text_encoder"), &clip_cfg)?,
+        CLIPTokenizer::new(PadToken::EndOfText).map_err(kairos_pipeline::PipelineError::from)?,
+        PromptSyntax::A1111,
+        PromptOptions::default(),
+    );
+    let model = Unet::new(UNet2DConditionModel::new(vb("unet"), &unet_cfg)?, dtype);
+    let vae = Vae::new(AutoencoderKL::new(vb("vae"), &vae_cfg)?, dtype);
+    let mut components = Components {
+        model: &model,
+        encoder: &encoder,
+        decoder: &vae,
+        image_encoder: &vae,
+        family: Family::Sd1,
+        schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(TablePrecision::DiffusersF32)),
+        prediction: Prediction::Epsilon,
+        consistency: None,
+        device: device.clone(),
+    };
+    let lat = res / 8;
+    // Prompt and negative prompt are encoded one at a time (batch 1 each).
+    let fixed = 2.0 * flops::clip_text(&clip_cfg, 1, 77) + flops::vae_decode(&vae_cfg, 1, lat, lat);
+    let unet_gflop = |batch| flops::unet(&unet_shape(&unet_json), batch, lat, lat);
+    let base = Txt2ImgRequest { prompt: "a photo of a cat".into(), width: res, height: res, ..Default::default() };
+    let mut cases = Vec::new();
+    let mut run = |c: &Components<'_>, req: &Txt2ImgRequest, name: String, gflop: f64| {
+        let run_once = || txt2img(c, req, &mut |_| ControlFlow::Continue(())).map(drop).map_err(BenchError::from);
+        time_case(name, gflop / 1e9, opts.repeats, run_once, report).map(|case| cases.push(case))
+    };
+    if opts.txt2img_steps > 0 {
+        let n = opts.txt2img_steps;
+        let req = Txt2ImgRequest { steps: n, ..base.clone() };
+        run(&components, &req, format!("txt2img {res} cfg {n} steps"), fixed + n as f64 * unet_gflop(2))?;
+    }
+    if opts.lcm_steps > 0 {
+        let n = opts.lcm_steps;
+        components.consistency = Some(LcmOptions::default());
+        let timesteps = lcm_timesteps(n, 1.0, &LcmOptions::default())?;
+        let req = Txt2ImgRequest {
+            steps: n,
+            cfg_scale: 1.0,
+            sampler: Sampler::Lcm,
+            schedule: ScheduleKind::Timesteps(timesteps.iter().map(|&t| t as f64).collect()),
+            ..base
+        };
+        run(&components, &req, format!("txt2img {res} lcm {n} steps"), fixed + n as f64 * unet_gflop(1))?;
+    }
+    Ok(cases)
 }
 
 /// The FLOP-count view of a diffusers UNet `config.json`.

@@ -141,6 +141,13 @@ pub struct Vae {
     dtype: DType,
 }
 
+impl Vae {
+    /// Wraps a built VAE whose weights are in `dtype` (inputs are converted to it).
+    pub fn new(vae: AutoencoderKL, dtype: DType) -> Self {
+        Self { vae, dtype }
+    }
+}
+
 impl LatentDecoder for Vae {
     fn decode(&self, latents: &Tensor) -> Result<Tensor, PipelineError> {
         // diffusers: vae.decode(latents / scaling_factor); a true division, as torch does it.
@@ -340,7 +347,7 @@ impl StableDiffusion {
             family,
             prediction,
             unet: Unet::new(unet, dtype),
-            vae: Vae { vae, dtype },
+            vae: Vae::new(vae, dtype),
             encoder: ClipPromptEncoder::new(text_encoder, tokenizer, opts.prompt_syntax, opts.prompt),
             schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(opts.table_precision).with_quantize(quantize)),
             lcm,

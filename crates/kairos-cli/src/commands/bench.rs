@@ -24,6 +24,14 @@ pub struct BenchArgs {
     /// Side of the reference square f32 GEMM (0 skips it).
     #[arg(long, default_value_t = 4096)]
     gemm: usize,
+    /// Also time a whole txt2img of this many steps (dpmpp_2m, karras, CFG 7.5) at the largest
+    /// resolution (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    txt2img_steps: usize,
+    /// Also time a whole LCM txt2img of this many steps (lcm sampler, guidance 1, as with an
+    /// LCM-LoRA) at the largest resolution (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    lcm_steps: usize,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -37,6 +45,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         repeats: args.repeats,
         seed: args.seed,
         gemm_size: args.gemm,
+        txt2img_steps: args.txt2img_steps,
+        lcm_steps: args.lcm_steps,
     };
     println!("{:<22} {:>10} {:>10} {:>10} {:>10}", "case", "min s", "mean s", "GFLOP", "GFLOP/s");
     let print = |c: &CaseResult| {

@@ -415,7 +415,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         loras,
         ..ModelOptions::default()
     };
+    let load_start = Instant::now();
     let sd = StableDiffusion::load(&model_path, &opts).with_context(|| format!("loading {}", model_path.display()))?;
+    // LoRAs are merged while the networks are built, so this includes the merge.
+    let lora_note =
+        if opts.loras.is_empty() { String::new() } else { format!(", {} LoRA(s) merged", opts.loras.len()) };
+    eprintln!("loaded {} in {:.2} s{lora_note}", model_path.display(), load_start.elapsed().as_secs_f64());
     if let Some(lcm) = sd.lcm {
         apply_lcm_defaults(&args, &mut req, lcm)?;
     }
@@ -475,7 +480,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             (Progress::Decoding { batch }, None) => eprintln!("batch {} decoding ({took:.2} s)", batch + 1),
         }
         if let (Progress::Step { step, denoised, .. }, Some(path)) = (p, &args.preview) {
-            if (*step as u64 + 1) % args.preview_every == 0 {
+            if (*step as u64 + 1).is_multiple_of(args.preview_every) {
                 if let Err(e) = write_preview(path, &preview, denoised) {
                     preview_error = Some(e);
                     return ControlFlow::Break(());
