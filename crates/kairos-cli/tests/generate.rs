@@ -384,3 +384,73 @@ fn generate_picks_lcm_defaults_for_an_lcm_lora() {
     assert!(info.contains("CFG scale: 1"), "{info}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `kairos schedule optimize --model`: the AYS optimizer on the tiny SD1 checkpoint's UNet (CFG on
+/// a prompt), x0 from a folder of images encoded by its VAE; the schedule file it writes drives
+/// `generate --sigmas-file`. Mechanics only: random weights say nothing about the schedule.
+#[test]
+fn model_schedule_optimize_runs_end_to_end() {
+    let model = tiny_sd1();
+    let dir = temp_dir("optimize-model");
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let init = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kairos-pipeline/tests/fixtures/img2img_init.png");
+    std::fs::copy(&init, images.join("a.png")).unwrap();
+    let file = dir.join("ays.json").to_string_lossy().into_owned();
+    let images = images.to_string_lossy().into_owned();
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let empty = empty.to_string_lossy().into_owned();
+    let opt = |images: &str, size: &str| -> Vec<String> {
+        [
+            "schedule",
+            "optimize",
+            "--model",
+            &model,
+            "--norm-num-groups",
+            "4",
+            "--clip-head-dim",
+            "8",
+            "--images",
+            images,
+            "--size",
+            size,
+            "--prompt",
+            "a cat",
+            "--steps",
+            "2",
+            "--t-samples",
+            "2",
+            "--eval-t-samples",
+            "4",
+            "--max-sweeps",
+            "1",
+            "--compare",
+            "karras",
+            "--out",
+            &file,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |args: Vec<String>| kairos(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(opt(&images, "16"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ays (optimized, 2)") && stdout.contains("karras (2)"), "{stdout}");
+    let schedule: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(schedule["sigmas"].as_array().unwrap().len(), 3, "{schedule}");
+
+    let png = dir.join("img.png").to_string_lossy().into_owned();
+    let mut args = tiny_args(&model, &png);
+    args.extend(["--sigmas-file", &file]);
+    let out = kairos(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let fails_with =
+        |args: Vec<String>, expected: &str| fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[expected]);
+    fails_with(opt(&images, "20"), "--size 20 must be a positive multiple of 8");
+    fails_with(opt(&empty, "16"), "no PNG or JPEG images in");
+    let _ = std::fs::remove_dir_all(&dir);
+}

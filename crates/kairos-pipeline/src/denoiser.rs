@@ -84,6 +84,7 @@ impl<'a> ModelDenoiser<'a> {
 
 /// Classifier-free guidance as a [`Denoiser`]: one network call on `[uncond; cond]` (diffusers'
 /// batch order), guided prediction uncond + scale·(cond − uncond), both turned into x0.
+/// Embeddings of batch 1 condition a state of any batch (the AYS optimizer's Monte Carlo batches).
 ///
 /// The unconditional branch is skipped at scale 1 (a plain conditional run, ComfyUI's
 /// optimisation) unless the sampler reads it (CFG++: `keep_uncond`). Unlike diffusers, which
@@ -117,14 +118,28 @@ impl<'a> CfgDenoiser<'a> {
     }
 }
 
+impl CfgDenoiser<'_> {
+    /// The context for a state of `batch` items: as given, or each branch's single embedding
+    /// repeated (`[u; c]` → `[u×batch; c×batch]`).
+    fn context_for(&self, batch: usize) -> candle_core::Result<Tensor> {
+        let (rows, tokens, width) = self.context.dims3()?;
+        let branches = if self.guided { 2 } else { 1 };
+        if rows == branches * batch || rows != branches {
+            return Ok(self.context.clone());
+        }
+        self.context.unsqueeze(1)?.repeat((1, batch, 1, 1))?.reshape((rows * batch, tokens, width))
+    }
+}
+
 impl Denoiser for CfgDenoiser<'_> {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> kairos_sampler::Result<DenoiseOutput> {
+        let batch = x.dim(0)?;
+        let context = self.context_for(batch)?;
         if !self.guided {
-            let out = self.inner.model_output(x, sigma, &self.context)?;
+            let out = self.inner.model_output(x, sigma, &context)?;
             return Ok(DenoiseOutput::new(self.inner.to_denoised(x, sigma, &out)?));
         }
-        let batch = x.dim(0)?;
-        let out = self.inner.model_output(&Tensor::cat(&[x, x], 0)?, sigma, &self.context)?;
+        let out = self.inner.model_output(&Tensor::cat(&[x, x], 0)?, sigma, &context)?;
         let uncond = out.narrow(0, 0, batch)?;
         let cond = out.narrow(0, batch, batch)?;
         // diffusers: noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond).
@@ -173,6 +188,26 @@ mod tests {
 
     fn schedule(quantize: bool) -> ModelSchedule {
         ModelSchedule::Discrete(DiscreteSchedule::sd(TablePrecision::F64).with_quantize(quantize))
+    }
+
+    /// Batch-1 embeddings condition every item of a larger state, in diffusers' `[uncond; cond]`
+    /// order, guided or not.
+    #[test]
+    fn single_embeddings_condition_any_batch() {
+        let dev = Device::Cpu;
+        let fake = Fake { calls: RefCell::new(vec![]) };
+        let x = Tensor::zeros((3, 1, 1, 1), candle_core::DType::F32, &dev).unwrap();
+        let cond = Tensor::full(1.0f32, (1, 2, 4), &dev).unwrap();
+        let uncond = Tensor::full(-1.0f32, (1, 2, 4), &dev).unwrap();
+        for (scale, want_batch) in [(7.5, 6), (1.0, 3)] {
+            let inner = ModelDenoiser::new(&fake, schedule(false), Prediction::Epsilon, 1.0);
+            let mut cfg = CfgDenoiser::new(inner, &cond, &uncond, scale, false).unwrap();
+            let out = cfg.denoise(&x, 2.0).unwrap();
+            assert_eq!(fake.calls.borrow().last().unwrap().0, vec![want_batch, 1, 1, 1]);
+            // x = 0: denoised = −σ·ε, ε = context mean + 0.1·t/1000, the same for every item.
+            let got = out.denoised.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(got.windows(2).all(|w| w[0] == w[1]), "{got:?}");
+        }
     }
 
     #[test]

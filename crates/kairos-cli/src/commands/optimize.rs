@@ -1,19 +1,26 @@
 //! `kairos schedule optimize`: an Align Your Steps schedule for the toy world (exact or trained
-//! MLP denoiser), written as a schedule file, optionally compared with hand-crafted schedules by
-//! KLUB and by sample quality.
+//! MLP denoiser) or a Stable Diffusion checkpoint (`--model`), written as a schedule file,
+//! optionally compared with hand-crafted schedules by KLUB (and, on the toy world, by sample
+//! quality).
 
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use candle_core::Tensor;
 use clap::{Args, Subcommand};
 use kairos_ays::{
-    initial_knots, knots_of, loglinear_knots, sampler_sigmas, toy_quality, Estimate, Init, KlubEstimator, KlubOptions,
-    MlpConfig, MlpDenoiser, Objective, OptimizeOptions, Optimizer, Progress, ScheduleFile, TrainOptions,
+    initial_knots, knots_of, loglinear_knots, sampler_sigmas, toy_quality, DataSource, Estimate, Init, KlubEstimator,
+    KlubOptions, Level, MlpConfig, MlpDenoiser, Objective, OptimizeOptions, Optimizer, Progress, ScheduleFile,
+    TensorData, TrainOptions,
+};
+use kairos_pipeline::conditioning::encode_pair;
+use kairos_pipeline::{
+    txt2img, CfgDenoiser, Components, ModelDenoiser, ModelOptions, RgbImage, StableDiffusion, Txt2ImgRequest,
 };
 use kairos_sampler::{Denoiser, Sampler};
-use kairos_schedule::{NoiseSchedule, ScheduleKind};
+use kairos_schedule::{Family, NoiseSchedule, ScheduleKind};
 use kairos_toy::{ExactDenoiser, GaussianMixture, Preset, ToyWorld};
 
 use super::family_schedule;
@@ -32,13 +39,45 @@ pub struct ScheduleCommand {
 /// Subcommands of `kairos schedule`.
 #[derive(Subcommand, Debug)]
 enum ScheduleSub {
-    /// Optimize an Align Your Steps schedule (KLUB coordinate descent) on the toy world.
+    /// Optimize an Align Your Steps schedule (KLUB coordinate descent) on the toy world or a model.
     Optimize(Box<OptimizeArgs>),
 }
 
 /// Arguments of `kairos schedule optimize`.
 #[derive(Args, Debug)]
 pub struct OptimizeArgs {
+    /// A Stable Diffusion checkpoint (single file or diffusers folder): optimize for its UNet, with
+    /// CFG on `--prompt`, instead of the toy world (`--denoiser`, `--mixture` and `--family` are
+    /// then taken from the model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// With --model: the clean samples x0 are these images (PNG/JPEG, center-cropped and resized
+    /// to --size, VAE-encoded: posterior mean × scaling factor).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// With --model and no --images: x0 are the model's own samples, this many (seeds 0..N), each
+    /// made with --sample-steps steps of dpmpp_2m / karras on --prompt.
+    #[arg(long, default_value_t = 8)]
+    self_samples: usize,
+    /// Steps of each of the model's own samples.
+    #[arg(long, default_value_t = 30)]
+    sample_steps: usize,
+    /// With --model: image side in pixels (a multiple of 8).
+    #[arg(long, default_value_t = 512)]
+    size: usize,
+    /// With --model: the prompt that conditions every denoiser call (the paper pairs each COCO
+    /// image with its caption; here one prompt serves all samples).
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// With --model: the negative prompt.
+    #[arg(long, default_value = "")]
+    negative_prompt: String,
+    /// With --model: the guidance scale the schedule is optimized at (the paper: the model's
+    /// default guidance).
+    #[arg(long, default_value_t = 7.5)]
+    cfg_scale: f64,
+    #[command(flatten)]
+    hints: super::inspect::HintArgs,
     /// Denoiser: `exact` (the mixture's posterior mean) or `mlp` (trained here, EDM preconditioning).
     #[arg(long, default_value = "exact")]
     denoiser: String,
@@ -142,10 +181,6 @@ fn progress_line(p: &Progress) -> ControlFlow<()> {
 }
 
 fn run(args: OptimizeArgs) -> anyhow::Result<()> {
-    let preset = Preset::from_name(&args.mixture)?;
-    let (family, model) = family_schedule(&args.family)?;
-    let init = Init::from_name(&args.init)?;
-    let samplers = args.samplers.iter().map(|n| Sampler::from_name(n)).collect::<Result<Vec<_>, _>>()?;
     let kinds = args
         .compare
         .iter()
@@ -155,12 +190,23 @@ fn run(args: OptimizeArgs) -> anyhow::Result<()> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
+    match args.model.clone() {
+        Some(path) => run_model(&args, &path, &kinds),
+        None => run_toy(&args, &kinds),
+    }
+}
+
+/// The toy world: the exact or MLP denoiser, KLUB and sample-quality comparison.
+fn run_toy(args: &OptimizeArgs, kinds: &[ScheduleKind]) -> anyhow::Result<()> {
+    let preset = Preset::from_name(&args.mixture)?;
+    let (family, model) = family_schedule(&args.family)?;
+    let samplers = args.samplers.iter().map(|n| Sampler::from_name(n)).collect::<Result<Vec<_>, _>>()?;
     let mut data: GaussianMixture = preset.mixture();
     let mixture = preset.mixture();
     let (mut denoiser, model_id): (Box<dyn Denoiser + '_>, String) = match args.denoiser.as_str() {
         "exact" => (Box::new(ExactDenoiser::new(&mixture)), format!("toy:{}:exact", preset.name())),
         "mlp" => {
-            let net = mlp(&args, &mut data, &model)?;
+            let net = mlp(args, &mut data, &model)?;
             let id = format!(
                 "toy:{}:mlp(hidden {}, {} train steps, seed {})",
                 preset.name(),
@@ -172,83 +218,14 @@ fn run(args: OptimizeArgs) -> anyhow::Result<()> {
         }
         other => bail!("unknown --denoiser `{other}`; accepted: exact, mlp"),
     };
-
-    let search = KlubOptions { t_samples: args.t_samples, batch: args.batch, ..KlubOptions::default() };
-    let eval = KlubOptions { t_samples: args.eval_t_samples, ..search };
-    let options = OptimizeOptions {
-        subdivisions: args.subdivisions,
-        max_sweeps: args.max_sweeps,
-        stop_z: (!args.no_early_stop).then_some(args.stop_z),
-        search,
-        eval,
-        seed: args.seed,
-        ..OptimizeOptions::default()
-    };
-    let initial = initial_knots(init, &model, family, args.steps)?;
-    let started = std::time::Instant::now();
-    let levels = {
-        let klub = KlubEstimator::new(denoiser.as_mut(), &mut data, search)?;
-        let mut bar = progress_line;
-        let mut opt = Optimizer::new(klub, options.clone(), model_id.clone())?.with_progress(&mut bar);
-        if let Some(cp) = &args.checkpoint {
-            opt = opt.with_checkpoint(cp);
-        }
-        opt.run(&initial)?
-    };
-    eprintln!();
-    eprintln!("optimized in {:.1} s", started.elapsed().as_secs_f64());
-
-    let settings = serde_json::json!({
-        "options": options, "init": init, "initial_knots": initial, "mixture": preset.name(),
-        "levels": levels.iter().map(|l| serde_json::json!({
-            "steps": l.steps, "sweeps": l.sweeps.len(), "stop": l.stop, "initial_klub": l.initial_klub, "klub": l.klub })).collect::<Vec<_>>(),
-    });
-    let last = levels.len() - 1;
-    for (i, level) in levels.iter().enumerate() {
-        let path = if i == last { args.out.clone() } else { level_path(&args.out, level.steps) };
-        let file = ScheduleFile::new(
-            &model_id,
-            family.name(),
-            "euler_ancestral",
-            level.knots.clone(),
-            &model,
-            Objective::klub(level.klub),
-            settings.clone(),
-        )?;
-        file.write(&path).with_context(|| format!("writing {}", path.display()))?;
-        println!(
-            "{} steps: KLUB {:.4} ± {:.4} (initial {:.4} ± {:.4}), {} sweeps, stop {:?} → {}",
-            level.steps,
-            level.klub.value,
-            level.klub.stderr,
-            level.initial_klub.value,
-            level.initial_klub.stderr,
-            level.sweeps.len(),
-            level.stop,
-            path.display()
-        );
-        println!("  knots: {}", level.knots.iter().map(|k| format!("{k:.4}")).collect::<Vec<_>>().join(" "));
-    }
+    let extra = serde_json::json!({ "mixture": preset.name() });
+    let levels = optimize_levels(args, denoiser.as_mut(), &mut data, family, &model, &model_id, extra)?;
     if kinds.is_empty() {
         return Ok(());
     }
-
-    // The comparison: every schedule as `steps` intervals on the same range (see `knots_of`),
-    // KLUB paired on one draw, then sample quality.
-    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
-    for (i, level) in levels.iter().enumerate() {
-        rows.push((format!("ays (optimized, {})", level.steps), level.knots.clone()));
-        if i > 0 {
-            rows.push((format!("ays 10→{} loglinear", level.steps), loglinear_knots(&levels[0].knots, level.steps)));
-        }
-        for kind in &kinds {
-            rows.push((format!("{} ({})", kind.name(), level.steps), knots_of(kind, &model, family, level.steps)?));
-        }
-    }
-    let mut est = KlubEstimator::new(denoiser.as_mut(), &mut data, eval)?;
-    let mut rng = kairos_toy::ToyRng::new(args.seed ^ 0x636f6d70617265, kairos_toy::Stream::Estimator);
-    let spans: Vec<Vec<f64>> = rows.iter().map(|r| r.1.clone()).collect();
-    let groups = est.paired(&spans, &mut rng)?;
+    let rows = comparison_rows(&levels, kinds, &model, family)?;
+    let eval = eval_options(args);
+    let groups = paired_klub(args, denoiser.as_mut(), &mut data, &rows)?;
     let world = ToyWorld::new(preset.mixture());
     let seeds: Vec<u64> = (0..args.seeds).collect();
     println!();
@@ -282,6 +259,212 @@ fn run(args: OptimizeArgs) -> anyhow::Result<()> {
         "(floor)", "-", truth.sliced_wasserstein.mean, truth.sliced_wasserstein.std, truth.nll.mean, truth.nll.std
     );
     Ok(())
+}
+
+/// A Stable Diffusion checkpoint: its UNet with CFG on one prompt, x0 from images or from its
+/// own samples; the comparison is by KLUB only (there is no true distribution to score against).
+fn run_model(args: &OptimizeArgs, path: &Path, kinds: &[ScheduleKind]) -> anyhow::Result<()> {
+    if args.size == 0 || !args.size.is_multiple_of(8) {
+        bail!("--size {} must be a positive multiple of 8", args.size);
+    }
+    let opts = ModelOptions { load: args.hints.load_options(), ..ModelOptions::default() };
+    let sd = StableDiffusion::load(path, &opts).with_context(|| format!("loading {}", path.display()))?;
+    if sd.lcm.is_some() {
+        bail!(
+            "{} is consistency-distilled (LCM): the KLUB is defined for the reverse SDE of an ordinary \
+             diffusion model; optimize for the base model instead",
+            path.display()
+        );
+    }
+    let c = sd.components();
+    let (family, model) = family_schedule(c.family.name())?;
+    let (latents, source) = match &args.images {
+        Some(dir) => (encode_images(&c, dir, args.size)?, format!("images {}", dir.display())),
+        None => (self_samples(&c, args)?, format!("{} own samples of {} steps", args.self_samples, args.sample_steps)),
+    };
+    eprintln!("x0: {} latents {:?} from {source}", latents.dim(0)?, latents.dims());
+    let mut data = TensorData::new(latents)?;
+    let (cond, uncond) = encode_pair(c.encoder, &args.prompt, &args.negative_prompt)?;
+    let inner = ModelDenoiser::new(c.model, c.schedule.clone(), c.prediction, c.family.sigma_data());
+    let mut denoiser = CfgDenoiser::new(inner, &cond, &uncond, args.cfg_scale, false)?;
+    let model_id = format!("{} (cfg {}, prompt {:?})", path.display(), args.cfg_scale, args.prompt);
+    let extra = serde_json::json!({ "x0": source, "size": args.size, "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt, "cfg_scale": args.cfg_scale });
+    let levels = optimize_levels(args, &mut denoiser, &mut data, family, &model, &model_id, extra)?;
+    if kinds.is_empty() {
+        return Ok(());
+    }
+    let rows = comparison_rows(&levels, kinds, &model, family)?;
+    let groups = paired_klub(args, &mut denoiser, &mut data, &rows)?;
+    println!();
+    println!("{:<28} {:>17}", "schedule", "KLUB ↓");
+    for ((name, _), g) in rows.iter().zip(&groups) {
+        let e = Estimate::of(g);
+        println!("{name:<28} {:>17}", format!("{:.4} ± {:.4}", e.value, e.stderr));
+    }
+    Ok(())
+}
+
+/// `--images`: each image center-cropped and resized to `size`², encoded one at a time; the
+/// posterior means times the VAE's scaling factor (UNet-scale latents), stacked.
+fn encode_images(c: &Components<'_>, dir: &Path, size: usize) -> anyhow::Result<Tensor> {
+    let files = super::vae_eval::list_images(dir)?;
+    if files.is_empty() {
+        bail!("no PNG or JPEG images in {}", dir.display());
+    }
+    let scale = c.image_encoder.scaling_factor();
+    let latents = files
+        .iter()
+        .map(|f| {
+            let image = super::vae_eval::load_image(f, size as u32)?;
+            let rgb = RgbImage { width: size, height: size, data: image.into_raw() };
+            let posterior = c.image_encoder.encode(&rgb.to_tensor(&c.device)?)?;
+            Ok((posterior.mean * scale)?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&latents, 0)?)
+}
+
+/// The model's own samples: `--self-samples` txt2img runs (seeds 0..N) on `--prompt`, their final
+/// latents.
+fn self_samples(c: &Components<'_>, args: &OptimizeArgs) -> anyhow::Result<Tensor> {
+    if args.self_samples == 0 {
+        bail!("--self-samples must be at least 1 without --images");
+    }
+    let req = Txt2ImgRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        width: args.size,
+        height: args.size,
+        steps: args.sample_steps,
+        cfg_scale: args.cfg_scale,
+        batch_count: args.self_samples,
+        seed: args.seed,
+        ..Txt2ImgRequest::default()
+    };
+    let mut done = 0;
+    let out = txt2img(c, &req, &mut |p| {
+        if let kairos_pipeline::Progress::Decoding { .. } = p {
+            done += 1;
+            eprint!("\rsampling x0: {done}/{}   ", args.self_samples);
+        }
+        ControlFlow::Continue(())
+    })?;
+    eprintln!();
+    Ok(Tensor::cat(&out.batches.iter().map(|b| b.latents.clone()).collect::<Vec<_>>(), 0)?)
+}
+
+/// The optimizer's options from the arguments.
+fn search_options(args: &OptimizeArgs) -> KlubOptions {
+    KlubOptions { t_samples: args.t_samples, batch: args.batch, ..KlubOptions::default() }
+}
+
+/// The per-sweep evaluation (and comparison) estimator's options.
+fn eval_options(args: &OptimizeArgs) -> KlubOptions {
+    KlubOptions { t_samples: args.eval_t_samples, ..search_options(args) }
+}
+
+/// Runs the optimizer (all levels), writes one schedule file per level and prints them.
+fn optimize_levels(
+    args: &OptimizeArgs,
+    denoiser: &mut dyn Denoiser,
+    data: &mut dyn DataSource,
+    family: Family,
+    model: &dyn NoiseSchedule,
+    model_id: &str,
+    extra: serde_json::Value,
+) -> anyhow::Result<Vec<Level>> {
+    let init = Init::from_name(&args.init)?;
+    let search = search_options(args);
+    let options = OptimizeOptions {
+        subdivisions: args.subdivisions,
+        max_sweeps: args.max_sweeps,
+        stop_z: (!args.no_early_stop).then_some(args.stop_z),
+        search,
+        eval: eval_options(args),
+        seed: args.seed,
+        ..OptimizeOptions::default()
+    };
+    let initial = initial_knots(init, model, family, args.steps)?;
+    let started = std::time::Instant::now();
+    let levels = {
+        let klub = KlubEstimator::new(denoiser, data, search)?;
+        let mut bar = progress_line;
+        let mut opt = Optimizer::new(klub, options.clone(), model_id)?.with_progress(&mut bar);
+        if let Some(cp) = &args.checkpoint {
+            opt = opt.with_checkpoint(cp);
+        }
+        opt.run(&initial)?
+    };
+    eprintln!();
+    eprintln!("optimized in {:.1} s", started.elapsed().as_secs_f64());
+
+    let settings = serde_json::json!({
+        "options": options, "init": init, "initial_knots": initial, "data": extra,
+        "levels": levels.iter().map(|l| serde_json::json!({
+            "steps": l.steps, "sweeps": l.sweeps.len(), "stop": l.stop, "initial_klub": l.initial_klub, "klub": l.klub })).collect::<Vec<_>>(),
+    });
+    let last = levels.len() - 1;
+    for (i, level) in levels.iter().enumerate() {
+        let path = if i == last { args.out.clone() } else { level_path(&args.out, level.steps) };
+        let file = ScheduleFile::new(
+            model_id,
+            family.name(),
+            "euler_ancestral",
+            level.knots.clone(),
+            model,
+            Objective::klub(level.klub),
+            settings.clone(),
+        )?;
+        file.write(&path).with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "{} steps: KLUB {:.4} ± {:.4} (initial {:.4} ± {:.4}), {} sweeps, stop {:?} → {}",
+            level.steps,
+            level.klub.value,
+            level.klub.stderr,
+            level.initial_klub.value,
+            level.initial_klub.stderr,
+            level.sweeps.len(),
+            level.stop,
+            path.display()
+        );
+        println!("  knots: {}", level.knots.iter().map(|k| format!("{k:.4}")).collect::<Vec<_>>().join(" "));
+    }
+    Ok(levels)
+}
+
+/// The comparison: every schedule as `steps` intervals on the same range (see `knots_of`), with
+/// the optimized levels and their log-linear interpolations from the first level.
+fn comparison_rows(
+    levels: &[Level],
+    kinds: &[ScheduleKind],
+    model: &dyn NoiseSchedule,
+    family: Family,
+) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+    for (i, level) in levels.iter().enumerate() {
+        rows.push((format!("ays (optimized, {})", level.steps), level.knots.clone()));
+        if i > 0 {
+            rows.push((format!("ays 10→{} loglinear", level.steps), loglinear_knots(&levels[0].knots, level.steps)));
+        }
+        for kind in kinds {
+            rows.push((format!("{} ({})", kind.name(), level.steps), knots_of(kind, model, family, level.steps)?));
+        }
+    }
+    Ok(rows)
+}
+
+/// The KLUB of every row, paired on one draw (per-group values; see [`Estimate::of`]).
+fn paired_klub(
+    args: &OptimizeArgs,
+    denoiser: &mut dyn Denoiser,
+    data: &mut dyn DataSource,
+    rows: &[(String, Vec<f64>)],
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut est = KlubEstimator::new(denoiser, data, eval_options(args))?;
+    let mut rng = kairos_toy::ToyRng::new(args.seed ^ 0x636f6d70617265, kairos_toy::Stream::Estimator);
+    let spans: Vec<Vec<f64>> = rows.iter().map(|r| r.1.clone()).collect();
+    Ok(est.paired(&spans, &mut rng)?)
 }
 
 /// Loads the MLP from `--mlp-weights` if that file exists, else trains it (and saves it there).

@@ -267,7 +267,7 @@ fn name(path: &Path) -> String {
     path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(super) fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .with_context(|| format!("cannot read the image folder {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -282,7 +282,7 @@ fn list_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Center crop to a square, resize to `size`.
-fn load_image(path: &Path, size: u32) -> anyhow::Result<RgbImage> {
+pub(super) fn load_image(path: &Path, size: u32) -> anyhow::Result<RgbImage> {
     let img = image::open(path).with_context(|| format!("cannot read {}", path.display()))?.to_rgb8();
     let side = img.width().min(img.height());
     let (x, y) = ((img.width() - side) / 2, (img.height() - side) / 2);
