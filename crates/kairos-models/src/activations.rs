@@ -59,7 +59,9 @@ pub struct GEGLU {
 impl GEGLU {
     /// Builds `proj` (`dim_in` → `2 * dim_out`, with bias) under `vb`.
     pub fn new(vb: VarBuilder, dim_in: usize, dim_out: usize) -> Result<Self> {
-        Ok(Self { proj: candle_nn::linear(dim_in, dim_out * 2, vb.pp("proj"))? })
+        Ok(Self {
+            proj: candle_nn::linear(dim_in, dim_out * 2, vb.pp("proj"))?,
+        })
     }
 
     /// `[.., dim_in]` → `[.., dim_out]`.

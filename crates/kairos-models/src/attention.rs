@@ -71,7 +71,10 @@ impl BasicTransformerBlock {
     /// Builds the block under `vb` (e.g. `...attentions.0.transformer_blocks.0`).
     pub fn new(vb: VarBuilder, config: &BasicTransformerBlockConfig) -> Result<Self> {
         let dim = config.dim;
-        let norm_cfg = LayerNormConfig { eps: config.norm_eps, ..Default::default() };
+        let norm_cfg = LayerNormConfig {
+            eps: config.norm_eps,
+            ..Default::default()
+        };
         let attention = AttentionConfig {
             heads: config.num_attention_heads,
             dim_head: config.attention_head_dim,
@@ -79,8 +82,10 @@ impl BasicTransformerBlock {
             upcast_attention: config.upcast_attention,
             ..AttentionConfig::new(dim)
         };
-        let cross_attention =
-            AttentionConfig { cross_attention_dim: Some(config.cross_attention_dim), ..attention.clone() };
+        let cross_attention = AttentionConfig {
+            cross_attention_dim: Some(config.cross_attention_dim),
+            ..attention.clone()
+        };
         Ok(Self {
             norm1: candle_nn::layer_norm(dim, norm_cfg, vb.pp("norm1"))?,
             attn1: Attention::new(vb.pp("attn1"), &attention)?,
@@ -93,11 +98,17 @@ impl BasicTransformerBlock {
 
     /// `hidden_states` `[N, L, dim]`, `encoder_hidden_states` `[N, S, cross_attention_dim]`
     /// → `[N, L, dim]`.
-    pub fn forward(&self, hidden_states: &Tensor, encoder_hidden_states: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        hidden_states: &Tensor,
+        encoder_hidden_states: &Tensor,
+    ) -> Result<Tensor> {
         let norm_hidden_states = self.norm1.forward(hidden_states)?;
         let hidden_states = (self.attn1.forward(&norm_hidden_states, None)? + hidden_states)?;
         let norm_hidden_states = self.norm2.forward(&hidden_states)?;
-        let attn_output = self.attn2.forward(&norm_hidden_states, Some(encoder_hidden_states))?;
+        let attn_output = self
+            .attn2
+            .forward(&norm_hidden_states, Some(encoder_hidden_states))?;
         let hidden_states = (attn_output + hidden_states)?;
         let norm_hidden_states = self.norm3.forward(&hidden_states)?;
         Ok((self.ff.forward(&norm_hidden_states)? + hidden_states)?)

@@ -173,13 +173,7 @@ impl ScheduleKind {
     /// `family` (which picks the AYS/GITS table), keeping the tail for `denoise` ∈ (0, 1] per
     /// [`ScheduleKind::denoise_rule`]. For user lists `steps` is ignored (the list's length
     /// counts), and with the truncate rule the last value is set to 0 only for AYS and GITS.
-    pub fn build(
-        &self,
-        schedule: &dyn NoiseSchedule,
-        family: Family,
-        steps: usize,
-        denoise: f64,
-    ) -> Result<Sigmas, ScheduleError> {
+    pub fn build(&self, schedule: &dyn NoiseSchedule, family: Family, steps: usize, denoise: f64) -> Result<Sigmas, ScheduleError> {
         if !(denoise > 0.0 && denoise <= 1.0) {
             return Err(ScheduleError::DenoiseOutOfRange { denoise });
         }
@@ -360,10 +354,7 @@ fn check_positive(schedule: &'static str, option: &str, value: f64) -> Result<()
     if value > 0.0 && value.is_finite() {
         Ok(())
     } else {
-        Err(ScheduleError::InvalidOption {
-            schedule,
-            message: format!("{option} must be a positive finite number, got {value}"),
-        })
+        Err(ScheduleError::InvalidOption { schedule, message: format!("{option} must be a positive finite number, got {value}") })
     }
 }
 
@@ -404,28 +395,17 @@ fn ddim_uniform(table: &[f64], steps: usize) -> Vec<f64> {
 }
 
 /// ComfyUI `linear_quadratic_schedule` scaled by σ_max.
-fn linear_quadratic(
-    sigma_max: f64,
-    steps: usize,
-    threshold_noise: f64,
-    linear_steps: Option<usize>,
-) -> Result<Vec<f64>, ScheduleError> {
+fn linear_quadratic(sigma_max: f64, steps: usize, threshold_noise: f64, linear_steps: Option<usize>) -> Result<Vec<f64>, ScheduleError> {
     const NAME: &str = "linear_quadratic";
     if !(threshold_noise > 0.0 && threshold_noise < 1.0) {
-        return Err(ScheduleError::InvalidOption {
-            schedule: NAME,
-            message: format!("threshold_noise must be in (0, 1), got {threshold_noise}"),
-        });
+        return Err(ScheduleError::InvalidOption { schedule: NAME, message: format!("threshold_noise must be in (0, 1), got {threshold_noise}") });
     }
     if steps == 1 {
         return Ok(vec![sigma_max, 0.0]);
     }
     let linear_steps = linear_steps.unwrap_or(steps / 2);
     if linear_steps == 0 || linear_steps >= steps {
-        return Err(ScheduleError::InvalidOption {
-            schedule: NAME,
-            message: format!("linear_steps must be in 1..{steps} (steps), got {linear_steps}"),
-        });
+        return Err(ScheduleError::InvalidOption { schedule: NAME, message: format!("linear_steps must be in 1..{steps} (steps), got {linear_steps}") });
     }
     let (ls, st) = (linear_steps as f64, steps as f64);
     let diff = ls - threshold_noise * st;
@@ -446,11 +426,7 @@ fn linear_quadratic(
 /// Index of a GITS coefficient in the tables (ComfyUI looks up `round(coeff, 2)`).
 fn gits_index(coeff: f64) -> Result<usize, ScheduleError> {
     let hundredths = (coeff * 100.0).round();
-    if !coeff.is_finite()
-        || !(80.0..=150.0).contains(&hundredths)
-        || hundredths % 5.0 != 0.0
-        || (coeff * 100.0 - hundredths).abs() >= 0.5
-    {
+    if !coeff.is_finite() || !(80.0..=150.0).contains(&hundredths) || hundredths % 5.0 != 0.0 || (coeff * 100.0 - hundredths).abs() >= 0.5 {
         return Err(ScheduleError::GitsCoeffOutOfRange { coeff });
     }
     Ok(((hundredths - 80.0) / 5.0) as usize)

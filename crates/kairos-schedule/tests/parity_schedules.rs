@@ -3,8 +3,8 @@
 //! docstring for versions and how ComfyUI/Forge are run in float64).
 
 use kairos_schedule::{
-    AysModel, BetaSchedule, DiscreteSchedule, EdmSchedule, Family, NoiseSchedule, Prediction, ScheduleError,
-    ScheduleKind, TablePrecision,
+    AysModel, BetaSchedule, DiscreteSchedule, EdmSchedule, Family, NoiseSchedule, Prediction, ScheduleError, ScheduleKind,
+    TablePrecision,
 };
 use serde_json::Value;
 use std::sync::OnceLock;
@@ -20,13 +20,7 @@ fn vec_of(v: &Value) -> Vec<f64> {
 
 /// Max relative error |a - b| / max(|b|, floor); `floor` keeps zeros comparable.
 fn max_rel(got: &[f64], want: &[f64], what: &str) -> f64 {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{what}: length {} vs reference {}\n got {got:?}\nwant {want:?}",
-        got.len(),
-        want.len()
-    );
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs reference {}\n got {got:?}\nwant {want:?}", got.len(), want.len());
     got.iter().zip(want).map(|(a, b)| (a - b).abs() / b.abs().max(1e-12)).fold(0.0, f64::max)
 }
 
@@ -41,9 +35,7 @@ fn sd64() -> DiscreteSchedule {
 }
 
 fn build(kind: &ScheduleKind, s: &dyn NoiseSchedule, family: Family, steps: usize, denoise: f64) -> Vec<f64> {
-    kind.build(s, family, steps, denoise)
-        .unwrap_or_else(|e| panic!("{} {steps} {denoise}: {e}", kind.name()))
-        .into_vec()
+    kind.build(s, family, steps, denoise).unwrap_or_else(|e| panic!("{} {steps} {denoise}: {e}", kind.name())).into_vec()
 }
 
 // ---- training tables ----------------------------------------------------------------------------
@@ -144,15 +136,7 @@ fn scalings_match_k_diffusion() {
 
 // ---- ComfyUI (run in float64) -------------------------------------------------------------------
 
-fn check_comfy_case(
-    kind: &ScheduleKind,
-    s: &dyn NoiseSchedule,
-    family: Family,
-    n: usize,
-    d: f64,
-    want: &Value,
-    what: &str,
-) -> f64 {
+fn check_comfy_case(kind: &ScheduleKind, s: &dyn NoiseSchedule, family: Family, n: usize, d: f64, want: &Value, what: &str) -> f64 {
     if want.as_array().is_some_and(|a| a.iter().any(Value::is_null)) {
         // ComfyUI's kl_optimal gives NaN at 1 step (0/0); kairos defines it as [σ_max, 0].
         let got = build(kind, s, family, n, d);
@@ -175,17 +159,7 @@ fn ksampler_schedules_match_comfyui_with_denoise() {
     let c = &fixture()["comfyui"];
     let s = sd64().with_quantize(true);
     let mut worst = 0.0_f64;
-    for name in [
-        "simple",
-        "sgm_uniform",
-        "karras",
-        "exponential",
-        "ddim_uniform",
-        "beta",
-        "normal",
-        "linear_quadratic",
-        "kl_optimal",
-    ] {
+    for name in ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic", "kl_optimal"] {
         let kind = ScheduleKind::from_name(name).unwrap();
         for (n, by_d) in c[name].as_object().unwrap() {
             for (d, want) in by_d.as_object().unwrap() {
@@ -313,12 +287,7 @@ fn karras_exponential_beta_match_diffusers_euler() {
         for (n, case) in d[key].as_object().unwrap() {
             let sig = kind.build(&s, Family::Sd1, n.parse().unwrap(), 1.0).unwrap();
             let e = assert_rel(sig.as_slice(), &vec_of(&case["sigmas"]), 1e-6, &format!("diffusers {key} {n}"));
-            let t_err = sig
-                .timesteps(&s)
-                .iter()
-                .zip(vec_of(&case["timesteps"]))
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f64::max);
+            let t_err = sig.timesteps(&s).iter().zip(vec_of(&case["timesteps"])).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
             assert!(t_err < 1e-4, "diffusers {key} {n} timesteps abs err {t_err}");
             worst = (worst.0.max(e), worst.1.max(t_err));
         }
@@ -346,19 +315,12 @@ fn every_schedule_is_valid_for_1_to_200_steps() {
                     ScheduleKind::Beta { .. } => assert!(v.len() <= n + 1 && v.len() >= 2, "{name} {n}"),
                     _ => assert_eq!(v.len(), n + 1, "{name} {n}: len"),
                 }
-                assert_eq!(
-                    sig.ends_at_zero(),
-                    kind != ScheduleKind::KlOptimalA1111,
-                    "{name} {n}: last {}",
-                    v[v.len() - 1]
-                );
+                assert_eq!(sig.ends_at_zero(), kind != ScheduleKind::KlOptimalA1111, "{name} {n}: last {}", v[v.len() - 1]);
             }
         }
     }
     // Continuous SVD: the schedules that do not need a discrete table.
-    for name in
-        ["normal", "karras", "exponential", "polyexponential", "sgm_uniform", "linear_quadratic", "kl_optimal", "ays"]
-    {
+    for name in ["normal", "karras", "exponential", "polyexponential", "sgm_uniform", "linear_quadratic", "kl_optimal", "ays"] {
         let kind = ScheduleKind::from_name(name).unwrap();
         for n in 1..=200 {
             let sig = kind.build(&edm, Family::Svd, n, 1.0).unwrap_or_else(|e| panic!("svd {name} {n}: {e}"));
