@@ -35,8 +35,10 @@
 //! ρ = 7 for continuous ones), then coordinate descent (paper Alg. 1): each interior point in turn
 //! takes the best of 11 candidates strictly between its neighbours, the current point among them,
 //! so the estimated objective never increases. Early stopping ends a level when a sweep's
-//! improvement is within the Monte Carlo noise of a paired evaluation. More steps come from
-//! subdivision at log-midpoints (10 → 20 → 40) with only the new points refined; any other step
+//! improvement is within the Monte Carlo noise of a paired evaluation, or, given a sample-quality
+//! judge (the paper's way; the toy world's sliced Wasserstein distance in `kairos schedule
+//! optimize`), when the judged quality stops improving, keeping the best-judged sweep. More steps
+//! come from subdivision at log-midpoints (10 → 20 → 40) with only the new points refined; any other step
 //! count is a log-linear interpolation ([`loglinear_knots`]). Runs are seeded and checkpointed.
 //!
 //! # Denoisers
@@ -62,7 +64,7 @@ pub use error::AysError;
 pub use klub::{gaussian_klub, Estimate, KlubEstimator, KlubOptions};
 pub use knots::{initial_knots, knots_of, loglinear_knots, sampler_sigmas, subdivide, Init};
 pub use mlp::{MlpConfig, MlpDenoiser, TrainOptions};
-pub use optimize::{Level, OnProgress, OptimizeOptions, Optimizer, Progress, StopReason, Sweep};
+pub use optimize::{Judge, Level, OnProgress, OptimizeOptions, Optimizer, Progress, StopReason, Sweep};
 pub use schedule_file::{Objective, ScheduleFile, FORMAT, VERSION};
 pub use toy::{toy_quality, Quality};
 

@@ -62,7 +62,9 @@ impl Default for TrainOptions {
     }
 }
 
-/// The MLP denoiser (f32 on the CPU). Counts its calls, like the toy's exact denoiser.
+/// The MLP denoiser (f32 on the CPU). Counts its calls, like the toy's exact denoiser. Clones
+/// share the weights.
+#[derive(Clone)]
 pub struct MlpDenoiser {
     config: MlpConfig,
     /// (weight [out, in], bias [out]) per layer, the last one the output layer.

@@ -35,6 +35,9 @@ pub struct OptimizeOptions {
     pub eval: KlubOptions,
     /// Seed of every draw.
     pub seed: u64,
+    /// With a judge ([`Optimizer::with_judge`]): the first level stops after this many sweeps
+    /// without a better judged score, and keeps the best-scoring schedule.
+    pub judge_patience: usize,
 }
 
 impl Default for OptimizeOptions {
@@ -47,6 +50,7 @@ impl Default for OptimizeOptions {
             search: KlubOptions::default(),
             eval: KlubOptions { t_samples: 4096, ..KlubOptions::default() },
             seed: 0,
+            judge_patience: 3,
         }
     }
 }
@@ -62,6 +66,9 @@ impl OptimizeOptions {
         }
         if self.max_sweeps == 0 {
             return Err(AysError::option("max_sweeps", 0, "at least 1"));
+        }
+        if self.judge_patience == 0 {
+            return Err(AysError::option("judge_patience", 0, "at least 1"));
         }
         if let Some(z) = self.stop_z.filter(|z| !(z.is_finite() && *z >= 0.0)) {
             return Err(AysError::option("stop_z", z, "a finite number of standard errors >= 0, or none"));
@@ -80,6 +87,8 @@ pub enum StopReason {
     WithinNoise,
     /// The sweep limit.
     MaxSweeps,
+    /// `judge_patience` sweeps in a row did not improve the judged sample quality.
+    JudgedQuality,
 }
 
 /// One sweep's record.
@@ -91,6 +100,10 @@ pub struct Sweep {
     pub klub: Estimate,
     /// KLUB before minus after, paired on the evaluation draw.
     pub improvement: Estimate,
+    /// The knots after the sweep.
+    pub knots: Vec<f64>,
+    /// The judge's score of those knots (first level, with a judge).
+    pub score: Option<f64>,
 }
 
 /// The result of one level of the hierarchy.
@@ -104,6 +117,8 @@ pub struct Level {
     pub knots: Vec<f64>,
     /// KLUB of the initial knots (evaluation draw).
     pub initial_klub: Estimate,
+    /// The judge's score of the initial knots (first level, with a judge).
+    pub initial_score: Option<f64>,
     /// KLUB of the optimized knots (evaluation draw).
     pub klub: Estimate,
     /// The sweeps run.
@@ -133,6 +148,11 @@ pub struct Progress {
 /// The progress callback: return `ControlFlow::Break(())` to cancel.
 pub type OnProgress<'p> = dyn FnMut(&Progress) -> ControlFlow<()> + 'p;
 
+/// A sample-quality score of a schedule's knots, lower is better: the paper stops the first
+/// level by "perceptual image quality metrics or even manual inspection" (§3.3), since the
+/// KLUB-optimal schedule is not the quality-optimal one (App. A.3).
+pub type Judge<'p> = dyn FnMut(&[f64]) -> Result<f64> + 'p;
+
 /// What a checkpoint holds: the options and model it belongs to, and every level so far (the
 /// last possibly unfinished).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,7 +163,7 @@ struct Checkpoint {
     levels: Vec<Level>,
 }
 
-const CHECKPOINT_FORMAT: &str = "kairos-ays-checkpoint-1";
+const CHECKPOINT_FORMAT: &str = "kairos-ays-checkpoint-2";
 
 /// The optimizer: a KLUB estimator plus options, an optional checkpoint file and an optional
 /// progress callback (the library draws no progress bar itself).
@@ -153,6 +173,7 @@ pub struct Optimizer<'a, 'p> {
     model: String,
     checkpoint: Option<PathBuf>,
     on_progress: Option<&'p mut OnProgress<'p>>,
+    judge: Option<&'p mut Judge<'p>>,
 }
 
 impl<'a, 'p> Optimizer<'a, 'p> {
@@ -160,7 +181,7 @@ impl<'a, 'p> Optimizer<'a, 'p> {
     /// denoiser and data, for the checkpoint and the schedule file.
     pub fn new(klub: KlubEstimator<'a>, options: OptimizeOptions, model: impl Into<String>) -> Result<Self> {
         options.validate()?;
-        Ok(Self { klub, options, model: model.into(), checkpoint: None, on_progress: None })
+        Ok(Self { klub, options, model: model.into(), checkpoint: None, on_progress: None, judge: None })
     }
 
     /// Saves the state to `path` after every sweep, and resumes from it if it exists (it must
@@ -174,6 +195,14 @@ impl<'a, 'p> Optimizer<'a, 'p> {
     /// [`AysError::Cancelled`] (the checkpoint keeps the last finished sweep).
     pub fn with_progress(mut self, f: &'p mut OnProgress<'p>) -> Self {
         self.on_progress = Some(f);
+        self
+    }
+
+    /// Early stopping of the first level by `judge` instead of the KLUB's noise (`stop_z`): the
+    /// level runs until `judge_patience` sweeps bring no better score (or no move, or
+    /// `max_sweeps`), and keeps the best-scoring knots, the initial ones included.
+    pub fn with_judge(mut self, judge: &'p mut Judge<'p>) -> Self {
+        self.judge = Some(judge);
         self
     }
 
@@ -208,15 +237,25 @@ impl<'a, 'p> Optimizer<'a, 'p> {
     fn start_level(&mut self, index: usize, knots: Vec<f64>) -> Result<Level> {
         self.klub.set_options(self.options.eval)?;
         let initial_klub = self.klub.schedule(&knots, &mut self.eval_rng(index))?;
+        let initial_score = self.judge_level(index, &knots)?;
         Ok(Level {
             steps: knots.len() - 1,
             initial_knots: knots.clone(),
             knots,
             initial_klub,
+            initial_score,
             klub: initial_klub,
             sweeps: Vec::new(),
             stop: None,
         })
+    }
+
+    /// The judge's score of a first-level schedule; `None` without a judge or on later levels.
+    fn judge_level(&mut self, level: usize, knots: &[f64]) -> Result<Option<f64>> {
+        match (level, self.judge.as_mut()) {
+            (0, Some(judge)) => judge(knots).map(Some),
+            _ => Ok(None),
+        }
     }
 
     fn eval_rng(&self, level: usize) -> kairos_toy::ToyRng {
@@ -260,19 +299,38 @@ impl<'a, 'p> Optimizer<'a, 'p> {
             let groups = self.klub.paired(&[before, knots.clone()], &mut self.eval_rng(idx))?;
             let improvement = Estimate::difference(&groups[0], &groups[1]);
             let klub = Estimate::of(&groups[1]);
+            let score = self.judge_level(idx, &knots)?;
+            let judged = score.is_some();
             let level = &mut levels[idx];
-            level.sweeps.push(Sweep { moved, klub, improvement });
+            level.sweeps.push(Sweep { moved, klub, improvement, knots: knots.clone(), score });
             level.knots = knots;
             level.klub = klub;
+            // Sweeps since the best score (the initial knots count as sweep "0").
+            let scores: Vec<f64> =
+                level.initial_score.into_iter().chain(level.sweeps.iter().filter_map(|s| s.score)).collect();
+            let best = (1..scores.len()).fold(0, |b, j| if scores[j] < scores[b] { j } else { b });
             level.stop = if moved == 0 {
                 Some(StopReason::NoMove)
-            } else if idx == 0 && self.options.stop_z.is_some_and(|z| improvement.value < z * improvement.stderr) {
+            } else if judged && scores.len() - 1 - best >= self.options.judge_patience {
+                Some(StopReason::JudgedQuality)
+            } else if !judged
+                && idx == 0
+                && self.options.stop_z.is_some_and(|z| improvement.value < z * improvement.stderr)
+            {
                 Some(StopReason::WithinNoise)
             } else if level.sweeps.len() >= self.options.max_sweeps {
                 Some(StopReason::MaxSweeps)
             } else {
                 None
             };
+            if judged && level.stop.is_some() {
+                let (knots, klub) = match best {
+                    0 => (level.initial_knots.clone(), level.initial_klub),
+                    b => (level.sweeps[b - 1].knots.clone(), level.sweeps[b - 1].klub),
+                };
+                level.knots = knots;
+                level.klub = klub;
+            }
             self.save_checkpoint(levels)?;
         }
         Ok(())

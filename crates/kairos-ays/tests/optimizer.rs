@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 
 use kairos_ays::{
     knots_of, sampler_sigmas, toy_quality, AysError, Estimate, KlubEstimator, KlubOptions, MlpConfig, MlpDenoiser,
-    OptimizeOptions, Optimizer, Progress, ScheduleFile, TrainOptions,
+    OptimizeOptions, Optimizer, Progress, ScheduleFile, StopReason, TrainOptions,
 };
 use kairos_sampler::{Denoiser, Sampler};
 use kairos_schedule::{Family, ScheduleKind, TablePrecision};
@@ -129,6 +129,45 @@ fn runs_repeat_and_resume_from_checkpoints() {
     let err = run(small_options(2), Some(&cp), None).unwrap_err();
     assert!(matches!(err, AysError::CheckpointMismatch { .. }), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs `options` on the ring with a judge; the judge sees the first level's schedules only.
+fn run_judged(options: OptimizeOptions, judge: &mut kairos_ays::Judge<'_>) -> Vec<kairos_ays::Level> {
+    let mixture = Preset::Ring.mixture();
+    let mut data = mixture.clone();
+    let mut denoiser = ExactDenoiser::new(&mixture);
+    let klub = KlubEstimator::new(&mut denoiser, &mut data, options.search).unwrap();
+    Optimizer::new(klub, options, "toy:ring:exact").unwrap().with_judge(judge).run(&sd1_knots("normal", 5)).unwrap()
+}
+
+// Early stopping judged by quality (paper §3.3): the level stops after `judge_patience` sweeps
+// without a better score and keeps the best-judged knots; the KLUB's noise test is not used.
+#[test]
+fn judged_early_stopping_keeps_the_best_scored_schedule() {
+    let options = OptimizeOptions { max_sweeps: 8, judge_patience: 2, subdivisions: 0, ..small_options(1) };
+    let initial = sd1_knots("normal", 5);
+    // A judge that likes the hand-crafted start best: two sweeps, then back to the start.
+    let mut calls = 0;
+    let mut prefers_start = |k: &[f64]| {
+        calls += 1;
+        Ok(k.iter().zip(&initial).map(|(a, b)| (a.ln() - b.ln()).abs()).sum::<f64>())
+    };
+    let levels = run_judged(options.clone(), &mut prefers_start);
+    assert_eq!(levels[0].stop, Some(StopReason::JudgedQuality));
+    assert_eq!(levels[0].sweeps.len(), 2);
+    assert_eq!(levels[0].knots, initial);
+    assert_eq!(levels[0].klub, levels[0].initial_klub);
+    assert_eq!(calls, 3, "the initial schedule and each sweep");
+    // A judge that always prefers the latest schedule runs like plain coordinate descent.
+    let mut sweep = 0.0;
+    let mut prefers_latest = |_: &[f64]| {
+        sweep -= 1.0;
+        Ok(sweep)
+    };
+    let levels = run_judged(options, &mut prefers_latest);
+    let last = levels[0].sweeps.last().unwrap();
+    assert_ne!(levels[0].stop, Some(StopReason::JudgedQuality));
+    assert_eq!((&levels[0].knots, levels[0].klub), (&last.knots, last.klub));
 }
 
 // Subdivision keeps the old knots and refines only the new ones.

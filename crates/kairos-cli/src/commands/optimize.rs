@@ -11,8 +11,8 @@ use anyhow::{bail, Context};
 use candle_core::Tensor;
 use clap::{Args, Subcommand};
 use kairos_ays::{
-    initial_knots, knots_of, loglinear_knots, sampler_sigmas, toy_quality, DataSource, Estimate, Init, KlubEstimator,
-    KlubOptions, Level, MlpConfig, MlpDenoiser, Objective, OptimizeOptions, Optimizer, Progress, ScheduleFile,
+    initial_knots, knots_of, loglinear_knots, sampler_sigmas, toy_quality, DataSource, Estimate, Init, Judge,
+    KlubEstimator, KlubOptions, Level, MlpConfig, MlpDenoiser, Objective, OptimizeOptions, Optimizer, Progress, ScheduleFile,
     TensorData, TrainOptions,
 };
 use kairos_pipeline::conditioning::encode_pair;
@@ -118,6 +118,18 @@ pub struct OptimizeArgs {
     /// Run the first level to no-move or --max-sweeps, without early stopping.
     #[arg(long)]
     no_early_stop: bool,
+    /// Toy world: early stopping of the first level judged by sample quality, as the paper does
+    /// (`sw1`: the sliced Wasserstein distance to the true distribution, mean over --samplers and
+    /// --judge-seeds; the best-judged sweep is kept), or by the KLUB's noise alone (`none`, see
+    /// --stop-z).
+    #[arg(long, default_value = "sw1")]
+    judge: String,
+    /// Seeds of each judged quality evaluation.
+    #[arg(long, default_value_t = 2)]
+    judge_seeds: u64,
+    /// Sweeps without a better judged score before the first level stops.
+    #[arg(long, default_value_t = 3)]
+    judge_patience: usize,
     /// Where to write the schedule file (other levels go beside it as <stem>.<steps>.json).
     #[arg(long, default_value = "ays_schedule.json")]
     out: PathBuf,
@@ -203,8 +215,14 @@ fn run_toy(args: &OptimizeArgs, kinds: &[ScheduleKind]) -> anyhow::Result<()> {
     let samplers = args.samplers.iter().map(|n| Sampler::from_name(n)).collect::<Result<Vec<_>, _>>()?;
     let mut data: GaussianMixture = preset.mixture();
     let mixture = preset.mixture();
-    let (mut denoiser, model_id): (Box<dyn Denoiser + '_>, String) = match args.denoiser.as_str() {
-        "exact" => (Box::new(ExactDenoiser::new(&mixture)), format!("toy:{}:exact", preset.name())),
+    // Two handles on one denoiser: the optimizer's estimator holds one, the judge the other.
+    type Pair<'m> = (Box<dyn Denoiser + 'm>, Box<dyn Denoiser + 'm>, String);
+    let (mut denoiser, mut judged, model_id): Pair<'_> = match args.denoiser.as_str() {
+        "exact" => (
+            Box::new(ExactDenoiser::new(&mixture)),
+            Box::new(ExactDenoiser::new(&mixture)),
+            format!("toy:{}:exact", preset.name()),
+        ),
         "mlp" => {
             let net = mlp(args, &mut data, &model)?;
             let id = format!(
@@ -214,19 +232,33 @@ fn run_toy(args: &OptimizeArgs, kinds: &[ScheduleKind]) -> anyhow::Result<()> {
                 args.mlp_train_steps,
                 args.seed
             );
-            (Box::new(net), id)
+            (Box::new(net.clone()), Box::new(net), id)
         }
         other => bail!("unknown --denoiser `{other}`; accepted: exact, mlp"),
     };
-    let extra = serde_json::json!({ "mixture": preset.name() });
-    let levels = optimize_levels(args, denoiser.as_mut(), &mut data, family, &model, &model_id, extra)?;
+    let world = ToyWorld::new(preset.mixture());
+    let judge_seeds: Vec<u64> = (0..args.judge_seeds).collect();
+    let mut sw1 = |knots: &[f64]| -> kairos_ays::Result<f64> {
+        let mut total = 0.0;
+        for s in &samplers {
+            let q = toy_quality(&world, judged.as_mut(), s, &sampler_sigmas(knots), args.points, &judge_seeds)?;
+            total += q.sliced_wasserstein.mean;
+        }
+        Ok(total / samplers.len() as f64)
+    };
+    let judge: Option<&mut Judge<'_>> = match args.judge.as_str() {
+        "sw1" => Some(&mut sw1),
+        "none" => None,
+        other => bail!("unknown --judge `{other}`; accepted: sw1, none"),
+    };
+    let extra = serde_json::json!({ "mixture": preset.name(), "judge": args.judge });
+    let levels = optimize_levels(args, denoiser.as_mut(), &mut data, family, &model, &model_id, extra, judge)?;
     if kinds.is_empty() {
         return Ok(());
     }
     let rows = comparison_rows(&levels, kinds, &model, family)?;
     let eval = eval_options(args);
     let groups = paired_klub(args, denoiser.as_mut(), &mut data, &rows)?;
-    let world = ToyWorld::new(preset.mixture());
     let seeds: Vec<u64> = (0..args.seeds).collect();
     println!();
     println!(
@@ -290,7 +322,7 @@ fn run_model(args: &OptimizeArgs, path: &Path, kinds: &[ScheduleKind]) -> anyhow
     let model_id = format!("{} (cfg {}, prompt {:?})", path.display(), args.cfg_scale, args.prompt);
     let extra = serde_json::json!({ "x0": source, "size": args.size, "prompt": args.prompt,
         "negative_prompt": args.negative_prompt, "cfg_scale": args.cfg_scale });
-    let levels = optimize_levels(args, &mut denoiser, &mut data, family, &model, &model_id, extra)?;
+    let levels = optimize_levels(args, &mut denoiser, &mut data, family, &model, &model_id, extra, None)?;
     if kinds.is_empty() {
         return Ok(());
     }
@@ -365,7 +397,8 @@ fn eval_options(args: &OptimizeArgs) -> KlubOptions {
 }
 
 /// Runs the optimizer (all levels), writes one schedule file per level and prints them.
-fn optimize_levels(
+#[allow(clippy::too_many_arguments)]
+fn optimize_levels<'p>(
     args: &OptimizeArgs,
     denoiser: &mut dyn Denoiser,
     data: &mut dyn DataSource,
@@ -373,6 +406,7 @@ fn optimize_levels(
     model: &dyn NoiseSchedule,
     model_id: &str,
     extra: serde_json::Value,
+    judge: Option<&'p mut Judge<'p>>,
 ) -> anyhow::Result<Vec<Level>> {
     let init = Init::from_name(&args.init)?;
     let search = search_options(args);
@@ -383,6 +417,7 @@ fn optimize_levels(
         search,
         eval: eval_options(args),
         seed: args.seed,
+        judge_patience: args.judge_patience,
         ..OptimizeOptions::default()
     };
     let initial = initial_knots(init, model, family, args.steps)?;
@@ -393,6 +428,9 @@ fn optimize_levels(
         let mut opt = Optimizer::new(klub, options.clone(), model_id)?.with_progress(&mut bar);
         if let Some(cp) = &args.checkpoint {
             opt = opt.with_checkpoint(cp);
+        }
+        if let Some(judge) = judge {
+            opt = opt.with_judge(judge);
         }
         opt.run(&initial)?
     };
