@@ -26,6 +26,9 @@ use kairos_toy::{ExactDenoiser, GaussianMixture, Preset, ToyWorld};
 use super::family_schedule;
 use super::schedule::ScheduleArgs;
 
+/// First seed of the judge's quality evaluations.
+const JUDGE_SEEDS_FROM: u64 = 1_000_000;
+
 /// `kairos schedule`: print a schedule, or `kairos schedule optimize`.
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -124,7 +127,7 @@ pub struct OptimizeArgs {
     /// --stop-z).
     #[arg(long, default_value = "sw1")]
     judge: String,
-    /// Seeds of each judged quality evaluation.
+    /// Seeds of each judged quality evaluation (from 1000000, apart from the comparison's).
     #[arg(long, default_value_t = 2)]
     judge_seeds: u64,
     /// Sweeps without a better judged score before the first level stops.
@@ -237,7 +240,9 @@ fn run_toy(args: &OptimizeArgs, kinds: &[ScheduleKind]) -> anyhow::Result<()> {
         other => bail!("unknown --denoiser `{other}`; accepted: exact, mlp"),
     };
     let world = ToyWorld::new(preset.mixture());
-    let judge_seeds: Vec<u64> = (0..args.judge_seeds).collect();
+    // The judge's seeds are disjoint from the reported comparison's (0..--seeds), so the table
+    // does not score the schedule on the draws that picked it.
+    let judge_seeds: Vec<u64> = (0..args.judge_seeds).map(|s| JUDGE_SEEDS_FROM + s).collect();
     let mut sw1 = |knots: &[f64]| -> kairos_ays::Result<f64> {
         let mut total = 0.0;
         for s in &samplers {
