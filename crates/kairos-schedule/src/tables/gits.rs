@@ -3,6 +3,7 @@
 //! Index: `GITS_TABLES[c][s - 2]` is the (steps + 1)-point schedule for coeff `0.80 + 0.05 c` and `s` steps.
 
 /// The GITS schedules: per coefficient, the lists for steps 2..=20 (3..=21 values, descending).
+#[rustfmt::skip]
 pub(crate) const GITS_TABLES: [[&[f64]; 19]; 15] = [
     // coeff 0.80
     [
