@@ -223,8 +223,9 @@ fn generate_writes_previews_and_checks_taesd() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// img2img from a PNG: the size follows the image, the infotext records the strength, and a
-/// strength that leaves no step is refused.
+/// img2img from a PNG: the size follows the image (rounded to multiples of 8, with a note), each
+/// resize mode runs, the infotext records the strength, and a strength that leaves no step is
+/// refused.
 #[test]
 fn generate_img2img_from_png() {
     let model = tiny_sd1();
@@ -247,8 +248,26 @@ fn generate_img2img_from_png() {
     let png2 = dir.join("img2.png").to_string_lossy().into_owned();
     fails(
         &[&args[..], &["--init-image", &init, "--denoise", "0.1", "--output", &png2]].concat(),
-        &["leaves no step to run"],
+        &["keeps no step (int(steps * denoise) = 0)", "use denoise >= 0.25"],
     );
+
+    // A 35x27 image without -W/-H: 32x24 with a note, fitted by the resize mode.
+    let odd = dir.join("odd.png");
+    image::RgbImage::from_fn(35, 27, |x, y| image::Rgb([(x * 7) as u8, (y * 9) as u8, 90])).save(&odd).unwrap();
+    let odd = odd.to_string_lossy().into_owned();
+    for (k, mode) in ["just-resize", "crop-and-resize", "resize-and-fill"].iter().enumerate() {
+        let png = dir.join(format!("odd{k}.png")).to_string_lossy().into_owned();
+        let out = kairos(
+            &[&args[..], &["--init-image", &odd, "--resize-mode", mode, "--denoise-rule", "a1111", "--output", &png]]
+                .concat(),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode}: {stderr}");
+        assert!(stderr.contains("note: the init image is 35x27; generating 32x24"), "{stderr}");
+        let image = image::open(&png).unwrap();
+        assert_eq!((image.width(), image.height()), (32, 24), "{mode}");
+    }
+    fails(&[&args[..], &["--init-image", &odd, "--resize-mode", "stretch"]].concat(), &["just-resize"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

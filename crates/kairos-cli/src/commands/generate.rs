@@ -16,11 +16,11 @@ use kairos_pipeline::infotext::Infotext;
 use kairos_pipeline::output::{save_json_sidecar, save_png, OutputTarget};
 use kairos_pipeline::{
     txt2img, InitImage, InitialNoise, LatentDecoder, LcmKind, LoraWeights, ModelOptions, Preview, Progress,
-    PromptSyntax, RgbImage, StableDiffusion, Taesd, TimestepMode, Txt2ImgRequest,
+    PromptSyntax, ResizeMode, RgbImage, StableDiffusion, Taesd, TimestepMode, Txt2ImgRequest,
 };
 use kairos_sampler::noise::{BatchSeeding, RngKind};
 use kairos_sampler::Sampler;
-use kairos_schedule::{Prediction, ScheduleKind};
+use kairos_schedule::{DenoiseRule, Prediction, ScheduleKind};
 
 /// The default model: SD 1.5 on the Hugging Face Hub.
 pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
@@ -71,14 +71,25 @@ pub struct GenerateArgs {
     /// down to a multiple of 8].
     #[arg(long, short = 'H')]
     height: Option<usize>,
-    /// img2img: start from this image (PNG, JPEG, WebP), resized to -W x -H (Lanczos, as
-    /// diffusers' image processor) when they differ.
+    /// img2img: start from this image (PNG, JPEG, WebP), brought to -W x -H by --resize-mode
+    /// when its size differs.
     #[arg(long)]
     init_image: Option<PathBuf>,
-    /// img2img strength in (0, 1]: the last floor(steps x denoise) steps of the schedule run
-    /// (diffusers' rule).
+    /// How --init-image is brought to -W x -H (A1111's modes, Pillow's Lanczos): just-resize
+    /// (stretch), crop-and-resize (cover, centre, crop), resize-and-fill (fit, centre, fill the
+    /// bands with the stretched edges).
+    #[arg(long, default_value = "just-resize", value_parser = ResizeMode::NAMES, requires = "init_image")]
+    resize_mode: String,
+    /// img2img strength in (0, 1]: how much of the schedule runs, by the schedule's denoise rule
+    /// (--denoise-rule).
     #[arg(long, alias = "strength", default_value_t = 0.75, requires = "init_image")]
     denoise: f64,
+    /// How --denoise shortens the schedule [default: the schedule's own: diffusers'
+    /// int(steps x denoise) for karras, normal, ...; ComfyUI's round(steps x denoise) for ays
+    /// and gits; A1111's int(min(denoise, 0.999) x steps) + 1 for the *_a1111 variants]; ksampler
+    /// is ComfyUI's KSampler (build steps/denoise, run the last steps).
+    #[arg(long, value_parser = DenoiseRule::NAMES, requires = "init_image")]
+    denoise_rule: Option<String>,
     /// Images per sampler run.
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
@@ -286,18 +297,25 @@ const LCM_UNET_CFG: f64 = 8.5;
 /// Default image side without an init image.
 const DEFAULT_SIZE: usize = 512;
 
-/// The init image at the request's size: -W/-H if given, else its own size rounded down to a
-/// multiple of 8 (diffusers' `get_default_height_width`).
-fn load_init_image(path: &Path, width: Option<usize>, height: Option<usize>) -> anyhow::Result<RgbImage> {
+/// The init image and the request's size: -W/-H if given, else the image's own side rounded
+/// down to a multiple of 8 (diffusers' `get_default_height_width`), with a note on stderr when
+/// that changes it. The pipeline resizes the image by the resize mode.
+fn load_init_image(
+    path: &Path,
+    width: Option<usize>,
+    height: Option<usize>,
+) -> anyhow::Result<(RgbImage, usize, usize)> {
     let image = image::open(path).with_context(|| format!("reading the init image {}", path.display()))?.to_rgb8();
-    let round = |v: u32| (v as usize / 8 * 8).max(8);
-    let (w, h) = (width.unwrap_or(round(image.width())), height.unwrap_or(round(image.height())));
-    let image = if (w, h) == (image.width() as usize, image.height() as usize) {
-        image
-    } else {
-        image::imageops::resize(&image, w as u32, h as u32, image::imageops::FilterType::Lanczos3)
-    };
-    Ok(RgbImage { width: w, height: h, data: image.into_raw() })
+    let (iw, ih) = (image.width() as usize, image.height() as usize);
+    let round = |v: usize| (v / 8 * 8).max(8);
+    let (w, h) = (width.unwrap_or(round(iw)), height.unwrap_or(round(ih)));
+    if (width.is_none() && w != iw) || (height.is_none() && h != ih) {
+        eprintln!(
+            "note: the init image is {iw}x{ih}; generating {w}x{h} (sides are multiples of 8); \
+             pass --width/--height to choose, --resize-mode for how it is fitted"
+        );
+    }
+    Ok((RgbImage { width: iw, height: ih, data: image.into_raw() }, w, h))
 }
 
 /// Fills what the user left open with the defaults for `lcm` models (lcm sampler, 4 steps,
@@ -347,15 +365,18 @@ fn parse_request(args: &GenerateArgs, prompt: String) -> anyhow::Result<Txt2ImgR
         }
         _ => ScheduleKind::from_name(args.schedule.as_deref().unwrap_or("karras"))?,
     };
-    let init_image = match &args.init_image {
+    let (init_image, width, height) = match &args.init_image {
         Some(path) => {
-            Some(InitImage { image: load_init_image(path, args.width, args.height)?, strength: args.denoise })
+            let (image, width, height) = load_init_image(path, args.width, args.height)?;
+            let init = InitImage {
+                image,
+                strength: args.denoise,
+                resize_mode: ResizeMode::from_name(&args.resize_mode)?,
+                denoise_rule: args.denoise_rule.as_deref().map(DenoiseRule::from_name).transpose()?,
+            };
+            (Some(init), width, height)
         }
-        None => None,
-    };
-    let (width, height) = match &init_image {
-        Some(init) => (init.image.width, init.image.height),
-        None => (args.width.unwrap_or(DEFAULT_SIZE), args.height.unwrap_or(DEFAULT_SIZE)),
+        None => (None, args.width.unwrap_or(DEFAULT_SIZE), args.height.unwrap_or(DEFAULT_SIZE)),
     };
     Ok(Txt2ImgRequest {
         prompt,
@@ -444,7 +465,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 
     let run_steps = kairos_pipeline::txt2img::request_sigmas(&components, &req)?.len() - 1;
     // The infotext's Steps is the full schedule's, as A1111 writes it for img2img (which runs
-    // floor(steps x denoise) of them, the same rule).
+    // a tail of them).
     let steps = match &req.init_image {
         None => run_steps,
         Some(_) => {
@@ -475,7 +496,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             (Progress::Decoding { batch }, None) => eprintln!("batch {} decoding ({took:.2} s)", batch + 1),
         }
         if let (Progress::Step { step, denoised, .. }, Some(path)) = (p, &args.preview) {
-            if (*step as u64 + 1) % args.preview_every == 0 {
+            if (*step as u64 + 1).is_multiple_of(args.preview_every) {
                 if let Err(e) = write_preview(path, &preview, denoised) {
                     preview_error = Some(e);
                     return ControlFlow::Break(());
@@ -553,6 +574,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 "vae": args.vae,
                 "init_image": args.init_image,
                 "denoise": req.init_image.as_ref().map(|init| init.strength),
+                "resize_mode": req.init_image.as_ref().map(|init| init.resize_mode.name()),
+                "denoise_rule": req.init_image.as_ref().map(|init| {
+                    init.denoise_rule.unwrap_or(req.schedule.denoise_rule()).name()
+                }),
                 "loras": opts.loras.iter().map(|l| serde_json::json!({
                     "path": l.path,
                     "unet_strength": l.unet_strength,
