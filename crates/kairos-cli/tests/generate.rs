@@ -194,6 +194,19 @@ fn generate_with_replacement_vae() {
     // levels at most; some pixel differs, so the file's weights were used.
     assert!(diff > 0 && diff <= 2, "max pixel difference {diff}");
     fails(&[&tiny_args(&model, &replaced)[..], &["--vae", "/no/such/vae.pt"]].concat(), &["/no/such/vae.pt"]);
+
+    // An SDXL-style VAE folder (scaling factor 0.13025) does not fit an SD1 model; the same
+    // weights as a single file record no scaling factor and take the model's.
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kairos-models/tests/fixtures/vae");
+    let sdxl = fixtures.join("sdxl_tiny").to_string_lossy().into_owned();
+    let png = dir.join("sdxl.png").to_string_lossy().into_owned();
+    fails(
+        &[&tiny_args(&model, &png)[..], &["--vae", &sdxl]].concat(),
+        &["does not fit this model: its scaling factor is 0.13025, the model needs 0.18215"],
+    );
+    let sdxl_file = fixtures.join("sdxl_tiny_ldm.safetensors").to_string_lossy().into_owned();
+    let out = kairos(&[&tiny_args(&model, &png)[..], &["--vae", &sdxl_file]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -25,7 +25,7 @@ use kairos_schedule::{AysModel, DenoiseRule, Family, ModelSchedule, Prediction, 
 
 use crate::conditioning::{encode_pair, PromptEncoder};
 use crate::denoiser::{repeat_batch, CfgDenoiser, DiffusionModel, ModelDenoiser};
-use crate::image::{to_rgb8, LatentDecoder, LatentEncoder, RgbImage};
+use crate::image::{ensure_finite, to_rgb8, LatentDecoder, LatentEncoder, RgbImage};
 use crate::resize::{resize_image, ResizeMode};
 use crate::PipelineError;
 
@@ -325,7 +325,9 @@ pub fn txt2img(
         if on_progress(&Progress::Decoding { batch }).is_break() {
             return Err(kairos_sampler::SamplerError::Cancelled.into());
         }
-        let images = to_rgb8(&c.decoder.decode(&latents)?)?;
+        let decoded = c.decoder.decode(&latents)?;
+        ensure_finite(&decoded)?;
+        let images = to_rgb8(&decoded)?;
         let seeds = match req.seeding {
             BatchSeeding::Shared => vec![seed; b],
             BatchSeeding::PerItem => (0..b).map(|i| seed.wrapping_add(i as u64)).collect(),

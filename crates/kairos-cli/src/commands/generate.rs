@@ -112,8 +112,9 @@ pub struct GenerateArgs {
     /// interpolated when --steps differs from the file's step count.
     #[arg(long, conflicts_with = "sigmas")]
     sigmas_file: Option<PathBuf>,
-    /// A standalone VAE file (.safetensors/.ckpt/.pt, LDM or diffusers keys) replacing the
-    /// checkpoint's VAE; it must fit the model (latent channels, scaling factor).
+    /// A standalone VAE replacing the checkpoint's: a file (.safetensors/.ckpt/.pt, LDM or
+    /// diffusers keys; it takes the model's scaling factor) or a diffusers AutoencoderKL folder
+    /// (config.json: its scaling factor must be the model's). Latent channels must fit the UNet.
     #[arg(long)]
     vae: Option<PathBuf>,
     /// TAESD for the final decode instead of the VAE: a diffusers AutoencoderTiny folder, or a

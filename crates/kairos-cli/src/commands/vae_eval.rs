@@ -85,6 +85,8 @@ impl Vae {
             Self::Kl(vae) => vae.decode(&vae.encode(x)?.mean)?,
             Self::Tiny(vae) => vae.decode(&vae.encode(x)?)?,
         };
+        // A NaN would be clamped to nothing and scored as black pixels.
+        kairos_pipeline::image::ensure_finite(&y)?;
         Ok(y.clamp(-1f32, 1f32)?)
     }
 }
