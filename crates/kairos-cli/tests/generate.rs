@@ -281,6 +281,16 @@ fn generate_img2img_from_png() {
         assert_eq!((image.width(), image.height()), (32, 24), "{mode}");
     }
     fails(&[&args[..], &["--init-image", &odd, "--resize-mode", "stretch"]].concat(), &["just-resize"]);
+
+    // Tiled VAE (encode and decode, 16-pixel tiles) gives an image of the same size; a tile size
+    // the VAE cannot cut is refused before the model loads.
+    let png = dir.join("tiled.png").to_string_lossy().into_owned();
+    let tiled = ["--vae-tiling", "always", "--vae-tile-size", "16", "--output", &png];
+    let out = kairos(&[&args[..], &["--init-image", &init], &tiled[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let image = image::open(&png).unwrap();
+    assert_eq!((image.width(), image.height()), (32, 24));
+    fails(&[&args[..], &["--vae-tile-size", "20"]].concat(), &["--vae-tile-size must be a positive multiple of 8"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

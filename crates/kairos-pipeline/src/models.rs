@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use kairos_models::autoencoders::autoencoder_tiny::{load_tiny_state_dict, DecoderTiny};
-use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig, AutoencoderTinyConfig};
+use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig, AutoencoderTinyConfig, TilingOptions};
 use kairos_models::lcm::{lcm_time_cond_proj_dim, LcmOptions};
 use kairos_models::loading::{self, LoadOptions, ModelFamily, PredictionType, StableDiffusionWeights};
 use kairos_models::lora::{self, LoraFile, LoraUse, MergeOptions};
@@ -54,6 +54,8 @@ pub struct ModelOptions {
     pub vae: Option<PathBuf>,
     /// LoRAs merged into the UNet and text encoder (in order) before the networks are built.
     pub loras: Vec<LoraWeights>,
+    /// When and how the VAE tiles its decode and encode.
+    pub vae_tiling: TilingOptions,
     /// Compute dtype of the networks (the sampler state stays float32).
     pub dtype: DType,
     /// Compute device.
@@ -71,6 +73,7 @@ impl Default for ModelOptions {
             prompt: PromptOptions::default(),
             vae: None,
             loras: Vec::new(),
+            vae_tiling: TilingOptions::default(),
             dtype: DType::F32,
             device: Device::Cpu,
         }
@@ -135,17 +138,25 @@ impl DiffusionModel for Unet {
     }
 }
 
-/// `AutoencoderKL`'s decoder as a [`LatentDecoder`] (and its encoder as a [`LatentEncoder`]).
+/// `AutoencoderKL`'s decoder as a [`LatentDecoder`] (and its encoder as a [`LatentEncoder`]),
+/// tiled as its [`TilingOptions`] say.
 pub struct Vae {
     vae: AutoencoderKL,
     dtype: DType,
+    tiling: TilingOptions,
 }
 
 impl Vae {
     /// Wraps a built VAE whose weights are in `dtype` (inputs are converted to it, outputs back
-    /// to float32).
+    /// to float32), with the default tiling (512-pixel tiles when the untiled pass is estimated
+    /// above 4 GiB of activations).
     pub fn new(vae: AutoencoderKL, dtype: DType) -> Self {
-        Self { vae, dtype }
+        Self { vae, dtype, tiling: TilingOptions::default() }
+    }
+
+    /// The same VAE with other tiling options.
+    pub fn with_tiling(self, tiling: TilingOptions) -> Self {
+        Self { tiling, ..self }
     }
 
     /// The compute dtype (float32 for a `force_upcast` VAE whatever the model's dtype).
@@ -164,7 +175,7 @@ impl LatentDecoder for Vae {
         // diffusers: vae.decode(latents / scaling_factor); a true division, as torch does it.
         let factor = Tensor::new(self.vae.config().scaling_factor as f32, latents.device())?;
         let z = latents.to_dtype(DType::F32)?.broadcast_div(&factor)?.to_dtype(self.dtype)?;
-        Ok(self.vae.decode(&z)?.to_dtype(DType::F32)?)
+        Ok(self.vae.decode_with(&z, &self.tiling)?.to_dtype(DType::F32)?)
     }
 
     fn latent_channels(&self) -> usize {
@@ -178,7 +189,7 @@ impl LatentDecoder for Vae {
 
 impl LatentEncoder for Vae {
     fn encode(&self, images: &Tensor) -> Result<DiagonalGaussianDistribution, PipelineError> {
-        let posterior = self.vae.encode(&images.to_dtype(self.dtype)?)?;
+        let posterior = self.vae.encode_with(&images.to_dtype(self.dtype)?, &self.tiling)?;
         Ok(DiagonalGaussianDistribution {
             mean: posterior.mean.to_dtype(DType::F32)?,
             logvar: posterior.logvar.to_dtype(DType::F32)?,
@@ -378,7 +389,7 @@ impl StableDiffusion {
             family,
             prediction,
             unet: Unet::new(unet, dtype),
-            vae: Vae::new(vae, vae_dtype),
+            vae: Vae::new(vae, vae_dtype).with_tiling(opts.vae_tiling),
             encoder: ClipPromptEncoder::new(text_encoder, tokenizer, opts.prompt_syntax, opts.prompt),
             schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(opts.table_precision).with_quantize(quantize)),
             lcm,

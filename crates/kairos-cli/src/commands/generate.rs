@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use kairos_models::autoencoders::LatentRgbFactors;
+use kairos_models::autoencoders::{LatentRgbFactors, TilingMode, TilingOptions};
 use kairos_models::lcm::{lcm_timesteps, LcmOptions};
 use kairos_models::lora::{extract_prompt_loras, resolve_lora, LoraSpec};
 use kairos_models::prompt::PromptOptions;
@@ -117,6 +117,18 @@ pub struct GenerateArgs {
     /// (config.json: its scaling factor must be the model's). Latent channels must fit the UNet.
     #[arg(long)]
     vae: Option<PathBuf>,
+    /// When the VAE decodes (and, for img2img, encodes) in tiles: auto (when the untiled pass
+    /// is estimated above --vae-memory-budget of activations), always (when the image is larger
+    /// than one tile) or never.
+    #[arg(long, value_enum, default_value_t = VaeTiling::Auto)]
+    vae_tiling: VaeTiling,
+    /// VAE tile edge in pixels (a multiple of 8; diffusers' SD1.5 value), blended over a
+    /// quarter tile with each neighbour.
+    #[arg(long, default_value_t = 512)]
+    vae_tile_size: usize,
+    /// Activation memory, in MiB, an untiled VAE pass may use before --vae-tiling auto tiles.
+    #[arg(long, default_value_t = 4096)]
+    vae_memory_budget: u64,
     /// TAESD for the final decode instead of the VAE: a diffusers AutoencoderTiny folder, or a
     /// decoder file (madebyollin's taesd_decoder.pth/.safetensors) or whole-TAESD file.
     #[arg(long)]
@@ -156,6 +168,13 @@ pub struct GenerateArgs {
 enum Seeding {
     Batch,
     PerImage,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum VaeTiling {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -357,6 +376,9 @@ fn apply_lcm_defaults(args: &GenerateArgs, req: &mut Txt2ImgRequest, lcm: LcmKin
 }
 
 fn parse_request(args: &GenerateArgs, prompt: String) -> anyhow::Result<Txt2ImgRequest> {
+    if args.vae_tile_size == 0 || !args.vae_tile_size.is_multiple_of(8) {
+        bail!("--vae-tile-size must be a positive multiple of 8 pixels, got {} (e.g. 512)", args.vae_tile_size);
+    }
     let schedule = match (&args.sigmas, &args.timesteps, &args.sigmas_file) {
         (Some(s), _, _) => ScheduleKind::Sigmas(s.clone()),
         (_, Some(t), _) => ScheduleKind::Timesteps(t.clone()),
@@ -434,6 +456,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         },
         prompt: PromptOptions { clip_skip: args.clip_skip, ..PromptOptions::default() },
         vae: args.vae.clone(),
+        vae_tiling: TilingOptions {
+            tile_sample_size: args.vae_tile_size,
+            overlap_factor: 0.25,
+            mode: match args.vae_tiling {
+                VaeTiling::Auto => TilingMode::Auto { memory_budget_bytes: args.vae_memory_budget << 20 },
+                VaeTiling::Always => TilingMode::Always,
+                VaeTiling::Never => TilingMode::Never,
+            },
+        },
         loras,
         ..ModelOptions::default()
     };
