@@ -194,6 +194,18 @@ fn clip8(v: i64) -> u8 {
 /// is allowed) resampled to `w`×`h` in two 8-bit fixed-point passes, horizontal first, as
 /// `ImagingResampleInner`.
 pub fn pil_resize(im: &RgbImage, w: usize, h: usize, region: [f64; 4]) -> Result<RgbImage, PipelineError> {
+    if im.data.len() != im.width * im.height * 3 {
+        return Err(PipelineError::InvalidOption {
+            name: "init_image",
+            message: format!(
+                "{}x{} RGB needs {} bytes, got {}",
+                im.width,
+                im.height,
+                im.width * im.height * 3,
+                im.data.len()
+            ),
+        });
+    }
     let [x0, y0, x1, y1] = region;
     let (iw, ih) = (im.width as f64, im.height as f64);
     let inside = 0.0 <= x0 && x0 <= x1 && x1 <= iw && 0.0 <= y0 && y0 <= y1 && y1 <= ih;
@@ -374,5 +386,8 @@ mod tests {
         let err = resize_image(ResizeMode::JustResize, &im, 0, 8).unwrap_err().to_string();
         assert!(err.contains("sides must be positive"), "{err}");
         assert!(pil_resize(&im, 2, 2, [0.0, 0.0, 5.0, 4.0]).is_err());
+        let short = RgbImage { data: vec![0; 10], ..im };
+        let err = resize_image(ResizeMode::CropAndResize, &short, 8, 8).unwrap_err().to_string();
+        assert!(err.contains("4x4 RGB needs 48 bytes, got 10"), "{err}");
     }
 }
