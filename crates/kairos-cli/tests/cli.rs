@@ -81,6 +81,17 @@ fn schedule_json_for_each_named_schedule_and_denoise() {
     let sigmas = f64s(&v["sigmas"]);
     assert_eq!(sigmas.len(), 6);
     assert!((sigmas[0] - 0.8620721141).abs() < 1e-9, "{sigmas:?}");
+    // karras follows diffusers' img2img (int(10 · 0.62) = 6 steps of the 10-step schedule) unless
+    // another rule is asked for: ComfyUI's KSampler runs 10 of int(10 / 0.62) = 16, A1111 7.
+    let karras = |rule: &[&str]| {
+        let args = ["schedule", "--schedule", "karras", "--steps", "10", "--denoise", "0.62", "--json"];
+        f64s(&json(&[&args[..], rule].concat())["sigmas"])
+    };
+    let full = f64s(&json(&["schedule", "--schedule", "karras", "--steps", "10", "--json"])["sigmas"]);
+    assert_eq!(karras(&[]), full[4..]);
+    assert_eq!(karras(&["--denoise-rule", "a1111"]), full[3..]);
+    let sixteen = f64s(&json(&["schedule", "--schedule", "karras", "--steps", "16", "--json"])["sigmas"]);
+    assert_eq!(karras(&["--denoise-rule", "ksampler"]), sixteen[6..]);
 }
 
 #[test]

@@ -194,6 +194,19 @@ fn generate_with_replacement_vae() {
     // levels at most; some pixel differs, so the file's weights were used.
     assert!(diff > 0 && diff <= 2, "max pixel difference {diff}");
     fails(&[&tiny_args(&model, &replaced)[..], &["--vae", "/no/such/vae.pt"]].concat(), &["/no/such/vae.pt"]);
+
+    // An SDXL-style VAE folder (scaling factor 0.13025) does not fit an SD1 model; the same
+    // weights as a single file record no scaling factor and take the model's.
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kairos-models/tests/fixtures/vae");
+    let sdxl = fixtures.join("sdxl_tiny").to_string_lossy().into_owned();
+    let png = dir.join("sdxl.png").to_string_lossy().into_owned();
+    fails(
+        &[&tiny_args(&model, &png)[..], &["--vae", &sdxl]].concat(),
+        &["does not fit this model: its scaling factor is 0.13025, the model needs 0.18215"],
+    );
+    let sdxl_file = fixtures.join("sdxl_tiny_ldm.safetensors").to_string_lossy().into_owned();
+    let out = kairos(&[&tiny_args(&model, &png)[..], &["--vae", &sdxl_file]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -223,8 +236,9 @@ fn generate_writes_previews_and_checks_taesd() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// img2img from a PNG: the size follows the image, the infotext records the strength, and a
-/// strength that leaves no step is refused.
+/// img2img from a PNG: the size follows the image (rounded to multiples of 8, with a note), each
+/// resize mode runs, the infotext records the strength, and a strength that leaves no step is
+/// refused.
 #[test]
 fn generate_img2img_from_png() {
     let model = tiny_sd1();
@@ -247,8 +261,36 @@ fn generate_img2img_from_png() {
     let png2 = dir.join("img2.png").to_string_lossy().into_owned();
     fails(
         &[&args[..], &["--init-image", &init, "--denoise", "0.1", "--output", &png2]].concat(),
-        &["leaves no step to run"],
+        &["keeps no step (int(steps * denoise) = 0)", "use denoise >= 0.25"],
     );
+
+    // A 35x27 image without -W/-H: 32x24 with a note, fitted by the resize mode.
+    let odd = dir.join("odd.png");
+    image::RgbImage::from_fn(35, 27, |x, y| image::Rgb([(x * 7) as u8, (y * 9) as u8, 90])).save(&odd).unwrap();
+    let odd = odd.to_string_lossy().into_owned();
+    for (k, mode) in ["just-resize", "crop-and-resize", "resize-and-fill"].iter().enumerate() {
+        let png = dir.join(format!("odd{k}.png")).to_string_lossy().into_owned();
+        let out = kairos(
+            &[&args[..], &["--init-image", &odd, "--resize-mode", mode, "--denoise-rule", "a1111", "--output", &png]]
+                .concat(),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode}: {stderr}");
+        assert!(stderr.contains("note: the init image is 35x27; generating 32x24"), "{stderr}");
+        let image = image::open(&png).unwrap();
+        assert_eq!((image.width(), image.height()), (32, 24), "{mode}");
+    }
+    fails(&[&args[..], &["--init-image", &odd, "--resize-mode", "stretch"]].concat(), &["just-resize"]);
+
+    // Tiled VAE (encode and decode, 16-pixel tiles) gives an image of the same size; a tile size
+    // the VAE cannot cut is refused before the model loads.
+    let png = dir.join("tiled.png").to_string_lossy().into_owned();
+    let tiled = ["--vae-tiling", "always", "--vae-tile-size", "16", "--output", &png];
+    let out = kairos(&[&args[..], &["--init-image", &init], &tiled[..]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let image = image::open(&png).unwrap();
+    assert_eq!((image.width(), image.height()), (32, 24));
+    fails(&[&args[..], &["--vae-tile-size", "20"]].concat(), &["--vae-tile-size must be a positive multiple of 8"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

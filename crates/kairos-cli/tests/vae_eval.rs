@@ -52,7 +52,14 @@ fn vae_eval_reports_caches_and_resumes() {
         "2",
     ];
     let first = kairos(&[&base[..], &["--limit", "2"]].concat());
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    // Not a terminal: one progress line per batch of 2, with the throughput.
+    assert!(stderr.contains("diffusion_pytorch_model: 2/2 images, ") && stderr.contains(" images/s"), "{stderr}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert!(results["vaes"][0]["images_per_second"].as_f64().unwrap() > 0.0);
+    assert!(String::from_utf8_lossy(&first.stdout).contains("img/s"));
     let cache = out.join("diffusion_pytorch_model.jsonl");
     assert_eq!(std::fs::read_to_string(&cache).unwrap().lines().count(), 2);
 

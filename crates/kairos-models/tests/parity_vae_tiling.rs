@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use kairos_models::autoencoders::tiling::LIVE_ACTIVATIONS;
 use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig, TilingMode, TilingOptions};
 use kairos_models::ModelError;
 
@@ -108,9 +109,15 @@ fn auto_mode_tiles_only_above_the_memory_budget() {
     let io = io();
     let vae = vae();
     let z = &io["z"];
-    let estimate = vae.decode_memory_estimate(z.dims(), DType::F32);
-    // Attention over 40·28 latents: 2·1120² f32 scores dominate.
-    assert_eq!(estimate, 2 * 1120 * 1120 * 4);
+    let n = z.dim(0).unwrap() as u64;
+    let (h, w) = (z.dim(2).unwrap() as u64, z.dim(3).unwrap() as u64);
+    assert_eq!(h * w, 40 * 28);
+    let estimate = vae.decode_memory_estimate(z.dims(), DType::F32, &Device::Cpu);
+    // f32 on the CPU: blocked attention holds no scores; LIVE_ACTIVATIONS tensors of 16 channels
+    // (block_out_channels (8, 16)) at full resolution (2h × 2w).
+    assert_eq!(estimate, LIVE_ACTIVATIONS * n * 16 * (2 * h) * (2 * w) * 4);
+    // Half precision goes through the upcast attention: 2·1120² f32 scores dominate.
+    assert_eq!(vae.decode_memory_estimate(z.dims(), DType::F16, &Device::Cpu), 2 * 1120 * 1120 * 4);
     let auto = |budget| TilingOptions { mode: TilingMode::Auto { memory_budget_bytes: budget }, ..DIFFUSERS };
     let under = vae.decode_with(z, &auto(estimate)).unwrap();
     assert!(rel_err(&under, &io["untiled_decoded"]) <= TOL);

@@ -46,6 +46,15 @@ pub enum PipelineError {
         /// The model's value.
         model: String,
     },
+    /// A decode gave NaN or infinite values (a float16 VAE whose activations overflow, as SDXL's
+    /// original VAE does), which would be written as a black image.
+    #[error("VAE produced NaN: use a float32 VAE or sdxl-vae-fp16-fix ({count} of {total} decoded values are NaN or infinite; no image was written)")]
+    NonFiniteDecode {
+        /// Non-finite values.
+        count: usize,
+        /// All values.
+        total: usize,
+    },
     /// Sampling failed or was cancelled ([`SamplerError::Cancelled`]).
     #[error(transparent)]
     Sampler(#[from] SamplerError),

@@ -87,6 +87,17 @@ pub fn to_rgb8(images: &Tensor) -> Result<Vec<RgbImage>, PipelineError> {
         .collect())
 }
 
+/// Fails with [`PipelineError::NonFiniteDecode`] when decoded images hold NaN or infinite
+/// values, instead of letting them become a black image.
+pub fn ensure_finite(images: &Tensor) -> Result<(), PipelineError> {
+    let values = images.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let count = values.iter().filter(|v| !v.is_finite()).count();
+    if count > 0 {
+        return Err(PipelineError::NonFiniteDecode { count, total: values.len() });
+    }
+    Ok(())
+}
+
 /// How step previews are drawn from the sampler's x0 prediction.
 #[derive(Clone, Copy)]
 pub enum Preview<'a> {
@@ -133,6 +144,16 @@ mod tests {
         let t = img.to_tensor(&Device::Cpu).unwrap();
         assert_eq!(t.dims(), &[1, 3, 1, 2]);
         assert_eq!(to_rgb8(&t).unwrap()[0], img);
+    }
+
+    #[test]
+    fn non_finite_decodes_are_errors() {
+        let ok = Tensor::new(&[0.5f32, -1.0, 2.0], &Device::Cpu).unwrap();
+        assert!(ensure_finite(&ok).is_ok());
+        let bad = Tensor::new(&[0.5f32, f32::NAN, f32::INFINITY, 1.0], &Device::Cpu).unwrap();
+        let err = ensure_finite(&bad.to_dtype(DType::F16).unwrap()).unwrap_err().to_string();
+        assert!(err.starts_with("VAE produced NaN: use a float32 VAE or sdxl-vae-fp16-fix"), "{err}");
+        assert!(err.contains("2 of 4 decoded values"), "{err}");
     }
 
     #[test]

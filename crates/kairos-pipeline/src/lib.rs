@@ -9,6 +9,7 @@
 //!   [`Preview`]s).
 //! - [`txt2img()`]: the run (seeded latents, any sampler and schedule, progress, cancellation).
 //! - [`models`]: the real networks from a checkpoint ([`StableDiffusion::load`]).
+//! - [`resize`]: A1111's img2img resize modes over Pillow's Lanczos resampling.
 //! - [`infotext`] and [`output`]: A1111 infotext, PNG files that never overwrite.
 //!
 //! Every model sits behind a small trait, so the run is testable with fakes.
@@ -20,6 +21,7 @@ pub mod image;
 pub mod infotext;
 pub mod models;
 pub mod output;
+pub mod resize;
 pub mod txt2img;
 
 pub use conditioning::{PromptEncoder, PromptSyntax};
@@ -27,4 +29,5 @@ pub use denoiser::{CfgDenoiser, DiffusionModel, ModelDenoiser};
 pub use error::PipelineError;
 pub use image::{LatentDecoder, LatentEncoder, Preview, RgbImage};
 pub use models::{LcmKind, LoraWeights, ModelOptions, StableDiffusion, Taesd, TimestepMode, Unet};
+pub use resize::{resize_image, ResizeMode};
 pub use txt2img::{txt2img, Components, InitImage, InitialNoise, Progress, Txt2ImgOutput, Txt2ImgRequest};

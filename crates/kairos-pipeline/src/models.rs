@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use kairos_models::autoencoders::autoencoder_tiny::{load_tiny_state_dict, DecoderTiny};
-use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig, AutoencoderTinyConfig};
+use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig, AutoencoderTinyConfig, TilingOptions};
 use kairos_models::lcm::{lcm_time_cond_proj_dim, LcmOptions};
 use kairos_models::loading::{self, LoadOptions, ModelFamily, PredictionType, StableDiffusionWeights};
 use kairos_models::lora::{self, LoraFile, LoraUse, MergeOptions};
@@ -54,6 +54,8 @@ pub struct ModelOptions {
     pub vae: Option<PathBuf>,
     /// LoRAs merged into the UNet and text encoder (in order) before the networks are built.
     pub loras: Vec<LoraWeights>,
+    /// When and how the VAE tiles its decode and encode.
+    pub vae_tiling: TilingOptions,
     /// Compute dtype of the networks (the sampler state stays float32).
     pub dtype: DType,
     /// Compute device.
@@ -71,6 +73,7 @@ impl Default for ModelOptions {
             prompt: PromptOptions::default(),
             vae: None,
             loras: Vec::new(),
+            vae_tiling: TilingOptions::default(),
             dtype: DType::F32,
             device: Device::Cpu,
         }
@@ -135,16 +138,35 @@ impl DiffusionModel for Unet {
     }
 }
 
-/// `AutoencoderKL`'s decoder as a [`LatentDecoder`].
+/// `AutoencoderKL`'s decoder as a [`LatentDecoder`] (and its encoder as a [`LatentEncoder`]),
+/// tiled as its [`TilingOptions`] say.
 pub struct Vae {
     vae: AutoencoderKL,
     dtype: DType,
+    tiling: TilingOptions,
 }
 
 impl Vae {
-    /// Wraps a built VAE whose weights are in `dtype` (inputs are converted to it).
+    /// Wraps a built VAE whose weights are in `dtype` (inputs are converted to it, outputs back
+    /// to float32), with the default tiling (512-pixel tiles when the untiled pass is estimated
+    /// above 4 GiB of activations).
     pub fn new(vae: AutoencoderKL, dtype: DType) -> Self {
-        Self { vae, dtype }
+        Self { vae, dtype, tiling: TilingOptions::default() }
+    }
+
+    /// The same VAE with other tiling options.
+    pub fn with_tiling(self, tiling: TilingOptions) -> Self {
+        Self { tiling, ..self }
+    }
+
+    /// The compute dtype (float32 for a `force_upcast` VAE whatever the model's dtype).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The VAE's config.
+    pub fn config(&self) -> &AutoencoderKLConfig {
+        self.vae.config()
     }
 }
 
@@ -153,7 +175,7 @@ impl LatentDecoder for Vae {
         // diffusers: vae.decode(latents / scaling_factor); a true division, as torch does it.
         let factor = Tensor::new(self.vae.config().scaling_factor as f32, latents.device())?;
         let z = latents.to_dtype(DType::F32)?.broadcast_div(&factor)?.to_dtype(self.dtype)?;
-        Ok(self.vae.decode(&z)?.to_dtype(DType::F32)?)
+        Ok(self.vae.decode_with(&z, &self.tiling)?.to_dtype(DType::F32)?)
     }
 
     fn latent_channels(&self) -> usize {
@@ -167,7 +189,7 @@ impl LatentDecoder for Vae {
 
 impl LatentEncoder for Vae {
     fn encode(&self, images: &Tensor) -> Result<DiagonalGaussianDistribution, PipelineError> {
-        let posterior = self.vae.encode(&images.to_dtype(self.dtype)?)?;
+        let posterior = self.vae.encode_with(&images.to_dtype(self.dtype)?, &self.tiling)?;
         Ok(DiagonalGaussianDistribution {
             mean: posterior.mean.to_dtype(DType::F32)?,
             logvar: posterior.logvar.to_dtype(DType::F32)?,
@@ -301,6 +323,16 @@ fn check_vae_fits(
     Ok(())
 }
 
+/// The dtype a VAE runs in for a model running in `dtype`: float32 when the VAE's config asks
+/// for an upcast (diffusers' `force_upcast`), else `dtype`.
+fn vae_compute_dtype(config: &AutoencoderKLConfig, dtype: DType) -> DType {
+    if config.force_upcast {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
 impl StableDiffusion {
     /// Loads a single-file checkpoint or a diffusers folder and builds the networks.
     pub fn load(path: impl AsRef<Path>, opts: &ModelOptions) -> Result<Self, PipelineError> {
@@ -329,16 +361,26 @@ impl StableDiffusion {
         };
         let unet_config = UNet2DConditionModelConfig::from_json(&weights.unet.config.to_string())?;
         let unet = UNet2DConditionModel::new(merged.unet.var_builder(dtype, device), &unet_config)?;
-        let vae_config = AutoencoderKLConfig::from_json(&weights.vae.config)?;
-        let vae = match &opts.vae {
-            None => AutoencoderKL::new(weights.vae.var_builder(dtype, device), &vae_config)?,
+        let checkpoint_vae = AutoencoderKLConfig::from_json(&weights.vae.config)?;
+        let (vae_weights, vae_config) = match &opts.vae {
+            None => (weights.vae.clone(), checkpoint_vae),
             Some(path) => {
-                let file = loading::load_vae_file(path, &opts.load.hints)?;
+                let mut file = loading::load_vae_file(path, &opts.load.hints)?;
+                if !path.is_dir() {
+                    // A single file records no scaling factor: it takes the model's, as A1111
+                    // loads a VAE file into the checkpoint's first stage. A folder's config.json
+                    // says which latents it was made for, and is checked.
+                    file.config["scaling_factor"] = serde_json::json!(checkpoint_vae.scaling_factor);
+                }
                 let config = AutoencoderKLConfig::from_json(&file.config)?;
-                check_vae_fits(path, &config, &vae_config, unet_config.in_channels)?;
-                AutoencoderKL::new(file.var_builder(dtype, device), &config)?
+                check_vae_fits(path, &config, &checkpoint_vae, unet_config.in_channels)?;
+                (file, config)
             }
         };
+        // diffusers' pipelines run a `force_upcast` VAE (SD's and SDXL's, whose float16
+        // activations overflow) in float32 when the rest runs in half precision.
+        let vae_dtype = vae_compute_dtype(&vae_config, dtype);
+        let vae = AutoencoderKL::new(vae_weights.var_builder(vae_dtype, device), &vae_config)?;
         let te_config = CLIPTextConfig::from_json(&weights.text_encoder.config.to_string())?;
         let text_encoder = CLIPTextModel::new(merged.text_encoder.var_builder(dtype, device), &te_config)?;
         let tokenizer = CLIPTokenizer::new(pad_token(&weights)?)?;
@@ -347,7 +389,7 @@ impl StableDiffusion {
             family,
             prediction,
             unet: Unet::new(unet, dtype),
-            vae: Vae::new(vae, dtype),
+            vae: Vae::new(vae, vae_dtype).with_tiling(opts.vae_tiling),
             encoder: ClipPromptEncoder::new(text_encoder, tokenizer, opts.prompt_syntax, opts.prompt),
             schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(opts.table_precision).with_quantize(quantize)),
             lcm,
@@ -399,6 +441,53 @@ mod tests {
         // weights do not have: a clear shape error, not a panic.
         let err = Taesd::load(&dir.join("taesd_decoder.pth"), DType::F32, &Device::Cpu).err().unwrap();
         assert!(err.to_string().contains("shape"), "{err}");
+    }
+
+    fn max_rel(got: &Tensor, want: &Tensor) -> f32 {
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        diff / want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    fn cosine(a: &Tensor, b: &Tensor) -> f64 {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        dot / (norm(&a) * norm(&b))
+    }
+
+    /// The SDXL-style VAE of kairos-models' fixtures (tools/fixtures/vae.py: scaling factor
+    /// 0.13025, force_upcast false as sdxl-vae-fp16-fix) through the pipeline's scaling:
+    /// decode(z / 0.13025) and mean · 0.13025 as diffusers, within 1e-5 of the output's range
+    /// (the fixture's tolerance: the same f32 ops summed in another order). In float16 the decode
+    /// is finite and within cosine 0.9995 of torch's float16 decode (style guide, f16); latents
+    /// that overflow float16 are reported instead of written as a black image.
+    #[test]
+    fn sdxl_vae_scales_as_diffusers_and_reports_f16_overflow() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kairos-models/tests/fixtures/vae");
+        let io = candle_core::safetensors::load(dir.join("sdxl_io.safetensors"), &Device::Cpu).unwrap();
+        let component = loading::load_vae_file(dir.join("sdxl_tiny"), &Default::default()).unwrap();
+        let sdxl = AutoencoderKLConfig::from_json(&component.config).unwrap();
+        assert_eq!(vae_compute_dtype(&sdxl, DType::F16), DType::F16, "fp16-fix: no upcast");
+        assert_eq!(vae_compute_dtype(&config(4, 0.18215), DType::F16), DType::F32, "SD's VAE upcasts");
+        let build =
+            |dtype| Vae::new(AutoencoderKL::new(component.var_builder(dtype, &Device::Cpu), &sdxl).unwrap(), dtype);
+        let vae = build(DType::F32);
+        assert_eq!(vae.scaling_factor(), 0.13025);
+        let err = max_rel(&vae.decode(&io["z_unet"]).unwrap(), &io["decoded_unet"]);
+        assert!(err < 1e-5, "decode {err:e}");
+        let mean = LatentEncoder::encode(&vae, &io["x"]).unwrap().mean;
+        let err = max_rel(&(mean * vae.scaling_factor()).unwrap(), &io["unet_latent"]);
+        assert!(err < 1e-5, "encode {err:e}");
+
+        let half = build(DType::F16);
+        let decoded = half.decode(&io["z_unet"]).unwrap();
+        crate::image::ensure_finite(&decoded).unwrap();
+        let cos = cosine(&decoded, &io["decoded_unet_f16"]);
+        assert!(cos >= 0.9995, "f16 cosine {cos}");
+        let huge = (&io["z_unet"] * 1e5).unwrap();
+        let err = crate::image::ensure_finite(&half.decode(&huge).unwrap()).unwrap_err();
+        assert!(err.to_string().starts_with("VAE produced NaN: use a float32 VAE or sdxl-vae-fp16-fix"), "{err}");
     }
 
     #[test]

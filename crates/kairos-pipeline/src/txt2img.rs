@@ -7,11 +7,13 @@
 //! and ancestral noise continues the same generator (founders' measurement; see
 //! `tests/parity_pipeline.rs`).
 //!
-//! With an [`InitImage`] the run is diffusers' `StableDiffusionImg2ImgPipeline`: the schedule
-//! keeps its last `floor(steps · strength)` steps (diffusers' `get_timesteps`, chosen for
-//! diffusers parity; ComfyUI's and AYS's own denoise rules are `ScheduleKind::build`'s), the VAE
-//! posterior is sampled from the seeded generator before the noise is drawn, and the start is
-//! `scaling_factor · latent + σ_start · noise` (`tests/parity_img2img.rs`).
+//! With an [`InitImage`] the run is diffusers' `StableDiffusionImg2ImgPipeline`: the image is
+//! resized to the request's size (A1111's resize modes), the schedule keeps the tail its denoise
+//! rule gives (diffusers' `get_timesteps`, `int(steps · strength)`, for the common schedules;
+//! ComfyUI's node rule for `ays`/`gits`; A1111's for the A1111 variants:
+//! [`ScheduleKind::denoise_rule`]), the VAE posterior is sampled from the seeded generator before
+//! the noise is drawn, and the start is `scaling_factor · latent + σ_start · noise`
+//! (`tests/parity_img2img.rs`).
 
 use std::ops::ControlFlow;
 
@@ -19,11 +21,12 @@ use candle_core::{DType, Device, Tensor};
 use kairos_models::lcm::{get_guidance_scale_embedding, LcmDenoiser, LcmOptions};
 use kairos_sampler::noise::{BatchSeeding, RngKind, SeededNoise};
 use kairos_sampler::{Denoiser, SampleCtx, Sampler, StepInfo};
-use kairos_schedule::{AysModel, Family, ModelSchedule, Prediction, ScheduleKind};
+use kairos_schedule::{AysModel, DenoiseRule, Family, ModelSchedule, Prediction, ScheduleKind};
 
 use crate::conditioning::{encode_pair, PromptEncoder};
 use crate::denoiser::{repeat_batch, CfgDenoiser, DiffusionModel, ModelDenoiser};
-use crate::image::{to_rgb8, LatentDecoder, LatentEncoder, RgbImage};
+use crate::image::{ensure_finite, to_rgb8, LatentDecoder, LatentEncoder, RgbImage};
+use crate::resize::{resize_image, ResizeMode};
 use crate::PipelineError;
 
 /// How the initial standard-normal latent is scaled to the first noise level σ₀.
@@ -40,11 +43,18 @@ pub enum InitialNoise {
 /// The image img2img starts from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InitImage {
-    /// The image, already at the request's width and height (the caller resizes).
+    /// The image; brought to the request's width and height with `resize_mode` when its size
+    /// differs.
     pub image: RgbImage,
-    /// How much of the schedule runs, in (0, 1]: the last `floor(steps · strength)` steps
-    /// (diffusers' rule; 1 starts from σ_max, with the image's latent under the noise).
+    /// How an image of another size is resized (A1111's modes; `JustResize` by default).
+    pub resize_mode: ResizeMode,
+    /// How much of the schedule runs, in (0, 1] (1 starts from σ_max, with the image's latent
+    /// under the noise): the tail that `denoise_rule` keeps.
     pub strength: f64,
+    /// How the strength shortens the schedule; `None` is the schedule's own rule
+    /// ([`ScheduleKind::denoise_rule`]: diffusers' `int(steps · strength)` for the common
+    /// schedules, ComfyUI's for `ays`/`gits`, A1111's for the A1111 variants).
+    pub denoise_rule: Option<DenoiseRule>,
 }
 
 /// What to generate. [`Default`] gives diffusers' SD1.5 defaults (512×512) with the `dpmpp_2m`
@@ -185,21 +195,11 @@ pub fn request_sigmas(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<Vec<f6
         }
         (kind, _) => kind.clone(),
     };
-    let sigmas = kind.build(&c.schedule, c.family, req.steps, 1.0)?.into_vec();
-    let Some(init) = &req.init_image else { return Ok(sigmas) };
-    // diffusers' get_timesteps: keep the last floor(steps · strength) steps.
-    let steps = sigmas.len() - 1;
-    let kept = ((steps as f64 * init.strength).floor() as usize).min(steps);
-    if kept == 0 {
-        return Err(PipelineError::InvalidOption {
-            name: "strength",
-            message: format!(
-                "{steps} steps × strength {} leaves no step to run; raise the strength or the steps",
-                init.strength
-            ),
-        });
-    }
-    Ok(sigmas[steps - kept..].to_vec())
+    let (strength, rule) = match &req.init_image {
+        None => (1.0, kind.denoise_rule()),
+        Some(init) => (init.strength, init.denoise_rule.unwrap_or(kind.denoise_rule())),
+    };
+    Ok(kind.build_with_rule(&c.schedule, c.family, req.steps, strength, rule)?.into_vec())
 }
 
 fn check_request(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<(), PipelineError> {
@@ -222,13 +222,10 @@ fn check_request(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<(), Pipelin
                 message: format!("must be in (0, 1], got {}", init.strength),
             });
         }
-        if (init.image.width, init.image.height) != (req.width, req.height) {
+        if init.image.width == 0 || init.image.height == 0 {
             return Err(PipelineError::InvalidOption {
                 name: "init_image",
-                message: format!(
-                    "is {}x{}, the request {}x{}: resize it first",
-                    init.image.width, init.image.height, req.width, req.height
-                ),
+                message: format!("is {}x{}: an image needs pixels", init.image.width, init.image.height),
             });
         }
     }
@@ -262,7 +259,10 @@ pub fn txt2img(
 
     // img2img: the posterior of the image, once; each batch samples it with its generator.
     let posterior = match &req.init_image {
-        Some(init) => Some(c.image_encoder.encode(&init.image.to_tensor(&c.device)?)?),
+        Some(init) => {
+            let image = resize_image(init.resize_mode, &init.image, req.width, req.height)?;
+            Some(c.image_encoder.encode(&image.to_tensor(&c.device)?)?)
+        }
         None => None,
     };
 
@@ -325,7 +325,9 @@ pub fn txt2img(
         if on_progress(&Progress::Decoding { batch }).is_break() {
             return Err(kairos_sampler::SamplerError::Cancelled.into());
         }
-        let images = to_rgb8(&c.decoder.decode(&latents)?)?;
+        let decoded = c.decoder.decode(&latents)?;
+        ensure_finite(&decoded)?;
+        let images = to_rgb8(&decoded)?;
         let seeds = match req.seeding {
             BatchSeeding::Shared => vec![seed; b],
             BatchSeeding::PerItem => (0..b).map(|i| seed.wrapping_add(i as u64)).collect(),
@@ -429,7 +431,7 @@ mod tests {
     #[test]
     fn img2img_truncates_the_schedule_and_checks_the_image() {
         let image = RgbImage { width: 16, height: 8, data: vec![255; 16 * 8 * 3] };
-        let init = InitImage { image, strength: 0.5 };
+        let init = InitImage { image, strength: 0.5, resize_mode: ResizeMode::JustResize, denoise_rule: None };
         let req = Txt2ImgRequest {
             width: 16,
             height: 8,
@@ -446,10 +448,26 @@ mod tests {
 
         let low = Txt2ImgRequest { init_image: Some(InitImage { strength: 0.1, ..init.clone() }), ..req.clone() };
         let err = txt2img(&components(), &low, &mut |_| ControlFlow::Continue(())).unwrap_err();
-        assert!(err.to_string().contains("leaves no step to run"), "{err}");
-        let wrong = Txt2ImgRequest { width: 24, ..req };
-        let err = txt2img(&components(), &wrong, &mut |_| ControlFlow::Continue(())).unwrap_err();
-        assert_eq!(err.to_string(), "invalid `init_image`: is 16x8, the request 24x8: resize it first");
+        assert!(err.to_string().contains("keeps no step (int(steps * denoise) = 0)"), "{err}");
+
+        // AYS follows ComfyUI's AlignYourStepsScheduler: round(5 · 0.7) = 4 steps kept, where
+        // diffusers' rule (the override) keeps int(3.5) = 3.
+        let ays = |rule| Txt2ImgRequest {
+            schedule: ScheduleKind::from_name("ays").unwrap(),
+            init_image: Some(InitImage { strength: 0.7, denoise_rule: rule, ..init.clone() }),
+            ..req.clone()
+        };
+        let full = request_sigmas(&components(), &Txt2ImgRequest { init_image: None, ..ays(None) }).unwrap();
+        assert_eq!(request_sigmas(&components(), &ays(None)).unwrap(), full[1..]);
+        assert_eq!(request_sigmas(&components(), &ays(Some(DenoiseRule::Diffusers))).unwrap(), full[2..]);
+        // Another size is resized to the request's (A1111's just-resize by default).
+        let wider = Txt2ImgRequest { width: 24, ..req.clone() };
+        let out = txt2img(&components(), &wider, &mut |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!((out.batches[0].images[0].width, out.batches[0].images[0].height), (24, 8));
+        let empty = RgbImage { width: 0, height: 8, data: vec![] };
+        let bad = Txt2ImgRequest { init_image: Some(InitImage { image: empty, ..init }), ..req };
+        let err = txt2img(&components(), &bad, &mut |_| ControlFlow::Continue(())).unwrap_err();
+        assert_eq!(err.to_string(), "invalid `init_image`: is 0x8: an image needs pixels");
     }
 
     /// An LCM-distilled fake: ε = 0, records the batch and `timestep_cond` of every call.

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use kairos_models::loading::{ConfigHints, LoadOptions};
 use kairos_pipeline::txt2img::request_sigmas;
 use kairos_pipeline::{
-    txt2img, InitImage, ModelOptions, PromptSyntax, RgbImage, StableDiffusion, TimestepMode, Txt2ImgRequest,
+    txt2img, InitImage, ModelOptions, PromptSyntax, ResizeMode, RgbImage, StableDiffusion, TimestepMode, Txt2ImgRequest,
 };
 use kairos_sampler::noise::{BatchSeeding, RngKind};
 use kairos_sampler::Sampler;
@@ -64,6 +64,8 @@ fn run_case(name: &str) {
         init_image: Some(InitImage {
             image: RgbImage { width, height, data: pixels },
             strength: case["strength"].as_f64().unwrap(),
+            resize_mode: ResizeMode::JustResize,
+            denoise_rule: None,
         }),
         ..Default::default()
     };

@@ -12,9 +12,12 @@ pub enum ScheduleError {
     /// `denoise` outside (0, 1].
     #[error("denoise must be in (0, 1], got {denoise}")]
     DenoiseOutOfRange { denoise: f64 },
-    /// `denoise` so small that the AYS/GITS rule keeps no step: round(steps * denoise) = 0.
-    #[error("denoise {denoise} with {steps} steps keeps no step (round(steps * denoise) = 0); use denoise >= {min_denoise}")]
-    DenoiseKeepsNoStep { steps: usize, denoise: f64, min_denoise: f64 },
+    /// `denoise` so small that the rule keeps no step (`kept` is the rule's count, e.g.
+    /// `round(steps * denoise)` or `floor(steps * denoise)`).
+    #[error(
+        "denoise {denoise} with {steps} steps keeps no step ({kept} = 0); use denoise >= {min_denoise} or more steps"
+    )]
+    DenoiseKeepsNoStep { steps: usize, denoise: f64, min_denoise: f64, kept: &'static str },
     /// A sigma list with fewer than 2 values (a schedule needs at least one step).
     #[error("a sigma schedule needs at least 2 values (1 step), got {len}")]
     TooFewSigmas { len: usize },
@@ -25,7 +28,9 @@ pub enum ScheduleError {
     #[error("sigmas must be strictly decreasing, but sigma[{index}] = {value} >= sigma[{prev_index}] = {prev}", prev_index = index - 1)]
     NotDecreasing { index: usize, prev: f64, value: f64 },
     /// A user timestep list that is not finite, not strictly decreasing, or outside the training range.
-    #[error("timestep[{index}] = {value} is invalid: timesteps must be finite, strictly decreasing and within [0, {max_t}]")]
+    #[error(
+        "timestep[{index}] = {value} is invalid: timesteps must be finite, strictly decreasing and within [0, {max_t}]"
+    )]
     InvalidTimestep { index: usize, value: f64, max_t: f64 },
     /// A schedule that indexes the training table used with a continuous-time model.
     #[error("schedule `{schedule}` picks sigmas from a discrete training table; the model's noise schedule is continuous (use karras, exponential, polyexponential, kl_optimal, normal, sgm_uniform, linear_quadratic, ays or a sigma list)")]

@@ -73,6 +73,43 @@ pub enum DenoiseRule {
     /// ComfyUI's AYS/GITS nodes: build `steps`, keep the last round(steps · denoise) + 1
     /// (round half to even, as Python).
     Truncate,
+    /// diffusers' img2img `get_timesteps`: build `steps`, keep the last
+    /// min(int(steps · denoise), steps) steps.
+    Diffusers,
+    /// A1111's img2img (`setup_img2img_steps` with "img2img_fix_steps" off, then
+    /// `sigmas[steps - t_enc - 1:]`): build `steps`, keep the last t_enc + 1 steps, with
+    /// t_enc = int(min(denoise, 0.999) · steps).
+    A1111,
+}
+
+impl DenoiseRule {
+    /// The names [`DenoiseRule::from_name`] accepts.
+    pub const NAMES: [&'static str; 4] = ["ksampler", "truncate", "diffusers", "a1111"];
+
+    /// The rule for a name of [`DenoiseRule::NAMES`] (case-insensitive).
+    pub fn from_name(name: &str) -> Result<Self, ScheduleError> {
+        match name.to_ascii_lowercase().as_str() {
+            "ksampler" => Ok(Self::KSampler),
+            "truncate" => Ok(Self::Truncate),
+            "diffusers" => Ok(Self::Diffusers),
+            "a1111" => Ok(Self::A1111),
+            _ => Err(ScheduleError::UnknownName {
+                what: "denoise rule",
+                name: name.to_string(),
+                accepted: Self::NAMES.join(", "),
+            }),
+        }
+    }
+
+    /// The canonical name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::KSampler => "ksampler",
+            Self::Truncate => "truncate",
+            Self::Diffusers => "diffusers",
+            Self::A1111 => "a1111",
+        }
+    }
 }
 
 struct Entry {
@@ -160,20 +197,53 @@ impl ScheduleKind {
         }
     }
 
-    /// The `denoise` rule this schedule follows: [`DenoiseRule::Truncate`] for the ComfyUI
-    /// AYS/GITS nodes and user lists, [`DenoiseRule::KSampler`] otherwise.
+    /// The `denoise` rule of the front end this schedule comes from, which [`ScheduleKind::build`]
+    /// applies:
+    /// - ComfyUI's AYS and GITS nodes truncate ([`DenoiseRule::Truncate`]);
+    /// - the A1111/Forge variants (`ays_a1111`, `ays_11`, `ays_32`, `ays_gits_forge`,
+    ///   `beta_a1111`, `kl_optimal_a1111`) follow A1111's img2img ([`DenoiseRule::A1111`]);
+    /// - the schedules every front end has (`karras`, `normal`, `exponential`, ...) and user
+    ///   lists follow diffusers' img2img, kairos' default convention ([`DenoiseRule::Diffusers`]);
+    ///   ComfyUI's KSampler rule for them is [`DenoiseRule::KSampler`] via
+    ///   [`ScheduleKind::build_with_rule`].
     pub fn denoise_rule(&self) -> DenoiseRule {
         match self {
-            Self::Ays { .. } | Self::Gits { .. } | Self::Sigmas(_) | Self::Timesteps(_) => DenoiseRule::Truncate,
-            _ => DenoiseRule::KSampler,
+            Self::Ays { .. } | Self::Gits { .. } => DenoiseRule::Truncate,
+            Self::AysA1111
+            | Self::Ays11
+            | Self::Ays32
+            | Self::AysGitsForge
+            | Self::BetaA1111 { .. }
+            | Self::KlOptimalA1111 => DenoiseRule::A1111,
+            _ => DenoiseRule::Diffusers,
         }
     }
 
     /// Builds the sigmas for `steps` steps of a model with noise schedule `schedule` and family
     /// `family` (which picks the AYS/GITS table), keeping the tail for `denoise` ∈ (0, 1] per
     /// [`ScheduleKind::denoise_rule`]. For user lists `steps` is ignored (the list's length
-    /// counts), and with the truncate rule the last value is set to 0 only for AYS and GITS.
-    pub fn build(&self, schedule: &dyn NoiseSchedule, family: Family, steps: usize, denoise: f64) -> Result<Sigmas, ScheduleError> {
+    /// counts).
+    pub fn build(
+        &self,
+        schedule: &dyn NoiseSchedule,
+        family: Family,
+        steps: usize,
+        denoise: f64,
+    ) -> Result<Sigmas, ScheduleError> {
+        self.build_with_rule(schedule, family, steps, denoise, self.denoise_rule())
+    }
+
+    /// As [`ScheduleKind::build`] with an explicit `denoise` rule. Denoise 1 gives the whole
+    /// schedule under every rule. With the truncate rule the last value is set to 0 only for AYS
+    /// and GITS (ComfyUI's nodes do).
+    pub fn build_with_rule(
+        &self,
+        schedule: &dyn NoiseSchedule,
+        family: Family,
+        steps: usize,
+        denoise: f64,
+        rule: DenoiseRule,
+    ) -> Result<Sigmas, ScheduleError> {
         if !(denoise > 0.0 && denoise <= 1.0) {
             return Err(ScheduleError::DenoiseOutOfRange { denoise });
         }
@@ -182,33 +252,36 @@ impl ScheduleKind {
             _ if steps == 0 => return Err(ScheduleError::ZeroSteps),
             _ => steps,
         };
-        match self.denoise_rule() {
+        let full = match rule {
+            // Denoise 1 is the whole schedule (txt2img) under every rule.
+            _ if denoise >= 1.0 => return self.full(schedule, family, steps),
+            DenoiseRule::KSampler if denoise > 0.9999 => return self.full(schedule, family, steps),
             DenoiseRule::KSampler => {
-                if denoise > 0.9999 {
-                    return self.full(schedule, family, steps);
-                }
                 // Python's int(steps / denoise): truncation of a positive float.
                 let total = (steps as f64 / denoise) as usize;
-                Ok(self.full(schedule, family, total)?.tail(steps))
+                return Ok(self.full(schedule, family, total)?.tail(steps));
             }
-            DenoiseRule::Truncate => {
-                let full = self.full(schedule, family, steps)?;
-                if denoise >= 1.0 {
-                    return Ok(full);
-                }
-                let keep = (steps as f64 * denoise).round_ties_even() as usize;
-                if keep == 0 {
-                    let min_denoise = 0.5 / steps as f64;
-                    return Err(ScheduleError::DenoiseKeepsNoStep { steps, denoise, min_denoise });
-                }
-                let mut v = full.tail(keep).into_vec();
-                if matches!(self, Self::Ays { .. } | Self::Gits { .. }) {
-                    let last = v.len() - 1;
-                    v[last] = 0.0;
-                }
-                Sigmas::new(v)
-            }
+            _ => self.full(schedule, family, steps)?,
+        };
+        // The built schedule's own count (a timestep list of n values gives n steps).
+        let n = full.steps();
+        let (keep, kept, min_denoise) = match rule {
+            // min(int(steps * strength), steps).
+            DenoiseRule::Diffusers => (((n as f64 * denoise) as usize).min(n), "int(steps * denoise)", 1.0 / n as f64),
+            // Always at least 1.
+            DenoiseRule::A1111 => ((denoise.min(0.999) * n as f64) as usize + 1, "", 0.0),
+            // Truncate (KSampler returned above).
+            _ => ((n as f64 * denoise).round_ties_even() as usize, "round(steps * denoise)", 0.5 / n as f64),
+        };
+        if keep == 0 {
+            return Err(ScheduleError::DenoiseKeepsNoStep { steps: n, denoise, min_denoise, kept });
         }
+        let mut v = full.tail(keep).into_vec();
+        if rule == DenoiseRule::Truncate && matches!(self, Self::Ays { .. } | Self::Gits { .. }) {
+            let last = v.len() - 1;
+            v[last] = 0.0;
+        }
+        Sigmas::new(v)
     }
 
     /// The whole schedule for `steps` >= 1 steps (no denoise).
@@ -354,7 +427,10 @@ fn check_positive(schedule: &'static str, option: &str, value: f64) -> Result<()
     if value > 0.0 && value.is_finite() {
         Ok(())
     } else {
-        Err(ScheduleError::InvalidOption { schedule, message: format!("{option} must be a positive finite number, got {value}") })
+        Err(ScheduleError::InvalidOption {
+            schedule,
+            message: format!("{option} must be a positive finite number, got {value}"),
+        })
     }
 }
 
@@ -395,17 +471,28 @@ fn ddim_uniform(table: &[f64], steps: usize) -> Vec<f64> {
 }
 
 /// ComfyUI `linear_quadratic_schedule` scaled by σ_max.
-fn linear_quadratic(sigma_max: f64, steps: usize, threshold_noise: f64, linear_steps: Option<usize>) -> Result<Vec<f64>, ScheduleError> {
+fn linear_quadratic(
+    sigma_max: f64,
+    steps: usize,
+    threshold_noise: f64,
+    linear_steps: Option<usize>,
+) -> Result<Vec<f64>, ScheduleError> {
     const NAME: &str = "linear_quadratic";
     if !(threshold_noise > 0.0 && threshold_noise < 1.0) {
-        return Err(ScheduleError::InvalidOption { schedule: NAME, message: format!("threshold_noise must be in (0, 1), got {threshold_noise}") });
+        return Err(ScheduleError::InvalidOption {
+            schedule: NAME,
+            message: format!("threshold_noise must be in (0, 1), got {threshold_noise}"),
+        });
     }
     if steps == 1 {
         return Ok(vec![sigma_max, 0.0]);
     }
     let linear_steps = linear_steps.unwrap_or(steps / 2);
     if linear_steps == 0 || linear_steps >= steps {
-        return Err(ScheduleError::InvalidOption { schedule: NAME, message: format!("linear_steps must be in 1..{steps} (steps), got {linear_steps}") });
+        return Err(ScheduleError::InvalidOption {
+            schedule: NAME,
+            message: format!("linear_steps must be in 1..{steps} (steps), got {linear_steps}"),
+        });
     }
     let (ls, st) = (linear_steps as f64, steps as f64);
     let diff = ls - threshold_noise * st;
@@ -426,7 +513,11 @@ fn linear_quadratic(sigma_max: f64, steps: usize, threshold_noise: f64, linear_s
 /// Index of a GITS coefficient in the tables (ComfyUI looks up `round(coeff, 2)`).
 fn gits_index(coeff: f64) -> Result<usize, ScheduleError> {
     let hundredths = (coeff * 100.0).round();
-    if !coeff.is_finite() || !(80.0..=150.0).contains(&hundredths) || hundredths % 5.0 != 0.0 || (coeff * 100.0 - hundredths).abs() >= 0.5 {
+    if !coeff.is_finite()
+        || !(80.0..=150.0).contains(&hundredths)
+        || hundredths % 5.0 != 0.0
+        || (coeff * 100.0 - hundredths).abs() >= 0.5
+    {
         return Err(ScheduleError::GitsCoeffOutOfRange { coeff });
     }
     Ok(((hundredths - 80.0) / 5.0) as usize)
@@ -477,6 +568,46 @@ mod tests {
     fn denoise_keeping_no_step_is_an_error() {
         let e = ScheduleKind::Ays { model: None }.build(&sd(), Family::Sd1, 2, 0.2).unwrap_err();
         assert!(matches!(e, ScheduleError::DenoiseKeepsNoStep { steps: 2, .. }), "{e}");
+        let e = ScheduleKind::Karras { rho: 7.0 }.build(&sd(), Family::Sd1, 4, 0.2).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "denoise 0.2 with 4 steps keeps no step (int(steps * denoise) = 0); use denoise >= 0.25 or more steps"
+        );
+    }
+
+    /// Each front end's rule at 10 steps, denoise 0.62 (no rounding tie).
+    #[test]
+    fn img2img_denoise_rules() {
+        let s = sd();
+        let full = |k: &ScheduleKind, n: usize| k.build(&s, Family::Sd1, n, 1.0).unwrap().into_vec();
+        let karras = ScheduleKind::Karras { rho: 7.0 };
+        let ten = full(&karras, 10);
+        // diffusers: int(10 · 0.62) = 6 steps, the default for the common schedules.
+        assert_eq!(karras.denoise_rule(), DenoiseRule::Diffusers);
+        assert_eq!(karras.build(&s, Family::Sd1, 10, 0.62).unwrap().as_slice(), &ten[4..]);
+        // A1111: t_enc = int(0.62 · 10) = 6, 7 steps; at denoise 1 min(1, 0.999) gives all 10.
+        let a1111 = karras.build_with_rule(&s, Family::Sd1, 10, 0.62, DenoiseRule::A1111).unwrap();
+        assert_eq!(a1111.as_slice(), &ten[3..]);
+        assert_eq!(karras.build_with_rule(&s, Family::Sd1, 10, 1.0, DenoiseRule::A1111).unwrap().as_slice(), ten);
+        // ComfyUI KSampler: int(10 / 0.62) = 16 steps built, the last 10 kept.
+        let ksampler = karras.build_with_rule(&s, Family::Sd1, 10, 0.62, DenoiseRule::KSampler).unwrap();
+        assert_eq!(ksampler.as_slice(), &full(&karras, 16)[6..]);
+        // ComfyUI's AYS node: round(6.2) = 6 of the 10-step schedule, last σ 0.
+        let ays = ScheduleKind::Ays { model: None };
+        assert_eq!(ays.denoise_rule(), DenoiseRule::Truncate);
+        assert_eq!(ays.build(&s, Family::Sd1, 10, 0.62).unwrap().as_slice(), &full(&ays, 10)[4..]);
+        // The A1111 variants follow A1111: 7 steps.
+        for k in [ScheduleKind::AysA1111, ScheduleKind::KlOptimalA1111] {
+            assert_eq!(k.denoise_rule(), DenoiseRule::A1111);
+            assert_eq!(k.build(&s, Family::Sd1, 10, 0.62).unwrap().as_slice(), &full(&k, 10)[3..], "{}", k.name());
+        }
+        // A timestep list of 4 values is 4 steps: int(4 · 0.5) = 2 kept.
+        let list = ScheduleKind::Timesteps(vec![999.0, 749.0, 499.0, 249.0]);
+        assert_eq!(list.build(&s, Family::Sd1, 0, 0.5).unwrap().as_slice(), &full(&list, 0)[2..]);
+        for name in DenoiseRule::NAMES {
+            assert_eq!(DenoiseRule::from_name(name).unwrap().name(), name);
+        }
+        assert!(DenoiseRule::from_name("comfy").unwrap_err().to_string().contains("ksampler, truncate"));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! docstring for versions and how ComfyUI/Forge are run in float64).
 
 use kairos_schedule::{
-    AysModel, BetaSchedule, DiscreteSchedule, EdmSchedule, Family, NoiseSchedule, Prediction, ScheduleError, ScheduleKind,
-    TablePrecision,
+    AysModel, BetaSchedule, DenoiseRule, DiscreteSchedule, EdmSchedule, Family, NoiseSchedule, Prediction,
+    ScheduleError, ScheduleKind, TablePrecision,
 };
 use serde_json::Value;
 use std::sync::OnceLock;
@@ -20,7 +20,13 @@ fn vec_of(v: &Value) -> Vec<f64> {
 
 /// Max relative error |a - b| / max(|b|, floor); `floor` keeps zeros comparable.
 fn max_rel(got: &[f64], want: &[f64], what: &str) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: length {} vs reference {}\n got {got:?}\nwant {want:?}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs reference {}\n got {got:?}\nwant {want:?}",
+        got.len(),
+        want.len()
+    );
     got.iter().zip(want).map(|(a, b)| (a - b).abs() / b.abs().max(1e-12)).fold(0.0, f64::max)
 }
 
@@ -35,7 +41,9 @@ fn sd64() -> DiscreteSchedule {
 }
 
 fn build(kind: &ScheduleKind, s: &dyn NoiseSchedule, family: Family, steps: usize, denoise: f64) -> Vec<f64> {
-    kind.build(s, family, steps, denoise).unwrap_or_else(|e| panic!("{} {steps} {denoise}: {e}", kind.name())).into_vec()
+    kind.build(s, family, steps, denoise)
+        .unwrap_or_else(|e| panic!("{} {steps} {denoise}: {e}", kind.name()))
+        .into_vec()
 }
 
 // ---- training tables ----------------------------------------------------------------------------
@@ -136,20 +144,37 @@ fn scalings_match_k_diffusion() {
 
 // ---- ComfyUI (run in float64) -------------------------------------------------------------------
 
-fn check_comfy_case(kind: &ScheduleKind, s: &dyn NoiseSchedule, family: Family, n: usize, d: f64, want: &Value, what: &str) -> f64 {
+/// ComfyUI's KSampler denoise rule for the KSampler schedules, the nodes' own (truncate) for
+/// AYS and GITS.
+fn comfy_rule(kind: &ScheduleKind) -> DenoiseRule {
+    match kind {
+        ScheduleKind::Ays { .. } | ScheduleKind::Gits { .. } => DenoiseRule::Truncate,
+        _ => DenoiseRule::KSampler,
+    }
+}
+
+fn check_comfy_case(
+    kind: &ScheduleKind,
+    s: &dyn NoiseSchedule,
+    family: Family,
+    n: usize,
+    d: f64,
+    want: &Value,
+    what: &str,
+) -> f64 {
+    let built = kind.build_with_rule(s, family, n, d, comfy_rule(kind));
     if want.as_array().is_some_and(|a| a.iter().any(Value::is_null)) {
         // ComfyUI's kl_optimal gives NaN at 1 step (0/0); kairos defines it as [σ_max, 0].
-        let got = build(kind, s, family, n, d);
-        return max_rel(&got, &[s.sigma_max(), 0.0], what);
+        return max_rel(&built.unwrap().into_vec(), &[s.sigma_max(), 0.0], what);
     }
     let want = vec_of(want);
     if want.len() == 1 {
         // The node returns [0.] when round(steps * denoise) = 0: kairos reports an error instead.
-        let e = kind.build(s, family, n, d).unwrap_err();
+        let e = built.unwrap_err();
         assert!(matches!(e, ScheduleError::DenoiseKeepsNoStep { .. }), "{what}: {e}");
         return 0.0;
     }
-    max_rel(&build(kind, s, family, n, d), &want, what)
+    max_rel(&built.unwrap_or_else(|e| panic!("{what}: {e}")).into_vec(), &want, what)
 }
 
 // f64 reference (ComfyUI's functions executed in float64): 1e-10 relative. kl_optimal and
@@ -159,7 +184,17 @@ fn ksampler_schedules_match_comfyui_with_denoise() {
     let c = &fixture()["comfyui"];
     let s = sd64().with_quantize(true);
     let mut worst = 0.0_f64;
-    for name in ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic", "kl_optimal"] {
+    for name in [
+        "simple",
+        "sgm_uniform",
+        "karras",
+        "exponential",
+        "ddim_uniform",
+        "beta",
+        "normal",
+        "linear_quadratic",
+        "kl_optimal",
+    ] {
         let kind = ScheduleKind::from_name(name).unwrap();
         for (n, by_d) in c[name].as_object().unwrap() {
             for (d, want) in by_d.as_object().unwrap() {
@@ -287,7 +322,12 @@ fn karras_exponential_beta_match_diffusers_euler() {
         for (n, case) in d[key].as_object().unwrap() {
             let sig = kind.build(&s, Family::Sd1, n.parse().unwrap(), 1.0).unwrap();
             let e = assert_rel(sig.as_slice(), &vec_of(&case["sigmas"]), 1e-6, &format!("diffusers {key} {n}"));
-            let t_err = sig.timesteps(&s).iter().zip(vec_of(&case["timesteps"])).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let t_err = sig
+                .timesteps(&s)
+                .iter()
+                .zip(vec_of(&case["timesteps"]))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
             assert!(t_err < 1e-4, "diffusers {key} {n} timesteps abs err {t_err}");
             worst = (worst.0.max(e), worst.1.max(t_err));
         }
@@ -311,16 +351,23 @@ fn every_schedule_is_valid_for_1_to_200_steps() {
                 let v = sig.as_slice();
                 assert!(v.iter().all(|x| x.is_finite()), "{name} {n}: non-finite");
                 match kind {
-                    ScheduleKind::DdimUniform => assert!(v.len() >= n + 1, "{name} {n}: len {}", v.len()),
+                    ScheduleKind::DdimUniform => assert!(v.len() > n, "{name} {n}: len {}", v.len()),
                     ScheduleKind::Beta { .. } => assert!(v.len() <= n + 1 && v.len() >= 2, "{name} {n}"),
                     _ => assert_eq!(v.len(), n + 1, "{name} {n}: len"),
                 }
-                assert_eq!(sig.ends_at_zero(), kind != ScheduleKind::KlOptimalA1111, "{name} {n}: last {}", v[v.len() - 1]);
+                assert_eq!(
+                    sig.ends_at_zero(),
+                    kind != ScheduleKind::KlOptimalA1111,
+                    "{name} {n}: last {}",
+                    v[v.len() - 1]
+                );
             }
         }
     }
     // Continuous SVD: the schedules that do not need a discrete table.
-    for name in ["normal", "karras", "exponential", "polyexponential", "sgm_uniform", "linear_quadratic", "kl_optimal", "ays"] {
+    for name in
+        ["normal", "karras", "exponential", "polyexponential", "sgm_uniform", "linear_quadratic", "kl_optimal", "ays"]
+    {
         let kind = ScheduleKind::from_name(name).unwrap();
         for n in 1..=200 {
             let sig = kind.build(&edm, Family::Svd, n, 1.0).unwrap_or_else(|e| panic!("svd {name} {n}: {e}"));

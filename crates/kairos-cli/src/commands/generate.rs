@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use kairos_models::autoencoders::LatentRgbFactors;
+use kairos_models::autoencoders::{LatentRgbFactors, TilingMode, TilingOptions};
 use kairos_models::lcm::{lcm_timesteps, LcmOptions};
 use kairos_models::lora::{extract_prompt_loras, resolve_lora, LoraSpec};
 use kairos_models::prompt::PromptOptions;
@@ -16,11 +16,11 @@ use kairos_pipeline::infotext::Infotext;
 use kairos_pipeline::output::{save_json_sidecar, save_png, OutputTarget};
 use kairos_pipeline::{
     txt2img, InitImage, InitialNoise, LatentDecoder, LcmKind, LoraWeights, ModelOptions, Preview, Progress,
-    PromptSyntax, RgbImage, StableDiffusion, Taesd, TimestepMode, Txt2ImgRequest,
+    PromptSyntax, ResizeMode, RgbImage, StableDiffusion, Taesd, TimestepMode, Txt2ImgRequest,
 };
 use kairos_sampler::noise::{BatchSeeding, RngKind};
 use kairos_sampler::Sampler;
-use kairos_schedule::{Prediction, ScheduleKind};
+use kairos_schedule::{DenoiseRule, Prediction, ScheduleKind};
 
 /// The default model: SD 1.5 on the Hugging Face Hub.
 pub const DEFAULT_MODEL: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
@@ -71,14 +71,25 @@ pub struct GenerateArgs {
     /// down to a multiple of 8].
     #[arg(long, short = 'H')]
     height: Option<usize>,
-    /// img2img: start from this image (PNG, JPEG, WebP), resized to -W x -H (Lanczos, as
-    /// diffusers' image processor) when they differ.
+    /// img2img: start from this image (PNG, JPEG, WebP), brought to -W x -H by --resize-mode
+    /// when its size differs.
     #[arg(long)]
     init_image: Option<PathBuf>,
-    /// img2img strength in (0, 1]: the last floor(steps x denoise) steps of the schedule run
-    /// (diffusers' rule).
+    /// How --init-image is brought to -W x -H (A1111's modes, Pillow's Lanczos): just-resize
+    /// (stretch), crop-and-resize (cover, centre, crop), resize-and-fill (fit, centre, fill the
+    /// bands with the stretched edges).
+    #[arg(long, default_value = "just-resize", value_parser = ResizeMode::NAMES, requires = "init_image")]
+    resize_mode: String,
+    /// img2img strength in (0, 1]: how much of the schedule runs, by the schedule's denoise rule
+    /// (--denoise-rule).
     #[arg(long, alias = "strength", default_value_t = 0.75, requires = "init_image")]
     denoise: f64,
+    /// How --denoise shortens the schedule [default: the schedule's own: diffusers'
+    /// int(steps x denoise) for karras, normal, ...; ComfyUI's round(steps x denoise) for ays
+    /// and gits; A1111's int(min(denoise, 0.999) x steps) + 1 for the *_a1111 variants]; ksampler
+    /// is ComfyUI's KSampler (build steps/denoise, run the last steps).
+    #[arg(long, value_parser = DenoiseRule::NAMES, requires = "init_image")]
+    denoise_rule: Option<String>,
     /// Images per sampler run.
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
@@ -101,10 +112,23 @@ pub struct GenerateArgs {
     /// interpolated when --steps differs from the file's step count.
     #[arg(long, conflicts_with = "sigmas")]
     sigmas_file: Option<PathBuf>,
-    /// A standalone VAE file (.safetensors/.ckpt/.pt, LDM or diffusers keys) replacing the
-    /// checkpoint's VAE; it must fit the model (latent channels, scaling factor).
+    /// A standalone VAE replacing the checkpoint's: a file (.safetensors/.ckpt/.pt, LDM or
+    /// diffusers keys; it takes the model's scaling factor) or a diffusers AutoencoderKL folder
+    /// (config.json: its scaling factor must be the model's). Latent channels must fit the UNet.
     #[arg(long)]
     vae: Option<PathBuf>,
+    /// When the VAE decodes (and, for img2img, encodes) in tiles: auto (when the untiled pass
+    /// is estimated above --vae-memory-budget of activations), always (when the image is larger
+    /// than one tile) or never.
+    #[arg(long, value_enum, default_value_t = VaeTiling::Auto)]
+    vae_tiling: VaeTiling,
+    /// VAE tile edge in pixels (a multiple of 8; diffusers' SD1.5 value), blended over a
+    /// quarter tile with each neighbour.
+    #[arg(long, default_value_t = 512)]
+    vae_tile_size: usize,
+    /// Activation memory, in MiB, an untiled VAE pass may use before --vae-tiling auto tiles.
+    #[arg(long, default_value_t = 4096)]
+    vae_memory_budget: u64,
     /// TAESD for the final decode instead of the VAE: a diffusers AutoencoderTiny folder, or a
     /// decoder file (madebyollin's taesd_decoder.pth/.safetensors) or whole-TAESD file.
     #[arg(long)]
@@ -144,6 +168,13 @@ pub struct GenerateArgs {
 enum Seeding {
     Batch,
     PerImage,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum VaeTiling {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -286,18 +317,25 @@ const LCM_UNET_CFG: f64 = 8.5;
 /// Default image side without an init image.
 const DEFAULT_SIZE: usize = 512;
 
-/// The init image at the request's size: -W/-H if given, else its own size rounded down to a
-/// multiple of 8 (diffusers' `get_default_height_width`).
-fn load_init_image(path: &Path, width: Option<usize>, height: Option<usize>) -> anyhow::Result<RgbImage> {
+/// The init image and the request's size: -W/-H if given, else the image's own side rounded
+/// down to a multiple of 8 (diffusers' `get_default_height_width`), with a note on stderr when
+/// that changes it. The pipeline resizes the image by the resize mode.
+fn load_init_image(
+    path: &Path,
+    width: Option<usize>,
+    height: Option<usize>,
+) -> anyhow::Result<(RgbImage, usize, usize)> {
     let image = image::open(path).with_context(|| format!("reading the init image {}", path.display()))?.to_rgb8();
-    let round = |v: u32| (v as usize / 8 * 8).max(8);
-    let (w, h) = (width.unwrap_or(round(image.width())), height.unwrap_or(round(image.height())));
-    let image = if (w, h) == (image.width() as usize, image.height() as usize) {
-        image
-    } else {
-        image::imageops::resize(&image, w as u32, h as u32, image::imageops::FilterType::Lanczos3)
-    };
-    Ok(RgbImage { width: w, height: h, data: image.into_raw() })
+    let (iw, ih) = (image.width() as usize, image.height() as usize);
+    let round = |v: usize| (v / 8 * 8).max(8);
+    let (w, h) = (width.unwrap_or(round(iw)), height.unwrap_or(round(ih)));
+    if (width.is_none() && w != iw) || (height.is_none() && h != ih) {
+        eprintln!(
+            "note: the init image is {iw}x{ih}; generating {w}x{h} (sides are multiples of 8); \
+             pass --width/--height to choose, --resize-mode for how it is fitted"
+        );
+    }
+    Ok((RgbImage { width: iw, height: ih, data: image.into_raw() }, w, h))
 }
 
 /// Fills what the user left open with the defaults for `lcm` models (lcm sampler, 4 steps,
@@ -338,6 +376,9 @@ fn apply_lcm_defaults(args: &GenerateArgs, req: &mut Txt2ImgRequest, lcm: LcmKin
 }
 
 fn parse_request(args: &GenerateArgs, prompt: String) -> anyhow::Result<Txt2ImgRequest> {
+    if args.vae_tile_size == 0 || !args.vae_tile_size.is_multiple_of(8) {
+        bail!("--vae-tile-size must be a positive multiple of 8 pixels, got {} (e.g. 512)", args.vae_tile_size);
+    }
     let schedule = match (&args.sigmas, &args.timesteps, &args.sigmas_file) {
         (Some(s), _, _) => ScheduleKind::Sigmas(s.clone()),
         (_, Some(t), _) => ScheduleKind::Timesteps(t.clone()),
@@ -347,15 +388,18 @@ fn parse_request(args: &GenerateArgs, prompt: String) -> anyhow::Result<Txt2ImgR
         }
         _ => ScheduleKind::from_name(args.schedule.as_deref().unwrap_or("karras"))?,
     };
-    let init_image = match &args.init_image {
+    let (init_image, width, height) = match &args.init_image {
         Some(path) => {
-            Some(InitImage { image: load_init_image(path, args.width, args.height)?, strength: args.denoise })
+            let (image, width, height) = load_init_image(path, args.width, args.height)?;
+            let init = InitImage {
+                image,
+                strength: args.denoise,
+                resize_mode: ResizeMode::from_name(&args.resize_mode)?,
+                denoise_rule: args.denoise_rule.as_deref().map(DenoiseRule::from_name).transpose()?,
+            };
+            (Some(init), width, height)
         }
-        None => None,
-    };
-    let (width, height) = match &init_image {
-        Some(init) => (init.image.width, init.image.height),
-        None => (args.width.unwrap_or(DEFAULT_SIZE), args.height.unwrap_or(DEFAULT_SIZE)),
+        None => (None, args.width.unwrap_or(DEFAULT_SIZE), args.height.unwrap_or(DEFAULT_SIZE)),
     };
     Ok(Txt2ImgRequest {
         prompt,
@@ -412,6 +456,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         },
         prompt: PromptOptions { clip_skip: args.clip_skip, ..PromptOptions::default() },
         vae: args.vae.clone(),
+        vae_tiling: TilingOptions {
+            tile_sample_size: args.vae_tile_size,
+            overlap_factor: 0.25,
+            mode: match args.vae_tiling {
+                VaeTiling::Auto => TilingMode::Auto { memory_budget_bytes: args.vae_memory_budget << 20 },
+                VaeTiling::Always => TilingMode::Always,
+                VaeTiling::Never => TilingMode::Never,
+            },
+        },
         loras,
         ..ModelOptions::default()
     };
@@ -449,7 +502,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 
     let run_steps = kairos_pipeline::txt2img::request_sigmas(&components, &req)?.len() - 1;
     // The infotext's Steps is the full schedule's, as A1111 writes it for img2img (which runs
-    // floor(steps x denoise) of them, the same rule).
+    // a tail of them).
     let steps = match &req.init_image {
         None => run_steps,
         Some(_) => {
@@ -558,6 +611,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 "vae": args.vae,
                 "init_image": args.init_image,
                 "denoise": req.init_image.as_ref().map(|init| init.strength),
+                "resize_mode": req.init_image.as_ref().map(|init| init.resize_mode.name()),
+                "denoise_rule": req.init_image.as_ref().map(|init| {
+                    init.denoise_rule.unwrap_or(req.schedule.denoise_rule()).name()
+                }),
                 "loras": opts.loras.iter().map(|l| serde_json::json!({
                     "path": l.path,
                     "unet_strength": l.unet_strength,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{ArgGroup, Args};
-use kairos_schedule::{NoiseSchedule, ScheduleKind};
+use kairos_schedule::{DenoiseRule, NoiseSchedule, ScheduleKind};
 use serde::Serialize;
 
 use super::family_schedule;
@@ -41,6 +41,11 @@ pub struct ScheduleArgs {
     /// Fraction of the schedule to run, in (0, 1] (img2img strength).
     #[arg(long, default_value_t = 1.0)]
     denoise: f64,
+    /// How --denoise shortens the schedule (as `kairos generate --denoise-rule`) [default: the
+    /// schedule's own: diffusers for karras, normal, ...; ComfyUI's truncate for ays and gits;
+    /// a1111 for the *_a1111 variants].
+    #[arg(long, value_parser = DenoiseRule::NAMES)]
+    denoise_rule: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -75,10 +80,12 @@ pub fn run(args: ScheduleArgs) -> anyhow::Result<()> {
         let label = path.file_name().map(|n| n.to_string_lossy().into_owned());
         kinds.push((label, ScheduleKind::Sigmas(file.sigmas_for(Some(args.steps))?.into_vec())));
     }
+    let rule = args.denoise_rule.as_deref().map(DenoiseRule::from_name).transpose()?;
     let built = kinds
         .iter()
         .map(|(label, kind)| {
-            let sigmas = kind.build(&model, family, args.steps, args.denoise)?;
+            let rule = rule.unwrap_or(kind.denoise_rule());
+            let sigmas = kind.build_with_rule(&model, family, args.steps, args.denoise, rule)?;
             let timesteps = sigmas.timesteps(&model);
             let schedule = label.clone().unwrap_or_else(|| kind.name().to_string());
             Ok(Built { schedule, steps: sigmas.steps(), sigmas: sigmas.into_vec(), timesteps })

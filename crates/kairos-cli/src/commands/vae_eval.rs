@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use image::imageops::FilterType;
 use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
 use kairos_eval::fid::{frechet_distance, FeatureStats};
 use kairos_eval::inception::FidInceptionV3;
 use kairos_eval::lpips::Lpips;
@@ -85,6 +86,8 @@ impl Vae {
             Self::Kl(vae) => vae.decode(&vae.encode(x)?.mean)?,
             Self::Tiny(vae) => vae.decode(&vae.encode(x)?)?,
         };
+        // A NaN would be clamped to nothing and scored as black pixels.
+        kairos_pipeline::image::ensure_finite(&y)?;
         Ok(y.clamp(-1f32, 1f32)?)
     }
 }
@@ -198,8 +201,8 @@ pub fn run(args: VaeEvalArgs) -> anyhow::Result<()> {
             eprintln!("{label}: resuming, {} of {} images cached", files.len() - todo.len(), files.len());
         }
         let mut writer = OpenOptions::new().create(true).append(true).open(&cache)?;
-        let start = Instant::now();
-        for (k, chunk) in todo.chunks(args.batch).enumerate() {
+        let progress = Progress::new(label, todo.len());
+        for chunk in todo.chunks(args.batch) {
             let images: Vec<RgbImage> = chunk.iter().map(|f| originals(f)).collect::<anyhow::Result<_>>()?;
             let x = to_tensor(&images, &device)?;
             let y = vae.reconstruct(&x)?;
@@ -224,14 +227,10 @@ pub fn run(args: VaeEvalArgs) -> anyhow::Result<()> {
                 writeln!(writer, "{}", serde_json::to_string(&record)?)?;
                 done.insert(record.file.clone(), record);
             }
-            let n = ((k + 1) * args.batch).min(todo.len());
-            let rate = n as f64 / start.elapsed().as_secs_f64();
-            eprint!("\r{label}: {n}/{} images, {rate:.2} images/s   ", todo.len());
+            progress.advance(chunk.len());
         }
-        if !todo.is_empty() {
-            eprintln!();
-        }
-        let rate = (!todo.is_empty()).then(|| todo.len() as f64 / start.elapsed().as_secs_f64());
+        progress.finish();
+        let rate = progress.images_per_second();
         let records: Vec<&Record> = files.iter().filter_map(|f| done.get(&name(f))).collect();
         summaries.push(summarise(label, path, &records, reference.as_ref(), rate)?);
         write_worst_grid(&args, label, vae, &records, &device)?;
@@ -257,6 +256,53 @@ pub fn run(args: VaeEvalArgs) -> anyhow::Result<()> {
     fs::write(&out, serde_json::to_string_pretty(&json)?)?;
     eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// Images done out of a total, with the throughput: a progress bar on a terminal, one line per
+/// batch otherwise (logs).
+struct Progress {
+    label: String,
+    total: usize,
+    done: std::cell::Cell<usize>,
+    start: Instant,
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new(label: &str, total: usize) -> Self {
+        let bar = (total > 0 && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(total as u64);
+            let template = format!("{label}: {{bar:40}} {{pos}}/{{len}} images  {{per_sec}}  ETA {{eta}}");
+            bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+            bar
+        });
+        Self { label: label.to_string(), total, done: 0.into(), start: Instant::now(), bar }
+    }
+
+    fn advance(&self, n: usize) {
+        self.done.set(self.done.get() + n);
+        match &self.bar {
+            Some(bar) => bar.inc(n as u64),
+            None => eprintln!(
+                "{}: {}/{} images, {:.2} images/s",
+                self.label,
+                self.done.get(),
+                self.total,
+                self.images_per_second().unwrap_or(0.0)
+            ),
+        }
+    }
+
+    /// Images per second so far; `None` before the first.
+    fn images_per_second(&self) -> Option<f64> {
+        (self.done.get() > 0).then(|| self.done.get() as f64 / self.start.elapsed().as_secs_f64())
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn label(path: &Path) -> String {
@@ -369,7 +415,8 @@ fn reference_features(
     let mut done = read_jsonl::<Reference>(&cache)?;
     let todo: Vec<&PathBuf> = files.iter().filter(|f| !done.contains_key(&name(f))).collect();
     let mut writer = OpenOptions::new().create(true).append(true).open(&cache)?;
-    for (k, chunk) in todo.chunks(args.batch).enumerate() {
+    let progress = Progress::new("reference features", todo.len());
+    for chunk in todo.chunks(args.batch) {
         let images: Vec<RgbImage> = chunk.iter().map(|f| load_image(f, args.size)).collect::<anyhow::Result<_>>()?;
         let feats = net.forward(&unit(&to_tensor(&images, device)?)?)?.to_vec2::<f32>()?;
         for (file, features) in chunk.iter().zip(feats) {
@@ -377,11 +424,9 @@ fn reference_features(
             writeln!(writer, "{}", serde_json::to_string(&r)?)?;
             done.insert(r.file.clone(), r);
         }
-        eprint!("\rreference features: {}/{}   ", ((k + 1) * args.batch).min(todo.len()), todo.len());
+        progress.advance(chunk.len());
     }
-    if !todo.is_empty() {
-        eprintln!();
-    }
+    progress.finish();
     let feats: Vec<&Vec<f32>> = files.iter().filter_map(|f| done.get(&name(f)).map(|r| &r.features)).collect();
     stats(&feats)
 }
@@ -429,16 +474,21 @@ fn print_table(summaries: &[Summary]) {
         Some(m) => format!("{:.digits$} ± {:.digits$}", m.mean, m.std),
         None => "-".into(),
     };
-    println!("{:<32} {:>6} {:>8} {:>15} {:>15} {:>15}", "VAE", "images", "rFID ↓", "PSNR ↑", "SSIM ↑", "PSIM ↓");
+    println!(
+        "{:<32} {:>6} {:>8} {:>15} {:>15} {:>15} {:>8}",
+        "VAE", "images", "rFID ↓", "PSNR ↑", "SSIM ↑", "PSIM ↓", "img/s"
+    );
     for s in summaries {
         println!(
-            "{:<32} {:>6} {:>8} {:>15} {:>15} {:>15}",
+            "{:<32} {:>6} {:>8} {:>15} {:>15} {:>15} {:>8}",
             s.label,
             s.images,
             s.rfid.map_or("-".into(), |f| format!("{f:.2}")),
             ms(&s.psnr, 1),
             ms(&s.ssim, 2),
-            ms(&s.psim_lpips, 2)
+            ms(&s.psim_lpips, 2),
+            // Throughput of this run's reconstructions (none when all came from the cache).
+            s.images_per_second.map_or("-".into(), |r| format!("{r:.2}"))
         );
     }
 }

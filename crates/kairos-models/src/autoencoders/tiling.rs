@@ -21,11 +21,18 @@
 //!   the moments before its clamp to [−30, 20]. They differ only where a tile's logvar leaves
 //!   that range.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::autoencoder_kl::AutoencoderKL;
 use super::vae::DiagonalGaussianDistribution;
 use crate::error::{ModelError, Result};
+
+/// Activations of the widest level alive at once in the memory estimate (a resnet's input kept
+/// for the residual, its normalised and activated copies, its convolution's output, and the
+/// convolution's im2col tiles). Calibrated on the full-size SD1.5 VAE in float32 on the CPU
+/// (`kairos-bench`'s `vae_tiling` example): the measured peak above the weights was 4.8 (256²)
+/// and 4.3 (512²) full-resolution 256-channel tensors.
+pub const LIVE_ACTIVATIONS: u64 = 5;
 
 /// When [`AutoencoderKL::decode_with`] and [`AutoencoderKL::encode_with`] tile.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -115,42 +122,51 @@ impl AutoencoderKL {
         1 << self.config().block_out_channels.len().saturating_sub(1)
     }
 
-    /// A rough estimate of the peak activation memory, in bytes, of an untiled decode of
-    /// latents with `shape` `[N, C, h, w]` in `dtype` (weights excluded): the larger of the
-    /// mid-block attention scores and probabilities, `2·N·(h·w)²`, and three live activations
-    /// (input, output, residual) at the widest resolution level, where level `k` holds up to
-    /// `max(block_out_channels[k], block_out_channels[k+1])` channels at `(8h/2^k)·(8w/2^k)`.
-    pub fn decode_memory_estimate(&self, shape: &[usize], dtype: DType) -> u64 {
+    /// An estimate of the peak activation memory, in bytes, of an untiled decode of latents
+    /// with `shape` `[N, C, h, w]` in `dtype` on `device` (weights excluded): the larger of
+    /// - the convolutions: [`LIVE_ACTIVATIONS`] tensors at the widest resolution level, where
+    ///   level `k` holds up to `max(block_out_channels[k], block_out_channels[k+1])` channels at
+    ///   `(f·h/2^k)·(f·w/2^k)` (for SD's VAE, 256 channels at full resolution: the last up
+    ///   block's input), and
+    /// - the mid-block attention's scores and probabilities, `2·N·(h·w)²` values (float32 when
+    ///   upcast), except for float32 on the CPU, whose blocked kernel never holds them.
+    pub fn decode_memory_estimate(&self, shape: &[usize], dtype: DType, device: &Device) -> u64 {
         match shape {
-            &[n, _, h, w] => self.memory_estimate(n, h, w, dtype),
+            &[n, _, h, w] => self.memory_estimate(n, h, w, dtype, device),
             _ => 0,
         }
     }
 
     /// As [`AutoencoderKL::decode_memory_estimate`] for an encode of images `[N, C, H, W]`
     /// (the encoder has the same widths per level).
-    pub fn encode_memory_estimate(&self, shape: &[usize], dtype: DType) -> u64 {
+    pub fn encode_memory_estimate(&self, shape: &[usize], dtype: DType, device: &Device) -> u64 {
         let f = self.spatial_factor();
         match shape {
-            &[n, _, h, w] => self.memory_estimate(n, h.div_ceil(f), w.div_ceil(f), dtype),
+            &[n, _, h, w] => self.memory_estimate(n, h.div_ceil(f), w.div_ceil(f), dtype, device),
             _ => 0,
         }
     }
 
-    fn memory_estimate(&self, n: usize, h: usize, w: usize, dtype: DType) -> u64 {
+    fn memory_estimate(&self, n: usize, h: usize, w: usize, dtype: DType, device: &Device) -> u64 {
         let (n, h, w) = (n as u64, h as u64, w as u64);
         let boc = &self.config().block_out_channels;
         let f = self.spatial_factor() as u64;
-        let attention = if self.config().mid_block_add_attention { 2 * n * (h * w) * (h * w) } else { 0 };
+        let blocked = dtype == DType::F32 && device.is_cpu();
+        let attention = if self.config().mid_block_add_attention && !blocked {
+            // Scores and probabilities, in float32 (the VAE's attention upcasts its softmax).
+            2 * n * (h * w) * (h * w) * 4
+        } else {
+            0
+        };
         let convs = (0..boc.len())
             .map(|k| {
                 let c = boc[k].max(boc.get(k + 1).copied().unwrap_or(0)) as u64;
                 let side = f >> k;
-                3 * n * c * (h * side) * (w * side)
+                LIVE_ACTIVATIONS * n * c * (h * side) * (w * side) * dtype.size_in_bytes() as u64
             })
             .max()
             .unwrap_or(0);
-        attention.max(convs) * dtype.size_in_bytes() as u64
+        attention.max(convs)
     }
 
     /// Decodes `z` (as [`AutoencoderKL::decode`]), tiling as `options.mode` says.
@@ -162,7 +178,7 @@ impl AutoencoderKL {
             TilingMode::Never => false,
             TilingMode::Always => larger,
             TilingMode::Auto { memory_budget_bytes } => {
-                larger && self.decode_memory_estimate(z.dims(), z.dtype()) > memory_budget_bytes
+                larger && self.decode_memory_estimate(z.dims(), z.dtype(), z.device()) > memory_budget_bytes
             }
         };
         if tiled {
@@ -181,7 +197,7 @@ impl AutoencoderKL {
             TilingMode::Never => false,
             TilingMode::Always => larger,
             TilingMode::Auto { memory_budget_bytes } => {
-                larger && self.encode_memory_estimate(x.dims(), x.dtype()) > memory_budget_bytes
+                larger && self.encode_memory_estimate(x.dims(), x.dtype(), x.device()) > memory_budget_bytes
             }
         };
         if tiled {
