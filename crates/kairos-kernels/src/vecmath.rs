@@ -24,33 +24,36 @@ fn exp(x: f32) -> f32 {
 
 /// Defines `$name` calling `$generic` compiled for AVX-512F, AVX2+FMA or the baseline, whichever
 /// the CPU supports (the generic body is `#[inline(always)]`, so it is vectorised for each).
+/// Functions may take const generic parameters, passed on to `$generic`.
 macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $generic:ident;) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident$(<$(const $cg:ident: $cty:ty),*>)?($($arg:ident: $ty:ty),*) -> $ret:ty
+        = $generic:ident;) => {
         $(#[$m])*
-        $vis fn $name($($arg: $ty),*) -> $ret {
+        $vis fn $name$(<$(const $cg: $cty),*>)?($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) -> $ret {
-                    $generic($($arg),*)
+                fn avx512$(<$(const $cg: $cty),*>)?($($arg: $ty),*) -> $ret {
+                    $generic$(::<$($cg),*>)?($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) -> $ret {
-                    $generic($($arg),*)
+                fn avx2$(<$(const $cg: $cty),*>)?($($arg: $ty),*) -> $ret {
+                    $generic$(::<$($cg),*>)?($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU supports AVX-512F (checked just above).
-                    return unsafe { avx512($($arg),*) };
+                    return unsafe { avx512$(::<$($cg),*>)?($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                    return unsafe { avx2($($arg),*) };
+                    return unsafe { avx2$(::<$($cg),*>)?($($arg),*) };
                 }
             }
-            $generic($($arg),*)
+            $generic$(::<$($cg),*>)?($($arg),*)
         }
     };
 }
+pub(crate) use multiversion;
 
 /// Maximum of a non-empty row.
 #[inline(always)]
