@@ -149,7 +149,10 @@ fn convolve<const M: usize, const N: usize>(alg: &Algo<M, N>, x: &[f32], w: &[f3
     let plane = d.h * d.w;
     let bands = d.n * th;
     let chunk_bands = (CHUNK_BYTES / (4 * nn * tw * d.ci.max(d.co))).clamp(1, bands);
-    let block_co = (WEIGHT_BLOCK_BYTES / (4 * nn * d.ci)).clamp(1, d.co);
+    // Equal blocks, rounded up to whole AVX-512 rows of the GEMM (a ragged last block of a few
+    // channels runs far below peak).
+    let blocks = d.co.div_ceil((WEIGHT_BLOCK_BYTES / (4 * nn * d.ci)).max(1));
+    let block_co = d.co.div_ceil(blocks).next_multiple_of(L).min(d.co);
 
     let mut out = vec![0f32; d.n * d.co * plane];
     let mut v = Scratch::take(d.ci * nn * chunk_bands * tw);
@@ -338,9 +341,10 @@ fn input_band_generic<const M: usize, const N: usize>(
             let hi = len.min((w as isize - x0) as usize);
             buf[..lo].fill(0.0);
             buf[lo..hi].copy_from_slice(&src[(x0 + lo as isize) as usize..(x0 + hi as isize) as usize]);
-            buf[hi..len].fill(0.0);
+            buf[hi..].fill(0.0);
+            // All L lanes (the tail of buf is zero), so the gather has a fixed shape.
             for (k, d_rk) in d_r.iter_mut().enumerate() {
-                for (lane, v) in d_rk.iter_mut().enumerate().take(lanes) {
+                for (lane, v) in d_rk.iter_mut().enumerate() {
                     *v = buf[lane * M + k];
                 }
             }
@@ -435,7 +439,9 @@ fn output_band_generic<const M: usize, const N: usize>(
                 }
             }
         }
-        // Aᵀ on the columns of each row of products, then on the rows.
+        // Aᵀ on the columns of each row of products, then on the rows; `rows` holds the m output
+        // rows of the L tiles side by side.
+        let mut rows = [[0f32; L * 4]; M];
         let mut cols = [[[0f32; L]; M]; N];
         for (c, mm_a) in cols.iter_mut().zip(&mm) {
             *c = apply(&alg.at, mm_a);
@@ -445,21 +451,17 @@ fn output_band_generic<const M: usize, const N: usize>(
             for (c, cols_a) in col.iter_mut().zip(&cols) {
                 *c = cols_a[q];
             }
-            let ys = apply(&alg.at, &col);
-            let xq = q;
-            for (p, y_p) in ys.iter().enumerate() {
-                let yy = row * M + p;
-                if yy >= h {
-                    break;
-                }
-                let out_row = &mut out_c[yy * w..][..w];
-                for (lane, &y) in y_p.iter().enumerate().take(lanes) {
-                    let xx = (j0 + lane) * M + xq;
-                    if xx < w {
-                        out_row[xx] = y + bias;
-                    }
+            for (p, y_p) in apply(&alg.at, &col).iter().enumerate() {
+                for (lane, &y) in y_p.iter().enumerate() {
+                    rows[p][lane * M + q] = y + bias;
                 }
             }
+        }
+        // Output rows row·M + p, columns j0·M.., clipped to the image.
+        let x0 = j0 * M;
+        let len = (lanes * M).min(w - x0);
+        for (p, r) in rows.iter().enumerate().take(h.saturating_sub(row * M)) {
+            out_c[(row * M + p) * w + x0..][..len].copy_from_slice(&r[..len]);
         }
     }
 }
