@@ -224,9 +224,9 @@ fn winograd_mode() -> Result<WinogradMode> {
 }
 
 /// The Winograd tile that beats im2col for this convolution under `mode`, if any. The weights are
-/// transformed on every call, which the GEMMs amortise over the tiles: measured on SD shapes
-/// (2 AVX-512 cores), F(4,3) gains from about 64 tiles (1.25× at 64, 1.8× at 128, 2.1× at 512)
-/// and F(2,3) from about 128 (1.2–1.6×); with fewer tiles both lose to im2col.
+/// transformed on every call, which the GEMMs amortise over the tiles: measured (CPU time) on SD
+/// shapes on 2 AVX-512 cores, F(4,3) gains from about 64 tiles (1.25× at 64, 1.8× at 128, 2.1×
+/// at 512) and F(2,3) from about 128 (1.2–1.6×); with fewer tiles both lose to im2col.
 fn winograd_tile(mode: WinogradMode, n: usize, ci: usize, co: usize, h: usize, w: usize) -> Option<WinogradTile> {
     const MIN_TILES: usize = 64;
     const MIN_TILES_F2: usize = 128;
