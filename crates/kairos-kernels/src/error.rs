@@ -24,6 +24,16 @@ pub enum KernelError {
         /// The dtype received.
         dtype: candle_core::DType,
     },
+    /// An environment variable that selects a kernel holds a value it does not accept.
+    #[error("environment variable {var}={value:?} is not understood; accepted values: {accepted} (or unset it)")]
+    BadEnv {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// The accepted values.
+        accepted: &'static str,
+    },
 }
 
 impl From<KernelError> for candle_core::Error {

@@ -7,6 +7,7 @@
 //!
 //! - [`conv2d`]: convolution as row-tiled im2col in NCHW plus one GEMM per tile, writing the NCHW
 //!   output in place (no NHWC round trip, no output scatter); 1×1 convolutions are a single GEMM.
+//!   3×3 stride-1 pad-1 convolutions use Winograd's F(4×4, 3×3) ([`conv2d_winograd`]) where it pays.
 //! - [`attention`]: `softmax(q·kᵀ·scale)·v` by blocks of query rows, so only a block's scores
 //!   are alive at once instead of all heads' `L×S` matrices.
 //! - [`group_norm`]: GroupNorm with an optional fused SiLU, one pass per group.
@@ -14,7 +15,8 @@
 //!   `candle_nn`) that route through the kernels.
 //!
 //! Setting the environment variable `KAIROS_KERNELS=off` sends every call to the plain path, for
-//! A/B timings on one binary.
+//! A/B timings on one binary; `KAIROS_WINOGRAD=off` keeps the kernels but convolves with im2col
+//! only, and `KAIROS_WINOGRAD=f2` picks the smaller, more accurate Winograd tile.
 //!
 //! GEMMs go through the `gemm` crate (the one candle uses), with its AVX-512 kernels enabled.
 
@@ -24,11 +26,13 @@ mod error;
 mod group_norm;
 pub mod nn;
 mod vecmath;
+mod winograd;
 
 pub use attention::{attention, attention_plain};
-pub use conv2d::{conv2d, conv2d_plain, Conv2dParams};
+pub use conv2d::{conv2d, conv2d_plain, conv2d_winograd, Conv2dParams};
 pub use error::KernelError;
 pub use group_norm::{group_norm, group_norm_plain};
+pub use winograd::WinogradTile;
 
 /// Whether `KAIROS_KERNELS=off` asked for the plain candle paths (read once).
 pub(crate) fn kernels_off() -> bool {

@@ -11,46 +11,55 @@ const LANES: usize = 16;
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     let x = x.clamp(-86.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    // n = round(x·log2 e) by adding 1.5·2^23: the sum's low mantissa bits hold n as an integer
+    // (|n| < 2^22), so no float→int conversion is needed (`as i32` is scalarised for its
+    // saturating semantics, which made this loop several times slower).
+    const SHIFTER: f32 = 12_582_912.0;
+    let t = x * std::f32::consts::LOG2_E + SHIFTER;
+    let n = t - SHIFTER;
     // ln 2 split so that n·LN2_HI is exact for |n| < 2^9.
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p =
         1.0 + r * (1.0 + r * (1.0 / 2.0 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // n ∈ [-125, 127] after the clamp, so the biased exponent is a valid normal one.
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // n ∈ [-124, 127] after the clamp, so the biased exponent n + 127 is a valid normal one.
+    let biased = t.to_bits().wrapping_sub(SHIFTER.to_bits()).wrapping_add(127);
+    p * f32::from_bits(biased << 23)
 }
 
 /// Defines `$name` calling `$generic` compiled for AVX-512F, AVX2+FMA or the baseline, whichever
 /// the CPU supports (the generic body is `#[inline(always)]`, so it is vectorised for each).
+/// Functions may take const generic parameters, passed on to `$generic`.
 macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $generic:ident;) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident$(<$(const $cg:ident: $cty:ty),*>)?($($arg:ident: $ty:ty),*) -> $ret:ty
+        = $generic:ident;) => {
         $(#[$m])*
-        $vis fn $name($($arg: $ty),*) -> $ret {
+        $vis fn $name$(<$(const $cg: $cty),*>)?($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) -> $ret {
-                    $generic($($arg),*)
+                fn avx512$(<$(const $cg: $cty),*>)?($($arg: $ty),*) -> $ret {
+                    $generic$(::<$($cg),*>)?($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) -> $ret {
-                    $generic($($arg),*)
+                fn avx2$(<$(const $cg: $cty),*>)?($($arg: $ty),*) -> $ret {
+                    $generic$(::<$($cg),*>)?($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU supports AVX-512F (checked just above).
-                    return unsafe { avx512($($arg),*) };
+                    return unsafe { avx512$(::<$($cg),*>)?($($arg),*) };
                 }
                 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                    return unsafe { avx2($($arg),*) };
+                    return unsafe { avx2$(::<$($cg),*>)?($($arg),*) };
                 }
             }
-            $generic($($arg),*)
+            $generic$(::<$($cg),*>)?($($arg),*)
         }
     };
 }
+pub(crate) use multiversion;
 
 /// Maximum of a non-empty row.
 #[inline(always)]

@@ -7,7 +7,10 @@
 //! index or missing term moves outputs by O(0.1)).
 
 use candle_core::{DType, Device, Tensor};
-use kairos_kernels::{attention, attention_plain, conv2d, conv2d_plain, group_norm, group_norm_plain, Conv2dParams};
+use kairos_kernels::{
+    attention, attention_plain, conv2d, conv2d_plain, conv2d_winograd, group_norm, group_norm_plain, Conv2dParams,
+    WinogradTile,
+};
 
 fn randn(seed: u64, shape: &[usize]) -> Tensor {
     // A fixed xorshift stream (candle's own RNG is not seedable on CPU), mapped to [-1, 1).
@@ -55,6 +58,65 @@ fn conv2d_matches_candle() {
     let wt = randn(41, &[2, 3, 3, 3]);
     let p = Conv2dParams { padding: 1, stride: 1 };
     assert!(max_abs_diff(&conv2d(&x, &wt, None, p).unwrap(), &conv2d_plain(&x, &wt, None, p).unwrap()) < 1e-5);
+}
+
+fn max_abs(a: &Tensor) -> f32 {
+    a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// Winograd against the direct convolution on small odd shapes: sizes that are not multiples of
+/// the tile (clipped edge tiles), more than 16 tiles per row (two lane groups), batch 2, no bias.
+/// Tolerance: max|a−b| ≤ 4e-6·max|b| (F(4,3)) and 1e-6·max|b| (F(2,3)): with at most 24 input
+/// channels the GEMM rounding that the output transform amplifies is a few ulp; an index or
+/// transform error moves outputs by O(max|b|).
+#[test]
+fn conv2d_winograd_matches_candle() {
+    let cases: [(usize, usize, usize, usize, bool); 4] =
+        [(3, 5, 7, 6, true), (24, 17, 9, 70, true), (16, 32, 13, 5, false), (1, 1, 1, 1, true)];
+    for (tile, tol) in [(WinogradTile::F4, 4e-6f32), (WinogradTile::F2, 1e-6)] {
+        for (i, &(ci, co, h, w, with_bias)) in cases.iter().enumerate() {
+            let x = randn(100 + i as u64, &[2, ci, h, w]);
+            let wt = randn(110 + i as u64, &[co, ci, 3, 3]);
+            let b = randn(120 + i as u64, &[co]);
+            let bias = with_bias.then_some(&b);
+            let got = conv2d_winograd(&x, &wt, bias, tile).unwrap();
+            let want = conv2d_plain(&x, &wt, bias, Conv2dParams { padding: 1, stride: 1 }).unwrap();
+            let rel = max_abs_diff(&got, &want) / max_abs(&want);
+            println!("winograd {tile:?} case {i}: max abs err / max abs {rel:e}");
+            assert!(rel < tol, "{tile:?} case {i}: {rel}");
+        }
+    }
+}
+
+/// Accuracy on an SD-like convolution (a 320-channel ResnetBlock2D conv on a 32×32 latent: SiLU'd
+/// activations, weights of std 1/√(9·Ci) as trained UNets have), both f32 paths against f64.
+/// Tolerance: max error ≤ 1e-5·max|out| for F(4,3) (measured about 5e-6, 8× the direct
+/// convolution's) and ≤ 2e-6·max|out| for F(2,3) and im2col (measured about 7e-7).
+#[test]
+fn conv2d_winograd_accuracy_sd_shape() {
+    let (ci, co, hw) = (320, 320, 32);
+    let x = candle_nn::ops::silu(&(randn(130, &[1, ci, hw, hw]) * 3.0).unwrap()).unwrap();
+    let wt = (randn(131, &[co, ci, 3, 3]) * (3.0 / (9.0 * ci as f64)).sqrt()).unwrap();
+    let p = Conv2dParams { padding: 1, stride: 1 };
+    let exact = conv2d_plain(&x.to_dtype(DType::F64).unwrap(), &wt.to_dtype(DType::F64).unwrap(), None, p).unwrap();
+    let scale = max_abs(&exact.to_dtype(DType::F32).unwrap()) as f64;
+    let err = |t: &Tensor| {
+        let d = (t.to_dtype(DType::F64).unwrap() - &exact).unwrap().abs().unwrap();
+        d.flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap() / scale
+    };
+    let direct = err(&conv2d_plain(&x, &wt, None, p).unwrap());
+    let f2 = err(&conv2d_winograd(&x, &wt, None, WinogradTile::F2).unwrap());
+    let f4 = err(&conv2d_winograd(&x, &wt, None, WinogradTile::F4).unwrap());
+    println!("relative max error vs f64: direct {direct:e}, winograd F2 {f2:e}, F4 {f4:e}");
+    assert!(direct < 2e-6 && f2 < 2e-6 && f4 < 1e-5, "direct {direct:e}, F2 {f2:e}, F4 {f4:e}");
+}
+
+#[test]
+fn conv2d_winograd_rejects_other_kernels() {
+    let x = randn(1, &[1, 3, 4, 4]);
+    let wt = randn(2, &[2, 3, 1, 1]);
+    let err = conv2d_winograd(&x, &wt, None, WinogradTile::F4).unwrap_err().to_string();
+    assert!(err.contains("[Co, 3, 3, 3]"), "{err}");
 }
 
 #[test]
