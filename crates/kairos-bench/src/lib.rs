@@ -153,6 +153,35 @@ fn gemm_case(n: usize, repeats: usize, report: &mut dyn FnMut(&CaseResult)) -> R
     )
 }
 
+/// `n×n` GEMM with bf16 inputs and f32 accumulation ([`kairos_kernels::gemm_bf16`]): the weight
+/// operand `B` is packed once outside the timing (as a layer's weight is), `A` is packed from
+/// f32 inside it (as activations are, per call). `None` where the CPU lacks AVX512-BF16.
+fn gemm_bf16_case(
+    n: usize,
+    repeats: usize,
+    report: &mut dyn FnMut(&CaseResult),
+) -> Option<Result<CaseResult, BenchError>> {
+    use kairos_kernels::gemm_bf16::{self, MatRef, PackedA, PackedB};
+    if !gemm_bf16::available() {
+        return None;
+    }
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0f32; n * n];
+    let a_view = MatRef::row_major(&a, n, n)?;
+    let packed_b = PackedB::new(MatRef::row_major(&b, n, n)?);
+    Some(time_case(
+        format!("gemm bf16 {n}x{n}"),
+        2.0 * (n as f64).powi(3) / 1e9,
+        repeats,
+        || {
+            gemm_bf16::gemm(&PackedA::new(a_view), &packed_b, &mut c, n, 1.0, false, true);
+            Ok(())
+        },
+        report,
+    ))
+}
+
 /// Runs the benchmark, calling `report` after each case (for progress output).
 pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<BenchReport, BenchError> {
     let device = Device::Cpu;
@@ -163,6 +192,9 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
     }
     if opts.gemm_size > 0 {
         cases.push(gemm_case(opts.gemm_size, opts.repeats, &mut report)?);
+        if let Some(case) = gemm_bf16_case(opts.gemm_size, opts.repeats, &mut report) {
+            cases.push(case?);
+        }
     }
 
     // Text encoder: 77 tokens, batch 2 (prompt and negative prompt).

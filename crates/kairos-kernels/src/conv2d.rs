@@ -116,7 +116,7 @@ impl CustomOp3 for Conv2dOp {
 /// One im2col row: for kernel offset `(ky, kx)`, the input pixels that output rows `r0..` read,
 /// zero where they fall in the padding. `dst` holds `rows × wo` values.
 #[allow(clippy::too_many_arguments)]
-fn im2col_row(
+pub(crate) fn im2col_row(
     x_c: &[f32],
     dst: &mut [f32],
     (h, w): (usize, usize),
@@ -163,8 +163,24 @@ pub fn conv2d_plain(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params:
 /// `[Co]` (one group, dilation 1). f32 CPU tensors take the im2col+GEMM kernel; anything else
 /// takes [`conv2d_plain`].
 pub fn conv2d(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Tensor> {
+    check_shapes(xs, weight, params)?;
+    let co = weight.dim(0)?;
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if crate::kernels_off() || !(f32_cpu(xs) && f32_cpu(weight) && bias.is_none_or(f32_cpu)) {
+        return conv2d_plain(xs, weight, bias, params);
+    }
+    let bias = match bias {
+        Some(b) => b.contiguous()?,
+        None => Tensor::zeros(co, DType::F32, xs.device())?,
+    };
+    xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias, &Conv2dOp { params })
+}
+
+/// The input and weight fit together: `xs` `[N, Ci, H, W]`, `weight` `[Co, Ci, kh, kw]` with a
+/// kernel no larger than the padded input, stride ≥ 1.
+pub(crate) fn check_shapes(xs: &Tensor, weight: &Tensor, params: Conv2dParams) -> Result<()> {
     let (_, ci, h, w) = xs.dims4()?;
-    let (co, wci, kh, kw) = weight.dims4()?;
+    let (_, wci, kh, kw) = weight.dims4()?;
     if wci != ci || params.stride == 0 || h + 2 * params.padding < kh || w + 2 * params.padding < kw {
         return Err(KernelError::BadShape {
             op: OP,
@@ -177,13 +193,5 @@ pub fn conv2d(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Conv2
         }
         .into());
     }
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if crate::kernels_off() || !(f32_cpu(xs) && f32_cpu(weight) && bias.is_none_or(f32_cpu)) {
-        return conv2d_plain(xs, weight, bias, params);
-    }
-    let bias = match bias {
-        Some(b) => b.contiguous()?,
-        None => Tensor::zeros(co, DType::F32, xs.device())?,
-    };
-    xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias, &Conv2dOp { params })
+    Ok(())
 }

@@ -13,18 +13,10 @@ use crate::ModelError;
 
 fn read_json(path: &Path) -> Result<Value, ModelError> {
     if !path.is_file() {
-        return Err(ModelError::FileNotFound {
-            path: path.to_path_buf(),
-        });
+        return Err(ModelError::FileNotFound { path: path.to_path_buf() });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| ModelError::ConfigFile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::ConfigFile { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// Every stored key as is, minus `prefix`.
@@ -33,12 +25,7 @@ pub(crate) fn identity_map(files: &[Arc<OpenFile>], file: usize, prefix: &str) -
         .tensors
         .keys()
         .filter_map(|k| {
-            k.strip_prefix(prefix).map(|d| {
-                (
-                    d.to_string(),
-                    Source::new(files, file, k, Transform::Identity),
-                )
-            })
+            k.strip_prefix(prefix).map(|d| (d.to_string(), Source::new(files, file, k, Transform::Identity)))
         })
         .collect()
 }
@@ -63,17 +50,10 @@ fn weight_file(dir: &Path, stem: &str, variant: Option<&str>) -> Result<PathBuf,
             supported: "one diffusion_pytorch_model / model [.variant] .safetensors or .bin file per component",
         });
     }
-    Err(ModelError::FileNotFound {
-        path: candidates.swap_remove(0),
-    })
+    Err(ModelError::FileNotFound { path: candidates.swap_remove(0) })
 }
 
-fn component(
-    root: &Path,
-    name: &str,
-    stem: &str,
-    opts: &LoadOptions,
-) -> Result<Component, ModelError> {
+fn component(root: &Path, name: &str, stem: &str, opts: &LoadOptions) -> Result<Component, ModelError> {
     let dir = root.join(name);
     let config = read_json(&dir.join("config.json"))?;
     let file = OpenFile::open(&weight_file(&dir, stem, opts.variant.as_deref())?)?;
@@ -83,9 +63,7 @@ fn component(
         // Files saved by transformers 5 lack the `text_model.` prefix that Hub files have.
         map = map
             .into_iter()
-            .filter(|(k, _)| {
-                k != "text_model.embeddings.position_ids" && k != "embeddings.position_ids"
-            })
+            .filter(|(k, _)| k != "text_model.embeddings.position_ids" && k != "embeddings.position_ids")
             .map(|(k, s)| {
                 if k.starts_with("text_model.") || k == "text_projection.weight" {
                     (k, s)
@@ -110,21 +88,14 @@ pub(crate) fn load(root: &Path, opts: &LoadOptions) -> Result<StableDiffusionWei
     }
     for part in ["unet", "vae", "text_encoder"] {
         if index.get(part).is_none() {
-            return Err(ModelError::ConfigFile {
-                path: index_path,
-                reason: format!("no `{part}` entry"),
-            });
+            return Err(ModelError::ConfigFile { path: index_path, reason: format!("no `{part}` entry") });
         }
     }
     let unet = component(root, "unet", "diffusion_pytorch_model", opts)?;
     let vae = component(root, "vae", "diffusion_pytorch_model", opts)?;
     let text_encoder = component(root, "text_encoder", "model", opts)?;
     // OpenCLIP (SD2) uses gelu, OpenAI CLIP (SD1) quick_gelu.
-    let family = match text_encoder
-        .config
-        .get("hidden_act")
-        .and_then(Value::as_str)
-    {
+    let family = match text_encoder.config.get("hidden_act").and_then(Value::as_str) {
         Some("gelu") => ModelFamily::Sd2,
         _ => ModelFamily::Sd1,
     };

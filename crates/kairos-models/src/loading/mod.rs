@@ -23,8 +23,8 @@ mod store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use store::Component;
 pub(crate) use store::checked_shape;
+pub use store::Component;
 
 use ldm::KeyMap;
 use store::OpenFile;
@@ -92,11 +92,7 @@ pub struct ConfigHints {
 
 impl Default for ConfigHints {
     fn default() -> Self {
-        Self {
-            norm_num_groups: 32,
-            clip_head_dim: 64,
-            unet_heads: None,
-        }
+        Self { norm_num_groups: 32, clip_head_dim: 64, unet_heads: None }
     }
 }
 
@@ -136,10 +132,7 @@ pub struct StableDiffusionWeights {
 }
 
 /// Loads a single-file checkpoint or a diffusers folder.
-pub fn load(
-    path: impl AsRef<Path>,
-    opts: &LoadOptions,
-) -> Result<StableDiffusionWeights, ModelError> {
+pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<StableDiffusionWeights, ModelError> {
     let path = path.as_ref();
     if path.is_dir() {
         return folder::load(path, opts);
@@ -164,9 +157,7 @@ fn is_training_only(key: &str) -> bool {
         "posterior_mean_coef2",
         "logvar",
     ];
-    BUFFERS.contains(&key)
-        || key.starts_with("model_ema.")
-        || key.starts_with("first_stage_model.loss.")
+    BUFFERS.contains(&key) || key.starts_with("model_ema.") || key.starts_with("first_stage_model.loss.")
 }
 
 fn load_single_file(path: &Path, opts: &LoadOptions) -> Result<StableDiffusionWeights, ModelError> {
@@ -202,23 +193,11 @@ fn load_single_file(path: &Path, opts: &LoadOptions) -> Result<StableDiffusionWe
         .tensors
         .keys()
         .filter(|k| {
-            ![
-                ldm::UNET_PREFIX,
-                vae_prefix,
-                ldm::CLIP_PREFIX,
-                ldm::OPEN_CLIP_PREFIX,
-            ]
-            .iter()
-            .any(|p| k.starts_with(p))
+            ![ldm::UNET_PREFIX, vae_prefix, ldm::CLIP_PREFIX, ldm::OPEN_CLIP_PREFIX].iter().any(|p| k.starts_with(p))
         })
         .cloned()
         .collect::<Vec<_>>();
-    let unknown: Vec<String> = skipped_keys
-        .iter()
-        .filter(|k| !is_training_only(k))
-        .take(5)
-        .cloned()
-        .collect();
+    let unknown: Vec<String> = skipped_keys.iter().filter(|k| !is_training_only(k)).take(5).cloned().collect();
     if !unknown.is_empty() {
         return Err(ModelError::UnrecognisedLayout {
             path: path.to_path_buf(),
@@ -267,20 +246,12 @@ fn layout_error(file: &OpenFile) -> ModelError {
 /// keys (`encoder.down_blocks.0.resnets.0...`). The config is derived from the shapes.
 pub fn load_vae_file(path: impl AsRef<Path>, hints: &ConfigHints) -> Result<Component, ModelError> {
     let file = OpenFile::open(path.as_ref())?;
-    let prefix = ldm::VAE_PREFIXES
-        .iter()
-        .copied()
-        .find(|p| file.tensors.keys().any(|k| k.starts_with(p)))
-        .unwrap_or("");
-    let diffusers_layout = file.tensors.contains_key(&format!(
-        "{prefix}encoder.down_blocks.0.resnets.0.conv1.weight"
-    ));
+    let prefix =
+        ldm::VAE_PREFIXES.iter().copied().find(|p| file.tensors.keys().any(|k| k.starts_with(p))).unwrap_or("");
+    let diffusers_layout = file.tensors.contains_key(&format!("{prefix}encoder.down_blocks.0.resnets.0.conv1.weight"));
     let files = vec![Arc::new(file)];
-    let map: KeyMap = if diffusers_layout {
-        folder::identity_map(&files, 0, prefix)
-    } else {
-        ldm::convert_vae(&files, 0, prefix)?
-    };
+    let map: KeyMap =
+        if diffusers_layout { folder::identity_map(&files, 0, prefix) } else { ldm::convert_vae(&files, 0, prefix)? };
     let config = derive::vae_config(&map, hints)?;
     Ok(Component::new("vae", config, files, map))
 }
