@@ -9,6 +9,8 @@
 //! weights are loaded in f32. On other devices every weight and activation is in the builder's
 //! dtype, as candle does it.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, LayerNormConfig, VarBuilder};
 
@@ -40,7 +42,7 @@ fn like(w: &Tensor, x: &Tensor) -> Result<Tensor> {
 pub struct Conv2d {
     inner: candle_nn::Conv2d,
     /// The weight packed for the bf16 GEMM (then `inner`'s weight is not used by `forward`).
-    bf16: Option<Conv2dBf16>,
+    bf16: Option<Arc<Conv2dBf16>>,
 }
 
 impl Conv2d {
@@ -50,7 +52,7 @@ impl Conv2d {
         let cfg = inner.config();
         let bf16 = if packs(inner.weight()) && cfg.groups == 1 && cfg.dilation == 1 {
             let params = Conv2dParams { padding: cfg.padding, stride: cfg.stride };
-            Some(Conv2dBf16::new(inner.weight(), inner.bias(), params)?)
+            Some(Arc::new(Conv2dBf16::new(inner.weight(), inner.bias(), params)?))
         } else {
             None
         };
@@ -118,14 +120,14 @@ pub fn conv2d_no_bias(
 pub struct Linear {
     inner: candle_nn::Linear,
     /// The weight packed for the bf16 GEMM (then `inner` holds a stand-in weight).
-    bf16: Option<LinearBf16>,
+    bf16: Option<Arc<LinearBf16>>,
 }
 
 impl Linear {
     /// A layer with `weight` `[out, in]` and an optional `bias` `[out]`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         if packs(&weight) {
-            let bf16 = LinearBf16::new(&weight, bias.as_ref())?;
+            let bf16 = Arc::new(LinearBf16::new(&weight, bias.as_ref())?);
             Ok(Self { inner: candle_nn::Linear::new(stand_in(&weight)?, None), bf16: Some(bf16) })
         } else {
             Ok(Self { inner: candle_nn::Linear::new(weight, bias), bf16: None })

@@ -69,11 +69,13 @@ fn check(
 
 #[test]
 fn gemm_matches_f64_reference() {
-    println!("AVX512-BF16 kernel: {}", gemm_bf16::available());
+    println!("kernel: {} (fast: {})", gemm_bf16::kernel_name(), gemm_bf16::available());
     // Edges of every kind: M and N not multiples of MR/NR, odd K, K spanning several cache
     // blocks (K > 256), a single row, and several parallel tasks.
     for (case, &(m, n, k)) in
-        [(13usize, 33usize, 7usize), (1, 5, 1), (30, 70, 301), (100, 300, 160), (12, 32, 2)].iter().enumerate()
+        [(13usize, 33usize, 7usize), (1, 5, 1), (30, 70, 301), (100, 300, 160), (12, 32, 2), (64, 64, 600)]
+            .iter()
+            .enumerate()
     {
         let a = randn(1 + case as u64, m * k);
         let b = randn(100 + case as u64, k * n);

@@ -109,6 +109,13 @@ pub struct GenerateArgs {
     /// decoder file (madebyollin's taesd_decoder.pth/.safetensors) or whole-TAESD file.
     #[arg(long)]
     taesd: Option<PathBuf>,
+    /// Dtype of the network weights: f32, or f16/bf16 for half the memory (bf16 also computes
+    /// faster on CPUs with AMX or AVX512-BF16; see README "Precision and memory").
+    #[arg(long, value_enum, default_value_t)]
+    dtype: super::DtypeArg,
+    /// Encode the prompts first and free the text encoder before sampling (lower peak memory).
+    #[arg(long)]
+    low_memory: bool,
     /// Write a PNG preview of the current x0 prediction to this file during sampling (replaced
     /// at each preview): TAESD's decode with --taesd, else a linear latent → RGB map at latent
     /// resolution.
@@ -413,9 +420,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         prompt: PromptOptions { clip_skip: args.clip_skip, ..PromptOptions::default() },
         vae: args.vae.clone(),
         loras,
+        dtype: args.dtype.dtype(),
         ..ModelOptions::default()
     };
-    let sd = StableDiffusion::load(&model_path, &opts).with_context(|| format!("loading {}", model_path.display()))?;
+    let mut sd =
+        StableDiffusion::load(&model_path, &opts).with_context(|| format!("loading {}", model_path.display()))?;
+    if args.low_memory {
+        sd.encode_and_drop_text_encoder(&[&req.prompt, &req.negative_prompt])?;
+    }
     if let Some(lcm) = sd.lcm {
         apply_lcm_defaults(&args, &mut req, lcm)?;
     }
@@ -475,7 +487,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             (Progress::Decoding { batch }, None) => eprintln!("batch {} decoding ({took:.2} s)", batch + 1),
         }
         if let (Progress::Step { step, denoised, .. }, Some(path)) = (p, &args.preview) {
-            if (*step as u64 + 1) % args.preview_every == 0 {
+            if (*step as u64 + 1).is_multiple_of(args.preview_every) {
                 if let Err(e) = write_preview(path, &preview, denoised) {
                     preview_error = Some(e);
                     return ControlFlow::Break(());

@@ -86,7 +86,11 @@ impl OpenFile {
     /// Loads one stored tensor in its stored dtype, on the CPU.
     fn load(&self, name: &str) -> Result<Tensor, ModelError> {
         let t = match &self.reader {
-            TensorFile::Safetensors(st) => st.load(name, &Device::Cpu),
+            TensorFile::Safetensors(st) => st.load(name, &Device::Cpu).inspect(|_| {
+                if let Ok(view) = st.get(name) {
+                    release_pages(view.data());
+                }
+            }),
             TensorFile::Pickle(p) => p
                 .get(name)
                 .and_then(|t| t.ok_or_else(|| candle_core::Error::Msg(format!("tensor `{name}` not in the archive")))),
@@ -94,6 +98,28 @@ impl OpenFile {
         t.map_err(|e| corrupt(&self.path, e))
     }
 }
+
+/// Drops the mapped pages wholly inside `bytes` from this process's resident set once a tensor
+/// has been copied out of the map (`madvise(MADV_DONTNEED)`; they stay in the page cache and are
+/// read again if touched). Without it every tensor read stays resident as file-backed memory
+/// until the file is closed, so building a model from an f16 file would peak at the file's size
+/// plus the converted weights.
+#[cfg(unix)]
+fn release_pages(bytes: &[u8]) {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
+    let start = bytes.as_ptr() as usize;
+    let (lo, hi) = (start.div_ceil(page) * page, (start + bytes.len()) / page * page);
+    if hi > lo {
+        // SAFETY: [lo, hi) lies inside a read-only file mapping that outlives this call; dropping
+        // its pages changes no byte that any reference observes (a later read faults the same
+        // file contents back in).
+        unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+    }
+}
+
+#[cfg(not(unix))]
+fn release_pages(_bytes: &[u8]) {}
 
 /// Reads the top-level `global_step` of a CompVis training checkpoint, if there is one.
 /// diffusers uses it to tell SD2-base (875000, epsilon) from SD2-v.
