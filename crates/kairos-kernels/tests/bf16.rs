@@ -164,9 +164,9 @@ fn bf16_layers_match_f32_on_rounded_values() {
     }
     // 1×1, 3×3 pad 1, 3×3 stride 2 pad 1 convolutions.
     for (i, &(ci, co, k, padding, stride)) in
-        [(8usize, 5usize, 1usize, 0usize, 1usize), (32, 9, 3, 1, 1), (6, 7, 3, 1, 2)].iter().enumerate()
+        [(8usize, 5usize, 1usize, 0usize, 1usize), (32, 9, 3, 1, 1), (6, 7, 3, 1, 2), (4, 4, 1, 0, 1), (4, 40, 3, 1, 1), (40, 3, 3, 1, 1)].iter().enumerate()
     {
-        let (x, w, b) = (t(10 + i as u64, &[2, ci, 9, 7]), t(20 + i as u64, &[co, ci, k, k]), t(30 + i as u64, &[co]));
+        let (x, w, b) = (t(10 + i as u64, &[2, ci, 9, 37]), t(20 + i as u64, &[co, ci, k, k]), t(30 + i as u64, &[co]));
         let cfg = candle_nn::Conv2dConfig { padding, stride, ..Default::default() };
         let inner =
             candle_nn::Conv2d::new(w.to_dtype(DType::BF16).unwrap(), Some(b.to_dtype(DType::BF16).unwrap()), cfg);

@@ -58,7 +58,7 @@ pub struct ModelOptions {
     /// Dtype the network weights are stored in (the sampler state stays float32). On the CPU,
     /// bf16 and f16 weights compute with float32 activations
     /// ([`kairos_kernels::nn::activation_dtype`]): bf16 convolutions and linear layers run the
-    /// bf16 GEMM (bf16 inputs, f32 sums) where the CPU has AMX or AVX512-BF16; f16 weights are
+    /// bf16 GEMM (bf16 inputs, f32 sums) where the CPU has AVX512-BF16; f16 weights are
     /// widened to f32 per layer call. Elsewhere everything computes in this dtype.
     pub dtype: DType,
     /// Compute device.

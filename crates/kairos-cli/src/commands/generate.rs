@@ -110,7 +110,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     taesd: Option<PathBuf>,
     /// Dtype of the network weights: f32, or f16/bf16 for half the memory (bf16 also computes
-    /// faster on CPUs with AMX or AVX512-BF16; see README "Precision and memory").
+    /// faster on CPUs with AVX512-BF16; see README "Precision and memory").
     #[arg(long, value_enum, default_value_t)]
     dtype: super::DtypeArg,
     /// Encode the prompts first and free the text encoder before sampling (lower peak memory).

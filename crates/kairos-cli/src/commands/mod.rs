@@ -18,7 +18,7 @@ pub enum DtypeArg {
     F32,
     /// float16 weights (half the memory); on the CPU widened to float32 per layer call.
     F16,
-    /// bfloat16 weights (half the memory); on a CPU with AMX or AVX512-BF16, convolutions and
+    /// bfloat16 weights (half the memory); on a CPU with AVX512-BF16, convolutions and
     /// linear layers multiply in bf16 with float32 sums (norms, softmax, residuals stay float32).
     Bf16,
 }
