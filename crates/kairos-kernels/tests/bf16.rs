@@ -162,9 +162,18 @@ fn bf16_layers_match_f32_on_rounded_values() {
         println!("linear bias={}: {err:.2e}", bias.is_some());
         assert!(err < 1e-5, "{err}");
     }
-    // 1×1, 3×3 pad 1, 3×3 stride 2 pad 1 convolutions.
-    for (i, &(ci, co, k, padding, stride)) in
-        [(8usize, 5usize, 1usize, 0usize, 1usize), (32, 9, 3, 1, 1), (6, 7, 3, 1, 2), (4, 4, 1, 0, 1), (4, 40, 3, 1, 1), (40, 3, 3, 1, 1)].iter().enumerate()
+    // 1×1, 3×3 pad 1, 3×3 stride 2 pad 1 convolutions, and the VAE's small ends (4 channels in or
+    // out of a 1×1 or 3×3, 3 channels out).
+    for (i, &(ci, co, k, padding, stride)) in [
+        (8usize, 5usize, 1usize, 0usize, 1usize),
+        (32, 9, 3, 1, 1),
+        (6, 7, 3, 1, 2),
+        (4, 4, 1, 0, 1),
+        (4, 40, 3, 1, 1),
+        (40, 3, 3, 1, 1),
+    ]
+    .iter()
+    .enumerate()
     {
         let (x, w, b) = (t(10 + i as u64, &[2, ci, 9, 37]), t(20 + i as u64, &[co, ci, k, k]), t(30 + i as u64, &[co]));
         let cfg = candle_nn::Conv2dConfig { padding, stride, ..Default::default() };
