@@ -65,7 +65,8 @@ pub struct BenchOptions {
     pub repeats: usize,
     /// Seed of the random weights.
     pub seed: u64,
-    /// Side of the square f32 GEMM that measures the attainable GFLOP/s (0 skips it).
+    /// Side of the square f32 GEMM that measures the attainable GFLOP/s (0 skips it); the bf16
+    /// GEMM of the same size is timed too where the CPU runs it fast.
     pub gemm_size: usize,
     /// Steps of a whole txt2img at the largest resolution: `dpmpp_2m`, `karras`, CFG 7.5
     /// (0 skips it).
@@ -73,6 +74,26 @@ pub struct BenchOptions {
     /// Steps of a whole LCM txt2img at the largest resolution: the `lcm` sampler on LCMScheduler's
     /// timesteps, guidance 1 (an LCM-LoRA's setting: no unconditional batch) (0 skips it).
     pub lcm_steps: usize,
+    /// Dtype of the weights (see `kairos_kernels::nn`: bf16/f16 weights compute with f32
+    /// activations on the CPU). For bf16/f16 the UNet's output on the first UNet case is also
+    /// compared with the f32 UNet's.
+    pub dtype: DType,
+}
+
+/// How far the reduced-precision UNet's output is from the f32 UNet's on the same input.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnetDifference {
+    /// The case compared, e.g. `unet b1 512`.
+    pub case: String,
+    /// `max |out - out_f32|`.
+    pub max_abs: f64,
+    /// `max |out - out_f32| / max |out_f32|`.
+    pub max_abs_over_range: f64,
+    /// `max |out - out_f32| / (|out_f32| + 1e-3·max |out_f32|)`: elementwise relative error,
+    /// with a floor so that outputs near zero do not dominate.
+    pub max_rel: f64,
+    /// Root mean square of `out - out_f32` over that of `out_f32`.
+    pub rms_rel: f64,
 }
 
 /// One timed case.
@@ -97,8 +118,33 @@ pub struct BenchReport {
     pub threads: usize,
     /// The timed cases, in order.
     pub cases: Vec<CaseResult>,
-    /// Peak resident memory of the process (VmHWM), MiB, if the OS reports it.
+    /// Peak resident memory of the process (VmHWM) over the timed cases, MiB, if the OS
+    /// reports it (the f32 reference UNet of the comparison comes after).
     pub peak_rss_mib: Option<f64>,
+    /// Weight dtype.
+    pub dtype: String,
+    /// The instruction set of the bf16 GEMM (`amx-bf16`, `avx512-bf16` or `scalar`).
+    pub bf16_kernel: &'static str,
+    /// The bf16/f16 UNet against the f32 one (`None` for f32 runs or without UNet cases).
+    pub unet_difference: Option<UnetDifference>,
+}
+
+/// Compares `out` with the reference `want` (same shape).
+fn difference(case: String, out: &Tensor, want: &Tensor) -> Result<UnetDifference, BenchError> {
+    let (out, want) = (out.to_dtype(DType::F64)?, want.to_dtype(DType::F64)?);
+    let diff = (&out - &want)?.abs()?;
+    let range = want.abs()?.max_all()?.to_scalar::<f64>()?;
+    let max_abs = diff.max_all()?.to_scalar::<f64>()?;
+    let floor = (want.abs()? + 1e-3 * range)?;
+    let max_rel = (&diff / floor)?.max_all()?.to_scalar::<f64>()?;
+    let rms = |t: &Tensor| -> candle_core::Result<f64> { t.sqr()?.mean_all()?.to_scalar::<f64>().map(f64::sqrt) };
+    Ok(UnetDifference {
+        case,
+        max_abs,
+        max_abs_over_range: max_abs / range,
+        max_rel,
+        rms_rel: rms(&diff)? / rms(&want)?,
+    })
 }
 
 /// The process's resident-memory high-water mark (`VmHWM` in `/proc/self/status`), in MiB.
@@ -172,16 +218,49 @@ fn gemm_case(n: usize, repeats: usize, report: &mut dyn FnMut(&CaseResult)) -> R
     )
 }
 
+/// `n×n` GEMM with bf16 inputs and f32 accumulation ([`kairos_kernels::gemm_bf16`]): the weight
+/// operand `B` is packed once outside the timing (as a layer's weight is), `A` is packed from
+/// f32 inside it (as activations are, per call). `None` where the CPU lacks AVX512-BF16.
+fn gemm_bf16_case(
+    n: usize,
+    repeats: usize,
+    report: &mut dyn FnMut(&CaseResult),
+) -> Option<Result<CaseResult, BenchError>> {
+    use kairos_kernels::gemm_bf16::{self, MatRef, PackedA, PackedB};
+    if !gemm_bf16::available() {
+        return None;
+    }
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0f32; n * n];
+    let a_view = MatRef::row_major(&a, n, n)?;
+    let packed_b = PackedB::new(MatRef::row_major(&b, n, n)?);
+    Some(time_case(
+        format!("gemm bf16 {n}x{n}"),
+        2.0 * (n as f64).powi(3) / 1e9,
+        repeats,
+        || {
+            gemm_bf16::gemm(&PackedA::new(a_view), &packed_b, &mut c, n, 1.0, false, true);
+            Ok(())
+        },
+        report,
+    ))
+}
+
 /// Runs the benchmark, calling `report` after each case (for progress output).
 pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<BenchReport, BenchError> {
     let device = Device::Cpu;
-    let dtype = DType::F32;
+    let dtype = opts.dtype;
+    let act = kairos_kernels::nn::activation_dtype(dtype, &device);
     let mut cases = Vec::new();
     if let Some(&r) = opts.resolutions.iter().find(|&&r| r == 0 || r % 8 != 0) {
         return Err(BenchError::Resolution { resolution: r });
     }
     if opts.gemm_size > 0 {
         cases.push(gemm_case(opts.gemm_size, opts.repeats, &mut report)?);
+        if let Some(case) = gemm_bf16_case(opts.gemm_size, opts.repeats, &mut report) {
+            cases.push(case?);
+        }
     }
 
     // Text encoder: 77 tokens, batch 2 (prompt and negative prompt).
@@ -205,22 +284,29 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
     let unet_cfg = UNet2DConditionModelConfig::from_json(presets::SD15_UNET)?;
     let unet = UNet2DConditionModel::new(seeded_var_builder(opts.seed, dtype, &device).pp("unet"), &unet_cfg)?;
     let shape = unet_shape(&unet_json);
+    // The first case's inputs and output, for the comparison with f32.
+    let mut first: Option<(String, Tensor, Tensor, Tensor)> = None;
     for &res in &opts.resolutions {
         let lat = res / 8;
         for &batch in &opts.unet_batches {
-            let sample = Tensor::randn(0f32, 1.0, (batch, 4, lat, lat), &device)?;
-            let context = Tensor::randn(0f32, 1.0, (batch, 77, 768), &device)?;
+            let sample = Tensor::randn(0f32, 1.0, (batch, 4, lat, lat), &device)?.to_dtype(act)?;
+            let context = Tensor::randn(0f32, 1.0, (batch, 77, 768), &device)?.to_dtype(act)?;
             let gflop = flops::unet(&shape, batch, lat, lat) / 1e9;
+            let name = format!("unet b{batch} {res}");
+            let mut out = None;
             cases.push(time_case(
-                format!("unet b{batch} {res}"),
+                name.clone(),
                 gflop,
                 opts.repeats,
                 || {
-                    unet.forward(&sample, 500.0, &context, None)?;
+                    out = Some(unet.forward(&sample, 500.0, &context, None)?);
                     Ok(())
                 },
                 &mut report,
             )?);
+            if let (None, Some(out)) = (&first, out) {
+                first = Some((name, sample, context, out));
+            }
         }
     }
     drop(unet);
@@ -229,7 +315,7 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
     let vae = AutoencoderKL::new(seeded_var_builder(opts.seed, dtype, &device).pp("vae"), &vae_cfg)?;
     for &res in &opts.resolutions {
         let lat = res / 8;
-        let z = Tensor::randn(0f32, 1.0, (1, 4, lat, lat), &device)?;
+        let z = Tensor::randn(0f32, 1.0, (1, 4, lat, lat), &device)?.to_dtype(act)?;
         cases.push(time_case(
             format!("vae_decode b1 {res}"),
             flops::vae_decode(&vae_cfg, 1, lat, lat) / 1e9,
@@ -242,11 +328,31 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
         )?);
     }
 
+    drop(vae);
     if let Some(&res) = opts.resolutions.iter().max().filter(|_| opts.txt2img_steps > 0 || opts.lcm_steps > 0) {
         cases.extend(txt2img_cases(opts, res, &mut report)?);
     }
+    // The peak of the timed cases, before the f32 reference UNet is built for the comparison.
+    let peak_rss_mib = peak_rss_mib();
+    let unet_difference = match first {
+        Some((name, sample, context, out)) if dtype != DType::F32 => {
+            let reference =
+                UNet2DConditionModel::new(seeded_var_builder(opts.seed, DType::F32, &device).pp("unet"), &unet_cfg)?;
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+            let want = reference.forward(&f32(&sample)?, 500.0, &f32(&context)?, None)?;
+            Some(difference(name, &out, &want)?)
+        }
+        _ => None,
+    };
 
-    Ok(BenchReport { threads: candle_core::utils::get_num_threads(), cases, peak_rss_mib: peak_rss_mib() })
+    Ok(BenchReport {
+        threads: candle_core::utils::get_num_threads(),
+        cases,
+        peak_rss_mib,
+        dtype: format!("{dtype:?}").to_lowercase(),
+        bf16_kernel: kairos_kernels::gemm_bf16::kernel_name(),
+        unet_difference,
+    })
 }
 
 /// Whole `res`² txt2img runs through kairos-pipeline (prompt encoding, the sampler loop, VAE
@@ -256,7 +362,7 @@ fn txt2img_cases(
     res: usize,
     report: &mut dyn FnMut(&CaseResult),
 ) -> Result<Vec<CaseResult>, BenchError> {
-    let (device, dtype) = (Device::Cpu, DType::F32);
+    let (device, dtype) = (Device::Cpu, opts.dtype);
     let vb = |prefix: &str| seeded_var_builder(opts.seed, dtype, &device).pp(prefix);
     let clip_cfg = CLIPTextConfig::from_json(presets::SD15_TEXT_ENCODER)?;
     let unet_json: serde_json::Value = serde_json::from_str(presets::SD15_UNET)?;

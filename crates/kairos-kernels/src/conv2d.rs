@@ -117,7 +117,7 @@ impl CustomOp3 for Conv2dOp {
 /// One im2col row: for kernel offset `(ky, kx)`, the input pixels that output rows `r0..` read,
 /// zero where they fall in the padding. `dst` holds `rows × wo` values.
 #[allow(clippy::too_many_arguments)]
-fn im2col_row(
+pub(crate) fn im2col_row(
     x_c: &[f32],
     dst: &mut [f32],
     (h, w): (usize, usize),
@@ -165,20 +165,9 @@ pub fn conv2d_plain(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params:
 /// stride-1 pad-1 convolutions large enough to gain from it the Winograd kernel
 /// ([`conv2d_winograd`], chosen by `KAIROS_WINOGRAD`); anything else takes [`conv2d_plain`].
 pub fn conv2d(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Tensor> {
+    check_shapes(xs, weight, params)?;
     let (_, ci, h, w) = xs.dims4()?;
-    let (co, wci, kh, kw) = weight.dims4()?;
-    if wci != ci || params.stride == 0 || h + 2 * params.padding < kh || w + 2 * params.padding < kw {
-        return Err(KernelError::BadShape {
-            op: OP,
-            name: "weight",
-            expected: format!(
-                "[Co, {ci}, kh, kw] with a kernel no larger than the padded input {h}x{w} (+{} each side) and stride ≥ 1",
-                params.padding
-            ),
-            got: weight.dims().to_vec(),
-        }
-        .into());
-    }
+    let (co, _, kh, kw) = weight.dims4()?;
     let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
     if crate::kernels_off() || !(f32_cpu(xs) && f32_cpu(weight) && bias.is_none_or(f32_cpu)) {
         return conv2d_plain(xs, weight, bias, params);
@@ -195,6 +184,26 @@ pub fn conv2d(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Conv2
         }
     }
     xs.apply_op3_no_bwd(&weight, &bias, &Conv2dOp { params })
+}
+
+/// The input and weight fit together: `xs` `[N, Ci, H, W]`, `weight` `[Co, Ci, kh, kw]` with a
+/// kernel no larger than the padded input, stride ≥ 1.
+pub(crate) fn check_shapes(xs: &Tensor, weight: &Tensor, params: Conv2dParams) -> Result<()> {
+    let (_, ci, h, w) = xs.dims4()?;
+    let (_, wci, kh, kw) = weight.dims4()?;
+    if wci != ci || params.stride == 0 || h + 2 * params.padding < kh || w + 2 * params.padding < kw {
+        return Err(KernelError::BadShape {
+            op: OP,
+            name: "weight",
+            expected: format!(
+                "[Co, {ci}, kh, kw] with a kernel no larger than the padded input {h}x{w} (+{} each side) and stride ≥ 1",
+                params.padding
+            ),
+            got: weight.dims().to_vec(),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// What `KAIROS_WINOGRAD` asks for 3×3 stride-1 pad-1 convolutions (read once).

@@ -11,8 +11,11 @@
 //! - [`attention`]: `softmax(q·kᵀ·scale)·v` by blocks of query rows, so only a block's scores
 //!   are alive at once instead of all heads' `L×S` matrices.
 //! - [`group_norm`]: GroupNorm with an optional fused SiLU, one pass per group.
-//! - [`nn`]: drop-in `Conv2d` and `GroupNorm` modules (same constructors and weight names as
-//!   `candle_nn`) that route through the kernels.
+//! - [`gemm_bf16`]: a GEMM with bf16 inputs and f32 accumulation on AVX512-BF16, used by
+//!   `Linear` and `Conv2d` layers whose weights are stored in bf16.
+//! - [`nn`]: drop-in `Conv2d`, `Linear`, `GroupNorm`, `LayerNorm` and `Embedding` constructors
+//!   (same arguments and weight names as `candle_nn`) that route through the kernels, and the
+//!   precision rule for reduced-precision weights ([`nn::activation_dtype`]).
 //!
 //! Setting the environment variable `KAIROS_KERNELS=off` sends every call to the plain path, for
 //! A/B timings on one binary; `KAIROS_WINOGRAD=off` keeps the kernels but convolves with im2col
@@ -21,8 +24,10 @@
 //! GEMMs go through the `gemm` crate (the one candle uses), with its AVX-512 kernels enabled.
 
 mod attention;
+mod bf16_layers;
 mod conv2d;
 mod error;
+pub mod gemm_bf16;
 mod group_norm;
 pub mod nn;
 mod vecmath;

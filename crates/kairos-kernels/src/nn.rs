@@ -1,23 +1,74 @@
-//! Drop-in replacements for `candle_nn::Conv2d` and `candle_nn::GroupNorm` that run the kernels:
-//! same constructor arguments and weight names (`weight`, `bias`), so a model switches by import.
+//! Drop-in replacements for `candle_nn`'s `Conv2d`, `Linear`, `GroupNorm`, `LayerNorm` and
+//! `Embedding` constructors that run the kernels: same constructor arguments and weight names
+//! (`weight`, `bias`), so a model switches by import.
+//!
+//! Weight precision: the `VarBuilder`'s dtype is the dtype the weights are *stored* in. On the
+//! CPU, bf16 and f16 weights compute with f32 activations ([`activation_dtype`]): convolution and
+//! linear weights stay in their dtype (bf16 ones packed for [`crate::gemm_bf16`] where the CPU
+//! has AVX512-BF16, f16 ones converted to f32 per call), while the small norm and embedding
+//! weights are loaded in f32. On other devices every weight and activation is in the builder's
+//! dtype, as candle does it.
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2dConfig, VarBuilder};
+use std::sync::Arc;
 
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Conv2dConfig, LayerNormConfig, VarBuilder};
+
+use crate::bf16_layers::{packs, Conv2dBf16, LinearBf16};
 use crate::conv2d::{conv2d as conv2d_kernel, Conv2dParams};
 use crate::group_norm::group_norm as group_norm_kernel;
+
+/// The dtype activations are computed in for weights stored in `weight_dtype` on `device`: f32
+/// for bf16/f16 weights on the CPU (whose reduced-precision arithmetic in candle is slow and,
+/// for norms and softmax, inaccurate), the weights' dtype elsewhere.
+pub fn activation_dtype(weight_dtype: DType, device: &Device) -> DType {
+    match weight_dtype {
+        DType::BF16 | DType::F16 if device.is_cpu() => DType::F32,
+        dtype => dtype,
+    }
+}
+
+/// `w` in the dtype of `x`, if they differ (f16 weights with f32 activations on the CPU).
+fn like(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    if w.dtype() == x.dtype() {
+        Ok(w.clone())
+    } else {
+        w.to_dtype(x.dtype())
+    }
+}
 
 /// A 2-D convolution layer; see [`crate::conv2d`] for the kernel and its fallback.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     inner: candle_nn::Conv2d,
+    /// The weight packed for the bf16 GEMM (then `inner`'s weight is not used by `forward`).
+    bf16: Option<Arc<Conv2dBf16>>,
 }
 
 impl Conv2d {
-    /// Wraps a candle layer (its weight, bias and configuration are used as they are).
-    pub fn new(inner: candle_nn::Conv2d) -> Self {
-        Self { inner }
+    /// Wraps a candle layer (its weight, bias and configuration are used as they are); a bf16
+    /// weight on a CPU with AVX512-BF16 is packed for the bf16 GEMM.
+    pub fn new(inner: candle_nn::Conv2d) -> Result<Self> {
+        let cfg = inner.config();
+        let bf16 = if packs(inner.weight()) && cfg.groups == 1 && cfg.dilation == 1 {
+            let params = Conv2dParams { padding: cfg.padding, stride: cfg.stride };
+            Some(Arc::new(Conv2dBf16::new(inner.weight(), inner.bias(), params)?))
+        } else {
+            None
+        };
+        // The packed copy replaces the weight: keep only an empty stand-in of the right shape.
+        let inner = match &bf16 {
+            Some(_) => candle_nn::Conv2d::new(stand_in(inner.weight())?, None, *cfg),
+            None => inner,
+        };
+        Ok(Self { inner, bf16 })
     }
+}
+
+/// A zero-stride tensor with `w`'s shape and dtype (one element of memory), so that a layer whose
+/// weight lives packed elsewhere still reports its shape.
+fn stand_in(w: &Tensor) -> Result<Tensor> {
+    Tensor::zeros((), w.dtype(), w.device())?.broadcast_as(w.shape())
 }
 
 impl Module for Conv2d {
@@ -25,10 +76,19 @@ impl Module for Conv2d {
         let cfg = self.inner.config();
         // The kernel covers one group and dilation 1 (every SD convolution); the rest stays on candle.
         if cfg.groups != 1 || cfg.dilation != 1 {
-            return self.inner.forward(xs);
+            let weight = like(self.inner.weight(), xs)?;
+            let bias = self.inner.bias().map(|b| like(b, xs)).transpose()?;
+            return candle_nn::Conv2d::new(weight, bias, *cfg).forward(xs);
         }
         let params = Conv2dParams { padding: cfg.padding, stride: cfg.stride };
-        conv2d_kernel(xs, self.inner.weight(), self.inner.bias(), params)
+        if let Some(bf16) = &self.bf16 {
+            // The kernel's shape checks, on the stand-in weight.
+            crate::conv2d::check_shapes(xs, self.inner.weight(), params)?;
+            return bf16.forward(xs);
+        }
+        let weight = like(self.inner.weight(), xs)?;
+        let bias = self.inner.bias().map(|b| like(b, xs)).transpose()?;
+        conv2d_kernel(xs, &weight, bias.as_ref(), params)
     }
 }
 
@@ -40,7 +100,7 @@ pub fn conv2d(
     cfg: Conv2dConfig,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    candle_nn::conv2d(in_channels, out_channels, kernel_size, cfg, vb).map(Conv2d::new)
+    Conv2d::new(candle_nn::conv2d(in_channels, out_channels, kernel_size, cfg, vb)?)
 }
 
 /// `candle_nn::conv2d_no_bias` returning the kernel-backed layer.
@@ -51,7 +111,67 @@ pub fn conv2d_no_bias(
     cfg: Conv2dConfig,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    candle_nn::conv2d_no_bias(in_channels, out_channels, kernel_size, cfg, vb).map(Conv2d::new)
+    Conv2d::new(candle_nn::conv2d_no_bias(in_channels, out_channels, kernel_size, cfg, vb)?)
+}
+
+/// A linear layer `y = x·Wᵀ + b`; bf16 weights on a CPU with AVX512-BF16 run the bf16 GEMM
+/// ([`crate::gemm_bf16`]), others candle's matmul (weights converted to the activations' dtype).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+    /// The weight packed for the bf16 GEMM (then `inner` holds a stand-in weight).
+    bf16: Option<Arc<LinearBf16>>,
+}
+
+impl Linear {
+    /// A layer with `weight` `[out, in]` and an optional `bias` `[out]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        if packs(&weight) {
+            let bf16 = Arc::new(LinearBf16::new(&weight, bias.as_ref())?);
+            Ok(Self { inner: candle_nn::Linear::new(stand_in(&weight)?, None), bf16: Some(bf16) })
+        } else {
+            Ok(Self { inner: candle_nn::Linear::new(weight, bias), bf16: None })
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(bf16) = &self.bf16 {
+            return bf16.forward(xs);
+        }
+        if self.inner.weight().dtype() == xs.dtype() {
+            return self.inner.forward(xs);
+        }
+        let weight = like(self.inner.weight(), xs)?;
+        let bias = self.inner.bias().map(|b| like(b, xs)).transpose()?;
+        candle_nn::Linear::new(weight, bias).forward(xs)
+    }
+}
+
+/// `candle_nn::linear` returning the kernel-backed layer.
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let bias = vb.get(out_dim, "bias")?;
+    Linear::new(weight, Some(bias))
+}
+
+/// `candle_nn::linear_no_bias` returning the kernel-backed layer.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    Linear::new(vb.get((out_dim, in_dim), "weight")?, None)
+}
+
+/// `candle_nn::layer_norm` with its weights in the [`activation_dtype`].
+pub fn layer_norm<C: Into<LayerNormConfig>>(size: usize, config: C, vb: VarBuilder) -> Result<candle_nn::LayerNorm> {
+    let dtype = activation_dtype(vb.dtype(), vb.device());
+    candle_nn::layer_norm(size, config, vb.set_dtype(dtype))
+}
+
+/// `candle_nn::embedding` with its table in the [`activation_dtype`] (embeddings are looked up,
+/// not multiplied, so they gain nothing from bf16 compute).
+pub fn embedding(in_size: usize, out_size: usize, vb: VarBuilder) -> Result<candle_nn::Embedding> {
+    let dtype = activation_dtype(vb.dtype(), vb.device());
+    candle_nn::embedding(in_size, out_size, vb.set_dtype(dtype))
 }
 
 /// GroupNorm over `[N, C, *]`; see [`crate::group_norm`] for the kernel and its fallback.
@@ -77,8 +197,10 @@ impl Module for GroupNorm {
 }
 
 /// `candle_nn::group_norm` returning the kernel-backed layer (weight initialised to 1, bias to 0
-/// when the builder creates them).
+/// when the builder creates them), with its weights in the [`activation_dtype`].
 pub fn group_norm(num_groups: usize, num_channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    let dtype = activation_dtype(vb.dtype(), vb.device());
+    let vb = vb.set_dtype(dtype);
     // Builds candle's layer for its argument checks and weight lookup, then keeps the parts.
     let weight = vb.get_with_hints(num_channels, "weight", candle_nn::Init::Const(1.))?;
     let bias = vb.get_with_hints(num_channels, "bias", candle_nn::Init::Const(0.))?;

@@ -5,7 +5,8 @@
 //!   `gelu`, `relu`); `GELU`, `ApproximateGELU`, `SwiGLU` and the NPU fused path are absent.
 
 use candle_core::{Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+use kairos_kernels::nn::Linear;
 
 use crate::error::{ModelError, Result};
 
@@ -59,9 +60,7 @@ pub struct GEGLU {
 impl GEGLU {
     /// Builds `proj` (`dim_in` → `2 * dim_out`, with bias) under `vb`.
     pub fn new(vb: VarBuilder, dim_in: usize, dim_out: usize) -> Result<Self> {
-        Ok(Self {
-            proj: candle_nn::linear(dim_in, dim_out * 2, vb.pp("proj"))?,
-        })
+        Ok(Self { proj: kairos_kernels::nn::linear(dim_in, dim_out * 2, vb.pp("proj"))? })
     }
 
     /// `[.., dim_in]` → `[.., dim_out]`.

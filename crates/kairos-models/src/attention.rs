@@ -8,7 +8,8 @@
 //! - Dropout is omitted (inference only).
 
 use candle_core::Tensor;
-use candle_nn::{LayerNorm, LayerNormConfig, Linear, Module, VarBuilder};
+use candle_nn::{LayerNorm, LayerNormConfig, Module, VarBuilder};
+use kairos_kernels::nn::Linear;
 
 use crate::activations::GEGLU;
 use crate::attention_processor::{Attention, AttentionConfig};
@@ -26,7 +27,7 @@ impl FeedForward {
     pub fn new(vb: VarBuilder, dim: usize, mult: usize) -> Result<Self> {
         let inner_dim = dim * mult;
         let geglu = GEGLU::new(vb.pp("net.0"), dim, inner_dim)?;
-        let proj_out = candle_nn::linear(inner_dim, dim, vb.pp("net.2"))?;
+        let proj_out = kairos_kernels::nn::linear(inner_dim, dim, vb.pp("net.2"))?;
         Ok(Self { geglu, proj_out })
     }
 
@@ -71,10 +72,7 @@ impl BasicTransformerBlock {
     /// Builds the block under `vb` (e.g. `...attentions.0.transformer_blocks.0`).
     pub fn new(vb: VarBuilder, config: &BasicTransformerBlockConfig) -> Result<Self> {
         let dim = config.dim;
-        let norm_cfg = LayerNormConfig {
-            eps: config.norm_eps,
-            ..Default::default()
-        };
+        let norm_cfg = LayerNormConfig { eps: config.norm_eps, ..Default::default() };
         let attention = AttentionConfig {
             heads: config.num_attention_heads,
             dim_head: config.attention_head_dim,
@@ -82,33 +80,25 @@ impl BasicTransformerBlock {
             upcast_attention: config.upcast_attention,
             ..AttentionConfig::new(dim)
         };
-        let cross_attention = AttentionConfig {
-            cross_attention_dim: Some(config.cross_attention_dim),
-            ..attention.clone()
-        };
+        let cross_attention =
+            AttentionConfig { cross_attention_dim: Some(config.cross_attention_dim), ..attention.clone() };
         Ok(Self {
-            norm1: candle_nn::layer_norm(dim, norm_cfg, vb.pp("norm1"))?,
+            norm1: kairos_kernels::nn::layer_norm(dim, norm_cfg, vb.pp("norm1"))?,
             attn1: Attention::new(vb.pp("attn1"), &attention)?,
-            norm2: candle_nn::layer_norm(dim, norm_cfg, vb.pp("norm2"))?,
+            norm2: kairos_kernels::nn::layer_norm(dim, norm_cfg, vb.pp("norm2"))?,
             attn2: Attention::new(vb.pp("attn2"), &cross_attention)?,
-            norm3: candle_nn::layer_norm(dim, norm_cfg, vb.pp("norm3"))?,
+            norm3: kairos_kernels::nn::layer_norm(dim, norm_cfg, vb.pp("norm3"))?,
             ff: FeedForward::new(vb.pp("ff"), dim, 4)?,
         })
     }
 
     /// `hidden_states` `[N, L, dim]`, `encoder_hidden_states` `[N, S, cross_attention_dim]`
     /// → `[N, L, dim]`.
-    pub fn forward(
-        &self,
-        hidden_states: &Tensor,
-        encoder_hidden_states: &Tensor,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, hidden_states: &Tensor, encoder_hidden_states: &Tensor) -> Result<Tensor> {
         let norm_hidden_states = self.norm1.forward(hidden_states)?;
         let hidden_states = (self.attn1.forward(&norm_hidden_states, None)? + hidden_states)?;
         let norm_hidden_states = self.norm2.forward(&hidden_states)?;
-        let attn_output = self
-            .attn2
-            .forward(&norm_hidden_states, Some(encoder_hidden_states))?;
+        let attn_output = self.attn2.forward(&norm_hidden_states, Some(encoder_hidden_states))?;
         let hidden_states = (attn_output + hidden_states)?;
         let norm_hidden_states = self.norm3.forward(&hidden_states)?;
         Ok((self.ff.forward(&norm_hidden_states)? + hidden_states)?)

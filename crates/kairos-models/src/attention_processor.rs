@@ -12,8 +12,8 @@
 //! - Dropout is omitted (inference only).
 
 use candle_core::{DType, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
-use kairos_kernels::nn::GroupNorm;
+use candle_nn::{Module, VarBuilder};
+use kairos_kernels::nn::{GroupNorm, Linear};
 
 use crate::error::{ModelError, Result};
 
@@ -87,10 +87,7 @@ impl Attention {
         if config.heads == 0 || config.dim_head == 0 {
             return Err(ModelError::InvalidConfig {
                 field: "heads",
-                reason: format!(
-                    "heads ({}) and dim_head ({}) must be positive",
-                    config.heads, config.dim_head
-                ),
+                reason: format!("heads ({}) and dim_head ({}) must be positive", config.heads, config.dim_head),
             });
         }
         let inner_dim = config.heads * config.dim_head;
@@ -98,18 +95,15 @@ impl Attention {
         let linear = |in_dim, out_dim, bias: bool, name: &str| -> Result<Linear> {
             let vb = vb.pp(name);
             Ok(if bias {
-                candle_nn::linear(in_dim, out_dim, vb)?
+                kairos_kernels::nn::linear(in_dim, out_dim, vb)?
             } else {
-                candle_nn::linear_no_bias(in_dim, out_dim, vb)?
+                kairos_kernels::nn::linear_no_bias(in_dim, out_dim, vb)?
             })
         };
         let group_norm = match config.norm_num_groups {
-            Some(groups) => Some(kairos_kernels::nn::group_norm(
-                groups,
-                config.query_dim,
-                config.eps,
-                vb.pp("group_norm"),
-            )?),
+            Some(groups) => {
+                Some(kairos_kernels::nn::group_norm(groups, config.query_dim, config.eps, vb.pp("group_norm"))?)
+            }
             None => None,
         };
         Ok(Self {
@@ -128,11 +122,7 @@ impl Attention {
 
     /// `hidden_states` `[N, L, C]` (or `[N, C, H, W]`, attended over `H·W`), optional
     /// `encoder_hidden_states` `[N, S, C_cross]` → same shape as `hidden_states`.
-    pub fn forward(
-        &self,
-        hidden_states: &Tensor,
-        encoder_hidden_states: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, hidden_states: &Tensor, encoder_hidden_states: Option<&Tensor>) -> Result<Tensor> {
         let residual = hidden_states;
         let spatial = match hidden_states.rank() {
             3 => None,
@@ -153,9 +143,7 @@ impl Attention {
         let (batch_size, _, _) = hidden_states.dims3()?;
         let hidden_states = match &self.group_norm {
             // GroupNorm normalises over channels in dim 1: [N, L, C] -> [N, C, L] and back.
-            Some(norm) => norm
-                .forward(&hidden_states.transpose(1, 2)?)?
-                .transpose(1, 2)?,
+            Some(norm) => norm.forward(&hidden_states.transpose(1, 2)?)?.transpose(1, 2)?,
             None => hidden_states,
         }
         // candle 0.11.1's `Linear` on a non-contiguous 3-D input takes a broadcast-matmul path
@@ -171,21 +159,15 @@ impl Attention {
         let head_dim = inner_dim / self.heads;
         // [N, L, heads·d] -> [N, heads, L, d]
         let split_heads = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((batch_size, (), self.heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
+            Ok(t.reshape((batch_size, (), self.heads, head_dim))?.transpose(1, 2)?.contiguous()?)
         };
         let query = split_heads(query)?;
         let key = split_heads(key)?;
         let value = split_heads(value)?;
 
-        let hidden_states =
-            scaled_dot_product_attention(&query, &key, &value, self.scale, self.upcast)?;
+        let hidden_states = scaled_dot_product_attention(&query, &key, &value, self.scale, self.upcast)?;
         // [N, heads, L, d] -> [N, L, heads·d]
-        let hidden_states =
-            hidden_states
-                .transpose(1, 2)?
-                .reshape((batch_size, (), self.heads * head_dim))?;
+        let hidden_states = hidden_states.transpose(1, 2)?.reshape((batch_size, (), self.heads * head_dim))?;
         let hidden_states = self.to_out.forward(&hidden_states)?;
 
         // [N, H·W, C] -> [N, C, H, W]
@@ -193,11 +175,7 @@ impl Attention {
             Some((n, c, h, w)) => hidden_states.transpose(1, 2)?.reshape((n, c, h, w))?,
             None => hidden_states,
         };
-        let hidden_states = if self.residual_connection {
-            (hidden_states + residual)?
-        } else {
-            hidden_states
-        };
+        let hidden_states = if self.residual_connection { (hidden_states + residual)? } else { hidden_states };
         Ok(if self.rescale_output_factor == 1.0 {
             hidden_states
         } else {

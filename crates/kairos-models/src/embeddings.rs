@@ -8,7 +8,8 @@
 //!   last ulp of `exp`/`sin`/`cos`.
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+use kairos_kernels::nn::Linear;
 
 use crate::activations::Activation;
 use crate::error::{ModelError, Result};
@@ -33,33 +34,17 @@ pub fn get_timestep_embedding(
     let device = timesteps.device();
     let half_dim = embedding_dim / 2;
     // exponent = -ln(max_period) * arange(half_dim) / (half_dim - downscale_freq_shift), in f32.
-    let exponent = Tensor::arange(0u32, half_dim as u32, device)?
-        .to_dtype(DType::F32)?
-        .affine(-max_period.ln(), 0.0)?;
+    let exponent =
+        Tensor::arange(0u32, half_dim as u32, device)?.to_dtype(DType::F32)?.affine(-max_period.ln(), 0.0)?;
     let denominator = scalar_f32(half_dim as f64 - downscale_freq_shift, device)?;
     let exponent = exponent.broadcast_div(&denominator)?;
     let freqs = exponent.exp()?;
     // [N, 1] * [1, half] -> [N, half]
-    let emb = timesteps
-        .to_dtype(DType::F32)?
-        .unsqueeze(1)?
-        .broadcast_mul(&freqs.unsqueeze(0)?)?;
-    let emb = if scale == 1.0 {
-        emb
-    } else {
-        emb.affine(scale, 0.0)?
-    };
+    let emb = timesteps.to_dtype(DType::F32)?.unsqueeze(1)?.broadcast_mul(&freqs.unsqueeze(0)?)?;
+    let emb = if scale == 1.0 { emb } else { emb.affine(scale, 0.0)? };
     let (sin, cos) = (emb.sin()?, emb.cos()?);
-    let emb = if flip_sin_to_cos {
-        Tensor::cat(&[cos, sin], D::Minus1)?
-    } else {
-        Tensor::cat(&[sin, cos], D::Minus1)?
-    };
-    Ok(if embedding_dim % 2 == 1 {
-        emb.pad_with_zeros(D::Minus1, 0, 1)?
-    } else {
-        emb
-    })
+    let emb = if flip_sin_to_cos { Tensor::cat(&[cos, sin], D::Minus1)? } else { Tensor::cat(&[sin, cos], D::Minus1)? };
+    Ok(if embedding_dim % 2 == 1 { emb.pad_with_zeros(D::Minus1, 0, 1)? } else { emb })
 }
 
 fn scalar_f32(value: f64, device: &Device) -> Result<Tensor> {
@@ -78,12 +63,7 @@ pub struct Timesteps {
 impl Timesteps {
     /// `Timesteps(num_channels, flip_sin_to_cos, downscale_freq_shift, scale=1)`.
     pub fn new(num_channels: usize, flip_sin_to_cos: bool, downscale_freq_shift: f64) -> Self {
-        Self {
-            num_channels,
-            flip_sin_to_cos,
-            downscale_freq_shift,
-            scale: 1.0,
-        }
+        Self { num_channels, flip_sin_to_cos, downscale_freq_shift, scale: 1.0 }
     }
 
     /// `[N]` → f32 `[N, num_channels]`.
@@ -121,24 +101,14 @@ impl TimestepEmbedding {
         post_act_fn: Option<Activation>,
         cond_proj_dim: Option<usize>,
     ) -> Result<Self> {
-        let linear_1 = candle_nn::linear(in_channels, time_embed_dim, vb.pp("linear_1"))?;
+        let linear_1 = kairos_kernels::nn::linear(in_channels, time_embed_dim, vb.pp("linear_1"))?;
         let cond_proj = match cond_proj_dim {
-            Some(dim) => Some(candle_nn::linear_no_bias(
-                dim,
-                in_channels,
-                vb.pp("cond_proj"),
-            )?),
+            Some(dim) => Some(kairos_kernels::nn::linear_no_bias(dim, in_channels, vb.pp("cond_proj"))?),
             None => None,
         };
         let out_dim = out_dim.unwrap_or(time_embed_dim);
-        let linear_2 = candle_nn::linear(time_embed_dim, out_dim, vb.pp("linear_2"))?;
-        Ok(Self {
-            linear_1,
-            cond_proj,
-            act: act_fn,
-            linear_2,
-            post_act: post_act_fn,
-        })
+        let linear_2 = kairos_kernels::nn::linear(time_embed_dim, out_dim, vb.pp("linear_2"))?;
+        Ok(Self { linear_1, cond_proj, act: act_fn, linear_2, post_act: post_act_fn })
     }
 
     /// `sample` `[N, in_channels]`, `condition` `[N, cond_proj_dim]` → `[N, out_dim]`.
@@ -148,8 +118,7 @@ impl TimestepEmbedding {
             (Some(condition), None) => {
                 return Err(ModelError::BadInput {
                     name: "timestep_cond",
-                    expected: "none: the model has no cond_proj (time_cond_proj_dim is null)"
-                        .into(),
+                    expected: "none: the model has no cond_proj (time_cond_proj_dim is null)".into(),
                     got: condition.dims().to_vec(),
                 })
             }

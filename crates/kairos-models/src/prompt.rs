@@ -105,11 +105,7 @@ pub struct PromptOptions {
 
 impl Default for PromptOptions {
     fn default() -> Self {
-        Self {
-            emphasis: Emphasis::Original,
-            comma_padding_backtrack: 20,
-            clip_skip: 1,
-        }
+        Self { emphasis: Emphasis::Original, comma_padding_backtrack: 20, clip_skip: 1 }
     }
 }
 
@@ -126,10 +122,7 @@ fn re_attention() -> &'static Regex {
 /// A1111's `re_break`.
 fn re_break() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        Regex::new(r"(?s)\s*\bBREAK\b\s*")
-            .unwrap_or_else(|err| unreachable!("constant regex: {err}"))
-    })
+    RE.get_or_init(|| Regex::new(r"(?s)\s*\bBREAK\b\s*").unwrap_or_else(|err| unreachable!("constant regex: {err}")))
 }
 
 /// Splits a prompt into text pieces with attention weights and `BREAK`s (A1111's
@@ -151,10 +144,7 @@ pub fn parse_prompt_attention(text: &str) -> Result<Vec<PromptPart>, PromptError
     for m in re_attention().captures_iter(text) {
         let token = &m[0];
         if let Some(escaped) = token.strip_prefix('\\') {
-            res.push(PromptPart::Text {
-                text: escaped.to_string(),
-                weight: 1.0,
-            });
+            res.push(PromptPart::Text { text: escaped.to_string(), weight: 1.0 });
         } else if token == "(" {
             round_brackets.push(res.len());
         } else if token == "[" {
@@ -163,9 +153,7 @@ pub fn parse_prompt_attention(text: &str) -> Result<Vec<PromptPart>, PromptError
             let weight: f64 = weight
                 .as_str()
                 .parse()
-                .map_err(|_| PromptError::InvalidWeight {
-                    weight: weight.as_str().to_string(),
-                })?;
+                .map_err(|_| PromptError::InvalidWeight { weight: weight.as_str().to_string() })?;
             round_brackets.pop();
             multiply_range(&mut res, start, weight);
         } else if let (")", Some(start)) = (token, round_brackets.last().copied()) {
@@ -179,10 +167,7 @@ pub fn parse_prompt_attention(text: &str) -> Result<Vec<PromptPart>, PromptError
                 if i > 0 {
                     res.push(PromptPart::Break);
                 }
-                res.push(PromptPart::Text {
-                    text: part.to_string(),
-                    weight: 1.0,
-                });
+                res.push(PromptPart::Text { text: part.to_string(), weight: 1.0 });
             }
         }
     }
@@ -193,23 +178,16 @@ pub fn parse_prompt_attention(text: &str) -> Result<Vec<PromptPart>, PromptError
         multiply_range(&mut res, start, square_bracket_multiplier);
     }
     if res.is_empty() {
-        res.push(PromptPart::Text {
-            text: String::new(),
-            weight: 1.0,
-        });
+        res.push(PromptPart::Text { text: String::new(), weight: 1.0 });
     }
 
     // Merge runs of identical weights.
     let mut merged: Vec<PromptPart> = Vec::with_capacity(res.len());
     for part in res {
         match (merged.last_mut(), part) {
-            (
-                Some(PromptPart::Text { text, weight }),
-                PromptPart::Text {
-                    text: next,
-                    weight: w,
-                },
-            ) if *weight == w => text.push_str(&next),
+            (Some(PromptPart::Text { text, weight }), PromptPart::Text { text: next, weight: w }) if *weight == w => {
+                text.push_str(&next)
+            }
             (_, part) => merged.push(part),
         }
     }
@@ -248,11 +226,7 @@ struct ChunkBuilder {
 impl ChunkBuilder {
     /// A1111's `next_chunk`: pads the current chunk, wraps it in start/end tokens, starts a new one.
     fn next_chunk(&mut self, is_last: bool, pad_id: u32) {
-        self.token_count += if is_last {
-            self.tokens.len()
-        } else {
-            CHUNK_LENGTH
-        };
+        self.token_count += if is_last { self.tokens.len() } else { CHUNK_LENGTH };
         let mut tokens = Vec::with_capacity(CHUNK_LENGTH + 2);
         tokens.push(BOS_TOKEN_ID);
         tokens.append(&mut self.tokens);
@@ -266,10 +240,7 @@ impl ChunkBuilder {
         multipliers.append(&mut self.multipliers);
         multipliers.resize(CHUNK_LENGTH + 2, 1.0);
         self.last_comma = None;
-        self.chunks.push(PromptChunk {
-            tokens,
-            multipliers,
-        });
+        self.chunks.push(PromptChunk { tokens, multipliers });
     }
 }
 
@@ -281,10 +252,7 @@ pub fn tokenize_prompt(
     options: &PromptOptions,
 ) -> Result<TokenizedPrompt, PromptError> {
     let parsed = match options.emphasis {
-        Emphasis::None => vec![PromptPart::Text {
-            text: prompt.to_string(),
-            weight: 1.0,
-        }],
+        Emphasis::None => vec![PromptPart::Text { text: prompt.to_string(), weight: 1.0 }],
         _ => parse_prompt_attention(prompt)?,
     };
     let comma_token = tokenizer.token_to_id(",</w>");
@@ -303,9 +271,7 @@ pub fn tokenize_prompt(
             if Some(token) == comma_token {
                 chunk.last_comma = Some(chunk.tokens.len());
             } else if let Some(last_comma) = chunk.last_comma.filter(|&c| {
-                backtrack != 0
-                    && chunk.tokens.len() == CHUNK_LENGTH
-                    && chunk.tokens.len() - c <= backtrack
+                backtrack != 0 && chunk.tokens.len() == CHUNK_LENGTH && chunk.tokens.len() - c <= backtrack
             }) {
                 // Move the text after the last comma to the next chunk.
                 let reloc_tokens = chunk.tokens.split_off(last_comma + 1);
@@ -324,28 +290,20 @@ pub fn tokenize_prompt(
     if !chunk.tokens.is_empty() || chunk.chunks.is_empty() {
         chunk.next_chunk(true, pad_id);
     }
-    Ok(TokenizedPrompt {
-        chunks: chunk.chunks,
-        token_count: chunk.token_count,
-    })
+    Ok(TokenizedPrompt { chunks: chunk.chunks, token_count: chunk.token_count })
 }
 
 /// Applies per-token weights to a chunk's embeddings `z` [batch, tokens, hidden] (A1111's
 /// `Emphasis.after_transformers`): "Original" multiplies, then rescales by
 /// mean(z) / mean(weighted z) over the whole tensor; "No norm" only multiplies.
-pub fn apply_emphasis(
-    z: &Tensor,
-    multipliers: &[f64],
-    emphasis: Emphasis,
-) -> Result<Tensor, PromptError> {
+pub fn apply_emphasis(z: &Tensor, multipliers: &[f64], emphasis: Emphasis) -> Result<Tensor, PromptError> {
     if matches!(emphasis, Emphasis::None | Emphasis::Ignore) {
         return Ok(z.clone());
     }
     let (_, tokens, _) = z.dims3()?;
     // A1111 builds the multipliers with torch.asarray: float32.
     let multipliers: Vec<f32> = multipliers.iter().map(|&m| m as f32).collect();
-    let multipliers =
-        Tensor::from_vec(multipliers, (1, tokens, 1), z.device())?.to_dtype(z.dtype())?;
+    let multipliers = Tensor::from_vec(multipliers, (1, tokens, 1), z.device())?.to_dtype(z.dtype())?;
     let weighted = z.broadcast_mul(&multipliers)?;
     if emphasis == Emphasis::NoNorm {
         return Ok(weighted);
@@ -385,10 +343,7 @@ mod tests {
     use super::*;
 
     fn text(text: &str, weight: f64) -> PromptPart {
-        PromptPart::Text {
-            text: text.to_string(),
-            weight,
-        }
+        PromptPart::Text { text: text.to_string(), weight }
     }
 
     /// The doctests of A1111's `parse_prompt_attention`; weights compared exactly, since the
@@ -397,16 +352,10 @@ mod tests {
     fn parse_prompt_attention_matches_a1111_doctests() {
         let cases: Vec<(&str, Vec<PromptPart>)> = vec![
             ("normal text", vec![text("normal text", 1.0)]),
-            (
-                "an (important) word",
-                vec![text("an ", 1.0), text("important", 1.1), text(" word", 1.0)],
-            ),
+            ("an (important) word", vec![text("an ", 1.0), text("important", 1.1), text(" word", 1.0)]),
             ("(unbalanced", vec![text("unbalanced", 1.1)]),
             (r"\(literal\]", vec![text("(literal]", 1.0)]),
-            (
-                "(unnecessary)(parens)",
-                vec![text("unnecessaryparens", 1.1)],
-            ),
+            ("(unnecessary)(parens)", vec![text("unnecessaryparens", 1.1)]),
             (
                 "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
                 vec![
@@ -423,11 +372,7 @@ mod tests {
             ),
         ];
         for (prompt, expected) in cases {
-            assert_eq!(
-                parse_prompt_attention(prompt).unwrap(),
-                expected,
-                "{prompt}"
-            );
+            assert_eq!(parse_prompt_attention(prompt).unwrap(), expected, "{prompt}");
         }
     }
 
@@ -438,33 +383,15 @@ mod tests {
             vec![text("a cat", 1.0), PromptPart::Break, text("a dog", 1.0)]
         );
         // Not a whole word: plain text.
-        assert_eq!(
-            parse_prompt_attention("BREAKFAST").unwrap(),
-            vec![text("BREAKFAST", 1.0)]
-        );
+        assert_eq!(parse_prompt_attention("BREAKFAST").unwrap(), vec![text("BREAKFAST", 1.0)]);
         assert_eq!(parse_prompt_attention("").unwrap(), vec![text("", 1.0)]);
         // Unmatched closers and `:weight)` without an opener are literal text.
-        assert_eq!(
-            parse_prompt_attention("a) b] c:1.2)").unwrap(),
-            vec![text("a) b] c:1.2)", 1.0)]
-        );
+        assert_eq!(parse_prompt_attention("a) b] c:1.2)").unwrap(), vec![text("a) b] c:1.2)", 1.0)]);
         // A backslash before an ordinary character is dropped; `\\` is a backslash.
-        assert_eq!(
-            parse_prompt_attention(r"a\b \\ c").unwrap(),
-            vec![text(r"ab \ c", 1.0)]
-        );
-        assert_eq!(
-            parse_prompt_attention("[x]").unwrap(),
-            vec![text("x", 1.0 / 1.1)]
-        );
-        assert_eq!(
-            parse_prompt_attention("(x:-0.5)").unwrap(),
-            vec![text("x", -0.5)]
-        );
+        assert_eq!(parse_prompt_attention(r"a\b \\ c").unwrap(), vec![text(r"ab \ c", 1.0)]);
+        assert_eq!(parse_prompt_attention("[x]").unwrap(), vec![text("x", 1.0 / 1.1)]);
+        assert_eq!(parse_prompt_attention("(x:-0.5)").unwrap(), vec![text("x", -0.5)]);
         let err = parse_prompt_attention("(x:1.2.3)").unwrap_err();
-        assert!(
-            matches!(&err, PromptError::InvalidWeight { weight } if weight == "1.2.3"),
-            "{err}"
-        );
+        assert!(matches!(&err, PromptError::InvalidWeight { weight } if weight == "1.2.3"), "{err}");
     }
 }

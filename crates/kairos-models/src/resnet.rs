@@ -12,8 +12,8 @@
 //! - Dropout is omitted (inference only).
 
 use candle_core::Tensor;
-use candle_nn::{Conv2dConfig, Linear, Module, VarBuilder};
-use kairos_kernels::nn::{Conv2d, GroupNorm};
+use candle_nn::{Conv2dConfig, Module, VarBuilder};
+use kairos_kernels::nn::{Conv2d, GroupNorm, Linear};
 
 use crate::activations::Activation;
 use crate::error::{ModelError, Result};
@@ -33,11 +33,7 @@ impl TimeEmbeddingNorm {
         match name {
             "default" => Ok(Self::Default),
             "scale_shift" => Ok(Self::ScaleShift),
-            _ => Err(ModelError::Unsupported {
-                field,
-                value: name.to_string(),
-                supported: "default, scale_shift",
-            }),
+            _ => Err(ModelError::Unsupported { field, value: name.to_string(), supported: "default, scale_shift" }),
         }
     }
 }
@@ -92,10 +88,7 @@ impl Default for ResnetBlock2DConfig {
 
 /// 3×3 convolution with padding 1, the UNet's and VAE's default convolution.
 pub(crate) fn conv3x3(vb: VarBuilder, in_channels: usize, out_channels: usize) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    };
+    let cfg = Conv2dConfig { padding: 1, ..Default::default() };
     Ok(kairos_kernels::nn::conv2d(in_channels, out_channels, 3, cfg, vb)?)
 }
 
@@ -137,19 +130,13 @@ impl ResnetBlock2D {
                     TimeEmbeddingNorm::Default => out_channels,
                     TimeEmbeddingNorm::ScaleShift => 2 * out_channels,
                 };
-                Some(candle_nn::linear(
-                    temb_channels,
-                    width,
-                    vb.pp("time_emb_proj"),
-                )?)
+                Some(kairos_kernels::nn::linear(temb_channels, width, vb.pp("time_emb_proj"))?)
             }
         };
         let norm2 = kairos_kernels::nn::group_norm(groups_out, out_channels, config.eps, vb.pp("norm2"))?;
         let conv_2d_out_channels = config.conv_2d_out_channels.unwrap_or(out_channels);
         let conv2 = conv3x3(vb.pp("conv2"), out_channels, conv_2d_out_channels)?;
-        let use_in_shortcut = config
-            .use_in_shortcut
-            .unwrap_or(in_channels != conv_2d_out_channels);
+        let use_in_shortcut = config.use_in_shortcut.unwrap_or(in_channels != conv_2d_out_channels);
         let conv_shortcut = if use_in_shortcut {
             let vb = vb.pp("conv_shortcut");
             let cfg = Conv2dConfig::default();
@@ -184,11 +171,7 @@ impl ResnetBlock2D {
         // [N, C'] -> [N, C', 1, 1], as diffusers' `[:, :, None, None]`.
         let temb = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
-                let temb = if self.skip_time_act {
-                    temb.clone()
-                } else {
-                    act.forward(temb)?
-                };
+                let temb = if self.skip_time_act { temb.clone() } else { act.forward(temb)? };
                 Some(proj.forward(&temb)?.unsqueeze(2)?.unsqueeze(3)?)
             }
             _ => None,
@@ -196,20 +179,23 @@ impl ResnetBlock2D {
 
         // norm2 and the activation (fused for Default, whose activation directly follows norm2).
         hidden_states = match (self.time_embedding_norm, temb) {
-            (TimeEmbeddingNorm::Default, Some(temb)) => norm_act(&self.norm2, act, &hidden_states.broadcast_add(&temb)?)?,
+            (TimeEmbeddingNorm::Default, Some(temb)) => {
+                norm_act(&self.norm2, act, &hidden_states.broadcast_add(&temb)?)?
+            }
             (TimeEmbeddingNorm::Default, None) => norm_act(&self.norm2, act, &hidden_states)?,
             (TimeEmbeddingNorm::ScaleShift, Some(temb)) => {
                 let chunks = temb.chunk(2, 1)?;
                 let (time_scale, time_shift) = (&chunks[0], &chunks[1]);
                 act.forward(
-                    &self.norm2.forward(&hidden_states)?.broadcast_mul(&(time_scale + 1.0)?)?.broadcast_add(time_shift)?,
+                    &self
+                        .norm2
+                        .forward(&hidden_states)?
+                        .broadcast_mul(&(time_scale + 1.0)?)?
+                        .broadcast_add(time_shift)?,
                 )?
             }
             (TimeEmbeddingNorm::ScaleShift, None) => {
-                return Err(ModelError::MissingInput {
-                    name: "temb",
-                    reason: "time_embedding_norm is scale_shift",
-                })
+                return Err(ModelError::MissingInput { name: "temb", reason: "time_embedding_norm is scale_shift" })
             }
         };
 
@@ -219,11 +205,7 @@ impl ResnetBlock2D {
             None => input_tensor.clone(),
         };
         let output = (input_tensor + hidden_states)?;
-        Ok(if self.output_scale_factor == 1.0 {
-            output
-        } else {
-            (output / self.output_scale_factor)?
-        })
+        Ok(if self.output_scale_factor == 1.0 { output } else { (output / self.output_scale_factor)? })
     }
 }
 
@@ -247,16 +229,9 @@ impl Downsample2D {
     ) -> Result<Self> {
         let out_channels = out_channels.unwrap_or(channels);
         if use_conv {
-            let cfg = Conv2dConfig {
-                padding,
-                stride: 2,
-                ..Default::default()
-            };
+            let cfg = Conv2dConfig { padding, stride: 2, ..Default::default() };
             let conv = kairos_kernels::nn::conv2d(channels, out_channels, 3, cfg, vb.pp("conv"))?;
-            Ok(Self {
-                conv: Some(conv),
-                pad_right_bottom: padding == 0,
-            })
+            Ok(Self { conv: Some(conv), pad_right_bottom: padding == 0 })
         } else if channels != out_channels {
             Err(ModelError::InvalidConfig {
                 field: "out_channels",
@@ -265,10 +240,7 @@ impl Downsample2D {
                 ),
             })
         } else {
-            Ok(Self {
-                conv: None,
-                pad_right_bottom: false,
-            })
+            Ok(Self { conv: None, pad_right_bottom: false })
         }
     }
 
@@ -277,9 +249,7 @@ impl Downsample2D {
         match &self.conv {
             Some(conv) => {
                 let hidden_states = if self.pad_right_bottom {
-                    hidden_states
-                        .pad_with_zeros(2, 0, 1)?
-                        .pad_with_zeros(3, 0, 1)?
+                    hidden_states.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?
                 } else {
                     hidden_states.clone()
                 };
@@ -298,28 +268,15 @@ pub struct Upsample2D {
 
 impl Upsample2D {
     /// Builds the sampler under `vb`; `use_conv` adds the 3×3 convolution `conv` (padding 1).
-    pub fn new(
-        vb: VarBuilder,
-        channels: usize,
-        use_conv: bool,
-        out_channels: Option<usize>,
-    ) -> Result<Self> {
+    pub fn new(vb: VarBuilder, channels: usize, use_conv: bool, out_channels: Option<usize>) -> Result<Self> {
         let out_channels = out_channels.unwrap_or(channels);
-        let conv = if use_conv {
-            Some(conv3x3(vb.pp("conv"), channels, out_channels)?)
-        } else {
-            None
-        };
+        let conv = if use_conv { Some(conv3x3(vb.pp("conv"), channels, out_channels)?) } else { None };
         Ok(Self { conv })
     }
 
     /// `[N, C, H, W]` → `[N, C_out, 2H, 2W]`, or `[N, C_out, h, w]` for `output_size = (h, w)`
     /// (the UNet passes the skip connection's size when the latent is not a multiple of 2^k).
-    pub fn forward(
-        &self,
-        hidden_states: &Tensor,
-        output_size: Option<(usize, usize)>,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, hidden_states: &Tensor, output_size: Option<(usize, usize)>) -> Result<Tensor> {
         let (_, _, h, w) = hidden_states.dims4()?;
         let (out_h, out_w) = output_size.unwrap_or((2 * h, 2 * w));
         let hidden_states = hidden_states.upsample_nearest2d(out_h, out_w)?;

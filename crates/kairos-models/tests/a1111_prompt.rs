@@ -5,9 +5,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use kairos_models::prompt::{
-    apply_emphasis, encode_prompt, tokenize_prompt, Emphasis, PromptOptions, CHUNK_LENGTH,
-};
+use kairos_models::prompt::{apply_emphasis, encode_prompt, tokenize_prompt, Emphasis, PromptOptions, CHUNK_LENGTH};
 use kairos_models::text_encoders::clip::{CLIPTextConfig, CLIPTextTransformer};
 use kairos_models::tokenizer::{CLIPTokenizer, PadToken, BOS_TOKEN_ID, EOS_TOKEN_ID};
 
@@ -67,11 +65,7 @@ fn break_starts_a_new_chunk_and_sd2_pads_with_zero() {
 #[test]
 fn full_chunk_moves_text_after_last_comma_to_next_chunk() {
     let tokenizer = sd1();
-    let (a, b, comma) = (
-        id(&tokenizer, "a"),
-        id(&tokenizer, "b"),
-        id(&tokenizer, ","),
-    );
+    let (a, b, comma) = (id(&tokenizer, "a"), id(&tokenizer, "b"), id(&tokenizer, ","));
     // 70 "a", a comma, 10 "b": the chunk fills after 4 "b"; the comma is 5 tokens back.
     let prompt = format!("{}, {}", ["a"; 70].join(" "), ["b"; 10].join(" "));
     let mut first: Vec<u32> = vec![a; 70];
@@ -84,10 +78,7 @@ fn full_chunk_moves_text_after_last_comma_to_next_chunk() {
     assert_eq!(out.token_count, CHUNK_LENGTH + 10);
 
     // Disabled (A1111's "Prompt word wrap length limit" 0): a hard cut at 75 tokens.
-    let options = PromptOptions {
-        comma_padding_backtrack: 0,
-        ..PromptOptions::default()
-    };
+    let options = PromptOptions { comma_padding_backtrack: 0, ..PromptOptions::default() };
     let out = tokenize_prompt(&tokenizer, &prompt, &options).unwrap();
     first.extend([b; 4]);
     assert_eq!(out.chunks[0].tokens, padded(&first, EOS_TOKEN_ID));
@@ -95,26 +86,14 @@ fn full_chunk_moves_text_after_last_comma_to_next_chunk() {
     assert_eq!(out.token_count, CHUNK_LENGTH + 6);
 
     // A comma further back than the limit does not move anything.
-    let options = PromptOptions {
-        comma_padding_backtrack: 4,
-        ..PromptOptions::default()
-    };
-    assert_eq!(
-        tokenize_prompt(&tokenizer, &prompt, &options)
-            .unwrap()
-            .chunks[0]
-            .tokens,
-        padded(&first, EOS_TOKEN_ID)
-    );
+    let options = PromptOptions { comma_padding_backtrack: 4, ..PromptOptions::default() };
+    assert_eq!(tokenize_prompt(&tokenizer, &prompt, &options).unwrap().chunks[0].tokens, padded(&first, EOS_TOKEN_ID));
 }
 
 #[test]
 fn emphasis_none_keeps_brackets_as_text() {
     let tokenizer = sd1();
-    let options = PromptOptions {
-        emphasis: Emphasis::None,
-        ..PromptOptions::default()
-    };
+    let options = PromptOptions { emphasis: Emphasis::None, ..PromptOptions::default() };
     let out = tokenize_prompt(&tokenizer, "(cat) BREAK", &options).unwrap();
     let raw = tokenizer.encode_raw("(cat) BREAK").unwrap();
     assert_eq!(out.chunks.len(), 1);
@@ -126,25 +105,16 @@ fn emphasis_none_keeps_brackets_as_text() {
 fn original_emphasis_restores_the_mean() {
     // z = [[1, 2], [3, 4]], weights [1, 2]: weighted [[1, 2], [6, 8]], mean 2.5 → 4.25.
     let z = Tensor::new(&[[[1f32, 2.], [3., 4.]]], &Device::Cpu).unwrap();
-    let got = apply_emphasis(&z, &[1.0, 2.0], Emphasis::Original)
-        .unwrap()
-        .to_vec3::<f32>()
-        .unwrap();
+    let got = apply_emphasis(&z, &[1.0, 2.0], Emphasis::Original).unwrap().to_vec3::<f32>().unwrap();
     let s = 2.5f32 / 4.25;
     let expected = [[1. * s, 2. * s], [6. * s, 8. * s]];
     for (g, e) in got[0].iter().flatten().zip(expected.iter().flatten()) {
         // f32 arithmetic on a handful of values: a few ulps.
         assert!((g - e).abs() <= 1e-6, "{g} vs {e}");
     }
-    let no_norm = apply_emphasis(&z, &[1.0, 2.0], Emphasis::NoNorm)
-        .unwrap()
-        .to_vec3::<f32>()
-        .unwrap();
+    let no_norm = apply_emphasis(&z, &[1.0, 2.0], Emphasis::NoNorm).unwrap().to_vec3::<f32>().unwrap();
     assert_eq!(no_norm, vec![vec![vec![1., 2.], vec![6., 8.]]]);
-    let ignore = apply_emphasis(&z, &[1.0, 2.0], Emphasis::Ignore)
-        .unwrap()
-        .to_vec3::<f32>()
-        .unwrap();
+    let ignore = apply_emphasis(&z, &[1.0, 2.0], Emphasis::Ignore).unwrap().to_vec3::<f32>().unwrap();
     assert_eq!(ignore, vec![vec![vec![1., 2.], vec![3., 4.]]]);
 }
 
@@ -156,59 +126,28 @@ fn encode_prompt_concatenates_chunks_encoded_separately() {
     )
     .unwrap();
     let varmap = VarMap::new();
-    let model = CLIPTextTransformer::new(
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        &config,
-    )
-    .unwrap();
+    let model = CLIPTextTransformer::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &config).unwrap();
     let tokenizer = sd1();
-    let options = PromptOptions {
-        clip_skip: 2,
-        ..PromptOptions::default()
-    };
+    let options = PromptOptions { clip_skip: 2, ..PromptOptions::default() };
     let prompt = "a (red:1.3) cat BREAK [green] dog";
     let (z, pooled) = encode_prompt(&model, &tokenizer, prompt, &options).unwrap();
     assert_eq!(z.dims(), &[1, 2 * (CHUNK_LENGTH + 2), 8]);
     assert_eq!(pooled.dims(), &[1, 8]);
 
-    let chunks = tokenize_prompt(&tokenizer, prompt, &options)
-        .unwrap()
-        .chunks;
+    let chunks = tokenize_prompt(&tokenizer, prompt, &options).unwrap().chunks;
     for (i, chunk) in chunks.iter().enumerate() {
-        let ids = Tensor::new(chunk.tokens.as_slice(), &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
+        let ids = Tensor::new(chunk.tokens.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         let out = model.forward(&ids).unwrap();
-        let expected = apply_emphasis(
-            &model.clip_skip_hidden_state(&out, 2).unwrap(),
-            &chunk.multipliers,
-            Emphasis::Original,
-        )
-        .unwrap();
-        let got = z
-            .narrow(1, i * (CHUNK_LENGTH + 2), CHUNK_LENGTH + 2)
-            .unwrap();
-        let diff = (got - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let expected =
+            apply_emphasis(&model.clip_skip_hidden_state(&out, 2).unwrap(), &chunk.multipliers, Emphasis::Original)
+                .unwrap();
+        let got = z.narrow(1, i * (CHUNK_LENGTH + 2), CHUNK_LENGTH + 2).unwrap();
+        let diff =
+            (got - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(diff, 0.0, "chunk {i}");
         if i == 0 {
-            let diff = (&pooled - &out.pooler_output)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff =
+                (&pooled - &out.pooler_output).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             assert_eq!(diff, 0.0);
         }
     }

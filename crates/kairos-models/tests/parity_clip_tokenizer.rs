@@ -19,10 +19,7 @@ struct Case {
 }
 
 fn fixture() -> Fixture {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/clip_tokenizer.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/clip_tokenizer.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -32,18 +29,8 @@ fn clip_tokenizer_matches_transformers_sd1() {
     let cases = fixture().cases;
     assert!(cases.len() >= 30);
     for case in &cases {
-        assert_eq!(
-            tokenizer.encode_raw(&case.text).unwrap(),
-            case.raw_ids,
-            "raw ids of {:?}",
-            case.text
-        );
-        assert_eq!(
-            tokenizer.encode(&case.text, MODEL_MAX_LENGTH).unwrap(),
-            case.ids_sd1,
-            "ids of {:?}",
-            case.text
-        );
+        assert_eq!(tokenizer.encode_raw(&case.text).unwrap(), case.raw_ids, "raw ids of {:?}", case.text);
+        assert_eq!(tokenizer.encode(&case.text, MODEL_MAX_LENGTH).unwrap(), case.ids_sd1, "ids of {:?}", case.text);
     }
 }
 
@@ -51,17 +38,7 @@ fn clip_tokenizer_matches_transformers_sd1() {
 fn clip_tokenizer_matches_transformers_sd2_pad() {
     let tokenizer = CLIPTokenizer::new(PadToken::Exclamation).unwrap();
     for case in &fixture().cases {
-        assert_eq!(
-            tokenizer.encode_raw(&case.text).unwrap(),
-            case.raw_ids_sd2,
-            "raw ids of {:?}",
-            case.text
-        );
-        assert_eq!(
-            tokenizer.encode(&case.text, MODEL_MAX_LENGTH).unwrap(),
-            case.ids_sd2,
-            "ids of {:?}",
-            case.text
-        );
+        assert_eq!(tokenizer.encode_raw(&case.text).unwrap(), case.raw_ids_sd2, "raw ids of {:?}", case.text);
+        assert_eq!(tokenizer.encode(&case.text, MODEL_MAX_LENGTH).unwrap(), case.ids_sd2, "ids of {:?}", case.text);
     }
 }

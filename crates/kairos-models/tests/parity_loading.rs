@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use kairos_models::loading::{
-    self, load_vae_file, Component, ConfigHints, LoadOptions, ModelFamily, PredictionType,
-    UnetHeads,
+    self, load_vae_file, Component, ConfigHints, LoadOptions, ModelFamily, PredictionType, UnetHeads,
 };
 use kairos_models::ModelError;
 
@@ -39,10 +38,7 @@ fn hints(family: ModelFamily) -> ConfigHints {
 }
 
 fn opts(family: ModelFamily) -> LoadOptions {
-    LoadOptions {
-        hints: hints(family),
-        ..Default::default()
-    }
+    LoadOptions { hints: hints(family), ..Default::default() }
 }
 
 fn expected_tensors(family: &str) -> HashMap<String, Tensor> {
@@ -53,33 +49,15 @@ fn expected_tensors(family: &str) -> HashMap<String, Tensor> {
 fn assert_bitwise(a: &Tensor, b: &Tensor, key: &str) {
     assert_eq!(a.dims(), b.dims(), "{key}: shape");
     assert_eq!(a.dtype(), b.dtype(), "{key}: dtype");
-    let a = a
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let b = b
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    assert!(
-        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-        "{key}: values differ"
-    );
+    let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{key}: values differ");
 }
 
 /// Every key of `component` equals diffusers' converter output, and no key is missing or extra.
 fn assert_component_matches(component: &Component, expected: &HashMap<String, Tensor>) {
     let prefix = format!("{}.", component.name());
-    let want: BTreeSet<&str> = expected
-        .keys()
-        .filter_map(|k| k.strip_prefix(&prefix))
-        .collect();
+    let want: BTreeSet<&str> = expected.keys().filter_map(|k| k.strip_prefix(&prefix)).collect();
     let got: BTreeSet<&str> = component.keys().collect();
     assert_eq!(got, want, "{}: key sets differ", component.name());
     for key in want {
@@ -93,20 +71,11 @@ fn assert_component_matches(component: &Component, expected: &HashMap<String, Te
 fn assert_config_matches(component: &Component, expected: &serde_json::Value) {
     let want = expected.as_object().unwrap();
     for (field, value) in want {
-        assert_eq!(
-            &component.config[field],
-            value,
-            "{}: config field `{field}`",
-            component.name()
-        );
+        assert_eq!(&component.config[field], value, "{}: config field `{field}`", component.name());
     }
 }
 
-fn check_single_file(
-    file: &str,
-    family: ModelFamily,
-    name: &str,
-) -> loading::StableDiffusionWeights {
+fn check_single_file(file: &str, family: ModelFamily, name: &str) -> loading::StableDiffusionWeights {
     let w = loading::load(fixtures().join(file), &opts(family)).unwrap();
     assert_eq!(w.family, family);
     let expected = expected_tensors(name);
@@ -141,10 +110,7 @@ fn sd1_ckpt_with_state_dict_nesting_matches_diffusers_converters() {
 
 #[test]
 fn prediction_type_override() {
-    let o = LoadOptions {
-        prediction_type: Some(PredictionType::Epsilon),
-        ..opts(ModelFamily::Sd2)
-    };
+    let o = LoadOptions { prediction_type: Some(PredictionType::Epsilon), ..opts(ModelFamily::Sd2) };
     let w = loading::load(fixtures().join("sd2_ldm.safetensors"), &o).unwrap();
     assert_eq!(w.prediction_type, PredictionType::Epsilon);
     assert_eq!(w.unet.config["upcast_attention"], false);
@@ -160,17 +126,11 @@ fn standalone_ldm_vae_pickle_matches_diffusers_converter() {
 #[test]
 fn diffusers_folder_with_fp16_variants_loads() {
     for variant in [None, Some("fp16".to_string())] {
-        let o = LoadOptions {
-            variant,
-            ..Default::default()
-        };
+        let o = LoadOptions { variant, ..Default::default() };
         let w = loading::load(fixtures().join("sd1_diffusers"), &o).unwrap();
         assert_eq!(w.family, ModelFamily::Sd1);
         assert_eq!(w.prediction_type, PredictionType::Epsilon);
-        assert!(w
-            .tokenizer_dir
-            .as_ref()
-            .is_some_and(|d| d.join("vocab.json").is_file()));
+        assert!(w.tokenizer_dir.as_ref().is_some_and(|d| d.join("vocab.json").is_file()));
         let expected = expected_tensors("sd1");
         let configs = &expected_json()["sd1"];
         for c in [&w.unet, &w.vae, &w.text_encoder] {
@@ -182,34 +142,17 @@ fn diffusers_folder_with_fp16_variants_loads() {
 
 #[test]
 fn var_builder_serves_diffusers_names_and_checks_shapes() {
-    let w = loading::load(
-        fixtures().join("sd1_ldm.safetensors"),
-        &opts(ModelFamily::Sd1),
-    )
-    .unwrap();
+    let w = loading::load(fixtures().join("sd1_ldm.safetensors"), &opts(ModelFamily::Sd1)).unwrap();
     let vb = w.vae.var_builder(DType::F32, &Device::Cpu);
-    let t = vb
-        .pp("encoder")
-        .pp("mid_block.attentions.0.to_q")
-        .get((16, 16), "weight")
-        .unwrap();
+    let t = vb.pp("encoder").pp("mid_block.attentions.0.to_q").get((16, 16), "weight").unwrap();
     assert_eq!(t.dtype(), DType::F32);
-    let err = vb
-        .pp("encoder")
-        .get((3, 3), "conv_in.bias")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("encoder.conv_in.bias") && err.contains("expected [3, 3]"),
-        "{err}"
-    );
+    let err = vb.pp("encoder").get((3, 3), "conv_in.bias").unwrap_err().to_string();
+    assert!(err.contains("encoder.conv_in.bias") && err.contains("expected [3, 3]"), "{err}");
     let err = vb.get(1, "no.such.weight").unwrap_err().to_string();
     assert!(err.contains("missing weight `no.such.weight`"), "{err}");
     let unused = w.vae.unused_keys();
     assert_eq!(unused.len(), w.vae.keys().count() - 2);
-    assert!(!unused
-        .iter()
-        .any(|k| k == "encoder.conv_in.bias" || k == "encoder.mid_block.attentions.0.to_q.weight"));
+    assert!(!unused.iter().any(|k| k == "encoder.conv_in.bias" || k == "encoder.mid_block.attentions.0.to_q.weight"));
 }
 
 // ---- errors ------------------------------------------------------------------------------
@@ -222,9 +165,7 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// The SD1 fixture with `edit` applied, saved under a temporary path.
 fn edited_sd1(name: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> PathBuf {
-    let mut t =
-        candle_core::safetensors::load(fixtures().join("sd1_ldm.safetensors"), &Device::Cpu)
-            .unwrap();
+    let mut t = candle_core::safetensors::load(fixtures().join("sd1_ldm.safetensors"), &Device::Cpu).unwrap();
     edit(&mut t);
     let path = temp_dir(name).join("model.safetensors");
     candle_core::safetensors::save(&t, &path).unwrap();
@@ -233,8 +174,7 @@ fn edited_sd1(name: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> Pa
 
 #[test]
 fn missing_file_is_reported() {
-    let err =
-        loading::load(fixtures().join("nope.safetensors"), &LoadOptions::default()).unwrap_err();
+    let err = loading::load(fixtures().join("nope.safetensors"), &LoadOptions::default()).unwrap_err();
     assert!(matches!(err, ModelError::FileNotFound { .. }), "{err}");
 }
 
@@ -243,10 +183,7 @@ fn unknown_extension_is_reported() {
     let path = temp_dir("ext").join("model.gguf");
     std::fs::write(&path, b"GGUF").unwrap();
     let err = loading::load(&path, &LoadOptions::default()).unwrap_err();
-    assert!(
-        matches!(&err, ModelError::UnknownExtension { extension, .. } if extension == "gguf"),
-        "{err}"
-    );
+    assert!(matches!(&err, ModelError::UnknownExtension { extension, .. } if extension == "gguf"), "{err}");
     assert!(err.to_string().contains(".safetensors, .ckpt"), "{err}");
 }
 
@@ -267,14 +204,8 @@ fn unrecognised_layout_lists_keys() {
         t.retain(|k, _| !k.starts_with("cond_stage_model."));
     });
     let err = loading::load(&path, &opts(ModelFamily::Sd1)).unwrap_err();
-    assert!(
-        matches!(err, ModelError::UnrecognisedLayout { .. }),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("cond_stage_model.transformer.*"),
-        "{err}"
-    );
+    assert!(matches!(err, ModelError::UnrecognisedLayout { .. }), "{err}");
+    assert!(err.to_string().contains("cond_stage_model.transformer.*"), "{err}");
 
     let path = edited_sd1("layout_extra", |t| {
         let w = t["first_stage_model.encoder.conv_in.bias"].clone();
@@ -283,10 +214,7 @@ fn unrecognised_layout_lists_keys() {
     });
     let err = loading::load(&path, &opts(ModelFamily::Sd1)).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        matches!(err, ModelError::UnrecognisedLayout { .. }) && msg.contains("some_adapter.weight"),
-        "{msg}"
-    );
+    assert!(matches!(err, ModelError::UnrecognisedLayout { .. }) && msg.contains("some_adapter.weight"), "{msg}");
 }
 
 #[test]
@@ -297,10 +225,7 @@ fn unknown_unet_key_is_reported() {
     });
     let err = loading::load(&path, &opts(ModelFamily::Sd1)).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        matches!(err, ModelError::UnrecognisedLayout { .. }) && msg.contains("lora_up"),
-        "{msg}"
-    );
+    assert!(matches!(err, ModelError::UnrecognisedLayout { .. }) && msg.contains("lora_up"), "{msg}");
 }
 
 #[test]
@@ -319,14 +244,8 @@ fn missing_weight_is_reported() {
 fn sdxl_is_recognised_and_unsupported() {
     let path = edited_sd1("sdxl", |t| {
         let w = t["first_stage_model.encoder.conv_in.bias"].clone();
-        t.insert(
-            "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias".into(),
-            w,
-        );
+        t.insert("conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias".into(), w);
     });
     let err = loading::load(&path, &LoadOptions::default()).unwrap_err();
-    assert!(
-        matches!(&err, ModelError::Unsupported { value, .. } if value.starts_with("SDXL")),
-        "{err}"
-    );
+    assert!(matches!(&err, ModelError::Unsupported { value, .. } if value.starts_with("SDXL")), "{err}");
 }

@@ -34,6 +34,12 @@ pub enum PipelineError {
         /// What is wrong and what is accepted.
         message: String,
     },
+    /// A prompt asked of a text encoder that `--low-memory` dropped after encoding the run's prompts.
+    #[error("the text encoder was dropped after encoding the run's prompts (--low-memory), so `{prompt}` cannot be encoded; run without --low-memory to encode prompts later")]
+    TextEncoderDropped {
+        /// The prompt.
+        prompt: String,
+    },
     /// A replacement VAE (`--vae`) that does not fit the model.
     #[error("VAE {path} does not fit this model: its {what} is {vae}, the model needs {model} (use a VAE made for this model family)")]
     VaeMismatch {

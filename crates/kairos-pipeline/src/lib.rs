@@ -28,6 +28,6 @@ pub use conditioning::{PromptEncoder, PromptSyntax};
 pub use denoiser::{CfgDenoiser, DiffusionModel, ModelDenoiser};
 pub use error::PipelineError;
 pub use image::{LatentDecoder, LatentEncoder, Preview, RgbImage};
-pub use models::{LcmKind, LoraWeights, ModelOptions, StableDiffusion, Taesd, TimestepMode, Unet};
+pub use models::{LcmKind, LoraWeights, ModelOptions, PromptSource, StableDiffusion, Taesd, TimestepMode, Unet};
 pub use resize::{resize_image, ResizeMode};
 pub use txt2img::{txt2img, Components, InitImage, InitialNoise, Progress, Txt2ImgOutput, Txt2ImgRequest};

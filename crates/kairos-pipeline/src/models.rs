@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use kairos_kernels::nn::activation_dtype;
 use kairos_models::autoencoders::autoencoder_tiny::{load_tiny_state_dict, DecoderTiny};
 use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig, AutoencoderTinyConfig, TilingOptions};
 use kairos_models::lcm::{lcm_time_cond_proj_dim, LcmOptions};
@@ -15,7 +16,7 @@ use kairos_models::tokenizer::{CLIPTokenizer, PadToken};
 use kairos_models::unets::unet_2d_condition::{UNet2DConditionModel, UNet2DConditionModelConfig};
 use kairos_schedule::{DiscreteSchedule, Family, ModelSchedule, Prediction, TablePrecision};
 
-use crate::conditioning::{ClipPromptEncoder, PromptSyntax};
+use crate::conditioning::{ClipPromptEncoder, PromptEncoder, PromptSyntax};
 use crate::denoiser::DiffusionModel;
 use crate::image::{LatentDecoder, LatentEncoder};
 use crate::txt2img::Components;
@@ -56,7 +57,11 @@ pub struct ModelOptions {
     pub loras: Vec<LoraWeights>,
     /// When and how the VAE tiles its decode and encode.
     pub vae_tiling: TilingOptions,
-    /// Compute dtype of the networks (the sampler state stays float32).
+    /// Dtype the network weights are stored in (the sampler state stays float32). On the CPU,
+    /// bf16 and f16 weights compute with float32 activations
+    /// ([`kairos_kernels::nn::activation_dtype`]): bf16 convolutions and linear layers run the
+    /// bf16 GEMM (bf16 inputs, f32 sums) where the CPU has AVX512-BF16; f16 weights are
+    /// widened to f32 per layer call. Elsewhere everything computes in this dtype.
     pub dtype: DType,
     /// Compute device.
     pub device: Device,
@@ -111,7 +116,8 @@ pub struct Unet {
 }
 
 impl Unet {
-    /// Wraps a built UNet whose weights are in `dtype` (inputs are converted to it).
+    /// Wraps a built UNet that computes in `dtype` (inputs are converted to it: the
+    /// [`kairos_kernels::nn::activation_dtype`] of its weights).
     pub fn new(unet: UNet2DConditionModel, dtype: DType) -> Self {
         Self { unet, dtype }
     }
@@ -229,6 +235,7 @@ impl Taesd {
         };
         let tensors = load_tiny_state_dict(&[weights.as_path()])?;
         let vb = VarBuilder::from_tensors(tensors, dtype, device);
+        let dtype = activation_dtype(dtype, device);
         Ok(Self { decoder: DecoderTiny::new(vb.pp("decoder"), &config)?, config, dtype })
     }
 }
@@ -258,8 +265,8 @@ pub struct StableDiffusion {
     pub unet: Unet,
     /// The VAE.
     pub vae: Vae,
-    /// Text encoder and tokenizer.
-    pub encoder: ClipPromptEncoder,
+    /// Text encoder and tokenizer, or the prompts they encoded before being dropped.
+    pub encoder: PromptSource,
     /// The training schedule with the timestep convention applied.
     pub schedule: ModelSchedule,
     /// `Some` for an LCM UNet or an LCM-LoRA: the run uses LCM's boundary conditions.
@@ -385,16 +392,33 @@ impl StableDiffusion {
         let text_encoder = CLIPTextModel::new(merged.text_encoder.var_builder(dtype, device), &te_config)?;
         let tokenizer = CLIPTokenizer::new(pad_token(&weights)?)?;
         let quantize = opts.timestep_mode == TimestepMode::Quantized;
+        let compute = activation_dtype(dtype, device);
         Ok(Self {
             family,
             prediction,
-            unet: Unet::new(unet, dtype),
-            vae: Vae::new(vae, vae_dtype).with_tiling(opts.vae_tiling),
-            encoder: ClipPromptEncoder::new(text_encoder, tokenizer, opts.prompt_syntax, opts.prompt),
+            unet: Unet::new(unet, compute),
+            vae: Vae::new(vae, activation_dtype(vae_dtype, device)).with_tiling(opts.vae_tiling),
+            encoder: PromptSource::Clip(Box::new(ClipPromptEncoder::new(
+                text_encoder,
+                tokenizer,
+                opts.prompt_syntax,
+                opts.prompt,
+            ))),
             schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(opts.table_precision).with_quantize(quantize)),
             lcm,
             device: device.clone(),
         })
+    }
+
+    /// Encodes `prompts` now and drops the text encoder (`--low-memory`: its weights are freed
+    /// before sampling); from then on only these prompts can be encoded.
+    pub fn encode_and_drop_text_encoder(&mut self, prompts: &[&str]) -> Result<(), PipelineError> {
+        let encoded = prompts
+            .iter()
+            .map(|&p| Ok((p.to_string(), self.encoder.encode(p)?)))
+            .collect::<Result<Vec<_>, PipelineError>>()?;
+        self.encoder = PromptSource::Encoded(encoded);
+        Ok(())
     }
 
     /// The components for [`crate::txt2img`].
@@ -409,6 +433,26 @@ impl StableDiffusion {
             prediction: self.prediction,
             consistency: self.lcm.map(|_| LcmOptions::default()),
             device: self.device.clone(),
+        }
+    }
+}
+
+/// Where prompt embeddings come from.
+pub enum PromptSource {
+    /// The text encoder.
+    Clip(Box<ClipPromptEncoder>),
+    /// Embeddings computed before the text encoder was dropped, by prompt.
+    Encoded(Vec<(String, Tensor)>),
+}
+
+impl PromptEncoder for PromptSource {
+    fn encode(&self, prompt: &str) -> Result<Tensor, PipelineError> {
+        match self {
+            PromptSource::Clip(clip) => clip.encode(prompt),
+            PromptSource::Encoded(encoded) => match encoded.iter().find(|(p, _)| p == prompt) {
+                Some((_, t)) => Ok(t.clone()),
+                None => Err(PipelineError::TextEncoderDropped { prompt: prompt.to_string() }),
+            },
         }
     }
 }
@@ -488,6 +532,20 @@ mod tests {
         let huge = (&io["z_unet"] * 1e5).unwrap();
         let err = crate::image::ensure_finite(&half.decode(&huge).unwrap()).unwrap_err();
         assert!(err.to_string().starts_with("VAE produced NaN: use a float32 VAE or sdxl-vae-fp16-fix"), "{err}");
+    }
+
+    /// After `--low-memory` dropped the text encoder, the prompts encoded before are served and
+    /// any other prompt is a clear error.
+    #[test]
+    fn encoded_prompts_serve_only_their_prompts() {
+        let cat = Tensor::ones((1, 77, 8), DType::F32, &Device::Cpu).unwrap();
+        let source =
+            PromptSource::Encoded(vec![("a cat".into(), cat.clone()), (String::new(), cat.zeros_like().unwrap())]);
+        let got = source.encode("a cat").unwrap();
+        assert_eq!(got.to_vec3::<f32>().unwrap(), cat.to_vec3::<f32>().unwrap());
+        assert_eq!(source.encode("").unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        let err = source.encode("a dog").unwrap_err().to_string();
+        assert!(err.contains("`a dog`") && err.contains("without --low-memory"), "{err}");
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub struct BenchArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Side of the reference square f32 GEMM (0 skips it).
+    /// Side of the reference square f32 GEMM, and of the bf16 one on CPUs with AMX or
+    /// AVX512-BF16 (0 skips them).
     #[arg(long, default_value_t = 4096)]
     gemm: usize,
     /// Also time a whole txt2img of this many steps (dpmpp_2m, karras, CFG 7.5) at the largest
@@ -32,6 +33,10 @@ pub struct BenchArgs {
     /// LCM-LoRA) at the largest resolution (0 skips it).
     #[arg(long, default_value_t = 0)]
     lcm_steps: usize,
+    /// Dtype of the weights; for f16/bf16 the first UNet case's output is also compared with
+    /// the f32 UNet's (max abs / relative difference).
+    #[arg(long, value_enum, default_value_t)]
+    dtype: super::DtypeArg,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -47,6 +52,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         gemm_size: args.gemm,
         txt2img_steps: args.txt2img_steps,
         lcm_steps: args.lcm_steps,
+        dtype: args.dtype.dtype(),
     };
     println!("{:<22} {:>10} {:>10} {:>10} {:>10}", "case", "min s", "mean s", "GFLOP", "GFLOP/s");
     let print = |c: &CaseResult| {
@@ -56,7 +62,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         )
     };
     let report = kairos_bench::run(&opts, print)?;
-    println!("threads: {}", report.threads);
+    println!("threads: {}, weights: {}, bf16 GEMM kernel: {}", report.threads, report.dtype, report.bf16_kernel);
+    if let Some(d) = &report.unet_difference {
+        println!(
+            "{} vs f32: max abs {:.3e}, max abs / max|f32| {:.3e}, max rel {:.3e}, rms rel {:.3e}",
+            d.case, d.max_abs, d.max_abs_over_range, d.max_rel, d.rms_rel
+        );
+    }
     if let Some(mib) = report.peak_rss_mib {
         println!("peak RSS: {mib:.0} MiB");
     }

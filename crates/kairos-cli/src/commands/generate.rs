@@ -133,6 +133,13 @@ pub struct GenerateArgs {
     /// decoder file (madebyollin's taesd_decoder.pth/.safetensors) or whole-TAESD file.
     #[arg(long)]
     taesd: Option<PathBuf>,
+    /// Dtype of the network weights: f32, or f16/bf16 for half the memory (bf16 also computes
+    /// faster on CPUs with AVX512-BF16; see README "Precision and memory").
+    #[arg(long, value_enum, default_value_t)]
+    dtype: super::DtypeArg,
+    /// Encode the prompts first and free the text encoder before sampling (lower peak memory).
+    #[arg(long)]
+    low_memory: bool,
     /// Write a PNG preview of the current x0 prediction to this file during sampling (replaced
     /// at each preview): TAESD's decode with --taesd, else a linear latent → RGB map at latent
     /// resolution.
@@ -466,14 +473,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             },
         },
         loras,
+        dtype: args.dtype.dtype(),
         ..ModelOptions::default()
     };
     let load_start = Instant::now();
-    let sd = StableDiffusion::load(&model_path, &opts).with_context(|| format!("loading {}", model_path.display()))?;
+    let mut sd =
+        StableDiffusion::load(&model_path, &opts).with_context(|| format!("loading {}", model_path.display()))?;
     // LoRAs are merged while the networks are built, so this includes the merge.
     let lora_note =
         if opts.loras.is_empty() { String::new() } else { format!(", {} LoRA(s) merged", opts.loras.len()) };
     eprintln!("loaded {} in {:.2} s{lora_note}", model_path.display(), load_start.elapsed().as_secs_f64());
+    if args.low_memory {
+        sd.encode_and_drop_text_encoder(&[&req.prompt, &req.negative_prompt])?;
+    }
     if let Some(lcm) = sd.lcm {
         apply_lcm_defaults(&args, &mut req, lcm)?;
     }

@@ -116,17 +116,10 @@ impl AutoencoderKLConfig {
     fn coder_config(&self) -> Result<CoderConfig> {
         let n = self.block_out_channels.len();
         if n == 0 {
-            return Err(ModelError::InvalidConfig {
-                field: "block_out_channels",
-                reason: "must not be empty".into(),
-            });
+            return Err(ModelError::InvalidConfig { field: "block_out_channels", reason: "must not be empty".into() });
         }
         for (field, types, want) in [
-            (
-                "down_block_types",
-                &self.down_block_types,
-                "DownEncoderBlock2D",
-            ),
+            ("down_block_types", &self.down_block_types, "DownEncoderBlock2D"),
             ("up_block_types", &self.up_block_types, "UpDecoderBlock2D"),
         ] {
             if types.len() != n {
@@ -136,24 +129,15 @@ impl AutoencoderKLConfig {
                 });
             }
             if let Some(other) = types.iter().find(|t| *t != want) {
-                return Err(ModelError::Unsupported {
-                    field,
-                    value: other.clone(),
-                    supported: want,
-                });
+                return Err(ModelError::Unsupported { field, value: other.clone(), supported: want });
             }
         }
-        if let Some(&c) = self
-            .block_out_channels
-            .iter()
-            .find(|&&c| self.norm_num_groups == 0 || c % self.norm_num_groups != 0)
+        if let Some(&c) =
+            self.block_out_channels.iter().find(|&&c| self.norm_num_groups == 0 || c % self.norm_num_groups != 0)
         {
             return Err(ModelError::InvalidConfig {
                 field: "norm_num_groups",
-                reason: format!(
-                    "{} does not divide the block channels ({c})",
-                    self.norm_num_groups
-                ),
+                reason: format!("{} does not divide the block channels ({c})", self.norm_num_groups),
             });
         }
         Ok(CoderConfig {
@@ -183,27 +167,13 @@ impl AutoencoderKL {
         let coder = config.coder_config()?;
         let latent = config.latent_channels;
         let conv1x1 = |name: &str, ch: usize| -> Result<Conv2d> {
-            Ok(kairos_kernels::nn::conv2d(
-                ch,
-                ch,
-                1,
-                Default::default(),
-                vb.pp(name),
-            )?)
+            Ok(kairos_kernels::nn::conv2d(ch, ch, 1, Default::default(), vb.pp(name))?)
         };
         Ok(Self {
             encoder: Encoder::new(vb.pp("encoder"), config.in_channels, latent, &coder)?,
             decoder: Decoder::new(vb.pp("decoder"), latent, config.out_channels, &coder)?,
-            quant_conv: if config.use_quant_conv {
-                Some(conv1x1("quant_conv", 2 * latent)?)
-            } else {
-                None
-            },
-            post_quant_conv: if config.use_post_quant_conv {
-                Some(conv1x1("post_quant_conv", latent)?)
-            } else {
-                None
-            },
+            quant_conv: if config.use_quant_conv { Some(conv1x1("quant_conv", 2 * latent)?) } else { None },
+            post_quant_conv: if config.use_post_quant_conv { Some(conv1x1("post_quant_conv", latent)?) } else { None },
             config: config.clone(),
         })
     }
@@ -215,15 +185,9 @@ impl AutoencoderKL {
 
     /// Images `[N, C_in, H, W]` in [−1, 1] → the latent posterior (`latent_dist`).
     pub fn encode(&self, x: &Tensor) -> Result<DiagonalGaussianDistribution> {
-        let (_, c, _, _) = x
-            .dims4()
-            .map_err(|_| bad_input("x", "[N, C, H, W] images", x))?;
+        let (_, c, _, _) = x.dims4().map_err(|_| bad_input("x", "[N, C, H, W] images", x))?;
         if c != self.config.in_channels {
-            return Err(bad_input(
-                "x",
-                &format!("{} channels", self.config.in_channels),
-                x,
-            ));
+            return Err(bad_input("x", &format!("{} channels", self.config.in_channels), x));
         }
         let enc = self.encoder.forward(x)?;
         let enc = match &self.quant_conv {
@@ -236,15 +200,9 @@ impl AutoencoderKL {
     /// Latents `[N, latent, h, w]` (already divided by `scaling_factor`) → images
     /// `[N, C_out, h·f, w·f]`.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        let (_, c, _, _) = z
-            .dims4()
-            .map_err(|_| bad_input("z", "[N, C, h, w] latents", z))?;
+        let (_, c, _, _) = z.dims4().map_err(|_| bad_input("z", "[N, C, h, w] latents", z))?;
         if c != self.config.latent_channels {
-            return Err(bad_input(
-                "z",
-                &format!("{} channels", self.config.latent_channels),
-                z,
-            ));
+            return Err(bad_input("z", &format!("{} channels", self.config.latent_channels), z));
         }
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(z)?,
@@ -255,9 +213,5 @@ impl AutoencoderKL {
 }
 
 fn bad_input(name: &'static str, expected: &str, t: &Tensor) -> ModelError {
-    ModelError::BadInput {
-        name,
-        expected: expected.to_string(),
-        got: t.dims().to_vec(),
-    }
+    ModelError::BadInput { name, expected: expected.to_string(), got: t.dims().to_vec() }
 }

@@ -52,15 +52,9 @@ impl CoderConfig {
 
     /// (first, last) of `block_out_channels`, which must not be empty.
     fn ends(&self) -> Result<(usize, usize)> {
-        match (
-            self.block_out_channels.first(),
-            self.block_out_channels.last(),
-        ) {
+        match (self.block_out_channels.first(), self.block_out_channels.last()) {
             (Some(&first), Some(&last)) => Ok((first, last)),
-            _ => Err(ModelError::InvalidConfig {
-                field: "block_out_channels",
-                reason: "must not be empty".into(),
-            }),
+            _ => Err(ModelError::InvalidConfig { field: "block_out_channels", reason: "must not be empty".into() }),
         }
     }
 }
@@ -89,20 +83,11 @@ impl DownEncoderBlock2D {
             })
             .collect::<Result<Vec<_>>>()?;
         let downsamplers = if add_downsample {
-            Some(Downsample2D::new(
-                vb.pp("downsamplers").pp(0),
-                out_channels,
-                true,
-                Some(out_channels),
-                0,
-            )?)
+            Some(Downsample2D::new(vb.pp("downsamplers").pp(0), out_channels, true, Some(out_channels), 0)?)
         } else {
             None
         };
-        Ok(Self {
-            resnets,
-            downsamplers,
-        })
+        Ok(Self { resnets, downsamplers })
     }
 
     /// `[N, C_in, H, W]` → `[N, C_out, H/2, W/2]` (or `H, W` for the last block).
@@ -142,19 +127,11 @@ impl UpDecoderBlock2D {
             })
             .collect::<Result<Vec<_>>>()?;
         let upsamplers = if add_upsample {
-            Some(Upsample2D::new(
-                vb.pp("upsamplers").pp(0),
-                out_channels,
-                true,
-                Some(out_channels),
-            )?)
+            Some(Upsample2D::new(vb.pp("upsamplers").pp(0), out_channels, true, Some(out_channels))?)
         } else {
             None
         };
-        Ok(Self {
-            resnets,
-            upsamplers,
-        })
+        Ok(Self { resnets, upsamplers })
     }
 
     /// `[N, C_in, H, W]` → `[N, C_out, 2H, 2W]` (or `H, W` for the last block).
@@ -201,10 +178,7 @@ impl UNetMidBlock2D {
         } else {
             Vec::new()
         };
-        Ok(Self {
-            resnets,
-            attentions,
-        })
+        Ok(Self { resnets, attentions })
     }
 
     /// `[N, C, H, W]` → `[N, C, H, W]`.
@@ -231,12 +205,7 @@ pub struct Encoder {
 
 impl Encoder {
     /// Builds the encoder under `vb` (`encoder`).
-    pub fn new(
-        vb: VarBuilder,
-        in_channels: usize,
-        out_channels: usize,
-        config: &CoderConfig,
-    ) -> Result<Self> {
+    pub fn new(vb: VarBuilder, in_channels: usize, out_channels: usize, config: &CoderConfig) -> Result<Self> {
         let (first, last) = config.ends()?;
         let boc = &config.block_out_channels;
         let conv_in = conv3x3(vb.pp("conv_in"), in_channels, first)?;
@@ -247,24 +216,13 @@ impl Encoder {
             output_channel = channels;
             let is_final_block = i + 1 == boc.len();
             let vb = vb.pp("down_blocks").pp(i);
-            down_blocks.push(DownEncoderBlock2D::new(
-                vb,
-                input_channel,
-                output_channel,
-                !is_final_block,
-                config,
-            )?);
+            down_blocks.push(DownEncoderBlock2D::new(vb, input_channel, output_channel, !is_final_block, config)?);
         }
         Ok(Self {
             conv_in,
             down_blocks,
             mid_block: UNetMidBlock2D::new(vb.pp("mid_block"), last, config)?,
-            conv_norm_out: kairos_kernels::nn::group_norm(
-                config.norm_num_groups,
-                last,
-                EPS,
-                vb.pp("conv_norm_out"),
-            )?,
+            conv_norm_out: kairos_kernels::nn::group_norm(config.norm_num_groups, last, EPS, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(vb.pp("conv_out"), last, 2 * out_channels)?,
         })
     }
@@ -293,12 +251,7 @@ pub struct Decoder {
 
 impl Decoder {
     /// Builds the decoder under `vb` (`decoder`).
-    pub fn new(
-        vb: VarBuilder,
-        in_channels: usize,
-        out_channels: usize,
-        config: &CoderConfig,
-    ) -> Result<Self> {
+    pub fn new(vb: VarBuilder, in_channels: usize, out_channels: usize, config: &CoderConfig) -> Result<Self> {
         let (first, last) = config.ends()?;
         let conv_in = conv3x3(vb.pp("conv_in"), in_channels, last)?;
         let mid_block = UNetMidBlock2D::new(vb.pp("mid_block"), last, config)?;
@@ -324,12 +277,7 @@ impl Decoder {
             conv_in,
             mid_block,
             up_blocks,
-            conv_norm_out: kairos_kernels::nn::group_norm(
-                config.norm_num_groups,
-                first,
-                EPS,
-                vb.pp("conv_norm_out"),
-            )?,
+            conv_norm_out: kairos_kernels::nn::group_norm(config.norm_num_groups, first, EPS, vb.pp("conv_norm_out"))?,
             conv_out: conv3x3(vb.pp("conv_out"), first, out_channels)?,
         })
     }

@@ -15,10 +15,7 @@ use crate::ModelError;
 fn shape<'a>(map: &'a KeyMap, component: &str, key: &str) -> Result<&'a [usize], ModelError> {
     map.get(key)
         .map(|s: &Source| s.shape.as_slice())
-        .ok_or_else(|| ModelError::MissingWeight {
-            component: component.to_string(),
-            key: key.to_string(),
-        })
+        .ok_or_else(|| ModelError::MissingWeight { component: component.to_string(), key: key.to_string() })
 }
 
 fn dim(map: &KeyMap, component: &str, key: &str, d: usize) -> Result<usize, ModelError> {
@@ -33,15 +30,11 @@ fn dim(map: &KeyMap, component: &str, key: &str, d: usize) -> Result<usize, Mode
 
 /// How many `prefix{i}{suffix}` keys exist for consecutive i from 0.
 fn count(map: &KeyMap, prefix: &str, suffix: &str) -> usize {
-    (0..)
-        .take_while(|i| map.contains_key(&format!("{prefix}{i}{suffix}")))
-        .count()
+    (0..).take_while(|i| map.contains_key(&format!("{prefix}{i}{suffix}"))).count()
 }
 
 fn has_prefix(map: &KeyMap, prefix: &str) -> bool {
-    map.range(prefix.to_string()..)
-        .next()
-        .is_some_and(|(k, _)| k.starts_with(prefix))
+    map.range(prefix.to_string()..).next().is_some_and(|(k, _)| k.starts_with(prefix))
 }
 
 /// `UNet2DConditionModel` config.
@@ -54,28 +47,12 @@ pub(crate) fn unet_config(
     let c = "unet";
     let n = count(map, "down_blocks.", ".resnets.0.conv1.weight");
     let block_out_channels = (0..n)
-        .map(|b| {
-            dim(
-                map,
-                c,
-                &format!("down_blocks.{b}.resnets.0.conv1.weight"),
-                0,
-            )
-        })
+        .map(|b| dim(map, c, &format!("down_blocks.{b}.resnets.0.conv1.weight"), 0))
         .collect::<Result<Vec<_>, _>>()?;
-    let cross_down: Vec<bool> = (0..n)
-        .map(|b| has_prefix(map, &format!("down_blocks.{b}.attentions.")))
-        .collect();
-    let cross_up: Vec<bool> = (0..n)
-        .map(|b| has_prefix(map, &format!("up_blocks.{b}.attentions.")))
-        .collect();
+    let cross_down: Vec<bool> = (0..n).map(|b| has_prefix(map, &format!("down_blocks.{b}.attentions."))).collect();
+    let cross_up: Vec<bool> = (0..n).map(|b| has_prefix(map, &format!("up_blocks.{b}.attentions."))).collect();
     let attn = "mid_block.attentions.0";
-    let cross_attention_dim = dim(
-        map,
-        c,
-        &format!("{attn}.transformer_blocks.0.attn2.to_k.weight"),
-        1,
-    )?;
+    let cross_attention_dim = dim(map, c, &format!("{attn}.transformer_blocks.0.attn2.to_k.weight"), 1)?;
     let use_linear_projection = shape(map, c, &format!("{attn}.proj_in.weight"))?.len() == 2;
     let heads = hints.unet_heads.unwrap_or(match family {
         // v1-inference.yaml: num_heads 8; v2-inference(-v).yaml: num_head_channels 64.
@@ -84,10 +61,7 @@ pub(crate) fn unet_config(
     });
     let attention_head_dim = match heads {
         UnetHeads::Count(h) => json!(h),
-        UnetHeads::Channels(ch) => json!(block_out_channels
-            .iter()
-            .map(|c| c / ch.max(1))
-            .collect::<Vec<_>>()),
+        UnetHeads::Channels(ch) => json!(block_out_channels.iter().map(|c| c / ch.max(1)).collect::<Vec<_>>()),
     };
     // 768-v (SD2.1) configs set upcast_attention; it only matters below f32.
     let upcast_attention = family == ModelFamily::Sd2 && prediction == PredictionType::VPrediction;
@@ -115,14 +89,7 @@ pub(crate) fn vae_config(map: &KeyMap, hints: &ConfigHints) -> Result<Value, Mod
     let c = "vae";
     let n = count(map, "encoder.down_blocks.", ".resnets.0.conv1.weight");
     let block_out_channels = (0..n)
-        .map(|b| {
-            dim(
-                map,
-                c,
-                &format!("encoder.down_blocks.{b}.resnets.0.conv1.weight"),
-                0,
-            )
-        })
+        .map(|b| dim(map, c, &format!("encoder.down_blocks.{b}.resnets.0.conv1.weight"), 0))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(json!({
         "_class_name": "AutoencoderKL",
@@ -143,11 +110,7 @@ pub(crate) fn vae_config(map: &KeyMap, hints: &ConfigHints) -> Result<Value, Mod
 
 /// transformers `CLIPTextModel` config (SD1: CLIP ViT-L/14 with quick_gelu; SD2: OpenCLIP
 /// ViT-H/14 with gelu).
-pub(crate) fn text_encoder_config(
-    map: &KeyMap,
-    family: ModelFamily,
-    hints: &ConfigHints,
-) -> Result<Value, ModelError> {
+pub(crate) fn text_encoder_config(map: &KeyMap, family: ModelFamily, hints: &ConfigHints) -> Result<Value, ModelError> {
     let c = "text_encoder";
     let hidden_size = dim(map, c, "text_model.embeddings.token_embedding.weight", 1)?;
     Ok(json!({

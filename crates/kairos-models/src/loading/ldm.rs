@@ -55,10 +55,8 @@ fn parse(s: &str) -> Option<usize> {
 
 /// The distinct values of the numeric segment after `prefix` in `keys`.
 fn indices<'a>(keys: impl Iterator<Item = &'a str>, prefix: &str) -> Vec<usize> {
-    let mut v: Vec<usize> = keys
-        .filter_map(|k| k.strip_prefix(prefix))
-        .filter_map(|r| r.split('.').next().and_then(parse))
-        .collect();
+    let mut v: Vec<usize> =
+        keys.filter_map(|k| k.strip_prefix(prefix)).filter_map(|r| r.split('.').next().and_then(parse)).collect();
     v.sort_unstable();
     v.dedup();
     v
@@ -74,18 +72,13 @@ fn unet_resnet(rest: &str) -> Option<String> {
         ("emb_layers.1.", "time_emb_proj."),
         ("skip_connection.", "conv_shortcut."),
     ];
-    MAP.iter()
-        .find_map(|(l, d)| rest.strip_prefix(l).map(|p| format!("{d}{p}")))
+    MAP.iter().find_map(|(l, d)| rest.strip_prefix(l).map(|p| format!("{d}{p}")))
 }
 
 /// Converts the `model.diffusion_model.*` keys (mirrors `convert_ldm_unet_checkpoint`).
 pub(crate) fn convert_unet(files: &[Arc<OpenFile>], file: usize) -> Result<KeyMap, ModelError> {
     let f = &files[file];
-    let keys: Vec<&str> = f
-        .tensors
-        .keys()
-        .filter_map(|k| k.strip_prefix(UNET_PREFIX))
-        .collect();
+    let keys: Vec<&str> = f.tensors.keys().filter_map(|k| k.strip_prefix(UNET_PREFIX)).collect();
     // A down block has `layers_per_block` resnets then a downsampler (`input_blocks.i.0.op`),
     // except the last; input_blocks.0 is conv_in.
     let n_input = indices(keys.iter().copied(), "input_blocks.").len();
@@ -114,10 +107,7 @@ pub(crate) fn convert_unet(files: &[Arc<OpenFile>], file: usize) -> Result<KeyMa
             None => unexpected.0.push(full),
         }
     }
-    unexpected.into_result(
-        f,
-        "LDM UNet keys (time_embed, input_blocks, middle_block, output_blocks, out)",
-    )?;
+    unexpected.into_result(f, "LDM UNet keys (time_embed, input_blocks, middle_block, output_blocks, out)")?;
     Ok(map)
 }
 
@@ -136,10 +126,7 @@ pub(crate) fn unet_key(key: &str, lpb: usize) -> Option<String> {
             match *j {
                 "0" => match rest.strip_prefix("op.") {
                     Some(p) => Some(format!("down_blocks.{b}.downsamplers.0.conv.{p}")),
-                    None => Some(format!(
-                        "down_blocks.{b}.resnets.{l}.{}",
-                        unet_resnet(rest)?
-                    )),
+                    None => Some(format!("down_blocks.{b}.resnets.{l}.{}", unet_resnet(rest)?)),
                 },
                 "1" => Some(format!("down_blocks.{b}.attentions.{l}.{rest}")),
                 _ => None,
@@ -157,9 +144,7 @@ pub(crate) fn unet_key(key: &str, lpb: usize) -> Option<String> {
         ["output_blocks", i, j, rest] => {
             let i = parse(i)?;
             let (b, l) = (i / (lpb + 1), i % (lpb + 1));
-            let upsampler = rest
-                .strip_prefix("conv.")
-                .map(|p| format!("up_blocks.{b}.upsamplers.0.conv.{p}"));
+            let upsampler = rest.strip_prefix("conv.").map(|p| format!("up_blocks.{b}.upsamplers.0.conv.{p}"));
             match *j {
                 "0" => Some(format!("up_blocks.{b}.resnets.{l}.{}", unet_resnet(rest)?)),
                 "1" => upsampler.or_else(|| Some(format!("up_blocks.{b}.attentions.{l}.{rest}"))),
@@ -173,17 +158,9 @@ pub(crate) fn unet_key(key: &str, lpb: usize) -> Option<String> {
 
 /// Converts VAE keys (mirrors `convert_ldm_vae_checkpoint`). `prefix` is `first_stage_model.`,
 /// `vae.` or empty (a standalone VAE file).
-pub(crate) fn convert_vae(
-    files: &[Arc<OpenFile>],
-    file: usize,
-    prefix: &str,
-) -> Result<KeyMap, ModelError> {
+pub(crate) fn convert_vae(files: &[Arc<OpenFile>], file: usize, prefix: &str) -> Result<KeyMap, ModelError> {
     let f = &files[file];
-    let keys: Vec<&str> = f
-        .tensors
-        .keys()
-        .filter_map(|k| k.strip_prefix(prefix))
-        .collect();
+    let keys: Vec<&str> = f.tensors.keys().filter_map(|k| k.strip_prefix(prefix)).collect();
     let n_up = indices(keys.iter().copied(), "decoder.up.").len();
     let mut map = KeyMap::new();
     let mut unexpected = Unexpected::default();
@@ -193,9 +170,7 @@ pub(crate) fn convert_vae(
             Some((d, transform)) => {
                 let transform = match transform {
                     // LDM's mid attention uses 1×1 convs; diffusers uses linears.
-                    Transform::ConvToLinear if f.tensors[&full].shape.len() <= 2 => {
-                        Transform::Identity
-                    }
+                    Transform::ConvToLinear if f.tensors[&full].shape.len() <= 2 => Transform::Identity,
                     t => t,
                 };
                 map.insert(d, Source::new(files, file, &full, transform));
@@ -203,10 +178,8 @@ pub(crate) fn convert_vae(
             None => unexpected.0.push(full),
         }
     }
-    unexpected.into_result(
-        f,
-        "LDM VAE keys (encoder.*/decoder.* with down/up/mid blocks, quant_conv, post_quant_conv)",
-    )?;
+    unexpected
+        .into_result(f, "LDM VAE keys (encoder.*/decoder.* with down/up/mid blocks, quant_conv, post_quant_conv)")?;
     Ok(map)
 }
 
@@ -217,33 +190,21 @@ fn vae_key(key: &str, n_up: usize) -> Option<(String, Transform)> {
     let resnet = |rest: String| rest.replace("nin_shortcut", "conv_shortcut");
     let out = match p.as_slice() {
         ["quant_conv" | "post_quant_conv", ..] => (key.to_string(), id),
-        [x @ ("encoder" | "decoder"), "conv_in" | "conv_out", ..] => {
-            (format!("{x}.{}", tail(1)), id)
+        [x @ ("encoder" | "decoder"), "conv_in" | "conv_out", ..] => (format!("{x}.{}", tail(1)), id),
+        [x @ ("encoder" | "decoder"), "norm_out", ..] => (format!("{x}.conv_norm_out.{}", tail(2)), id),
+        ["encoder", "down", i, "block", j, ..] => {
+            (format!("encoder.down_blocks.{i}.resnets.{j}.{}", resnet(tail(5))), id)
         }
-        [x @ ("encoder" | "decoder"), "norm_out", ..] => {
-            (format!("{x}.conv_norm_out.{}", tail(2)), id)
+        ["encoder", "down", i, "downsample", "conv", ..] => {
+            (format!("encoder.down_blocks.{i}.downsamplers.0.conv.{}", tail(5)), id)
         }
-        ["encoder", "down", i, "block", j, ..] => (
-            format!("encoder.down_blocks.{i}.resnets.{j}.{}", resnet(tail(5))),
-            id,
-        ),
-        ["encoder", "down", i, "downsample", "conv", ..] => (
-            format!("encoder.down_blocks.{i}.downsamplers.0.conv.{}", tail(5)),
-            id,
-        ),
         ["decoder", "up", i, "block", j, ..] => {
             let b = n_up.checked_sub(1 + parse(i)?)?;
-            (
-                format!("decoder.up_blocks.{b}.resnets.{j}.{}", resnet(tail(5))),
-                id,
-            )
+            (format!("decoder.up_blocks.{b}.resnets.{j}.{}", resnet(tail(5))), id)
         }
         ["decoder", "up", i, "upsample", "conv", ..] => {
             let b = n_up.checked_sub(1 + parse(i)?)?;
-            (
-                format!("decoder.up_blocks.{b}.upsamplers.0.conv.{}", tail(5)),
-                id,
-            )
+            (format!("decoder.up_blocks.{b}.upsamplers.0.conv.{}", tail(5)), id)
         }
         [x @ ("encoder" | "decoder"), "mid", "block_1", ..] => {
             (format!("{x}.mid_block.resnets.0.{}", resnet(tail(3))), id)
@@ -277,11 +238,7 @@ pub(crate) fn convert_clip(files: &[Arc<OpenFile>], file: usize) -> Result<KeyMa
         let Some(key) = full.strip_prefix(CLIP_PREFIX) else {
             continue;
         };
-        let key = if key.starts_with("text_model.") {
-            key.to_string()
-        } else {
-            format!("text_model.{key}")
-        };
+        let key = if key.starts_with("text_model.") { key.to_string() } else { format!("text_model.{key}") };
         if key == "text_model.embeddings.position_ids" {
             continue;
         }
@@ -291,20 +248,11 @@ pub(crate) fn convert_clip(files: &[Arc<OpenFile>], file: usize) -> Result<KeyMa
 }
 
 /// Converts SD2's OpenCLIP `cond_stage_model.model.*` (mirrors `convert_open_clip_checkpoint`).
-pub(crate) fn convert_open_clip(
-    files: &[Arc<OpenFile>],
-    file: usize,
-) -> Result<KeyMap, ModelError> {
+pub(crate) fn convert_open_clip(files: &[Arc<OpenFile>], file: usize) -> Result<KeyMap, ModelError> {
     let f = &files[file];
-    let keys: Vec<&str> = f
-        .tensors
-        .keys()
-        .filter_map(|k| k.strip_prefix(OPEN_CLIP_PREFIX))
-        .collect();
-    let Some(width) = f
-        .tensors
-        .get(&format!("{OPEN_CLIP_PREFIX}token_embedding.weight"))
-        .and_then(|t| t.shape.get(1).copied())
+    let keys: Vec<&str> = f.tensors.keys().filter_map(|k| k.strip_prefix(OPEN_CLIP_PREFIX)).collect();
+    let Some(width) =
+        f.tensors.get(&format!("{OPEN_CLIP_PREFIX}token_embedding.weight")).and_then(|t| t.shape.get(1).copied())
     else {
         return Err(ModelError::MissingWeight {
             component: "text_encoder".into(),
@@ -321,16 +269,11 @@ pub(crate) fn convert_open_clip(
         };
         let id = Transform::Identity;
         match key {
-            "token_embedding.weight" => {
-                put("text_model.embeddings.token_embedding.weight".into(), id)
+            "token_embedding.weight" => put("text_model.embeddings.token_embedding.weight".into(), id),
+            "positional_embedding" => put("text_model.embeddings.position_embedding.weight".into(), id),
+            "ln_final.weight" | "ln_final.bias" => {
+                put(format!("text_model.final_layer_norm.{}", &key["ln_final.".len()..]), id)
             }
-            "positional_embedding" => {
-                put("text_model.embeddings.position_embedding.weight".into(), id)
-            }
-            "ln_final.weight" | "ln_final.bias" => put(
-                format!("text_model.final_layer_norm.{}", &key["ln_final.".len()..]),
-                id,
-            ),
             "text_projection" | "logit_scale" => {}
             _ => {
                 let Some((i, rest)) = key
@@ -347,18 +290,11 @@ pub(crate) fn convert_open_clip(
                 let l = format!("text_model.encoder.layers.{i}");
                 match rest {
                     "attn.in_proj_weight" | "attn.in_proj_bias" => {
-                        let param = if rest.ends_with("weight") {
-                            "weight"
-                        } else {
-                            "bias"
-                        };
+                        let param = if rest.ends_with("weight") { "weight" } else { "bias" };
                         for (k, name) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
                             put(
                                 format!("{l}.self_attn.{name}.{param}"),
-                                Transform::Rows {
-                                    start: k * width,
-                                    len: width,
-                                },
+                                Transform::Rows { start: k * width, len: width },
                             );
                         }
                     }
@@ -370,10 +306,7 @@ pub(crate) fn convert_open_clip(
                             ("mlp.c_fc.", "mlp.fc1."),
                             ("mlp.c_proj.", "mlp.fc2."),
                         ];
-                        match MAP
-                            .iter()
-                            .find_map(|(o, d)| rest.strip_prefix(o).map(|p| format!("{l}.{d}{p}")))
-                        {
+                        match MAP.iter().find_map(|(o, d)| rest.strip_prefix(o).map(|p| format!("{l}.{d}{p}"))) {
                             Some(d) => put(d, id),
                             None => unexpected.0.push(full.clone()),
                         }
@@ -382,6 +315,9 @@ pub(crate) fn convert_open_clip(
             }
         }
     }
-    unexpected.into_result(f, "OpenCLIP text-encoder keys (token_embedding, positional_embedding, transformer.resblocks.*, ln_final)")?;
+    unexpected.into_result(
+        f,
+        "OpenCLIP text-encoder keys (token_embedding, positional_embedding, transformer.resblocks.*, ln_final)",
+    )?;
     Ok(map)
 }

@@ -41,51 +41,29 @@ pub(crate) struct OpenFile {
 }
 
 fn corrupt(path: &Path, e: impl std::fmt::Display) -> ModelError {
-    ModelError::Corrupt {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
+    ModelError::Corrupt { path: path.to_path_buf(), reason: e.to_string() }
 }
 
 impl OpenFile {
     /// Opens a safetensors or pickle file, choosing the reader by extension.
     pub fn open(path: &Path) -> Result<Self, ModelError> {
         if !path.is_file() {
-            return Err(ModelError::FileNotFound {
-                path: path.to_path_buf(),
-            });
+            return Err(ModelError::FileNotFound { path: path.to_path_buf() });
         }
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         if SAFETENSORS_EXT.contains(&ext.as_str()) {
             // SAFETY: the map is read-only; the caller must not truncate or rewrite a checkpoint
             // while kairos has it open (the same contract as every mmap-based loader).
             let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| corrupt(path, e))?;
             let mut tensors = BTreeMap::new();
             for (name, view) in st.tensors() {
-                tensors.insert(
-                    name,
-                    StoredTensor {
-                        shape: view.shape().to_vec(),
-                    },
-                );
+                tensors.insert(name, StoredTensor { shape: view.shape().to_vec() });
             }
-            Ok(Self {
-                path: path.to_path_buf(),
-                tensors,
-                global_step: None,
-                reader: TensorFile::Safetensors(st),
-            })
+            Ok(Self { path: path.to_path_buf(), tensors, global_step: None, reader: TensorFile::Safetensors(st) })
         } else if PICKLE_EXT.contains(&ext.as_str()) {
             Self::open_pickle(path)
         } else {
-            Err(ModelError::UnknownExtension {
-                path: path.to_path_buf(),
-                extension: ext,
-            })
+            Err(ModelError::UnknownExtension { path: path.to_path_buf(), extension: ext })
         }
     }
 
@@ -99,37 +77,49 @@ impl OpenFile {
         let tensors = pth
             .tensor_infos()
             .iter()
-            .map(|(k, ti)| {
-                (
-                    k.clone(),
-                    StoredTensor {
-                        shape: ti.layout.shape().dims().to_vec(),
-                    },
-                )
-            })
+            .map(|(k, ti)| (k.clone(), StoredTensor { shape: ti.layout.shape().dims().to_vec() }))
             .collect();
         let global_step = read_global_step(path);
-        Ok(Self {
-            path: path.to_path_buf(),
-            tensors,
-            global_step,
-            reader: TensorFile::Pickle(pth),
-        })
+        Ok(Self { path: path.to_path_buf(), tensors, global_step, reader: TensorFile::Pickle(pth) })
     }
 
     /// Loads one stored tensor in its stored dtype, on the CPU.
     fn load(&self, name: &str) -> Result<Tensor, ModelError> {
         let t = match &self.reader {
-            TensorFile::Safetensors(st) => st.load(name, &Device::Cpu),
-            TensorFile::Pickle(p) => p.get(name).and_then(|t| {
-                t.ok_or_else(|| {
-                    candle_core::Error::Msg(format!("tensor `{name}` not in the archive"))
-                })
+            TensorFile::Safetensors(st) => st.load(name, &Device::Cpu).inspect(|_| {
+                if let Ok(view) = st.get(name) {
+                    release_pages(view.data());
+                }
             }),
+            TensorFile::Pickle(p) => p
+                .get(name)
+                .and_then(|t| t.ok_or_else(|| candle_core::Error::Msg(format!("tensor `{name}` not in the archive")))),
         };
         t.map_err(|e| corrupt(&self.path, e))
     }
 }
+
+/// Drops the mapped pages wholly inside `bytes` from this process's resident set once a tensor
+/// has been copied out of the map (`madvise(MADV_DONTNEED)`; they stay in the page cache and are
+/// read again if touched). Without it every tensor read stays resident as file-backed memory
+/// until the file is closed, so building a model from an f16 file would peak at the file's size
+/// plus the converted weights.
+#[cfg(unix)]
+fn release_pages(bytes: &[u8]) {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
+    let start = bytes.as_ptr() as usize;
+    let (lo, hi) = (start.div_ceil(page) * page, (start + bytes.len()) / page * page);
+    if hi > lo {
+        // SAFETY: [lo, hi) lies inside a read-only file mapping that outlives this call; dropping
+        // its pages changes no byte that any reference observes (a later read faults the same
+        // file contents back in).
+        unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_DONTNEED) };
+    }
+}
+
+#[cfg(not(unix))]
+fn release_pages(_bytes: &[u8]) {}
 
 /// Reads the top-level `global_step` of a CompVis training checkpoint, if there is one.
 /// diffusers uses it to tell SD2-base (875000, epsilon) from SD2-v.
@@ -137,11 +127,7 @@ fn read_global_step(path: &Path) -> Option<i64> {
     use candle_core::pickle::{Object, Stack};
     let file = std::fs::File::open(path).ok()?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).ok()?;
-    let name = zip
-        .file_names()
-        .filter_map(Result::ok)
-        .find(|n| n.ends_with("data.pkl"))?
-        .into_owned();
+    let name = zip.file_names().filter_map(Result::ok).find(|n| n.ends_with("data.pkl"))?.into_owned();
     let mut reader = std::io::BufReader::new(zip.by_name(&name).ok()?);
     let mut stack = Stack::empty();
     stack.read_loop(&mut reader).ok()?;
@@ -188,12 +174,7 @@ impl Source {
             }
             Transform::ConvToLinear => stored.iter().take(2).copied().collect(),
         };
-        Self {
-            file,
-            key: key.to_string(),
-            transform,
-            shape,
-        }
+        Self { file, key: key.to_string(), transform, shape }
     }
 }
 
@@ -223,16 +204,8 @@ impl Component {
         files: Vec<Arc<OpenFile>>,
         map: BTreeMap<String, Source>,
     ) -> Self {
-        let weights = Weights {
-            name: name.to_string(),
-            files,
-            map,
-            used: Mutex::new(HashSet::new()),
-        };
-        Self {
-            config,
-            weights: Arc::new(weights),
-        }
+        let weights = Weights { name: name.to_string(), files, map, used: Mutex::new(HashSet::new()) };
+        Self { config, weights: Arc::new(weights) }
     }
 
     /// The component's name (`unet`, `vae`, `text_encoder`).
@@ -265,18 +238,8 @@ impl Component {
     /// [`Component::load`]: after building the model, a non-empty list means the file holds
     /// weights the model does not use (loading is strict; callers report these).
     pub fn unused_keys(&self) -> Vec<String> {
-        let used = self
-            .weights
-            .used
-            .lock()
-            .map(|u| u.clone())
-            .unwrap_or_default();
-        self.weights
-            .map
-            .keys()
-            .filter(|k| !used.contains(*k))
-            .cloned()
-            .collect()
+        let used = self.weights.used.lock().map(|u| u.clone()).unwrap_or_default();
+        self.weights.map.keys().filter(|k| !used.contains(*k)).cloned().collect()
     }
 }
 
@@ -292,10 +255,10 @@ impl std::fmt::Debug for Component {
 
 impl Weights {
     fn load(&self, key: &str, dtype: DType, device: &Device) -> Result<Tensor, ModelError> {
-        let src = self.map.get(key).ok_or_else(|| ModelError::MissingWeight {
-            component: self.name.clone(),
-            key: key.to_string(),
-        })?;
+        let src = self
+            .map
+            .get(key)
+            .ok_or_else(|| ModelError::MissingWeight { component: self.name.clone(), key: key.to_string() })?;
         if let Ok(mut used) = self.used.lock() {
             used.insert(key.to_string());
         }

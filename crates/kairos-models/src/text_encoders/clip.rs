@@ -21,7 +21,8 @@
 //!   that exist anyway), for clip skip and for SDXL's penultimate layer.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use kairos_kernels::nn::Linear;
 use serde::Deserialize;
 
 use super::TextEncoderError;
@@ -132,16 +133,11 @@ impl CLIPTextConfig {
 
     /// Rejects values the model cannot be built with.
     pub fn validate(&self) -> Result<()> {
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(TextEncoderError::UnsupportedConfig {
                 field: "num_attention_heads",
                 value: self.num_attention_heads.to_string(),
-                reason: format!(
-                    "must be a non-zero divisor of hidden_size = {}",
-                    self.hidden_size
-                ),
+                reason: format!("must be a non-zero divisor of hidden_size = {}", self.hidden_size),
             });
         }
         if self.max_position_embeddings == 0 {
@@ -166,12 +162,12 @@ impl CLIPTextEmbeddings {
     /// Loads `token_embedding` and `position_embedding`.
     pub fn new(vb: VarBuilder, config: &CLIPTextConfig) -> Result<Self> {
         Ok(Self {
-            token_embedding: candle_nn::embedding(
+            token_embedding: kairos_kernels::nn::embedding(
                 config.vocab_size,
                 config.hidden_size,
                 vb.pp("token_embedding"),
             )?,
-            position_embedding: candle_nn::embedding(
+            position_embedding: kairos_kernels::nn::embedding(
                 config.max_position_embeddings,
                 config.hidden_size,
                 vb.pp("position_embedding"),
@@ -206,10 +202,10 @@ impl CLIPAttention {
         let embed_dim = config.hidden_size;
         let head_dim = embed_dim / config.num_attention_heads;
         Ok(Self {
-            k_proj: candle_nn::linear(embed_dim, embed_dim, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear(embed_dim, embed_dim, vb.pp("v_proj"))?,
-            q_proj: candle_nn::linear(embed_dim, embed_dim, vb.pp("q_proj"))?,
-            out_proj: candle_nn::linear(embed_dim, embed_dim, vb.pp("out_proj"))?,
+            k_proj: kairos_kernels::nn::linear(embed_dim, embed_dim, vb.pp("k_proj"))?,
+            v_proj: kairos_kernels::nn::linear(embed_dim, embed_dim, vb.pp("v_proj"))?,
+            q_proj: kairos_kernels::nn::linear(embed_dim, embed_dim, vb.pp("q_proj"))?,
+            out_proj: kairos_kernels::nn::linear(embed_dim, embed_dim, vb.pp("out_proj"))?,
             num_heads: config.num_attention_heads,
             head_dim,
             scale: (head_dim as f64).powf(-0.5),
@@ -221,34 +217,24 @@ impl CLIPAttention {
         let (batch, seq_len, embed_dim) = hidden_states.dims3()?;
         let heads = |t: Tensor| -> candle_core::Result<Tensor> {
             // [batch, seq, hidden] → [batch, heads, seq, head_dim]
-            t.reshape((batch, seq_len, self.num_heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+            t.reshape((batch, seq_len, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
         };
         let queries = heads(self.q_proj.forward(hidden_states)?)?;
         let keys = heads(self.k_proj.forward(hidden_states)?)?;
         let values = heads(self.v_proj.forward(hidden_states)?)?;
         let attn_output = attention(&queries, &keys, &values, attention_mask, self.scale)?;
         // [batch, heads, seq, head_dim] → [batch, seq, hidden]
-        let attn_output = attn_output
-            .transpose(1, 2)?
-            .reshape((batch, seq_len, embed_dim))?;
+        let attn_output = attn_output.transpose(1, 2)?.reshape((batch, seq_len, embed_dim))?;
         Ok(self.out_proj.forward(&attn_output)?)
     }
 }
 
 /// transformers' `eager_attention_forward`: softmax(q kᵀ · scale + mask) v, the softmax in f32.
 /// Kept in one function so that a fused kernel can replace it.
-fn attention(
-    query: &Tensor,
-    key: &Tensor,
-    value: &Tensor,
-    mask: &Tensor,
-    scale: f64,
-) -> Result<Tensor> {
+fn attention(query: &Tensor, key: &Tensor, value: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let attn_weights = (query.matmul(&key.t()?)? * scale)?.broadcast_add(mask)?; // [batch, heads, seq, seq]
-    let attn_weights = candle_nn::ops::softmax_last_dim(&attn_weights.to_dtype(DType::F32)?)?
-        .to_dtype(query.dtype())?;
+    let attn_weights =
+        candle_nn::ops::softmax_last_dim(&attn_weights.to_dtype(DType::F32)?)?.to_dtype(query.dtype())?;
     Ok(attn_weights.matmul(value)?)
 }
 
@@ -266,8 +252,8 @@ impl CLIPMLP {
     pub fn new(vb: VarBuilder, config: &CLIPTextConfig) -> Result<Self> {
         Ok(Self {
             activation_fn: config.hidden_act,
-            fc1: candle_nn::linear(config.hidden_size, config.intermediate_size, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(config.intermediate_size, config.hidden_size, vb.pp("fc2"))?,
+            fc1: kairos_kernels::nn::linear(config.hidden_size, config.intermediate_size, vb.pp("fc1"))?,
+            fc2: kairos_kernels::nn::linear(config.intermediate_size, config.hidden_size, vb.pp("fc2"))?,
         })
     }
 
@@ -291,8 +277,7 @@ pub struct CLIPEncoderLayer {
 impl CLIPEncoderLayer {
     /// Loads the layer's weights.
     pub fn new(vb: VarBuilder, config: &CLIPTextConfig) -> Result<Self> {
-        let norm =
-            |name| candle_nn::layer_norm(config.hidden_size, config.layer_norm_eps, vb.pp(name));
+        let norm = |name| kairos_kernels::nn::layer_norm(config.hidden_size, config.layer_norm_eps, vb.pp(name));
         Ok(Self {
             self_attn: CLIPAttention::new(vb.pp("self_attn"), config)?,
             layer_norm1: norm("layer_norm1")?,
@@ -304,14 +289,10 @@ impl CLIPEncoderLayer {
     /// [batch, seq, hidden] → [batch, seq, hidden].
     pub fn forward(&self, hidden_states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let residual = hidden_states;
-        let hidden_states = self
-            .self_attn
-            .forward(&self.layer_norm1.forward(hidden_states)?, attention_mask)?;
+        let hidden_states = self.self_attn.forward(&self.layer_norm1.forward(hidden_states)?, attention_mask)?;
         let hidden_states = (residual + hidden_states)?;
         let residual = &hidden_states;
-        let mlp_out = self
-            .mlp
-            .forward(&self.layer_norm2.forward(&hidden_states)?)?;
+        let mlp_out = self.mlp.forward(&self.layer_norm2.forward(&hidden_states)?)?;
         Ok((residual + mlp_out)?)
     }
 }
@@ -326,9 +307,8 @@ impl CLIPEncoder {
     /// Loads `layers.0` … `layers.{num_hidden_layers - 1}`.
     pub fn new(vb: VarBuilder, config: &CLIPTextConfig) -> Result<Self> {
         let vb = vb.pp("layers");
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| CLIPEncoderLayer::new(vb.pp(i), config))
-            .collect::<Result<_>>()?;
+        let layers =
+            (0..config.num_hidden_layers).map(|i| CLIPEncoderLayer::new(vb.pp(i), config)).collect::<Result<_>>()?;
         Ok(Self { layers })
     }
 
@@ -376,7 +356,7 @@ impl CLIPTextTransformer {
         Ok(Self {
             embeddings: CLIPTextEmbeddings::new(vb.pp("embeddings"), config)?,
             encoder: CLIPEncoder::new(vb.pp("encoder"), config)?,
-            final_layer_norm: candle_nn::layer_norm(
+            final_layer_norm: kairos_kernels::nn::layer_norm(
                 config.hidden_size,
                 config.layer_norm_eps,
                 vb.pp("final_layer_norm"),
@@ -409,9 +389,7 @@ impl CLIPTextTransformer {
         let inputs_embeds = self.embeddings.forward(&input_ids)?;
         let mask = causal_mask(seq_len, inputs_embeds.dtype(), inputs_embeds.device())?;
         let hidden_states = self.encoder.forward(&inputs_embeds, &mask)?;
-        let last_hidden_state = self
-            .final_layer_norm
-            .forward(&hidden_states[hidden_states.len() - 1])?;
+        let last_hidden_state = self.final_layer_norm.forward(&hidden_states[hidden_states.len() - 1])?;
 
         let pooled_positions: Vec<u32> = rows
             .iter()
@@ -420,9 +398,7 @@ impl CLIPTextTransformer {
                 let position = if self.config.eos_token_id == LEGACY_EOS_TOKEN_ID {
                     first_max_position(row)
                 } else {
-                    row.iter()
-                        .position(|&id| id == i64::from(self.config.eos_token_id))
-                        .unwrap_or(0)
+                    row.iter().position(|&id| id == i64::from(self.config.eos_token_id)).unwrap_or(0)
                 };
                 // b < batch and position < seq_len ≤ max_position_embeddings, both small.
                 (b * seq_len + position) as u32
@@ -432,28 +408,17 @@ impl CLIPTextTransformer {
         let pooler_output = last_hidden_state
             .reshape((batch * seq_len, self.config.hidden_size))?
             .index_select(&pooled_positions, 0)?; // [batch, hidden]
-        Ok(CLIPTextModelOutput {
-            last_hidden_state,
-            pooler_output,
-            hidden_states,
-        })
+        Ok(CLIPTextModelOutput { last_hidden_state, pooler_output, hidden_states })
     }
 
     /// A1111's "Clip skip" (`CLIP_stop_at_last_layers`): 1 is the last layer's output
     /// (`last_hidden_state`), 2 the penultimate, …; the chosen layer goes through
     /// `final_layer_norm`. diffusers' `clip_skip` is this minus one (diffusers' 1 = A1111's 2),
     /// ComfyUI's `stop_at_clip_layer` is its negative.
-    pub fn clip_skip_hidden_state(
-        &self,
-        output: &CLIPTextModelOutput,
-        clip_skip: usize,
-    ) -> Result<Tensor> {
+    pub fn clip_skip_hidden_state(&self, output: &CLIPTextModelOutput, clip_skip: usize) -> Result<Tensor> {
         let num_hidden_layers = output.hidden_states.len() - 1;
         if clip_skip == 0 || clip_skip > num_hidden_layers {
-            return Err(TextEncoderError::ClipSkipOutOfRange {
-                clip_skip,
-                num_hidden_layers,
-            });
+            return Err(TextEncoderError::ClipSkipOutOfRange { clip_skip, num_hidden_layers });
         }
         if clip_skip == 1 {
             return Ok(output.last_hidden_state.clone());
@@ -476,11 +441,7 @@ impl CLIPTextTransformer {
         }
         let rows = input_ids.to_dtype(DType::I64)?.to_vec2::<i64>()?;
         let vocab_size = self.config.vocab_size;
-        if let Some(&id) = rows
-            .iter()
-            .flatten()
-            .find(|&&id| id < 0 || id as u64 >= vocab_size as u64)
-        {
+        if let Some(&id) = rows.iter().flatten().find(|&&id| id < 0 || id as u64 >= vocab_size as u64) {
             return Err(TextEncoderError::TokenIdOutOfRange { id, vocab_size });
         }
         Ok(rows)
@@ -501,9 +462,8 @@ fn first_max_position(row: &[i64]) -> usize {
 
 /// [seq, seq] additive mask: 0 on and below the diagonal, −∞ above (token i sees tokens ≤ i).
 fn causal_mask(seq_len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..seq_len)
-        .flat_map(|i| (0..seq_len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let mask: Vec<f32> =
+        (0..seq_len).flat_map(|i| (0..seq_len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Ok(Tensor::from_vec(mask, (seq_len, seq_len), device)?.to_dtype(dtype)?)
 }
 
@@ -520,14 +480,8 @@ impl CLIPTextModel {
     pub fn new(vb: VarBuilder, config: &CLIPTextConfig) -> Result<Self> {
         let prefixed = vb.contains_tensor("text_model.embeddings.token_embedding.weight");
         let unprefixed = vb.contains_tensor("embeddings.token_embedding.weight");
-        let vb = if unprefixed && !prefixed {
-            vb
-        } else {
-            vb.pp("text_model")
-        };
-        Ok(Self {
-            text_model: CLIPTextTransformer::new(vb, config)?,
-        })
+        let vb = if unprefixed && !prefixed { vb } else { vb.pp("text_model") };
+        Ok(Self { text_model: CLIPTextTransformer::new(vb, config)? })
     }
 
     /// The text transformer (for `clip_skip_hidden_state` and the config).
@@ -563,7 +517,7 @@ impl CLIPTextModelWithProjection {
     pub fn new(vb: VarBuilder, config: &CLIPTextConfig) -> Result<Self> {
         Ok(Self {
             text_model: CLIPTextTransformer::new(vb.pp("text_model"), config)?,
-            text_projection: candle_nn::linear_no_bias(
+            text_projection: kairos_kernels::nn::linear_no_bias(
                 config.hidden_size,
                 config.projection_dim,
                 vb.pp("text_projection"),
@@ -580,10 +534,7 @@ impl CLIPTextModelWithProjection {
     pub fn forward(&self, input_ids: &Tensor) -> Result<CLIPTextModelWithProjectionOutput> {
         let text_outputs = self.text_model.forward(input_ids)?;
         let text_embeds = self.text_projection.forward(&text_outputs.pooler_output)?;
-        Ok(CLIPTextModelWithProjectionOutput {
-            text_embeds,
-            text_outputs,
-        })
+        Ok(CLIPTextModelWithProjectionOutput { text_embeds, text_outputs })
     }
 }
 
@@ -596,22 +547,10 @@ mod tests {
         let config = CLIPTextConfig::from_json("{}").unwrap();
         assert_eq!(config.hidden_act, HiddenAct::QuickGelu);
         assert_eq!(config.vocab_size, 49408);
-        let err = CLIPTextConfig::from_json(r#"{"hidden_act": "relu"}"#)
-            .unwrap_err()
-            .to_string();
+        let err = CLIPTextConfig::from_json(r#"{"hidden_act": "relu"}"#).unwrap_err().to_string();
         assert!(err.contains("quick_gelu") && err.contains("gelu"), "{err}");
-        let err = CLIPTextConfig::from_json(r#"{"hidden_size": 10, "num_attention_heads": 3}"#)
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                TextEncoderError::UnsupportedConfig {
-                    field: "num_attention_heads",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        let err = CLIPTextConfig::from_json(r#"{"hidden_size": 10, "num_attention_heads": 3}"#).unwrap_err();
+        assert!(matches!(err, TextEncoderError::UnsupportedConfig { field: "num_attention_heads", .. }), "{err}");
     }
 
     #[test]

@@ -100,9 +100,7 @@ impl PadToken {
         match token {
             EOS_TOKEN => Ok(Self::EndOfText),
             "!" => Ok(Self::Exclamation),
-            _ => Err(TokenizerError::UnsupportedPadToken {
-                token: token.to_string(),
-            }),
+            _ => Err(TokenizerError::UnsupportedPadToken { token: token.to_string() }),
         }
     }
 
@@ -132,9 +130,7 @@ pub struct CLIPTokenizer {
 
 impl std::fmt::Debug for CLIPTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CLIPTokenizer")
-            .field("pad_token", &self.pad_token)
-            .finish_non_exhaustive()
+        f.debug_struct("CLIPTokenizer").field("pad_token", &self.pad_token).finish_non_exhaustive()
     }
 }
 
@@ -160,41 +156,23 @@ impl CLIPTokenizer {
         let mut tokenizer = Tokenizer::new(bpe);
         let normalizer = normalizers::Sequence::new(vec![
             NFC.into(),
-            Replace::new(
-                normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
-                " ",
-            )
-            .map_err(build)?
-            .into(),
+            Replace::new(normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ").map_err(build)?.into(),
             Lowercase.into(),
         ]);
         tokenizer.with_normalizer(Some(normalizer)).map_err(build)?;
-        let split = Split::new(
-            SplitPattern::Regex(SPLIT_PATTERN.into()),
-            SplitDelimiterBehavior::Removed,
-            true,
-        )
-        .map_err(build)?;
+        let split = Split::new(SplitPattern::Regex(SPLIT_PATTERN.into()), SplitDelimiterBehavior::Removed, true)
+            .map_err(build)?;
         // transformers' `ByteLevel(add_prefix_space=False)`: trim_offsets and use_regex default on.
         let byte_level = ByteLevel::new(false, true, true);
-        tokenizer.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![
-            split.into(),
-            byte_level.into(),
-        ])));
+        tokenizer.with_pre_tokenizer(Some(PreTokenizerSequence::new(vec![split.into(), byte_level.into()])));
         // transformers registers bos, eos, unk and pad as special added tokens: they are matched in
         // the raw text before normalisation and never split.
-        let mut specials = vec![
-            AddedToken::from(BOS_TOKEN, true),
-            AddedToken::from(EOS_TOKEN, true),
-        ];
+        let mut specials = vec![AddedToken::from(BOS_TOKEN, true), AddedToken::from(EOS_TOKEN, true)];
         if pad_token != PadToken::EndOfText {
             specials.push(AddedToken::from(pad_token.token(), true));
         }
         tokenizer.add_special_tokens(specials).map_err(build)?;
-        Ok(Self {
-            tokenizer,
-            pad_token,
-        })
+        Ok(Self { tokenizer, pad_token })
     }
 
     /// The pad token.
@@ -211,13 +189,10 @@ impl CLIPTokenizer {
     /// (transformers' `tokenizer(text, add_special_tokens=False).input_ids`), for A1111-style
     /// chunking of long prompts.
     pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let encoding =
-            self.tokenizer
-                .encode_fast(text, false)
-                .map_err(|source| TokenizerError::Encode {
-                    text: text.to_string(),
-                    source,
-                })?;
+        let encoding = self
+            .tokenizer
+            .encode_fast(text, false)
+            .map_err(|source| TokenizerError::Encode { text: text.to_string(), source })?;
         Ok(encoding.get_ids().to_vec())
     }
 
@@ -265,11 +240,7 @@ fn clip_vocab(merges: &[(String, String)]) -> Vocab {
 /// printable Latin-1 bytes keep their own character, the other 68 bytes map to U+0100..U+0143.
 fn bytes_to_unicode() -> Vec<char> {
     let printable = |b: &u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-    (0..=255u8)
-        .filter(printable)
-        .map(char::from)
-        .chain(('\u{100}'..).take(256 - 188))
-        .collect()
+    (0..=255u8).filter(printable).map(char::from).chain(('\u{100}'..).take(256 - 188)).collect()
 }
 
 #[cfg(test)]
@@ -278,10 +249,7 @@ mod tests {
 
     #[test]
     fn vocabulary_has_clip_size_and_special_ids() {
-        let merges = MERGES
-            .lines()
-            .filter(|l| !l.starts_with("#version"))
-            .count();
+        let merges = MERGES.lines().filter(|l| !l.starts_with("#version")).count();
         assert_eq!(merges, 49152 - 256 - 2);
         let tokenizer = CLIPTokenizer::new(PadToken::EndOfText).unwrap();
         let vocab = tokenizer.tokenizer.get_vocab(true);
@@ -294,23 +262,14 @@ mod tests {
     #[test]
     fn too_short_max_length_is_an_error() {
         let tokenizer = CLIPTokenizer::new(PadToken::EndOfText).unwrap();
-        assert!(matches!(
-            tokenizer.encode("cat", 1),
-            Err(TokenizerError::MaxLengthTooShort { max_length: 1 })
-        ));
-        assert_eq!(
-            tokenizer.encode("", 2).unwrap(),
-            vec![BOS_TOKEN_ID, EOS_TOKEN_ID]
-        );
+        assert!(matches!(tokenizer.encode("cat", 1), Err(TokenizerError::MaxLengthTooShort { max_length: 1 })));
+        assert_eq!(tokenizer.encode("", 2).unwrap(), vec![BOS_TOKEN_ID, EOS_TOKEN_ID]);
     }
 
     #[test]
     fn pad_token_from_text() {
         assert_eq!(PadToken::from_token("!").unwrap(), PadToken::Exclamation);
-        assert_eq!(
-            PadToken::from_token("<|endoftext|>").unwrap(),
-            PadToken::EndOfText
-        );
+        assert_eq!(PadToken::from_token("<|endoftext|>").unwrap(), PadToken::EndOfText);
         let err = PadToken::from_token("<pad>").unwrap_err().to_string();
         assert!(err.contains("<pad>") && err.contains("accepted"), "{err}");
     }

@@ -9,8 +9,8 @@
 //! - `forward` returns the tensor rather than an output dataclass.
 
 use candle_core::Tensor;
-use candle_nn::{Linear, Module, VarBuilder};
-use kairos_kernels::nn::{Conv2d, GroupNorm};
+use candle_nn::{Module, VarBuilder};
+use kairos_kernels::nn::{Conv2d, GroupNorm, Linear};
 
 use crate::attention::{BasicTransformerBlock, BasicTransformerBlockConfig};
 use crate::error::Result;
@@ -46,15 +46,9 @@ enum Projection {
 impl Projection {
     fn new(vb: VarBuilder, linear: bool, in_dim: usize, out_dim: usize) -> Result<Self> {
         Ok(if linear {
-            Self::Linear(candle_nn::linear(in_dim, out_dim, vb)?)
+            Self::Linear(kairos_kernels::nn::linear(in_dim, out_dim, vb)?)
         } else {
-            Self::Conv(kairos_kernels::nn::conv2d(
-                in_dim,
-                out_dim,
-                1,
-                Default::default(),
-                vb,
-            )?)
+            Self::Conv(kairos_kernels::nn::conv2d(in_dim, out_dim, 1, Default::default(), vb)?)
         })
     }
 
@@ -83,12 +77,7 @@ impl Transformer2DModel {
         let inner_dim = config.num_attention_heads * config.attention_head_dim;
         let linear = config.use_linear_projection;
         // diffusers fixes this GroupNorm's eps at 1e-6, whatever the UNet's norm_eps.
-        let norm = kairos_kernels::nn::group_norm(
-            config.norm_num_groups,
-            config.in_channels,
-            1e-6,
-            vb.pp("norm"),
-        )?;
+        let norm = kairos_kernels::nn::group_norm(config.norm_num_groups, config.in_channels, 1e-6, vb.pp("norm"))?;
         let proj_in = Projection::new(vb.pp("proj_in"), linear, config.in_channels, inner_dim)?;
         let block = BasicTransformerBlockConfig {
             dim: inner_dim,
@@ -103,22 +92,12 @@ impl Transformer2DModel {
             .map(|i| BasicTransformerBlock::new(vb.pp("transformer_blocks").pp(i), &block))
             .collect::<Result<Vec<_>>>()?;
         let proj_out = Projection::new(vb.pp("proj_out"), linear, inner_dim, config.in_channels)?;
-        Ok(Self {
-            norm,
-            proj_in,
-            transformer_blocks,
-            proj_out,
-            use_linear_projection: linear,
-        })
+        Ok(Self { norm, proj_in, transformer_blocks, proj_out, use_linear_projection: linear })
     }
 
     /// `hidden_states` `[N, C, H, W]`, `encoder_hidden_states` `[N, S, cross_attention_dim]`
     /// → `[N, C, H, W]`.
-    pub fn forward(
-        &self,
-        hidden_states: &Tensor,
-        encoder_hidden_states: &Tensor,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, hidden_states: &Tensor, encoder_hidden_states: &Tensor) -> Result<Tensor> {
         let residual = hidden_states;
         let (batch, _, height, width) = hidden_states.dims4()?;
         let hidden_states = self.norm.forward(hidden_states)?;
@@ -126,17 +105,12 @@ impl Transformer2DModel {
         // which candle's Linear needs (see attention_processor).
         let to_tokens = |xs: &Tensor| -> Result<Tensor> {
             let inner_dim = xs.dim(1)?;
-            Ok(xs
-                .permute((0, 2, 3, 1))?
-                .reshape((batch, height * width, inner_dim))?)
+            Ok(xs.permute((0, 2, 3, 1))?.reshape((batch, height * width, inner_dim))?)
         };
         // [N, H·W, C] -> [N, C, H, W]
         let to_map = |xs: &Tensor| -> Result<Tensor> {
             let inner_dim = xs.dim(2)?;
-            Ok(xs
-                .reshape((batch, height, width, inner_dim))?
-                .permute((0, 3, 1, 2))?
-                .contiguous()?)
+            Ok(xs.reshape((batch, height, width, inner_dim))?.permute((0, 3, 1, 2))?.contiguous()?)
         };
         let mut hidden_states = if self.use_linear_projection {
             self.proj_in.forward(&to_tokens(&hidden_states)?)?

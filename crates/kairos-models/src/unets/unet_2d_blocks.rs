@@ -33,11 +33,7 @@ pub struct CrossAttnArgs {
 }
 
 impl CrossAttnArgs {
-    fn transformer(
-        &self,
-        channels: usize,
-        norm_num_groups: usize,
-    ) -> Result<Transformer2DModelConfig> {
+    fn transformer(&self, channels: usize, norm_num_groups: usize) -> Result<Transformer2DModelConfig> {
         let heads = self.num_attention_heads;
         if heads == 0 || !channels.is_multiple_of(heads) {
             return Err(ModelError::InvalidConfig {
@@ -64,37 +60,20 @@ fn resnet(
     out_channels: usize,
     template: &ResnetBlock2DConfig,
 ) -> Result<ResnetBlock2D> {
-    let config = ResnetBlock2DConfig {
-        out_channels: Some(out_channels),
-        ..template.clone()
-    };
+    let config = ResnetBlock2DConfig { out_channels: Some(out_channels), ..template.clone() };
     ResnetBlock2D::new(vb, in_channels, &config)
 }
 
 /// The down blocks' `downsamplers.0`: a stride-2 3×3 convolution with the given padding.
-fn downsampler(
-    vb: VarBuilder,
-    channels: usize,
-    padding: Option<usize>,
-) -> Result<Option<Downsample2D>> {
+fn downsampler(vb: VarBuilder, channels: usize, padding: Option<usize>) -> Result<Option<Downsample2D>> {
     padding
-        .map(|padding| {
-            Downsample2D::new(
-                vb.pp("downsamplers").pp(0),
-                channels,
-                true,
-                Some(channels),
-                padding,
-            )
-        })
+        .map(|padding| Downsample2D::new(vb.pp("downsamplers").pp(0), channels, true, Some(channels), padding))
         .transpose()
 }
 
 /// The up blocks' `upsamplers.0`: nearest ×2 then a 3×3 convolution.
 fn upsampler(vb: VarBuilder, channels: usize, add_upsample: bool) -> Result<Option<Upsample2D>> {
-    add_upsample
-        .then(|| Upsample2D::new(vb.pp("upsamplers").pp(0), channels, true, Some(channels)))
-        .transpose()
+    add_upsample.then(|| Upsample2D::new(vb.pp("upsamplers").pp(0), channels, true, Some(channels))).transpose()
 }
 
 /// Pops the skip connection of up-block resnet `i` (the last one left), erroring if none is left.
@@ -134,23 +113,11 @@ impl CrossAttnDownBlock2D {
         let mut attentions = Vec::with_capacity(num_layers);
         for i in 0..num_layers {
             let in_channels = if i == 0 { in_channels } else { out_channels };
-            resnets.push(resnet(
-                vb.pp("resnets").pp(i),
-                in_channels,
-                out_channels,
-                resnet_config,
-            )?);
-            attentions.push(Transformer2DModel::new(
-                vb.pp("attentions").pp(i),
-                &transformer,
-            )?);
+            resnets.push(resnet(vb.pp("resnets").pp(i), in_channels, out_channels, resnet_config)?);
+            attentions.push(Transformer2DModel::new(vb.pp("attentions").pp(i), &transformer)?);
         }
         let downsamplers = downsampler(vb, out_channels, add_downsample)?;
-        Ok(Self {
-            resnets,
-            attentions,
-            downsamplers,
-        })
+        Ok(Self { resnets, attentions, downsamplers })
     }
 
     /// Returns the output and the skip connections (one per resnet, plus the downsampled one).
@@ -195,27 +162,15 @@ impl DownBlock2D {
         let resnets = (0..num_layers)
             .map(|i| {
                 let in_channels = if i == 0 { in_channels } else { out_channels };
-                resnet(
-                    vb.pp("resnets").pp(i),
-                    in_channels,
-                    out_channels,
-                    resnet_config,
-                )
+                resnet(vb.pp("resnets").pp(i), in_channels, out_channels, resnet_config)
             })
             .collect::<Result<Vec<_>>>()?;
         let downsamplers = downsampler(vb, out_channels, add_downsample)?;
-        Ok(Self {
-            resnets,
-            downsamplers,
-        })
+        Ok(Self { resnets, downsamplers })
     }
 
     /// Returns the output and the skip connections (one per resnet, plus the downsampled one).
-    pub fn forward(
-        &self,
-        hidden_states: &Tensor,
-        temb: Option<&Tensor>,
-    ) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn forward(&self, hidden_states: &Tensor, temb: Option<&Tensor>) -> Result<(Tensor, Vec<Tensor>)> {
         let mut hidden_states = hidden_states.clone();
         let mut output_states = Vec::with_capacity(self.resnets.len() + 1);
         for resnet in &self.resnets {
@@ -248,29 +203,13 @@ impl UNetMidBlock2DCrossAttn {
         attn: &CrossAttnArgs,
     ) -> Result<Self> {
         let transformer = attn.transformer(in_channels, resnet_config.groups)?;
-        let mut resnets = vec![resnet(
-            vb.pp("resnets").pp(0),
-            in_channels,
-            in_channels,
-            resnet_config,
-        )?];
+        let mut resnets = vec![resnet(vb.pp("resnets").pp(0), in_channels, in_channels, resnet_config)?];
         let mut attentions = Vec::with_capacity(num_layers);
         for i in 0..num_layers {
-            attentions.push(Transformer2DModel::new(
-                vb.pp("attentions").pp(i),
-                &transformer,
-            )?);
-            resnets.push(resnet(
-                vb.pp("resnets").pp(i + 1),
-                in_channels,
-                in_channels,
-                resnet_config,
-            )?);
+            attentions.push(Transformer2DModel::new(vb.pp("attentions").pp(i), &transformer)?);
+            resnets.push(resnet(vb.pp("resnets").pp(i + 1), in_channels, in_channels, resnet_config)?);
         }
-        Ok(Self {
-            resnets,
-            attentions,
-        })
+        Ok(Self { resnets, attentions })
     }
 
     /// `[N, C, H, W]` → `[N, C, H, W]`.
@@ -306,16 +245,8 @@ fn up_resnet_in_channels(
     prev_output_channel: usize,
     out_channels: usize,
 ) -> usize {
-    let res_skip_channels = if i == num_layers - 1 {
-        in_channels
-    } else {
-        out_channels
-    };
-    let resnet_in_channels = if i == 0 {
-        prev_output_channel
-    } else {
-        out_channels
-    };
+    let res_skip_channels = if i == num_layers - 1 { in_channels } else { out_channels };
+    let resnet_in_channels = if i == 0 { prev_output_channel } else { out_channels };
     resnet_in_channels + res_skip_channels
 }
 
@@ -336,30 +267,12 @@ impl CrossAttnUpBlock2D {
         let mut resnets = Vec::with_capacity(num_layers);
         let mut attentions = Vec::with_capacity(num_layers);
         for i in 0..num_layers {
-            let in_ch = up_resnet_in_channels(
-                i,
-                num_layers,
-                in_channels,
-                prev_output_channel,
-                out_channels,
-            );
-            resnets.push(resnet(
-                vb.pp("resnets").pp(i),
-                in_ch,
-                out_channels,
-                resnet_config,
-            )?);
-            attentions.push(Transformer2DModel::new(
-                vb.pp("attentions").pp(i),
-                &transformer,
-            )?);
+            let in_ch = up_resnet_in_channels(i, num_layers, in_channels, prev_output_channel, out_channels);
+            resnets.push(resnet(vb.pp("resnets").pp(i), in_ch, out_channels, resnet_config)?);
+            attentions.push(Transformer2DModel::new(vb.pp("attentions").pp(i), &transformer)?);
         }
         let upsamplers = upsampler(vb, out_channels, add_upsample)?;
-        Ok(Self {
-            resnets,
-            attentions,
-            upsamplers,
-        })
+        Ok(Self { resnets, attentions, upsamplers })
     }
 
     /// The number of skip connections `forward` consumes.
@@ -412,21 +325,12 @@ impl UpBlock2D {
     ) -> Result<Self> {
         let resnets = (0..num_layers)
             .map(|i| {
-                let in_ch = up_resnet_in_channels(
-                    i,
-                    num_layers,
-                    in_channels,
-                    prev_output_channel,
-                    out_channels,
-                );
+                let in_ch = up_resnet_in_channels(i, num_layers, in_channels, prev_output_channel, out_channels);
                 resnet(vb.pp("resnets").pp(i), in_ch, out_channels, resnet_config)
             })
             .collect::<Result<Vec<_>>>()?;
         let upsamplers = upsampler(vb, out_channels, add_upsample)?;
-        Ok(Self {
-            resnets,
-            upsamplers,
-        })
+        Ok(Self { resnets, upsamplers })
     }
 
     /// The number of skip connections `forward` consumes.

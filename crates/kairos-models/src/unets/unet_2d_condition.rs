@@ -28,8 +28,7 @@ use crate::embeddings::{TimestepEmbedding, Timesteps};
 use crate::error::{ModelError, Result};
 use crate::resnet::{ResnetBlock2DConfig, TimeEmbeddingNorm};
 use crate::unets::unet_2d_blocks::{
-    CrossAttnArgs, CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn,
-    UpBlock2D,
+    CrossAttnArgs, CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
 };
 
 /// A config value given either once for all blocks or once per block.
@@ -237,27 +236,13 @@ fn positional() -> String {
     "positional".into()
 }
 fn default_down_block_types() -> Vec<String> {
-    [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ]
-    .map(String::from)
-    .to_vec()
+    ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"].map(String::from).to_vec()
 }
 fn default_mid_block_type() -> Option<String> {
     Some("UNetMidBlock2DCrossAttn".into())
 }
 fn default_up_block_types() -> Vec<String> {
-    [
-        "UpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-        "CrossAttnUpBlock2D",
-    ]
-    .map(String::from)
-    .to_vec()
+    ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"].map(String::from).to_vec()
 }
 fn no_per_block() -> PerBlock<bool> {
     PerBlock::All(false)
@@ -292,23 +277,11 @@ impl UNet2DConditionModelConfig {
 
     /// Rejects the diffusers options this implementation does not support.
     fn check_supported(&self) -> Result<()> {
-        fn unsupported(
-            field: &'static str,
-            value: impl std::fmt::Debug,
-            supported: &'static str,
-        ) -> Result<()> {
-            Err(ModelError::Unsupported {
-                field,
-                value: format!("{value:?}"),
-                supported,
-            })
+        fn unsupported(field: &'static str, value: impl std::fmt::Debug, supported: &'static str) -> Result<()> {
+            Err(ModelError::Unsupported { field, value: format!("{value:?}"), supported })
         }
         if let Some(v) = &self.addition_embed_type {
-            return unsupported(
-                "addition_embed_type",
-                v,
-                "null (SDXL's text_time is not supported yet)",
-            );
+            return unsupported("addition_embed_type", v, "null (SDXL's text_time is not supported yet)");
         }
         if let Some(v) = &self.class_embed_type {
             return unsupported("class_embed_type", v, "null");
@@ -329,11 +302,7 @@ impl UNet2DConditionModelConfig {
             return unsupported("encoder_hid_dim", v, "null");
         }
         if let Some(v) = &self.num_attention_heads {
-            return unsupported(
-                "num_attention_heads",
-                v,
-                "null (diffusers uses attention_head_dim)",
-            );
+            return unsupported("num_attention_heads", v, "null (diffusers uses attention_head_dim)");
         }
         if let Some(v) = &self.reverse_transformer_layers_per_block {
             return unsupported("reverse_transformer_layers_per_block", v, "null");
@@ -349,11 +318,7 @@ impl UNet2DConditionModelConfig {
             return unsupported("only_cross_attention", &self.only_cross_attention, "false");
         }
         if self.time_embedding_type != "positional" {
-            return unsupported(
-                "time_embedding_type",
-                &self.time_embedding_type,
-                "positional",
-            );
+            return unsupported("time_embedding_type", &self.time_embedding_type, "positional");
         }
         if self.attention_type != "default" {
             return unsupported("attention_type", &self.attention_type, "default");
@@ -369,15 +334,9 @@ impl UNet2DConditionModelConfig {
                 return unsupported("mid_block_type", v, "UNetMidBlock2DCrossAttn, null");
             }
         }
-        for (field, k) in [
-            ("conv_in_kernel", self.conv_in_kernel),
-            ("conv_out_kernel", self.conv_out_kernel),
-        ] {
+        for (field, k) in [("conv_in_kernel", self.conv_in_kernel), ("conv_out_kernel", self.conv_out_kernel)] {
             if k % 2 == 0 {
-                return Err(ModelError::InvalidConfig {
-                    field,
-                    reason: format!("kernel {k} is not odd"),
-                });
+                return Err(ModelError::InvalidConfig { field, reason: format!("kernel {k} is not odd") });
             }
         }
         Ok(())
@@ -446,10 +405,7 @@ pub struct UNet2DConditionModel {
 }
 
 fn conv(vb: VarBuilder, in_c: usize, out_c: usize, kernel: usize) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: (kernel - 1) / 2,
-        ..Default::default()
-    };
+    let cfg = Conv2dConfig { padding: (kernel - 1) / 2, ..Default::default() };
     Ok(kairos_kernels::nn::conv2d(in_c, out_c, kernel, cfg, vb)?)
 }
 
@@ -473,30 +429,16 @@ impl UNet2DConditionModel {
         let groups = config.norm_num_groups.unwrap_or(32); // checked Some in check_supported
         let channels = &config.block_out_channels;
         // diffusers: "num_attention_heads = num_attention_heads or attention_head_dim"
-        let heads = config
-            .attention_head_dim
-            .per_block("attention_head_dim", n)?;
-        let cross_dims = config
-            .cross_attention_dim
-            .per_block("cross_attention_dim", n)?;
+        let heads = config.attention_head_dim.per_block("attention_head_dim", n)?;
+        let cross_dims = config.cross_attention_dim.per_block("cross_attention_dim", n)?;
         let layers = config.layers_per_block.per_block("layers_per_block", n)?;
-        let tlayers = config
-            .transformer_layers_per_block
-            .per_block("transformer_layers_per_block", n)?;
+        let tlayers = config.transformer_layers_per_block.per_block("transformer_layers_per_block", n)?;
 
-        let conv_in = conv(
-            vb.pp("conv_in"),
-            config.in_channels,
-            channels[0],
-            config.conv_in_kernel,
-        )?;
+        let conv_in = conv(vb.pp("conv_in"), config.in_channels, channels[0], config.conv_in_kernel)?;
         let time_embed_dim = config.time_embedding_dim.unwrap_or(4 * channels[0]);
         let time_proj = Timesteps::new(channels[0], config.flip_sin_to_cos, config.freq_shift);
-        let post_act = config
-            .timestep_post_act
-            .as_deref()
-            .map(|a| Activation::from_name("timestep_post_act", a))
-            .transpose()?;
+        let post_act =
+            config.timestep_post_act.as_deref().map(|a| Activation::from_name("timestep_post_act", a)).transpose()?;
         let time_embedding = TimestepEmbedding::new(
             vb.pp("time_embedding"),
             channels[0],
@@ -568,17 +510,9 @@ impl UNet2DConditionModel {
 
         let mid_block = match config.mid_block_type {
             Some(_) => {
-                let mid_resnet = ResnetBlock2DConfig {
-                    output_scale_factor: config.mid_block_scale_factor,
-                    ..resnet.clone()
-                };
-                Some(UNetMidBlock2DCrossAttn::new(
-                    vb.pp("mid_block"),
-                    channels[n - 1],
-                    1,
-                    &mid_resnet,
-                    &attn(n - 1),
-                )?)
+                let mid_resnet =
+                    ResnetBlock2DConfig { output_scale_factor: config.mid_block_scale_factor, ..resnet.clone() };
+                Some(UNetMidBlock2DCrossAttn::new(vb.pp("mid_block"), channels[n - 1], 1, &mid_resnet, &attn(n - 1))?)
             }
             None => None,
         };
@@ -627,12 +561,7 @@ impl UNet2DConditionModel {
 
         let conv_norm_out =
             kairos_kernels::nn::group_norm(groups, channels[0], config.norm_eps, vb.pp("conv_norm_out"))?;
-        let conv_out = conv(
-            vb.pp("conv_out"),
-            channels[0],
-            config.out_channels,
-            config.conv_out_kernel,
-        )?;
+        let conv_out = conv(vb.pp("conv_out"), channels[0], config.out_channels, config.conv_out_kernel)?;
         Ok(Self {
             conv_in,
             time_proj,
@@ -662,13 +591,7 @@ impl UNet2DConditionModel {
 
     /// The sinusoidal embedding of the timestep(s), broadcast to the batch: f32 `[N, C0]`, then
     /// cast to `dtype`.
-    fn get_time_embed(
-        &self,
-        batch: usize,
-        timestep: Timestep,
-        dtype: DType,
-        sample: &Tensor,
-    ) -> Result<Tensor> {
+    fn get_time_embed(&self, batch: usize, timestep: Timestep, dtype: DType, sample: &Tensor) -> Result<Tensor> {
         let timesteps = match timestep {
             // diffusers builds a float64 tensor; get_timestep_embedding casts it to float32.
             Timestep::Scalar(t) => Tensor::new(&[t], sample.device())?,
@@ -721,11 +644,7 @@ impl UNet2DConditionModel {
         let factor = 1usize << self.num_upsamplers;
         let forward_upsample_size = height % factor != 0 || width % factor != 0;
 
-        let sample = if self.center_input_sample {
-            sample.affine(2.0, -1.0)?
-        } else {
-            sample.clone()
-        };
+        let sample = if self.center_input_sample { sample.affine(2.0, -1.0)? } else { sample.clone() };
 
         let t_emb = self.get_time_embed(batch, timestep.into(), sample.dtype(), &sample)?;
         let mut emb = self.time_embedding.forward(&t_emb, timestep_cond)?;
@@ -751,14 +670,12 @@ impl UNet2DConditionModel {
 
         let last = self.up_blocks.len() - 1;
         for (i, block) in self.up_blocks.iter().enumerate() {
-            let split = down_block_res_samples
-                .len()
-                .checked_sub(block.num_resnets())
-                .ok_or_else(|| ModelError::InvalidConfig {
+            let split = down_block_res_samples.len().checked_sub(block.num_resnets()).ok_or_else(|| {
+                ModelError::InvalidConfig {
                     field: "layers_per_block",
-                    reason: "up blocks consume more skip connections than down blocks produce"
-                        .into(),
-                })?;
+                    reason: "up blocks consume more skip connections than down blocks produce".into(),
+                }
+            })?;
             let res_samples = down_block_res_samples.split_off(split);
             let upsample_size = match down_block_res_samples.last() {
                 Some(next) if i != last && forward_upsample_size => {
@@ -768,13 +685,7 @@ impl UNet2DConditionModel {
                 _ => None,
             };
             sample = match block {
-                UpBlock::CrossAttn(b) => b.forward(
-                    &sample,
-                    &res_samples,
-                    emb,
-                    encoder_hidden_states,
-                    upsample_size,
-                )?,
+                UpBlock::CrossAttn(b) => b.forward(&sample, &res_samples, emb, encoder_hidden_states, upsample_size)?,
                 UpBlock::Plain(b) => b.forward(&sample, &res_samples, emb, upsample_size)?,
             };
         }

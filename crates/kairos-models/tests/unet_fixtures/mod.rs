@@ -9,9 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
 }
 
 /// One block case: weights (f16 on disk, loaded as f32), named inputs and the reference output.
@@ -23,9 +21,7 @@ pub struct Case {
 
 impl Case {
     pub fn input(&self, name: &str) -> &Tensor {
-        self.inputs
-            .get(name)
-            .unwrap_or_else(|| panic!("fixture has no input.{name}"))
+        self.inputs.get(name).unwrap_or_else(|| panic!("fixture has no input.{name}"))
     }
 }
 
@@ -35,9 +31,7 @@ pub fn load_safetensors(path: PathBuf) -> HashMap<String, Tensor> {
 }
 
 pub fn load_block(name: &str) -> Case {
-    let path = fixtures_dir()
-        .join("unet_blocks")
-        .join(format!("{name}.safetensors"));
+    let path = fixtures_dir().join("unet_blocks").join(format!("{name}.safetensors"));
     let all = load_safetensors(path);
     let mut weights = HashMap::new();
     let mut inputs = HashMap::new();
@@ -52,35 +46,16 @@ pub fn load_block(name: &str) -> Case {
         }
     }
     let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-    Case {
-        vb,
-        inputs,
-        output: output.expect("fixture has no output"),
-    }
+    Case { vb, inputs, output: output.expect("fixture has no output") }
 }
 
 /// max|a − b| / max|b| over the whole tensor.
 pub fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
     assert_eq!(got.dims(), want.dims(), "shape mismatch");
-    let diff = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
+    let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
     let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-    let diff = diff
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let scale = scale
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let diff = diff.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let scale = scale.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
     diff / scale
 }
 
@@ -88,8 +63,5 @@ pub fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
 pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f64) {
     let err = rel_err(got, want);
     println!("{name}: max|a-b|/max|b| = {err:.3e} (tol {tol:.0e})");
-    assert!(
-        err <= tol,
-        "{name}: max|a-b|/max|b| = {err:.3e} > {tol:.0e}"
-    );
+    assert!(err <= tol, "{name}: max|a-b|/max|b| = {err:.3e} > {tol:.0e}");
 }

@@ -1,0 +1,174 @@
+//! Linear and convolution layers whose weights are packed once for [`crate::gemm_bf16`]: the
+//! activations stay f32 between layers and are rounded to bf16 only as they are packed for a
+//! GEMM, which accumulates in f32 (norms, softmax and residual sums never see bf16).
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::conv2d::{im2col_row, Conv2dParams};
+use crate::error::f32_slice;
+use crate::gemm_bf16::{self, MatRef, PackedA, PackedB};
+
+const LINEAR: &str = "kairos-linear-bf16";
+const CONV: &str = "kairos-conv2d-bf16";
+
+/// Bytes of one f32 im2col tile (as [`crate::conv2d`]): bounds the extra memory of a 3×3
+/// convolution while keeping each GEMM wide.
+const TILE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Whether a layer with weights of `dtype` on `device` packs them for the bf16 GEMM: bf16
+/// weights on a CPU with AVX512-BF16, unless `KAIROS_KERNELS=off`.
+pub(crate) fn packs(weight: &Tensor) -> bool {
+    weight.device().is_cpu() && weight.dtype() == DType::BF16 && gemm_bf16::available() && !crate::kernels_off()
+}
+
+/// The weight's values as a contiguous bf16 vector (packing reads them once).
+fn bf16_values(weight: &Tensor) -> Result<Vec<half::bf16>> {
+    weight.flatten_all()?.to_vec1::<half::bf16>()
+}
+
+/// The bias as f32 values (the GEMMs accumulate onto it).
+fn f32_values(bias: Option<&Tensor>) -> Result<Option<Arc<[f32]>>> {
+    bias.map(|b| Ok(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.into())).transpose()
+}
+
+/// `y = x·Wᵀ + b` with `W` `[out, in]` packed as the GEMM's right operand.
+#[derive(Debug, Clone)]
+pub(crate) struct LinearBf16 {
+    weight: Arc<PackedB>,
+    bias: Option<Arc<[f32]>>,
+}
+
+impl LinearBf16 {
+    /// Packs a `[out, in]` bf16 weight and an optional `[out]` bias.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
+        let (out_features, in_features) = weight.dims2()?;
+        let values = bf16_values(weight)?;
+        let view = MatRef::row_major(&values, out_features, in_features).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{LINEAR}: weight has {} values, not {out_features}×{in_features}",
+                values.len()
+            ))
+        })?;
+        Ok(Self { weight: Arc::new(PackedB::new(view.t())), bias: f32_values(bias)? })
+    }
+
+    /// Applies the layer to `x` `[.., in]` (any float dtype; computed from f32), giving f32.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let in_features = self.weight.depth();
+        if x.dims().last() != Some(&in_features) {
+            return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                lhs: x.shape().clone(),
+                rhs: Shape::from((self.weight.cols(), in_features)),
+                op: LINEAR,
+            });
+        }
+        x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+impl CustomOp1 for LinearBf16 {
+    fn name(&self) -> &'static str {
+        LINEAR
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(LINEAR, storage, layout)?;
+        let (k, n) = (self.weight.depth(), self.weight.cols());
+        let m = x.len() / k.max(1);
+        let a = MatRef::row_major(x, m, k).ok_or_else(|| candle_core::Error::Msg(format!("{LINEAR}: input size")))?;
+        let mut out = vec![0f32; m * n];
+        if let Some(bias) = self.bias.as_deref() {
+            out.par_chunks_mut(n).for_each(|row| row.copy_from_slice(bias));
+        }
+        gemm_bf16::gemm(&PackedA::new(a), &self.weight, &mut out, n, 1.0, self.bias.is_some(), true);
+        let mut dims = layout.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(dims)))
+    }
+}
+
+/// A convolution (one group, dilation 1) with `W` `[Co, Ci, kh, kw]` packed as the GEMM's left
+/// operand `[Co, Ci·kh·kw]`; the input (or its im2col tile) is the right operand, so the GEMM
+/// writes NCHW rows directly.
+#[derive(Debug, Clone)]
+pub(crate) struct Conv2dBf16 {
+    weight: Arc<PackedA>,
+    bias: Option<Arc<[f32]>>,
+    /// `(Ci, kh, kw)`.
+    kernel: (usize, usize, usize),
+    params: Conv2dParams,
+}
+
+impl Conv2dBf16 {
+    /// Packs a `[Co, Ci, kh, kw]` bf16 weight and an optional `[Co]` bias.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>, params: Conv2dParams) -> Result<Self> {
+        let (co, ci, kh, kw) = weight.dims4()?;
+        let values = bf16_values(weight)?;
+        let view = MatRef::row_major(&values, co, ci * kh * kw).ok_or_else(|| {
+            candle_core::Error::Msg(format!("{CONV}: weight has {} values, not {co}×{ci}×{kh}×{kw}", values.len()))
+        })?;
+        Ok(Self { weight: Arc::new(PackedA::new(view)), bias: f32_values(bias)?, kernel: (ci, kh, kw), params })
+    }
+
+    /// Applies the convolution to `x` `[N, Ci, H, W]` (any float dtype; computed from f32),
+    /// giving f32. The caller has checked the shapes ([`crate::conv2d`]'s checks).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(self)
+    }
+}
+
+impl CustomOp1 for Conv2dBf16 {
+    fn name(&self) -> &'static str {
+        CONV
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(CONV, storage, layout)?;
+        let (n, ci, h, wd) = layout.shape().dims4()?;
+        let (_, kh, kw) = self.kernel;
+        let co = self.weight.rows();
+        let Conv2dParams { padding, stride } = self.params;
+        let ho = (h + 2 * padding - kh) / stride + 1;
+        let wo = (wd + 2 * padding - kw) / stride + 1;
+        let (plane_in, plane_out, depth) = (h * wd, ho * wo, ci * kh * kw);
+        // Start from the bias; the GEMMs accumulate onto it.
+        let mut out = vec![0f32; n * co * plane_out];
+        if let Some(bias) = self.bias.as_deref() {
+            out.par_chunks_mut(plane_out).enumerate().for_each(|(i, p)| p.fill(bias[i % co]));
+        }
+        let direct = kh == 1 && kw == 1 && stride == 1 && padding == 0;
+        let tile_rows = if direct { ho } else { (TILE_BYTES / (4 * depth * wo)).clamp(1, ho) };
+        let mut col = if direct { Vec::new() } else { vec![0f32; depth * tile_rows * wo] };
+        for b in 0..n {
+            let x_b = &x[b * ci * plane_in..(b + 1) * ci * plane_in];
+            let out_b = &mut out[b * co * plane_out..(b + 1) * co * plane_out];
+            for r0 in (0..ho).step_by(tile_rows) {
+                let rows = tile_rows.min(ho - r0);
+                let pixels = rows * wo;
+                let rhs = if direct {
+                    x_b
+                } else {
+                    let col = &mut col[..depth * pixels];
+                    col.par_chunks_mut(kh * kw * pixels).enumerate().for_each(|(c, col_c)| {
+                        let x_c = &x_b[c * plane_in..(c + 1) * plane_in];
+                        for (k, dst) in col_c.chunks_mut(pixels).enumerate() {
+                            im2col_row(x_c, dst, (h, wd), (k / kw, k % kw), r0, wo, padding, stride);
+                        }
+                    });
+                    &col[..]
+                };
+                let view = MatRef::row_major(rhs, depth, pixels)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("{CONV}: input size")))?;
+                // Rows r0..r0+rows of every output channel: row stride plane_out.
+                let dst = &mut out_b[r0 * wo..];
+                gemm_bf16::gemm(&self.weight, &PackedB::new(view), dst, plane_out, 1.0, true, true);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, co, ho, wo))))
+    }
+}

@@ -1,0 +1,665 @@
+//! `C = alpha·A·B (+ C)` with both operands rounded to bf16 (nearest-even) and f32 accumulation,
+//! on AVX512-BF16 dot products (`vdpbf16ps`), or AMX-BF16 tiles (`tdpbf16ps`) with
+//! `KAIROS_AMX=on` (experimental: a NaN seen in one pipeline run is not explained yet).
+//!
+//! Both operands are packed first ([`PackedA`], [`PackedB`]): pairs of consecutive `k` values are
+//! stored as one `u32` (the even `k` in the low half, as both instructions pair them); `A` row by
+//! row, `B` in panels of 32 columns (the layout an AMX `B` tile and two AVX-512 vectors read). A
+//! layer's weight is packed once when it is built and reused by every call; activations are
+//! packed per call, one pass over them against `2·M·N·K` FLOPs of compute.
+//!
+//! Kernels: AMX keeps a 32×32 block of `C` in four tiles; AVX512-BF16 an 8×32 block in 16
+//! registers, broadcasting one `u32` of `A` per row and `k` pair. CPUs with neither (and other
+//! architectures) run a scalar kernel with the same rounding, so results differ between
+//! instruction sets only in the order of the f32 additions; the layers only choose bf16 where
+//! [`available`] says a fast kernel runs.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Rows of `C` per AVX512/scalar micro-kernel call.
+const MR: usize = 8;
+/// Columns of `B` per panel (and of `C` per micro-kernel call): two 16-lane vectors.
+const NR: usize = 32;
+/// `k` pairs per cache block: a `B` panel block is `KC·NR·4` = 32 KiB (stays in L1/L2 while
+/// the `A` rows of a task stream past it).
+const KC: usize = 256;
+/// Rows and columns of `C` per parallel task (a task's `A` blocks stay in L2); multiples of
+/// both kernels' blocks.
+const MC: usize = 96;
+const NC: usize = NR * 8;
+
+/// Whether a fast bf16 kernel runs on this CPU: AVX512-BF16 (every CPU with AMX-BF16 has it
+/// too), checked once.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx512bf16") && std::arch::is_x86_feature_detected!("avx512f")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// An element the packers read: rounded to bf16 (nearest-even) as it is packed.
+pub trait Element: Copy + Send + Sync {
+    /// The bf16 bit pattern nearest to `self`.
+    fn bf16_bits(self) -> u16;
+}
+
+impl Element for f32 {
+    #[inline(always)]
+    fn bf16_bits(self) -> u16 {
+        // Round to nearest even on the bit pattern (vectorises, unlike a call per element);
+        // a NaN keeps its sign and stays a (quiet) NaN.
+        let bits = self.to_bits();
+        if self.is_nan() {
+            ((bits >> 16) | 0x40) as u16
+        } else {
+            ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) as u16
+        }
+    }
+}
+
+impl Element for bf16 {
+    #[inline(always)]
+    fn bf16_bits(self) -> u16 {
+        self.to_bits()
+    }
+}
+
+impl Element for f16 {
+    #[inline(always)]
+    fn bf16_bits(self) -> u16 {
+        // f16 → f32 is exact, so this is a single rounding.
+        self.to_f32().bf16_bits()
+    }
+}
+
+/// A strided matrix: element `(i, j)` is `data[i·rs + j·cs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, T: Element> MatRef<'a, T> {
+    /// A view of `data`, or `None` if the last element `(rows-1, cols-1)` lies outside it.
+    pub fn new(data: &'a [T], rows: usize, cols: usize, rs: usize, cs: usize) -> Option<Self> {
+        let fits = rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < data.len();
+        fits.then_some(Self { data, rows, cols, rs, cs })
+    }
+
+    /// A row-major `rows × cols` view.
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Option<Self> {
+        Self::new(data, rows, cols, cols, 1)
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+    }
+
+    /// The pairs `p0..p0 + dst.len()` of row `i` into `dst` (zero past the matrix).
+    #[inline(always)]
+    fn pairs_into(&self, i: usize, p0: usize, dst: &mut [u32]) {
+        let (j0, j1) = (2 * p0, 2 * (p0 + dst.len()));
+        if self.cs == 1 && i < self.rows && j1 <= self.cols {
+            // Contiguous and inside: a plain loop the compiler vectorises.
+            let src = &self.data[i * self.rs + j0..i * self.rs + j1];
+            for (d, x) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = x[0].bf16_bits() as u32 | ((x[1].bf16_bits() as u32) << 16);
+            }
+        } else {
+            for (q, d) in dst.iter_mut().enumerate() {
+                *d = self.pair(i, p0 + q);
+            }
+        }
+    }
+
+    /// The bf16 pair `(i, 2p)`, `(i, 2p + 1)` as `vdpbf16ps` reads it; zero past the matrix.
+    #[inline(always)]
+    fn pair(&self, i: usize, p: usize) -> u32 {
+        if i >= self.rows {
+            return 0;
+        }
+        let at = |j: usize| if j < self.cols { self.data[i * self.rs + j * self.cs].bf16_bits() as u32 } else { 0 };
+        at(2 * p) | (at(2 * p + 1) << 16)
+    }
+}
+
+/// Rows of `A` are padded to a multiple of this (the AMX kernel's block: two 16-row tiles).
+const ROW_ALIGN: usize = 32;
+/// `k` pairs are padded to a multiple of this (one AMX tile row: 64 bytes).
+const PAIR_ALIGN: usize = 16;
+
+/// `(rows, pairs)` after padding, for `rows × k`.
+fn padded(rows: usize, k: usize, row_align: usize) -> (usize, usize) {
+    (rows.div_ceil(row_align) * row_align, k.div_ceil(2).div_ceil(PAIR_ALIGN) * PAIR_ALIGN)
+}
+
+/// The left operand `A` (`M × K`) as `u32` pairs in 16-row × 16-pair blocks (one AMX tile, 1 KiB
+/// contiguous; a row-major `A` would put a tile's rows a whole row apart, all in one cache set),
+/// blocks ordered along `k` then down the rows; rows padded to [`ROW_ALIGN`] and pairs to
+/// [`PAIR_ALIGN`] with zeros (the kernels read whole blocks).
+#[derive(Debug, Clone)]
+pub struct PackedA {
+    m: usize,
+    k: usize,
+    /// Padded `k` pairs per row.
+    pairs: usize,
+    data: Vec<u32>,
+}
+
+/// Rows (and pairs) of an `A` block.
+const BLOCK: usize = 16;
+
+impl PackedA {
+    /// Packs `a` (`M × K`), rounding each element to bf16.
+    pub fn new<T: Element>(a: MatRef<'_, T>) -> Self {
+        let (rows, pairs) = padded(a.rows, a.cols, ROW_ALIGN);
+        let mut data = vec![0u32; rows * pairs];
+        if pairs > 0 {
+            data.par_chunks_mut(BLOCK * pairs).enumerate().for_each(|(rb, dst)| {
+                for r in 0..BLOCK.min(a.rows.saturating_sub(rb * BLOCK)) {
+                    let i = rb * BLOCK + r;
+                    for (pb, block) in dst.chunks_mut(BLOCK * BLOCK).enumerate() {
+                        a.pairs_into(i, pb * BLOCK, &mut block[r * BLOCK..][..BLOCK]);
+                    }
+                }
+            });
+        }
+        Self { m: a.rows, k: a.cols, pairs, data }
+    }
+
+    /// Rows (`M`).
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// Depth (`K`).
+    pub fn depth(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// The right operand `B` (`K × N`): panels of [`NR`] columns, each `[pair][NR]` `u32` pairs,
+/// padded with zeros to whole panels and [`PAIR_ALIGN`] pairs.
+#[derive(Debug, Clone)]
+pub struct PackedB {
+    n: usize,
+    k: usize,
+    data: Vec<u32>,
+}
+
+impl PackedB {
+    /// Packs `b` (`K × N`), rounding each element to bf16.
+    pub fn new<T: Element>(b: MatRef<'_, T>) -> Self {
+        let bt = b.t();
+        let (cols, pairs) = padded(bt.rows, bt.cols, NR);
+        let mut data = vec![0u32; cols * pairs];
+        if pairs > 0 {
+            data.par_chunks_mut(pairs * NR).enumerate().for_each(|(panel, dst)| {
+                let col0 = panel * NR;
+                if bt.cs == 1 {
+                    // Each column of B is contiguous (a Linear weight's row): one column at a time.
+                    for j in 0..NR {
+                        for (p, d) in dst.iter_mut().skip(j).step_by(NR).enumerate() {
+                            *d = bt.pair(col0 + j, p);
+                        }
+                    }
+                } else {
+                    // Rows of B are contiguous (activations, im2col): the panel's columns per pair,
+                    // two rows of B interleaved (a loop the compiler vectorises where inside).
+                    for (p, d) in dst.chunks_mut(NR).enumerate() {
+                        let (k0, inside) = (2 * p, col0 + NR <= bt.rows && bt.rs == 1);
+                        if inside && k0 + 1 < bt.cols {
+                            let lo = &bt.data[k0 * bt.cs + col0..][..NR];
+                            let hi = &bt.data[(k0 + 1) * bt.cs + col0..][..NR];
+                            for ((v, &x), &y) in d.iter_mut().zip(lo).zip(hi) {
+                                *v = x.bf16_bits() as u32 | ((y.bf16_bits() as u32) << 16);
+                            }
+                        } else {
+                            for (j, v) in d.iter_mut().enumerate() {
+                                *v = bt.pair(col0 + j, p);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Self { n: b.cols, k: b.rows, data }
+    }
+
+    /// Columns (`N`).
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
+    /// Depth (`K`).
+    pub fn depth(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint blocks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes a distinct block of C (see `gemm`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper, not the field).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// The micro-kernel a GEMM runs, fastest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// AMX-BF16 tiles: 32×32 blocks of C.
+    #[cfg(target_arch = "x86_64")]
+    Amx,
+    /// AVX512-BF16: 8×32 blocks.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// Portable: 8×32 blocks.
+    Scalar,
+}
+
+impl Kernel {
+    fn get() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if amx::enabled() {
+                return Kernel::Amx;
+            }
+            if available() {
+                return Kernel::Avx512;
+            }
+        }
+        Kernel::Scalar
+    }
+
+    /// Rows of C per call.
+    fn rows(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Amx => ROW_ALIGN,
+            _ => MR,
+        }
+    }
+}
+
+/// Which instruction set the GEMM runs on this CPU: `"amx-bf16"` (with `KAIROS_AMX=on`),
+/// `"avx512-bf16"` or `"scalar"`.
+pub fn kernel_name() -> &'static str {
+    match Kernel::get() {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Amx => "amx-bf16",
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => "avx512-bf16",
+        Kernel::Scalar => "scalar",
+    }
+}
+
+/// `C = alpha·A·B`, or `C += alpha·A·B` when `accumulate`, for `C` `M × N` row-major with row
+/// stride `ldc` (`c` must hold `(M-1)·ldc + N` elements). `parallel` splits `C` into blocks
+/// over the rayon pool (the caller's own parallel loops pass `false`).
+///
+/// Panics if the operands' depths differ or `c` is too short: callers size them from the same
+/// shapes (a mismatch is a bug in kairos, not bad input).
+pub fn gemm(a: &PackedA, b: &PackedB, c: &mut [f32], ldc: usize, alpha: f32, accumulate: bool, parallel: bool) {
+    let (m, n) = (a.m, b.n);
+    assert_eq!(a.k, b.k, "bf16 gemm: A is {}×{} but B is {}×{}", a.m, a.k, b.k, b.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "bf16 gemm: C too short for {m}×{n} (ldc {ldc})");
+    let pairs = a.pairs;
+    if pairs == 0 {
+        if !accumulate {
+            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
+    let kernel = Kernel::get();
+    let mr = kernel.rows();
+    let (tiles_m, tiles_n) = (m.div_ceil(MC), n.div_ceil(NC));
+    let out = OutPtr(c.as_mut_ptr());
+    let task = |t: usize| {
+        let (tm, tn) = (t / tiles_n, t % tiles_n);
+        let (m0, n0) = (tm * MC, tn * NC);
+        let (m1, n1) = ((m0 + MC).min(m), (n0 + NC).min(n));
+        for k0 in (0..pairs).step_by(KC) {
+            let kc = KC.min(pairs - k0);
+            for j in (n0..n1).step_by(NR) {
+                let b_block = &b.data[(j / NR) * pairs * NR + k0 * NR..][..kc * NR];
+                for i in (m0..m1).step_by(mr) {
+                    // Rows i..i+mr of A from pair k0 on (the padding keeps them inside): row r
+                    // (< mr) and pair q (< kc) at ((r/16)·pairs + q/16)·256 + (r%16)·16 + q%16.
+                    let start = ((i / BLOCK) * pairs + k0) * BLOCK + (i % BLOCK) * BLOCK;
+                    let a_block = &a.data[start..];
+                    let tile = Tile {
+                        c: out.at(i * ldc + j),
+                        ldc,
+                        rows: mr.min(m1 - i),
+                        cols: NR.min(n1 - j),
+                        alpha,
+                        overwrite: k0 == 0 && !accumulate,
+                    };
+                    let panels = Panels { a: a_block, row_blocks: BLOCK * pairs, b: b_block, kc };
+                    // SAFETY: (i, j) is inside C and the tile's rows × cols block lies within it
+                    // (checked against c.len() above); tasks own disjoint (m0..m1, n0..n1) blocks.
+                    unsafe {
+                        match kernel {
+                            #[cfg(target_arch = "x86_64")]
+                            Kernel::Amx => amx::micro_kernel(panels, tile),
+                            #[cfg(target_arch = "x86_64")]
+                            Kernel::Avx512 => x86::micro_kernel(panels, tile),
+                            Kernel::Scalar => micro_kernel_scalar(panels, tile),
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let tasks = tiles_m * tiles_n;
+    if parallel && tasks > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
+/// A micro-kernel's operands: `A` from its first row and pair on, in [`PackedA`]'s blocks
+/// (`row_blocks` apart for the next 16 rows), and a `kc × NR` block of a `B` panel (`kc` a
+/// multiple of [`PAIR_ALIGN`]).
+#[derive(Clone, Copy)]
+struct Panels<'a> {
+    a: &'a [u32],
+    row_blocks: usize,
+    b: &'a [u32],
+    kc: usize,
+}
+
+/// Where a micro-kernel call writes: `rows × cols` (≤ the kernel's block) at `c`, row stride `ldc`.
+#[derive(Clone, Copy)]
+struct Tile {
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    alpha: f32,
+    /// Write `alpha·acc` instead of adding it to `C`.
+    overwrite: bool,
+}
+
+impl Tile {
+    /// Writes `acc` (row stride `NR`) into the tile.
+    ///
+    /// # Safety
+    /// The tile describes writable memory.
+    unsafe fn store(self, acc: &[f32]) {
+        for r in 0..self.rows {
+            for j in 0..self.cols {
+                let s = self.alpha * acc[r * NR + j];
+                // SAFETY: (r, j) is inside the tile.
+                let dst = unsafe { &mut *self.c.add(r * self.ldc + j) };
+                *dst = if self.overwrite { s } else { *dst + s };
+            }
+        }
+    }
+}
+
+/// The portable kernel: the same bf16 products (exact in f32) summed in f32.
+///
+/// # Safety
+/// `tile` describes writable memory of `C`.
+unsafe fn micro_kernel_scalar(panels: Panels<'_>, tile: Tile) {
+    let lo = |x: u32| f32::from_bits(x << 16);
+    let hi = |x: u32| f32::from_bits(x & 0xFFFF_0000);
+    let mut acc = [0f32; MR * NR];
+    // MR ≤ 16 rows starting at row 0 or 8 of a block: all in one row of blocks.
+    for (r, row) in acc.chunks_mut(NR).enumerate() {
+        for (q, b) in panels.b.chunks(NR).take(panels.kc).enumerate() {
+            let x = panels.a[(q / BLOCK) * BLOCK * BLOCK + r * BLOCK + q % BLOCK];
+            for (s, &y) in row.iter_mut().zip(b) {
+                *s += lo(x) * lo(y) + hi(x) * hi(y);
+            }
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { tile.store(&acc) }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{Panels, Tile, BLOCK, MR, NR};
+
+    /// `vdpbf16ps` on bf16 pairs held as integer vectors.
+    #[inline(always)]
+    unsafe fn dot(acc: __m512, a: __m512i, b: __m512i) -> __m512 {
+        // SAFETY: `__m512i` and `__m512bh` are both 512-bit vectors; the bits are bf16 pairs.
+        unsafe {
+            _mm512_dpbf16_ps(
+                acc,
+                std::mem::transmute::<__m512i, __m512bh>(a),
+                std::mem::transmute::<__m512i, __m512bh>(b),
+            )
+        }
+    }
+
+    /// The AVX512-BF16 kernel: `MR × 2` accumulators, `A` broadcast one `u32` at a time.
+    ///
+    /// # Safety
+    /// The CPU supports AVX512-BF16 and AVX512F; `tile` describes writable memory of `C`.
+    #[target_feature(enable = "avx512bf16,avx512f")]
+    pub(super) unsafe fn micro_kernel(panels: Panels<'_>, tile: Tile) {
+        let Panels { a, b, kc, .. } = panels;
+        let b = &b[..kc * NR];
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        // MR = 8 rows starting at row 0 or 8 of a 16×16 block: one row of blocks.
+        for (blk, b_blk) in a.chunks(BLOCK * BLOCK).zip(b.chunks_exact(BLOCK * NR)) {
+            for q in 0..BLOCK {
+                // SAFETY: q·NR + 32 ≤ BLOCK·NR = b_blk.len().
+                let (b0, b1) = unsafe {
+                    let bp = b_blk.as_ptr().add(q * NR);
+                    (_mm512_loadu_si512(bp.cast()), _mm512_loadu_si512(bp.add(16).cast()))
+                };
+                // Constant indices only (the loop is unrolled), so the accumulators stay in registers.
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_epi32(blk[r * BLOCK + q] as i32);
+                    // SAFETY: AVX512-BF16 is enabled for this function.
+                    unsafe {
+                        acc[0] = dot(acc[0], x, b0);
+                        acc[1] = dot(acc[1], x, b1);
+                    }
+                }
+            }
+        }
+        let mut out = [0f32; MR * NR];
+        for (r, acc) in acc.iter().enumerate() {
+            // SAFETY: out holds MR rows of NR = 32 floats.
+            unsafe {
+                _mm512_storeu_ps(out.as_mut_ptr().add(r * NR), acc[0]);
+                _mm512_storeu_ps(out.as_mut_ptr().add(r * NR + 16), acc[1]);
+            }
+        }
+        // SAFETY: the caller's contract.
+        unsafe { tile.store(&out) }
+    }
+}
+
+/// The AMX-BF16 kernel: a 32×32 block of C in four 16×16 f32 tiles, fed two 16-row tiles of `A`
+/// and two 16-column tiles of `B` per 32 `k`.
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use std::arch::asm;
+    use std::cell::Cell;
+    use std::sync::OnceLock;
+
+    use super::{Panels, Tile, BLOCK, NR, PAIR_ALIGN, ROW_ALIGN};
+
+    /// Whether AMX-BF16 runs here: `KAIROS_AMX=on`, the CPU has it (CPUID), and Linux grants this
+    /// process the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`).
+    pub(super) fn enabled() -> bool {
+        static ENABLED: OnceLock<bool> = OnceLock::new();
+        *ENABLED.get_or_init(|| {
+            // Opt-in: an encode of SD1.5's empty prompt through the AMX kernel gave NaN (the
+            // cause is not found yet; the AVX512-BF16 kernel gives the f32 result).
+            if !std::env::var("KAIROS_AMX").is_ok_and(|v| v == "on") {
+                return false;
+            }
+            // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+            let cpu = std::arch::x86_64::__cpuid(0).eax >= 7 && {
+                let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+                edx & (1 << 22) != 0 && edx & (1 << 24) != 0
+            };
+            cpu && request_tile_permission()
+        })
+    }
+
+    /// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`: Linux ≥ 5.16 hands out the 8 KiB
+    /// tile state per process on request.
+    #[cfg(target_os = "linux")]
+    fn request_tile_permission() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        // SAFETY: a plain syscall with integer arguments; failure is reported by the return value.
+        unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn request_tile_permission() -> bool {
+        false
+    }
+
+    /// The tile configuration: palette 1, all eight tiles 16 rows × 64 bytes.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    const CONFIG: Config = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64;
+            c[48 + t] = 16;
+            t += 1;
+        }
+        Config(c)
+    };
+
+    thread_local! {
+        /// Whether this thread has loaded [`CONFIG`] (tile configuration is per thread).
+        static CONFIGURED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// The 32×32 kernel.
+    ///
+    /// # Safety
+    /// [`enabled`] returned true; `tile` describes writable memory of `C`; `panels.a` holds two
+    /// rows of blocks (32 rows) of `kc` pairs and `panels.b` `kc` pairs of an `NR`-column panel,
+    /// `kc` a multiple of 16.
+    pub(super) unsafe fn micro_kernel(panels: Panels<'_>, tile: Tile) {
+        const _: () = assert!(ROW_ALIGN == 32 && NR == 32 && PAIR_ALIGN == 16);
+        let Panels { a, row_blocks, b, kc } = panels;
+        assert!(kc % PAIR_ALIGN == 0 && a.len() >= row_blocks + kc * BLOCK && b.len() >= kc * NR);
+        if !CONFIGURED.get() {
+            // SAFETY: CONFIG is a valid palette-1 configuration; AMX is enabled (caller).
+            unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
+            CONFIGURED.set(true);
+        }
+        let direct = tile.rows == 32 && tile.cols == 32 && tile.alpha == 1.0;
+        let mut buf = [0f32; 32 * NR];
+        let (c, ldc) = if direct { (tile.c, tile.ldc) } else { (buf.as_mut_ptr(), NR) };
+        let c_stride = ldc * 4;
+        let (a_stride, b_stride) = (BLOCK * 4, NR * 4);
+        // SAFETY: every tile load/store touches 16 rows × 64 bytes inside the operands or the
+        // C block (rows 0..32 and columns 0..32 of c, row stride ldc), per the contract.
+        unsafe {
+            let c_lo = c.add(16 * ldc);
+            if direct && !tile.overwrite {
+                asm!(
+                    "tileloadd tmm0, [{c} + {s}]",
+                    "tileloadd tmm1, [{c} + {s} + 64]",
+                    "tileloadd tmm2, [{d} + {s}]",
+                    "tileloadd tmm3, [{d} + {s} + 64]",
+                    c = in(reg) c, d = in(reg) c_lo, s = in(reg) c_stride,
+                    options(nostack, readonly),
+                );
+            } else {
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            }
+            let (a0, a1) = (a.as_ptr(), a.as_ptr().add(row_blocks));
+            for s in (0..kc).step_by(PAIR_ALIGN) {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {sa}]",
+                    "tileloadd tmm5, [{a1} + {sa}]",
+                    "tileloadd tmm6, [{b} + {sb}]",
+                    "tileloadd tmm7, [{b} + {sb} + 64]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0.add(s * BLOCK), a1 = in(reg) a1.add(s * BLOCK), sa = in(reg) a_stride,
+                    b = in(reg) b.as_ptr().add(s * NR), sb = in(reg) b_stride,
+                    options(nostack, readonly),
+                );
+            }
+            asm!(
+                "tilestored [{c} + {s}], tmm0",
+                "tilestored [{c} + {s} + 64], tmm1",
+                "tilestored [{d} + {s}], tmm2",
+                "tilestored [{d} + {s} + 64], tmm3",
+                c = in(reg) c, d = in(reg) c_lo, s = in(reg) c_stride,
+                options(nostack),
+            );
+        }
+        if !direct {
+            // SAFETY: the caller's contract.
+            unsafe { tile.store(&buf) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_nearest_even() {
+        for x in [1.0f32, -2.5, 1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, 3.4e38, 1e-40, f32::INFINITY] {
+            assert_eq!(x.bf16_bits(), bf16::from_f32(x).to_bits(), "{x}");
+        }
+        assert!(bf16::from_bits(f32::NAN.bf16_bits()).is_nan());
+    }
+
+    #[test]
+    fn matref_checks_bounds() {
+        let v = [0f32; 6];
+        assert!(MatRef::row_major(&v, 2, 3).is_some());
+        assert!(MatRef::row_major(&v, 3, 3).is_none());
+        assert!(MatRef::new(&v, 3, 2, 1, 3).is_some());
+    }
+}

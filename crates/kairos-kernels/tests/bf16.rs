@@ -1,0 +1,189 @@
+//! The bf16 GEMM and the layers that use it, against f64 references.
+//!
+//! Tolerances: the GEMM rounds each input to bf16 (8 significant bits: relative error ≤ 2⁻⁸) and multiplies exactly
+//! in f32, so against the f64 product of the *rounded* inputs only the f32 summation differs:
+//! ≤ K·2⁻²⁴·Σ|aₖbₖ| (bound (6e-8·K + 1e-7)·Σ|aₖbₖ|, the worst case plus the final rounding). Against the
+//! *unrounded* inputs each product moves by at most (2·2⁻⁸ + 2⁻¹⁶)|aₖbₖ|, so the bound is
+//! 8e-3·Σ|aₖbₖ| (Σ|aₖbₖ| + |C| when accumulating onto C) — the error a bf16 path is expected to have, and what a wrong index or missing
+//! term (O(|aₖbₖ|) per element) exceeds.
+
+use half::bf16;
+use kairos_kernels::gemm_bf16::{self, MatRef, PackedA, PackedB};
+
+fn randn(seed: u64, n: usize) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn round(x: f32) -> f64 {
+    bf16::from_f32(x).to_f64()
+}
+
+/// Checks `c` (`m × n`, row stride `ldc`) against `alpha·a·b + c0`, with `a(i, k)` and `b(k, j)`
+/// read through the closures, both for bf16-rounded and exact inputs.
+#[allow(clippy::too_many_arguments)]
+fn check(
+    label: &str,
+    (m, n, k): (usize, usize, usize),
+    a: impl Fn(usize, usize) -> f32,
+    b: impl Fn(usize, usize) -> f32,
+    alpha: f32,
+    c0: &[f32],
+    c: &[f32],
+    ldc: usize,
+) {
+    let mut worst = (0f64, 0f64);
+    for i in 0..m {
+        for j in 0..n {
+            let (mut rounded, mut exact, mut magnitude) = (0f64, 0f64, 0f64);
+            for kk in 0..k {
+                let (x, y) = (a(i, kk), b(kk, j));
+                rounded += round(x) * round(y);
+                exact += x as f64 * y as f64;
+                magnitude += (x as f64 * y as f64).abs();
+            }
+            let (alpha, base) = (alpha as f64, c0[i * ldc + j] as f64);
+            let got = c[i * ldc + j] as f64;
+            // The final f32 addition onto C rounds relative to |C| too.
+            let scale = alpha.abs() * magnitude + base.abs() + f64::MIN_POSITIVE;
+            let e_rounded = (got - base - alpha * rounded).abs() / scale;
+            let e_exact = (got - base - alpha * exact).abs() / scale;
+            assert!(
+                e_rounded < 6e-8 * k as f64 + 1e-7,
+                "{label} ({i},{j}): {got} vs {} (rounded inputs)",
+                base + alpha * rounded
+            );
+            assert!(e_exact < 8e-3, "{label} ({i},{j}): {got} vs {} (exact inputs)", base + alpha * exact);
+            worst = (worst.0.max(e_rounded), worst.1.max(e_exact));
+        }
+    }
+    println!("{label}: max error / Σ|ab|: {:.2e} vs rounded inputs, {:.2e} vs exact inputs", worst.0, worst.1);
+}
+
+#[test]
+fn gemm_matches_f64_reference() {
+    println!("kernel: {} (fast: {})", gemm_bf16::kernel_name(), gemm_bf16::available());
+    // Edges of every kind: M and N not multiples of MR/NR, odd K, K spanning several cache
+    // blocks (K > 256), a single row, and several parallel tasks.
+    for (case, &(m, n, k)) in
+        [(13usize, 33usize, 7usize), (1, 5, 1), (30, 70, 301), (100, 300, 160), (12, 32, 2), (64, 64, 600)]
+            .iter()
+            .enumerate()
+    {
+        let a = randn(1 + case as u64, m * k);
+        let b = randn(100 + case as u64, k * n);
+        let ldc = n + 3;
+        let c0 = randn(200 + case as u64, m * ldc);
+        let pa = PackedA::new(MatRef::row_major(&a, m, k).unwrap());
+        let pb = PackedB::new(MatRef::row_major(&b, k, n).unwrap());
+        for (accumulate, parallel, alpha) in [(false, true, 1.0f32), (true, false, 0.5)] {
+            let mut c = c0.clone();
+            gemm_bf16::gemm(&pa, &pb, &mut c, ldc, alpha, accumulate, parallel);
+            let base: Vec<f32> = if accumulate { c0.clone() } else { vec![0.0; c0.len()] };
+            let label = format!("case {case} {m}x{n}x{k} accumulate={accumulate}");
+            check(&label, (m, n, k), |i, kk| a[i * k + kk], |kk, j| b[kk * n + j], alpha, &base, &c, ldc);
+            // Padding columns between rows are untouched.
+            for i in 0..m {
+                assert_eq!(&c[i * ldc + n..(i + 1) * ldc], &c0[i * ldc + n..(i + 1) * ldc], "{label} row {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_reads_strided_and_half_inputs() {
+    // A transposed (column-major) A, B given as the rows of an [N, K] weight (a Linear layer's),
+    // stored as bf16 and f16.
+    let (m, n, k) = (17, 40, 23);
+    let at = randn(7, k * m); // A stored K × M
+    let w = randn(8, n * k); // B = wᵀ, w stored N × K
+    let pa = PackedA::new(MatRef::row_major(&at, k, m).unwrap().t());
+    let w_bf16: Vec<bf16> = w.iter().map(|&x| bf16::from_f32(x)).collect();
+    let w_f16: Vec<half::f16> = w.iter().map(|&x| half::f16::from_f32(x)).collect();
+    let a = |i: usize, kk: usize| at[kk * m + i];
+    // The f16 weights are rounded to f16 first: the reference reads those values.
+    let b_f32 = |kk: usize, j: usize| w[j * k + kk];
+    let b_f16 = |kk: usize, j: usize| w_f16[j * k + kk].to_f32();
+    for (label, pb, b) in [
+        ("f32", PackedB::new(MatRef::row_major(&w, n, k).unwrap().t()), &b_f32 as &dyn Fn(usize, usize) -> f32),
+        ("bf16", PackedB::new(MatRef::row_major(&w_bf16, n, k).unwrap().t()), &b_f32),
+        ("f16", PackedB::new(MatRef::row_major(&w_f16, n, k).unwrap().t()), &b_f16),
+    ] {
+        let mut c = vec![0f32; m * n];
+        gemm_bf16::gemm(&pa, &pb, &mut c, n, 1.0, false, true);
+        let zeros = vec![0f32; m * n];
+        check(label, (m, n, k), a, b, 1.0, &zeros, &c, n);
+    }
+}
+
+/// `x` rounded to bf16 and back: what the bf16 GEMM multiplies.
+fn rounded(x: &candle_core::Tensor) -> candle_core::Tensor {
+    x.to_dtype(candle_core::DType::BF16).unwrap().to_dtype(candle_core::DType::F32).unwrap()
+}
+
+/// Max |a - b| / max |b|.
+fn rel_err(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale
+}
+
+/// The layers with bf16 weights (packed for the bf16 GEMM on AVX512-BF16 CPUs, converted per call
+/// elsewhere) against candle's f32 ops on the bf16-rounded weights and inputs: only the f32
+/// summation order differs, so 1e-5 of the output's range (sums of ≤ 288 terms of O(1)).
+#[test]
+fn bf16_layers_match_f32_on_rounded_values() {
+    use candle_core::{DType, Device, Module, Tensor};
+    use kairos_kernels::nn::{Conv2d, Linear};
+    use kairos_kernels::{conv2d_plain, Conv2dParams};
+    let t = |seed: u64, shape: &[usize]| {
+        Tensor::from_vec(randn(seed, shape.iter().product()), shape, &Device::Cpu).unwrap()
+    };
+    // Linear on [batch, tokens, in] with and without bias, out not a multiple of 32.
+    let (x, w, b) = (t(1, &[2, 13, 70]), t(2, &[45, 70]), t(3, &[45]));
+    for bias in [Some(b.clone()), None] {
+        let layer =
+            Linear::new(w.to_dtype(DType::BF16).unwrap(), bias.clone().map(|b| b.to_dtype(DType::BF16).unwrap()))
+                .unwrap();
+        let got = layer.forward(&x).unwrap();
+        assert_eq!(got.dtype(), DType::F32);
+        let want = rounded(&x).broadcast_matmul(&rounded(&w).t().unwrap()).unwrap();
+        let want = match &bias {
+            Some(b) => want.broadcast_add(&rounded(b)).unwrap(),
+            None => want,
+        };
+        let err = rel_err(&got, &want);
+        println!("linear bias={}: {err:.2e}", bias.is_some());
+        assert!(err < 1e-5, "{err}");
+    }
+    // 1×1, 3×3 pad 1, 3×3 stride 2 pad 1 convolutions, and the VAE's small ends (4 channels in or
+    // out of a 1×1 or 3×3, 3 channels out).
+    for (i, &(ci, co, k, padding, stride)) in [
+        (8usize, 5usize, 1usize, 0usize, 1usize),
+        (32, 9, 3, 1, 1),
+        (6, 7, 3, 1, 2),
+        (4, 4, 1, 0, 1),
+        (4, 40, 3, 1, 1),
+        (40, 3, 3, 1, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (x, w, b) = (t(10 + i as u64, &[2, ci, 9, 37]), t(20 + i as u64, &[co, ci, k, k]), t(30 + i as u64, &[co]));
+        let cfg = candle_nn::Conv2dConfig { padding, stride, ..Default::default() };
+        let inner =
+            candle_nn::Conv2d::new(w.to_dtype(DType::BF16).unwrap(), Some(b.to_dtype(DType::BF16).unwrap()), cfg);
+        let got = Conv2d::new(inner).unwrap().forward(&x).unwrap();
+        let want =
+            conv2d_plain(&rounded(&x), &rounded(&w), Some(&rounded(&b)), Conv2dParams { padding, stride }).unwrap();
+        let err = rel_err(&got, &want);
+        println!("conv2d case {i}: {err:.2e}");
+        assert!(err < 1e-5, "case {i}: {err}");
+    }
+}
