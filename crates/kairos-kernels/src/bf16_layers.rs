@@ -7,16 +7,12 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::conv2d::{im2col_row, Conv2dParams};
+use crate::conv2d::{im2col_conv, Conv2dParams};
 use crate::error::f32_slice;
 use crate::gemm_bf16::{self, MatRef, PackedA, PackedB};
 
 const LINEAR: &str = "kairos-linear-bf16";
 const CONV: &str = "kairos-conv2d-bf16";
-
-/// Bytes of one f32 im2col tile (as [`crate::conv2d`]): bounds the extra memory of a 3×3
-/// convolution while keeping each GEMM wide.
-const TILE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Whether a layer with weights of `dtype` on `device` packs them for the bf16 GEMM: bf16
 /// weights on a CPU with AVX512-BF16, unless `KAIROS_KERNELS=off`.
@@ -132,43 +128,20 @@ impl CustomOp1 for Conv2dBf16 {
         let (n, ci, h, wd) = layout.shape().dims4()?;
         let (_, kh, kw) = self.kernel;
         let co = self.weight.rows();
-        let Conv2dParams { padding, stride } = self.params;
-        let ho = (h + 2 * padding - kh) / stride + 1;
-        let wo = (wd + 2 * padding - kw) / stride + 1;
-        let (plane_in, plane_out, depth) = (h * wd, ho * wo, ci * kh * kw);
-        // Start from the bias; the GEMMs accumulate onto it.
-        let mut out = vec![0f32; n * co * plane_out];
-        if let Some(bias) = self.bias.as_deref() {
-            out.par_chunks_mut(plane_out).enumerate().for_each(|(i, p)| p.fill(bias[i % co]));
-        }
-        let direct = kh == 1 && kw == 1 && stride == 1 && padding == 0;
-        let tile_rows = if direct { ho } else { (TILE_BYTES / (4 * depth * wo)).clamp(1, ho) };
-        let mut col = if direct { Vec::new() } else { vec![0f32; depth * tile_rows * wo] };
-        for b in 0..n {
-            let x_b = &x[b * ci * plane_in..(b + 1) * ci * plane_in];
-            let out_b = &mut out[b * co * plane_out..(b + 1) * co * plane_out];
-            for r0 in (0..ho).step_by(tile_rows) {
-                let rows = tile_rows.min(ho - r0);
-                let pixels = rows * wo;
-                let rhs = if direct {
-                    x_b
-                } else {
-                    let col = &mut col[..depth * pixels];
-                    col.par_chunks_mut(kh * kw * pixels).enumerate().for_each(|(c, col_c)| {
-                        let x_c = &x_b[c * plane_in..(c + 1) * plane_in];
-                        for (k, dst) in col_c.chunks_mut(pixels).enumerate() {
-                            im2col_row(x_c, dst, (h, wd), (k / kw, k % kw), r0, wo, padding, stride);
-                        }
-                    });
-                    &col[..]
-                };
+        let depth = ci * kh * kw;
+        let (out, shape) = im2col_conv(
+            x,
+            (n, ci, h, wd),
+            (co, kh, kw),
+            self.params,
+            self.bias.as_deref(),
+            |rhs, pixels, plane_out, dst| {
                 let view = MatRef::row_major(rhs, depth, pixels)
                     .ok_or_else(|| candle_core::Error::Msg(format!("{CONV}: input size")))?;
-                // Rows r0..r0+rows of every output channel: row stride plane_out.
-                let dst = &mut out_b[r0 * wo..];
                 gemm_bf16::gemm(&self.weight, &PackedB::new(view), dst, plane_out, 1.0, true, true);
-            }
-        }
-        Ok((CpuStorage::F32(out), Shape::from((n, co, ho, wo))))
+                Ok(())
+            },
+        )?;
+        Ok((CpuStorage::F32(out), shape))
     }
 }

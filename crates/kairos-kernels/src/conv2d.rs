@@ -51,53 +51,26 @@ impl CustomOp3 for Conv2dOp {
         let bias = f32_slice(OP, s3, l3)?;
         let (n, ci, h, wd) = l1.shape().dims4()?;
         let (co, _, kh, kw) = l2.shape().dims4()?;
-        let Conv2dParams { padding, stride } = self.params;
-        let ho = (h + 2 * padding - kh) / stride + 1;
-        let wo = (wd + 2 * padding - kw) / stride + 1;
-        let (plane_in, plane_out, depth) = (h * wd, ho * wo, ci * kh * kw);
+        let depth = ci * kh * kw;
         let threads = Parallelism::Rayon(rayon::current_num_threads());
-
-        // Start from the bias; the GEMMs accumulate onto it.
-        let mut out = vec![0f32; n * co * plane_out];
-        out.par_chunks_mut(plane_out).enumerate().for_each(|(i, p)| p.fill(bias[i % co]));
-
-        let direct = kh == 1 && kw == 1 && stride == 1 && padding == 0;
-        let tile_rows = if direct { ho } else { (TILE_BYTES / (4 * depth * wo)).clamp(1, ho) };
-        let mut col = if direct { Vec::new() } else { vec![0f32; depth * tile_rows * wo] };
-        for b in 0..n {
-            let x_b = &x[b * ci * plane_in..(b + 1) * ci * plane_in];
-            let out_b = &mut out[b * co * plane_out..(b + 1) * co * plane_out];
-            for r0 in (0..ho).step_by(tile_rows) {
-                let rows = tile_rows.min(ho - r0);
-                let pixels = rows * wo;
-                let rhs = if direct {
-                    x_b.as_ptr()
-                } else {
-                    let col = &mut col[..depth * pixels];
-                    col.par_chunks_mut(kh * kw * pixels).enumerate().for_each(|(c, col_c)| {
-                        let x_c = &x_b[c * plane_in..(c + 1) * plane_in];
-                        for (k, dst) in col_c.chunks_mut(pixels).enumerate() {
-                            im2col_row(x_c, dst, (h, wd), (k / kw, k % kw), r0, wo, padding, stride);
-                        }
-                    });
-                    col.as_ptr()
-                };
-                // SAFETY: dst is the rows r0..r0+rows of every output channel of sample b
-                // (row stride plane_out, inside out_b); lhs is w, Co×depth row-major; rhs is
-                // depth×pixels row-major (col, or for the direct case x_b with pixels = H·W).
+        let (out, shape) =
+            im2col_conv(x, (n, ci, h, wd), (co, kh, kw), self.params, Some(bias), |rhs, pixels, plane_out, dst| {
+                // SAFETY: dst starts at the tile's first pixel of output channel 0 and holds the
+                // tile's rows of every channel (row stride plane_out); lhs is w, Co×depth
+                // row-major; rhs is depth×pixels row-major.
                 unsafe {
                     gemm::gemm(
                         co,
                         pixels,
                         depth,
-                        out_b.as_mut_ptr().add(r0 * wo),
+                        dst.as_mut_ptr(),
                         1,
                         plane_out as isize,
                         true,
                         w.as_ptr(),
                         1,
                         depth as isize,
-                        rhs,
+                        rhs.as_ptr(),
                         1,
                         pixels as isize,
                         1.0,
@@ -108,16 +81,67 @@ impl CustomOp3 for Conv2dOp {
                         threads,
                     );
                 }
-            }
-        }
-        Ok((CpuStorage::F32(out), Shape::from((n, co, ho, wo))))
+                Ok(())
+            })?;
+        Ok((CpuStorage::F32(out), shape))
     }
+}
+
+/// The im2col walk of the convolution kernels (f32 here, bf16 in `bf16_layers`): the output
+/// `[N, Co, Ho, Wo]` starts from `bias`, then for each sample and each tile of output rows the
+/// `[Ci·kh·kw, rows·Wo]` column matrix (the input itself for a 1×1 stride-1 convolution) goes to
+/// `gemm(rhs, pixels, plane_out, dst)`, which accumulates W · rhs into `dst`: the output from the
+/// tile's first pixel of channel 0 on, rows `plane_out` apart.
+pub(crate) fn im2col_conv(
+    x: &[f32],
+    (n, ci, h, wd): (usize, usize, usize, usize),
+    (co, kh, kw): (usize, usize, usize),
+    params: Conv2dParams,
+    bias: Option<&[f32]>,
+    mut gemm: impl FnMut(&[f32], usize, usize, &mut [f32]) -> Result<()>,
+) -> Result<(Vec<f32>, Shape)> {
+    let Conv2dParams { padding, stride } = params;
+    let ho = (h + 2 * padding - kh) / stride + 1;
+    let wo = (wd + 2 * padding - kw) / stride + 1;
+    let (plane_in, plane_out, depth) = (h * wd, ho * wo, ci * kh * kw);
+
+    // Start from the bias; the GEMMs accumulate onto it.
+    let mut out = vec![0f32; n * co * plane_out];
+    if let Some(bias) = bias {
+        out.par_chunks_mut(plane_out).enumerate().for_each(|(i, p)| p.fill(bias[i % co]));
+    }
+
+    let direct = kh == 1 && kw == 1 && stride == 1 && padding == 0;
+    let tile_rows = if direct { ho } else { (TILE_BYTES / (4 * depth * wo)).clamp(1, ho) };
+    let mut col = if direct { Vec::new() } else { vec![0f32; depth * tile_rows * wo] };
+    for b in 0..n {
+        let x_b = &x[b * ci * plane_in..(b + 1) * ci * plane_in];
+        let out_b = &mut out[b * co * plane_out..(b + 1) * co * plane_out];
+        for r0 in (0..ho).step_by(tile_rows) {
+            let rows = tile_rows.min(ho - r0);
+            let pixels = rows * wo;
+            let rhs = if direct {
+                x_b
+            } else {
+                let col = &mut col[..depth * pixels];
+                col.par_chunks_mut(kh * kw * pixels).enumerate().for_each(|(c, col_c)| {
+                    let x_c = &x_b[c * plane_in..(c + 1) * plane_in];
+                    for (k, dst) in col_c.chunks_mut(pixels).enumerate() {
+                        im2col_row(x_c, dst, (h, wd), (k / kw, k % kw), r0, wo, padding, stride);
+                    }
+                });
+                &col[..]
+            };
+            gemm(rhs, pixels, plane_out, &mut out_b[r0 * wo..])?;
+        }
+    }
+    Ok((out, Shape::from((n, co, ho, wo))))
 }
 
 /// One im2col row: for kernel offset `(ky, kx)`, the input pixels that output rows `r0..` read,
 /// zero where they fall in the padding. `dst` holds `rows × wo` values.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn im2col_row(
+fn im2col_row(
     x_c: &[f32],
     dst: &mut [f32],
     (h, w): (usize, usize),
