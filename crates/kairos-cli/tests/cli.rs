@@ -199,3 +199,30 @@ fn bad_input_is_a_clear_error() {
     fails(&["toy", "--seeds", "0", "--points", "8"], &["--seeds must be at least 1"]);
     fails(&["toy", "--points", "0"], &["--points must be at least 1"]);
 }
+
+/// `kairos bench` with its whole-run cases on the full-size SD1.5 architecture at 64×64 (seeded
+/// random weights, built in-process): the CFG and LCM txt2img cases run and are reported with
+/// FLOP counts in which the CFG run does twice the UNet batch of the LCM one; a resolution
+/// that is not a multiple of 8 is refused.
+#[test]
+fn bench_times_whole_cfg_and_lcm_runs() {
+    let path = std::env::temp_dir().join(format!("kairos-bench-{}.json", std::process::id()));
+    let path_s = path.to_string_lossy().into_owned();
+    let args = ["bench", "--resolutions", "64", "--batches", "1", "--gemm", "0", "--txt2img-steps", "2"];
+    let out = kairos(&[&args[..], &["--lcm-steps", "2", "--json", &path_s]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let case = |name: &str| -> Value {
+        report["cases"].as_array().unwrap().iter().find(|c| c["name"] == name).cloned().unwrap_or_else(|| {
+            panic!("no case `{name}` in {report}");
+        })
+    };
+    let (cfg, lcm, unet) = (case("txt2img 64 cfg 2 steps"), case("txt2img 64 lcm 2 steps"), case("unet b1 64"));
+    assert!(cfg["seconds_min"].as_f64().unwrap() > 0.0 && lcm["seconds_min"].as_f64().unwrap() > 0.0);
+    // Same prompt encoding and decode; the CFG run has 2 extra batch-1 UNet calls' worth per step.
+    let extra = cfg["gflop"].as_f64().unwrap() - lcm["gflop"].as_f64().unwrap();
+    let want = 2.0 * unet["gflop"].as_f64().unwrap();
+    assert!((extra - want).abs() < 1e-6 * want, "{extra} vs {want}");
+    let _ = std::fs::remove_file(&path);
+    fails(&["bench", "--resolutions", "60", "--gemm", "0"], &["resolution 60 must be a positive multiple of 8"]);
+}
