@@ -127,6 +127,15 @@ fn encode_prompt_concatenates_chunks_encoded_separately() {
     .unwrap();
     let varmap = VarMap::new();
     let model = CLIPTextTransformer::new(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu), &config).unwrap();
+X
+    // somewhere in the network, failing the equality below at random. Each variable gets a
+    // bounded pattern of its name instead, so every run checks the same network.
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let salt = name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)) % 1000;
+        let values: Vec<f32> =
+            (0..var.elem_count()).map(|i| (i as f32 * 0.754_877_7 + salt as f32 * 0.01).sin() * 0.5).collect();
+        var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap()).unwrap();
+    }
     let tokenizer = sd1();
     let options = PromptOptions { clip_skip: 2, ..PromptOptions::default() };
     let prompt = "a (red:1.3) cat BREAK [green] dog";
