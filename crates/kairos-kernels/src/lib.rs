@@ -11,6 +11,9 @@
 //! - [`attention`]: `softmax(q·kᵀ·scale)·v` by blocks of query rows, so only a block's scores
 //!   are alive at once instead of all heads' `L×S` matrices.
 //! - [`group_norm`]: GroupNorm with an optional fused SiLU, one pass per group.
+//! - [`linear`]: `x·Wᵀ + b` as one GEMM over all rows onto bias-filled output (candle's `Linear`
+//!   multiplies per batch and adds the bias in a second pass).
+//! - [`geglu`]: GEGLU's `value · gelu(gate)` in one pass, with a vectorised erf.
 //! - [`gemm_bf16`]: a GEMM with bf16 inputs and f32 accumulation on AVX512-BF16, used by
 //!   `Linear` and `Conv2d` layers whose weights are stored in bf16.
 //! - [`nn`]: drop-in `Conv2d`, `Linear`, `GroupNorm`, `LayerNorm` and `Embedding` constructors
@@ -27,8 +30,10 @@ mod attention;
 mod bf16_layers;
 mod conv2d;
 mod error;
+mod geglu;
 pub mod gemm_bf16;
 mod group_norm;
+mod linear;
 pub mod nn;
 mod vecmath;
 mod winograd;
@@ -36,7 +41,9 @@ mod winograd;
 pub use attention::{attention, attention_plain};
 pub use conv2d::{conv2d, conv2d_plain, conv2d_winograd, Conv2dParams};
 pub use error::KernelError;
+pub use geglu::{geglu, geglu_plain};
 pub use group_norm::{group_norm, group_norm_plain};
+pub use linear::{linear, linear_plain};
 pub use winograd::WinogradTile;
 
 /// Whether `KAIROS_KERNELS=off` asked for the plain candle paths (read once).

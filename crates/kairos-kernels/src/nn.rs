@@ -115,7 +115,7 @@ pub fn conv2d_no_bias(
 }
 
 /// A linear layer `y = x·Wᵀ + b`; bf16 weights on a CPU with AVX512-BF16 run the bf16 GEMM
-/// ([`crate::gemm_bf16`]), others candle's matmul (weights converted to the activations' dtype).
+/// ([`crate::gemm_bf16`]), others [`crate::linear`] (weights converted to the activations' dtype).
 #[derive(Debug, Clone)]
 pub struct Linear {
     inner: candle_nn::Linear,
@@ -140,12 +140,9 @@ impl Module for Linear {
         if let Some(bf16) = &self.bf16 {
             return bf16.forward(xs);
         }
-        if self.inner.weight().dtype() == xs.dtype() {
-            return self.inner.forward(xs);
-        }
         let weight = like(self.inner.weight(), xs)?;
         let bias = self.inner.bias().map(|b| like(b, xs)).transpose()?;
-        candle_nn::Linear::new(weight, bias).forward(xs)
+        crate::linear::linear(xs, &weight, bias.as_ref())
     }
 }
 

@@ -8,8 +8,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use kairos_kernels::{
-    attention, attention_plain, conv2d, conv2d_plain, conv2d_winograd, group_norm, group_norm_plain, Conv2dParams,
-    WinogradTile,
+    attention, attention_plain, conv2d, conv2d_plain, conv2d_winograd, geglu, geglu_plain, group_norm,
+    group_norm_plain, linear, linear_plain, Conv2dParams, WinogradTile,
 };
 
 fn randn(seed: u64, shape: &[usize]) -> Tensor {
@@ -187,6 +187,36 @@ fn group_norm_rejects_bad_groups() {
     let (w, b) = (randn(2, &[6]), randn(3, &[6]));
     let err = group_norm(&x, &w, &b, 4, 1e-5, false).unwrap_err().to_string();
     assert!(err.contains("num_groups (4)"), "{err}");
+}
+
+#[test]
+fn linear_matches_candle() {
+    // Rank 3 with bias (attention projections, feed-forward), rank 2 without, a strided input.
+    let w = randn(1, &[7, 5]);
+    let b = randn(2, &[7]);
+    let x3 = randn(3, &[2, 9, 5]);
+    let err = max_abs_diff(&linear(&x3, &w, Some(&b)).unwrap(), &linear_plain(&x3, &w, Some(&b)).unwrap());
+    println!("linear rank 3: max abs err {err:e}");
+    assert!(err < 1e-5, "rank 3: {err}");
+    let x2 = randn(4, &[4, 5]);
+    let err = max_abs_diff(&linear(&x2, &w, None).unwrap(), &linear_plain(&x2, &w, None).unwrap());
+    assert!(err < 1e-5, "rank 2, no bias: {err}");
+    let xt = randn(5, &[5, 6]).t().unwrap();
+    let err = max_abs_diff(&linear(&xt, &w, Some(&b)).unwrap(), &linear_plain(&xt, &w, Some(&b)).unwrap());
+    assert!(err < 1e-5, "strided input: {err}");
+    let err = linear(&randn(6, &[2, 4]), &w, None).unwrap_err().to_string();
+    assert!(err.contains("[.., 5]"), "{err}");
+}
+
+#[test]
+fn geglu_matches_candle() {
+    // Gates over the whole range where erf bends and saturates (|x| up to 8).
+    let x = (randn(1, &[2, 3, 2 * 37]) * 8.0).unwrap();
+    let err = max_abs_diff(&geglu(&x).unwrap(), &geglu_plain(&x).unwrap());
+    println!("geglu: max abs err {err:e}");
+    assert!(err < 1e-5, "{err}");
+    let err = geglu(&randn(2, &[2, 3])).unwrap_err().to_string();
+    assert!(err.contains("even last dimension"), "{err}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! - Only the activations SD1.x/SD2.x UNets and VAEs name are implemented (`swish`/`silu`, `mish`,
 //!   `gelu`, `relu`); `GELU`, `ApproximateGELU`, `SwiGLU` and the NPU fused path are absent.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use candle_nn::{Module, VarBuilder};
 use kairos_kernels::nn::Linear;
 
@@ -65,8 +65,6 @@ impl GEGLU {
 
     /// `[.., dim_in]` → `[.., dim_out]`.
     pub fn forward(&self, hidden_states: &Tensor) -> Result<Tensor> {
-        let hidden_states = self.proj.forward(hidden_states)?;
-        let chunks = hidden_states.chunk(2, D::Minus1)?;
-        Ok((&chunks[0] * chunks[1].gelu_erf()?)?)
+        Ok(kairos_kernels::geglu(&self.proj.forward(hidden_states)?)?)
     }
 }

@@ -1,0 +1,60 @@
+//! Times each kernel at the SD1.5 UNet's shapes (batch 2 at 512×512), for side-by-side runs with
+//! `tools/bench/pytorch_ops.py`: `cargo run --profile bench-cpu -p kairos-kernels --example unet_shapes`.
+
+use std::time::Instant;
+
+use candle_core::{Device, Module, Result, Tensor};
+use kairos_kernels::{attention, conv2d, Conv2dParams};
+
+/// Runs `f` twice to warm up, then reports the mean of three timed runs.
+fn bench(name: &str, flops: f64, mut f: impl FnMut() -> Result<Tensor>) -> Result<()> {
+    f()?;
+    f()?;
+    let t = Instant::now();
+    for _ in 0..3 {
+        f()?;
+    }
+    let s = t.elapsed().as_secs_f64() / 3.0;
+    println!("{name:28} {:8.1} ms {:7.1} GFLOP/s", s * 1e3, flops / s / 1e9);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let dev = Device::Cpu;
+    for (c, h) in [(320, 64), (640, 32), (1280, 16), (1280, 8)] {
+        let x = Tensor::randn(0f32, 1., (2, c, h, h), &dev)?;
+        let w = (Tensor::randn(0f32, 1., (c, c, 3, 3), &dev)? * 0.02)?;
+        let b = Tensor::zeros(c, candle_core::DType::F32, &dev)?;
+        let p = Conv2dParams { padding: 1, stride: 1 };
+        bench(&format!("conv3x3 {c} {h}"), 2.0 * 2.0 * (c * c * 9 * h * h) as f64, || conv2d(&x, &w, Some(&b), p))?;
+    }
+    for (tokens, din, dout) in [
+        (4096, 320, 2560),
+        (4096, 1280, 320),
+        (4096, 320, 320),
+        (1024, 640, 5120),
+        (1024, 2560, 640),
+        (1024, 640, 640),
+        (256, 1280, 10240),
+        (256, 5120, 1280),
+        (256, 1280, 1280),
+    ] {
+        let x = Tensor::randn(0f32, 1., (2, tokens, din), &dev)?;
+        let w = (Tensor::randn(0f32, 1., (dout, din), &dev)? * 0.02)?;
+        let lin = kairos_kernels::nn::Linear::new(w, Some(Tensor::zeros(dout, candle_core::DType::F32, &dev)?))?;
+        bench(&format!("linear {din}->{dout} {tokens}"), 2.0 * (2 * tokens * din * dout) as f64, || lin.forward(&x))?;
+    }
+    for (tokens, inner) in [(4096, 1280), (1024, 2560), (256, 5120)] {
+        let x = Tensor::randn(0f32, 1., (2, tokens, 2 * inner), &dev)?;
+        bench(&format!("geglu {tokens}x{inner}"), 0.0, || kairos_kernels::geglu(&x))?;
+        bench(&format!("geglu plain {tokens}x{inner}"), 0.0, || kairos_kernels::geglu_plain(&x))?;
+    }
+    for (tokens, d) in [(4096, 40), (1024, 80)] {
+        let q = Tensor::randn(0f32, 1., (2, 8, tokens, d), &dev)?;
+        let flops = 2.0 * 2.0 * 16.0 * (tokens * tokens * d) as f64;
+        bench(&format!("attention {tokens} d{d}"), flops, || attention(&q, &q, &q, (d as f64).powf(-0.5)))?;
+    }
+    let a = Tensor::randn(0f32, 1., (4096, 4096), &dev)?;
+    bench("gemm 4096", 2.0 * 4096f64.powi(3), || a.matmul(&a))?;
+    Ok(())
+}
