@@ -3,12 +3,17 @@
 //! their sums. Memory is one block per thread instead of `N·heads·L·S` scores (1 GiB for SD1.5's
 //! 4096-token self-attention at batch 2), and the exact two-pass softmax is kept, so no
 //! online-softmax rescaling is needed.
+//!
+//! The heads may stay interleaved as the projections write them (`[N, L, heads·d]`): the GEMMs
+//! read each head's columns with a row stride of `heads·d` and write the output the same way,
+//! which saves the four `[N, L, heads, d]` ↔ `[N, heads, L, d]` copies around every attention.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::error::{f32_slice, KernelError};
+use crate::scratch::Scratch;
 use crate::vecmath;
 
 const OP: &str = "kairos-attention";
@@ -18,9 +23,25 @@ const OP: &str = "kairos-attention";
 /// 512 KiB = 32 rows on 2 AVX-512 cores with 2 MiB L2 each, and 8 MiB was slower again).
 const BLOCK_BYTES: usize = 4096 * 1024;
 
-/// The CPU kernel: `q` `[B, L, d]`, `k` and `v` `[B, S, d]`, contiguous f32 (`B` = batch·heads).
+/// The CPU kernel: `q` `[N, L, heads·d]`, `k` and `v` `[N, S, heads·d]`, contiguous f32.
 struct AttentionOp {
+    heads: usize,
     scale: f32,
+}
+
+/// The output buffer, shared by the jobs, each of which writes its own rows × head columns.
+struct OutPtr(*mut f32);
+// SAFETY: the jobs write disjoint elements (see the use below) and the buffer outlives them.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `offset` elements in (a method, so closures capture the `Sync` wrapper).
+    ///
+    /// # Safety
+    /// `offset` must lie inside the buffer.
+    unsafe fn at(&self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
 }
 
 impl CustomOp3 for AttentionOp {
@@ -40,75 +61,86 @@ impl CustomOp3 for AttentionOp {
         let q = f32_slice(OP, s1, l1)?;
         let k = f32_slice(OP, s2, l2)?;
         let v = f32_slice(OP, s3, l3)?;
-        let (b, l, d) = l1.shape().dims3()?;
+        let (n, l, c) = l1.shape().dims3()?;
         let s = l2.dims()[1];
-        let mut out = vec![0f32; b * l * d];
+        let (heads, d) = (self.heads, c / self.heads);
+        let mut out = vec![0f32; n * l * c];
         if out.is_empty() || s == 0 {
             return Ok((CpuStorage::F32(out), l1.shape().clone()));
         }
         let rows = (BLOCK_BYTES / (4 * s)).clamp(1, l);
-        out.par_chunks_mut(l * d).enumerate().for_each(|(bi, out_b)| {
-            let (q_b, k_b, v_b) = (&q[bi * l * d..], &k[bi * s * d..], &v[bi * s * d..]);
-            out_b.par_chunks_mut(rows * d).enumerate().for_each(|(ti, out_t)| {
-                let m = out_t.len() / d;
-                let q_t = &q_b[ti * rows * d..];
-                let mut scores = vec![0f32; m * s];
-                // SAFETY: every pointer/stride pair addresses only elements of its slice:
-                // scores m×S row-major, q_t m×d row-major, kᵀ d×S read from k_b (S×d row-major,
-                // so element (i, j) is at j·d + i), v_b S×d row-major, out_t m×d row-major.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        s,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        s as isize,
-                        false,
-                        q_t.as_ptr(),
-                        1,
-                        d as isize,
-                        k_b.as_ptr(),
-                        d as isize,
-                        1,
-                        0.0,
-                        self.scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                let sums: Vec<f32> = scores.chunks_mut(s).map(vecmath::exp_shifted_sum).collect();
-                // SAFETY: as above.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        d,
-                        s,
-                        out_t.as_mut_ptr(),
-                        1,
-                        d as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        s as isize,
-                        v_b.as_ptr(),
-                        1,
-                        d as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                for (row, sum) in out_t.chunks_mut(d).zip(sums) {
-                    let inv = 1.0 / sum;
-                    row.iter_mut().for_each(|x| *x *= inv);
-                }
-            });
+        let blocks = l.div_ceil(rows);
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        (0..n * heads * blocks).into_par_iter().for_each(|job| {
+            let (b, h, r0) = (job / (heads * blocks), job / blocks % heads, job % blocks * rows);
+            let m = rows.min(l - r0);
+            // Element (i, j) of this job's matrices (row stride c, head h's d columns):
+            // q_t (i, j) = q[(b·L + r0 + i)·c + h·d + j], k and v (i, j) = k/v[(b·S + i)·c + h·d + j].
+            let q_t = &q[(b * l + r0) * c + h * d..];
+            let (k_b, v_b) = (&k[b * s * c + h * d..], &v[b * s * c + h * d..]);
+            // Reused between jobs and calls: the first GEMM overwrites all of it.
+            let mut scores = Scratch::take(m * s);
+            // SAFETY: scores is m×S row-major; q_t's m×d block, kᵀ (d×S: element (i, j) at
+            // j·c + i of k_b) and v_b's S×d block lie inside their slices, whose last rows end at
+            // column h·d + d ≤ c.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    s,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    s as isize,
+                    false,
+                    q_t.as_ptr(),
+                    1,
+                    c as isize,
+                    k_b.as_ptr(),
+                    c as isize,
+                    1,
+                    0.0,
+                    self.scale,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            let sums: Vec<f32> = scores.chunks_mut(s).map(vecmath::exp_shifted_sum).collect();
+            // This job's output: rows r0..r0+m of sample b, columns h·d..h·d+d.
+            // SAFETY: the offset is inside out (b < N, r0 + m ≤ L, h·d + d ≤ c), and no other job
+            // has the same (b, h, block), so the m×d elements written here are this job's alone.
+            let out_t = unsafe { out_ptr.at((b * l + r0) * c + h * d) };
+            // SAFETY: as above, with v_b's S×d block read at row stride c.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    d,
+                    s,
+                    out_t,
+                    1,
+                    c as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    s as isize,
+                    v_b.as_ptr(),
+                    1,
+                    c as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            for (i, sum) in sums.into_iter().enumerate() {
+                let inv = 1.0 / sum;
+                // SAFETY: row i of this job's block, d elements, as above.
+                let row = unsafe { std::slice::from_raw_parts_mut(out_t.add(i * c), d) };
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -140,11 +172,41 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor, scale: f64) -> Re
         }
         .into());
     }
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if crate::kernels_off() || !(f32_cpu(query) && f32_cpu(key) && f32_cpu(value)) {
+    if !kernel_applies(&[query, key, value]) {
         return attention_plain(query, key, value, scale);
     }
     let flat = |t: &Tensor| -> Result<Tensor> { t.flatten_to(rank - 3)?.contiguous() };
-    let op = AttentionOp { scale: scale as f32 };
+    let op = AttentionOp { heads: 1, scale: scale as f32 };
     flat(query)?.apply_op3_no_bwd(&flat(key)?, &flat(value)?, &op)?.reshape(qd)
+}
+
+/// Multi-head attention on heads interleaved as the projections write them: `query`
+/// `[N, L, heads·d]`, `key`/`value` `[N, S, heads·d]` → `[N, L, heads·d]`, each head `h` attending
+/// with columns `h·d..(h+1)·d`. f32 CPU tensors take the blocked kernel without splitting the
+/// heads out; anything else splits them and takes [`attention_plain`].
+pub fn attention_heads(query: &Tensor, key: &Tensor, value: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    let (n, l, c) = query.dims3()?;
+    let shape_ok = |t: &Tensor| t.rank() == 3 && t.dim(0).ok() == Some(n) && t.dim(2).ok() == Some(c);
+    if heads == 0 || c % heads != 0 || !shape_ok(key) || key.dims() != value.dims() {
+        return Err(KernelError::BadShape {
+            op: OP,
+            name: "query/key/value",
+            expected: format!("query [N, L, C] with C divisible by heads ({heads}) and two equal [{n}, S, {c}]"),
+            got: key.dims().to_vec(),
+        }
+        .into());
+    }
+    if !kernel_applies(&[query, key, value]) {
+        // [N, L, heads·d] -> [N, heads, L, d] and back.
+        let split = |t: &Tensor| t.reshape((n, (), heads, c / heads))?.transpose(1, 2)?.contiguous();
+        let out = attention_plain(&split(query)?, &split(key)?, &split(value)?, scale)?;
+        return out.transpose(1, 2)?.reshape((n, l, c));
+    }
+    let op = AttentionOp { heads, scale: scale as f32 };
+    query.contiguous()?.apply_op3_no_bwd(&key.contiguous()?, &value.contiguous()?, &op)
+}
+
+/// The kernel takes the call: kernels on, and every tensor f32 on the CPU.
+fn kernel_applies(tensors: &[&Tensor]) -> bool {
+    !crate::kernels_off() && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }

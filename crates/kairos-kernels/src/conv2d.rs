@@ -10,6 +10,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::error::{f32_slice, KernelError};
+use crate::scratch::Scratch;
 use crate::winograd::{tile_grid, WinogradOp, WinogradTile};
 
 const OP: &str = "kairos-conv2d";
@@ -113,7 +114,8 @@ pub(crate) fn im2col_conv(
 
     let direct = kh == 1 && kw == 1 && stride == 1 && padding == 0;
     let tile_rows = if direct { ho } else { (TILE_BYTES / (4 * depth * wo)).clamp(1, ho) };
-    let mut col = if direct { Vec::new() } else { vec![0f32; depth * tile_rows * wo] };
+    // Every element of a tile's columns is written before the GEMM reads it.
+    let mut col = Scratch::take(if direct { 0 } else { depth * tile_rows * wo });
     for b in 0..n {
         let x_b = &x[b * ci * plane_in..(b + 1) * ci * plane_in];
         let out_b = &mut out[b * co * plane_out..(b + 1) * co * plane_out];

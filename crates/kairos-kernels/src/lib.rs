@@ -35,10 +35,11 @@ pub mod gemm_bf16;
 mod group_norm;
 mod linear;
 pub mod nn;
+mod scratch;
 mod vecmath;
 mod winograd;
 
-pub use attention::{attention, attention_plain};
+pub use attention::{attention, attention_heads, attention_plain};
 pub use conv2d::{conv2d, conv2d_plain, conv2d_winograd, Conv2dParams};
 pub use error::KernelError;
 pub use geglu::{geglu, geglu_plain};

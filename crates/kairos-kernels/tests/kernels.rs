@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use kairos_kernels::{
-    attention, attention_plain, conv2d, conv2d_plain, conv2d_winograd, geglu, geglu_plain, group_norm,
+    attention, attention_heads, attention_plain, conv2d, conv2d_plain, conv2d_winograd, geglu, geglu_plain, group_norm,
     group_norm_plain, linear, linear_plain, Conv2dParams, WinogradTile,
 };
 
@@ -147,6 +147,30 @@ fn attention_matches_candle() {
     let v = randn(82, &[1, 1, 9, 8]);
     let err = max_abs_diff(&attention(&q, &k, &v, 1.0).unwrap(), &attention_plain(&q, &k, &v, 1.0).unwrap());
     assert!(err < 1e-5, "large logits: {err}");
+}
+
+#[test]
+fn attention_heads_matches_split_heads() {
+    // Heads interleaved [N, L, heads·d] against splitting them out for the plain path: self-
+    // attention, cross-attention (S = 77), and S = 2048 so that L = 600 spans two row blocks.
+    for (i, &(l, s, heads, d)) in
+        [(50usize, 50usize, 3usize, 8usize), (33, 77, 2, 16), (600, 2048, 3, 8)].iter().enumerate()
+    {
+        let q = randn(90 + i as u64, &[2, l, heads * d]);
+        let k = randn(91 + i as u64, &[2, s, heads * d]);
+        let v = randn(92 + i as u64, &[2, s, heads * d]);
+        let scale = (d as f64).powf(-0.5);
+        let split = |t: &Tensor| t.reshape((2, (), heads, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let want = attention_plain(&split(&q), &split(&k), &split(&v), scale).unwrap();
+        let want = want.transpose(1, 2).unwrap().reshape((2, l, heads * d)).unwrap();
+        let got = attention_heads(&q, &k, &v, heads, scale).unwrap();
+        let err = max_abs_diff(&got, &want);
+        println!("attention_heads case {i}: max abs err {err:e}");
+        assert!(err < 1e-5, "case {i}: {err}");
+    }
+    let q = randn(1, &[1, 4, 6]);
+    let err = attention_heads(&q, &q, &q, 4, 1.0).unwrap_err().to_string();
+    assert!(err.contains("divisible by heads (4)"), "{err}");
 }
 
 #[test]

@@ -7,8 +7,9 @@
 //!   (`norm_num_groups`, VAE), `residual_connection` and `rescale_output_factor`. Absent:
 //!   `kv_heads`, `qk_norm`, `cross_attention_norm`, `added_kv_proj_dim`, `spatial_norm_dim`,
 //!   `out_dim`, `context_pre_only`, attention masks, processors other than the default.
-//! - The attention itself is the single function [`scaled_dot_product_attention`], so that a
-//!   fused kernel can replace it without touching the module.
+//! - The attention itself is [`kairos_kernels::attention_heads`], which reads the heads where the
+//!   projections put them (`[N, L, heads·d]`) instead of splitting them out into copies; only the
+//!   upcast of reduced-precision attention takes [`scaled_dot_product_attention`].
 //! - Dropout is omitted (inference only).
 
 use candle_core::{DType, Tensor};
@@ -155,19 +156,16 @@ impl Attention {
         let key = self.to_k.forward(encoder_hidden_states)?;
         let value = self.to_v.forward(encoder_hidden_states)?;
 
-        let inner_dim = key.dim(2)?;
-        let head_dim = inner_dim / self.heads;
-        // [N, L, heads·d] -> [N, heads, L, d]
-        let split_heads = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((batch_size, (), self.heads, head_dim))?.transpose(1, 2)?.contiguous()?)
+        let hidden_states = if self.upcast && value.dtype() != DType::F32 {
+            let (inner_dim, heads) = (key.dim(2)?, self.heads);
+            // [N, L, heads·d] -> [N, heads, L, d] and back.
+            let split =
+                |t: Tensor| t.reshape((batch_size, (), heads, inner_dim / heads))?.transpose(1, 2)?.contiguous();
+            let out = scaled_dot_product_attention(&split(query)?, &split(key)?, &split(value)?, self.scale, true)?;
+            out.transpose(1, 2)?.reshape((batch_size, (), inner_dim))?
+        } else {
+            kairos_kernels::attention_heads(&query, &key, &value, self.heads, self.scale)?
         };
-        let query = split_heads(query)?;
-        let key = split_heads(key)?;
-        let value = split_heads(value)?;
-
-        let hidden_states = scaled_dot_product_attention(&query, &key, &value, self.scale, self.upcast)?;
-        // [N, heads, L, d] -> [N, L, heads·d]
-        let hidden_states = hidden_states.transpose(1, 2)?.reshape((batch_size, (), self.heads * head_dim))?;
         let hidden_states = self.to_out.forward(&hidden_states)?;
 
         // [N, H·W, C] -> [N, C, H, W]
