@@ -226,3 +226,22 @@ fn bench_times_whole_cfg_and_lcm_runs() {
     let _ = std::fs::remove_file(&path);
     fails(&["bench", "--resolutions", "60", "--gemm", "0"], &["resolution 60 must be a positive multiple of 8"]);
 }
+
+/// `kairos bench --dtype bf16` reports the dtype and the bf16 UNet's difference from the f32
+/// UNet on the same input: nonzero (the weights were rounded) and at bf16's scale (measured
+/// 3.3e-3 of the output range at 64×64; 2^-8 ≈ 3.9e-3 is bf16's relative precision).
+#[test]
+fn bench_reports_bf16_difference_from_f32() {
+    let path = std::env::temp_dir().join(format!("kairos-bench-bf16-{}.json", std::process::id()));
+    let path_s = path.to_string_lossy().into_owned();
+    let args = ["bench", "--resolutions", "64", "--batches", "1", "--gemm", "0", "--dtype", "bf16", "--json", &path_s];
+    let out = kairos(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(report["dtype"], "bf16", "{report}");
+    let diff = &report["unet_difference"];
+    assert_eq!(diff["case"], "unet b1 64", "{report}");
+    let range = diff["max_abs_over_range"].as_f64().unwrap();
+    assert!(range > 0.0 && range < 2e-2, "{report}");
+    let _ = std::fs::remove_file(&path);
+}
