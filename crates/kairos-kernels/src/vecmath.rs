@@ -162,22 +162,25 @@ multiversion! {
 }
 
 /// Sum and sum of squared deviations from `mean` of a row, accumulated in f32 lanes and
-/// returned in f64 (the caller adds rows of a group in f64).
+/// returned in f64 (the caller adds rows of a group in f64). Four independent vectors of each
+/// accumulator, so that the additions do not wait on each other.
 #[inline(always)]
 fn sums_generic(row: &[f32], mean: f32) -> [f64; 2] {
-    let mut s = [0f32; LANES];
-    let mut q = [0f32; LANES];
-    let chunks = row.chunks_exact(LANES);
+    let mut s = [[0f32; LANES]; 4];
+    let mut q = [[0f32; LANES]; 4];
+    let chunks = row.chunks_exact(4 * LANES);
     let tail = chunks.remainder();
     for chunk in chunks {
-        for ((s, q), &x) in s.iter_mut().zip(q.iter_mut()).zip(chunk) {
-            let d = x - mean;
-            *s += x;
-            *q += d * d;
+        for ((s, q), part) in s.iter_mut().zip(q.iter_mut()).zip(chunk.chunks_exact(LANES)) {
+            for ((s, q), &x) in s.iter_mut().zip(q.iter_mut()).zip(part) {
+                let d = x - mean;
+                *s += x;
+                *q += d * d;
+            }
         }
     }
-    let mut sum = s.iter().map(|&v| v as f64).sum::<f64>();
-    let mut sq = q.iter().map(|&v| v as f64).sum::<f64>();
+    let mut sum = s.iter().flatten().map(|&v| v as f64).sum::<f64>();
+    let mut sq = q.iter().flatten().map(|&v| v as f64).sum::<f64>();
     for &x in tail {
         let d = x - mean;
         sum += x as f64;
