@@ -8,11 +8,12 @@
 //! read each head's columns with a row stride of `heads·d` and write the output the same way,
 //! which saves the four `[N, L, heads, d]` ↔ `[N, heads, L, d]` copies around every attention.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{DType, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::error::{f32_slice, KernelError};
+use crate::error::KernelError;
+use crate::op::{apply3, F32Op3, Input};
 use crate::scratch::Scratch;
 use crate::vecmath;
 
@@ -44,29 +45,16 @@ impl OutPtr {
     }
 }
 
-impl CustomOp3 for AttentionOp {
-    fn name(&self) -> &'static str {
-        OP
-    }
+impl F32Op3 for AttentionOp {
+    const NAME: &'static str = OP;
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let q = f32_slice(OP, s1, l1)?;
-        let k = f32_slice(OP, s2, l2)?;
-        let v = f32_slice(OP, s3, l3)?;
+    fn run(&self, (q, l1): Input<'_>, (k, l2): Input<'_>, (v, _l3): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let (n, l, c) = l1.shape().dims3()?;
         let s = l2.dims()[1];
         let (heads, d) = (self.heads, c / self.heads);
         let mut out = vec![0f32; n * l * c];
         if out.is_empty() || s == 0 {
-            return Ok((CpuStorage::F32(out), l1.shape().clone()));
+            return Ok((out, l1.shape().clone()));
         }
         let rows = (BLOCK_BYTES / (4 * s)).clamp(1, l);
         let blocks = l.div_ceil(rows);
@@ -142,7 +130,7 @@ impl CustomOp3 for AttentionOp {
                 row.iter_mut().for_each(|x| *x *= inv);
             }
         });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, l1.shape().clone()))
     }
 }
 
@@ -177,7 +165,7 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor, scale: f64) -> Re
     }
     let flat = |t: &Tensor| -> Result<Tensor> { t.flatten_to(rank - 3)?.contiguous() };
     let op = AttentionOp { heads: 1, scale: scale as f32 };
-    flat(query)?.apply_op3_no_bwd(&flat(key)?, &flat(value)?, &op)?.reshape(qd)
+    apply3(&flat(query)?, &flat(key)?, &flat(value)?, op)?.reshape(qd)
 }
 
 /// Multi-head attention on heads interleaved as the projections write them: `query`
@@ -203,7 +191,7 @@ pub fn attention_heads(query: &Tensor, key: &Tensor, value: &Tensor, heads: usiz
         return out.transpose(1, 2)?.reshape((n, l, c));
     }
     let op = AttentionOp { heads, scale: scale as f32 };
-    query.contiguous()?.apply_op3_no_bwd(&key.contiguous()?, &value.contiguous()?, &op)
+    apply3(&query.contiguous()?, &key.contiguous()?, &value.contiguous()?, op)
 }
 
 /// The kernel takes the call: kernels on, and every tensor f32 on the CPU.

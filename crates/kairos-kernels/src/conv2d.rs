@@ -5,11 +5,12 @@
 //! im2col rows are contiguous copies of input rows, and the GEMM writes straight into the NCHW
 //! output; a 1×1 stride-1 convolution is a single GEMM on the input with no im2col.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{DType, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::error::{f32_slice, KernelError};
+use crate::error::KernelError;
+use crate::op::{apply3, F32Op3, Input};
 use crate::scratch::Scratch;
 use crate::winograd::{tile_grid, WinogradOp, WinogradTile};
 
@@ -33,23 +34,10 @@ struct Conv2dOp {
     params: Conv2dParams,
 }
 
-impl CustomOp3 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        OP
-    }
+impl F32Op3 for Conv2dOp {
+    const NAME: &'static str = OP;
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(OP, s1, l1)?;
-        let w = f32_slice(OP, s2, l2)?;
-        let bias = f32_slice(OP, s3, l3)?;
+    fn run(&self, (x, l1): Input<'_>, (w, l2): Input<'_>, (bias, _l3): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let (n, ci, h, wd) = l1.shape().dims4()?;
         let (co, _, kh, kw) = l2.shape().dims4()?;
         let depth = ci * kh * kw;
@@ -84,7 +72,7 @@ impl CustomOp3 for Conv2dOp {
                 }
                 Ok(())
             })?;
-        Ok((CpuStorage::F32(out), shape))
+        Ok((out, shape))
     }
 }
 
@@ -206,10 +194,10 @@ pub fn conv2d(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Conv2
     if (kh, kw) == (3, 3) && params == (Conv2dParams { padding: 1, stride: 1 }) {
         let (n, ..) = xs.dims4()?;
         if let Some(tile) = winograd_tile(winograd_mode()?, n, ci, co, h, w) {
-            return xs.apply_op3_no_bwd(&weight, &bias, &WinogradOp { tile });
+            return apply3(&xs, &weight, &bias, WinogradOp { tile });
         }
     }
-    xs.apply_op3_no_bwd(&weight, &bias, &Conv2dOp { params })
+    apply3(&xs, &weight, &bias, Conv2dOp { params })
 }
 
 /// The input and weight fit together: `xs` `[N, Ci, H, W]`, `weight` `[Co, Ci, kh, kw]` with a
@@ -304,5 +292,5 @@ pub fn conv2d_winograd(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, tile
         Some(b) => b.contiguous()?,
         None => Tensor::zeros(co, DType::F32, xs.device())?,
     };
-    xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias, &WinogradOp { tile })
+    apply3(&xs.contiguous()?, &weight.contiguous()?, &bias, WinogradOp { tile })
 }

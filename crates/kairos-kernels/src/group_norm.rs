@@ -1,10 +1,11 @@
 //! GroupNorm over `[N, C, *]` with an optional fused SiLU, as `torch.nn.GroupNorm` (then
 //! `F.silu`): statistics per (sample, group) with the biased variance, then a per-channel affine.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{DType, Module, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::error::{f32_slice, KernelError};
+use crate::error::KernelError;
+use crate::op::{apply3, F32Op3, Input};
 use crate::vecmath;
 
 const OP: &str = "kairos-group-norm";
@@ -16,23 +17,10 @@ struct GroupNormOp {
     silu: bool,
 }
 
-impl CustomOp3 for GroupNormOp {
-    fn name(&self) -> &'static str {
-        OP
-    }
+impl F32Op3 for GroupNormOp {
+    const NAME: &'static str = OP;
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(OP, s1, l1)?;
-        let weight = f32_slice(OP, s2, l2)?;
-        let bias = f32_slice(OP, s3, l3)?;
+    fn run(&self, (x, l1): Input<'_>, (weight, _l2): Input<'_>, (bias, _l3): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let dims = l1.dims();
         let channels = dims[1];
         let plane: usize = dims[2..].iter().product();
@@ -55,7 +43,7 @@ impl CustomOp3 for GroupNormOp {
                 }
             });
         }
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((out, l1.shape().clone()))
     }
 }
 
@@ -107,9 +95,5 @@ pub fn group_norm(
     {
         return group_norm_plain(xs, weight, bias, num_groups, eps, silu);
     }
-    xs.contiguous()?.apply_op3_no_bwd(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
-        &GroupNormOp { num_groups, eps, silu },
-    )
+    apply3(&xs.contiguous()?, &weight.contiguous()?, &bias.contiguous()?, GroupNormOp { num_groups, eps, silu })
 }

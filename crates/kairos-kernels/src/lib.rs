@@ -35,6 +35,7 @@ pub mod gemm_bf16;
 mod group_norm;
 mod linear;
 pub mod nn;
+mod op;
 mod scratch;
 mod vecmath;
 mod winograd;

@@ -3,34 +3,22 @@
 //! broadcast weight and then adds the bias in a second pass over the output; on SD1.5's shapes
 //! (8192 rows × 320 → 2560) that took 1.4–2× the time of this single GEMM.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{DType, Module, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::error::{f32_slice, KernelError};
+use crate::error::KernelError;
+use crate::op::{apply3, F32Op3, Input};
 
 const OP: &str = "kairos-linear";
 
 /// The CPU kernel: `x` `[.., in]`, `w` `[out, in]`, `bias` `[out]`, contiguous f32.
 struct LinearOp;
 
-impl CustomOp3 for LinearOp {
-    fn name(&self) -> &'static str {
-        OP
-    }
+impl F32Op3 for LinearOp {
+    const NAME: &'static str = OP;
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(OP, s1, l1)?;
-        let w = f32_slice(OP, s2, l2)?;
-        let bias = f32_slice(OP, s3, l3)?;
+    fn run(&self, (x, l1): Input<'_>, (w, l2): Input<'_>, (bias, _l3): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let (dout, din) = l2.shape().dims2()?;
         let rows = x.len() / din;
         let mut out = vec![0f32; rows * dout];
@@ -64,7 +52,7 @@ impl CustomOp3 for LinearOp {
         }
         let mut dims = l1.dims().to_vec();
         *dims.last_mut().expect("rank checked by linear()") = dout;
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        Ok((out, Shape::from(dims)))
     }
 }
 
@@ -94,5 +82,5 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Ten
         Some(b) => b.contiguous()?,
         None => Tensor::zeros(dout, DType::F32, xs.device())?,
     };
-    xs.contiguous()?.apply_op3_no_bwd(&weight.contiguous()?, &bias, &LinearOp)
+    apply3(&xs.contiguous()?, &weight.contiguous()?, &bias, LinearOp)
 }

@@ -20,11 +20,11 @@
 //! reach 8 for F(4,3)), so F(4,3) is a few times less accurate than the direct convolution and
 //! F(2,3) is as accurate; see [`WinogradTile`].
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape};
+use candle_core::{Result, Shape};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::error::f32_slice;
+use crate::op::{F32Op3, Input};
 use crate::scratch::Scratch;
 use crate::vecmath::multiversion;
 
@@ -104,23 +104,10 @@ pub(crate) struct WinogradOp {
     pub(crate) tile: WinogradTile,
 }
 
-impl CustomOp3 for WinogradOp {
-    fn name(&self) -> &'static str {
-        OP
-    }
+impl F32Op3 for WinogradOp {
+    const NAME: &'static str = OP;
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(OP, s1, l1)?;
-        let w = f32_slice(OP, s2, l2)?;
-        let bias = f32_slice(OP, s3, l3)?;
+    fn run(&self, (x, l1): Input<'_>, (w, l2): Input<'_>, (bias, _l3): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let (n, ci, h, wd) = l1.shape().dims4()?;
         let co = l2.dims()[0];
         let dims = Dims { n, ci, co, h, w: wd };
@@ -128,7 +115,7 @@ impl CustomOp3 for WinogradOp {
             WinogradTile::F2 => convolve(&F2, x, w, bias, dims, BLOCKING),
             WinogradTile::F4 => convolve(&F4, x, w, bias, dims, BLOCKING),
         };
-        Ok((CpuStorage::F32(out), Shape::from((n, co, h, wd))))
+        Ok((out, Shape::from((n, co, h, wd))))
     }
 }
 

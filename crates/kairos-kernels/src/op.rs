@@ -1,0 +1,45 @@
+//! The `CustomOp3` plumbing the f32 kernels share: each kernel states what it computes from three
+//! contiguous f32 inputs ([`F32Op3`]), and [`apply3`] runs it through candle.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use crate::error::f32_slice;
+
+/// One input of a kernel: its contiguous f32 data and its layout (for the shape).
+pub(crate) type Input<'a> = (&'a [f32], &'a Layout);
+
+/// A CPU kernel on three contiguous f32 tensors.
+pub(crate) trait F32Op3: Send + Sync {
+    /// The op's name, in candle's op lists and in errors.
+    const NAME: &'static str;
+    /// The output's data and shape.
+    fn run(&self, a: Input<'_>, b: Input<'_>, c: Input<'_>) -> Result<(Vec<f32>, Shape)>;
+}
+
+/// `op` on `a`, `b`, `c` (each made contiguous by the caller), without a backward pass.
+pub(crate) fn apply3<T: F32Op3>(a: &Tensor, b: &Tensor, c: &Tensor, op: T) -> Result<Tensor> {
+    a.apply_op3_no_bwd(b, c, &Op3(op))
+}
+
+struct Op3<T>(T);
+
+impl<T: F32Op3> CustomOp3 for Op3<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let inputs = [(s1, l1), (s2, l2), (s3, l3)].map(|(s, l)| f32_slice(T::NAME, s, l).map(|d| (d, l)));
+        let [a, b, c] = inputs;
+        let (out, shape) = self.0.run(a?, b?, c?)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
