@@ -27,7 +27,26 @@ enum Cli {
     VaeEval(commands::vae_eval::VaeEvalArgs),
 }
 
+/// Makes glibc keep freed memory in the process instead of handing each large block back to the
+/// kernel. A UNet step allocates and frees hundreds of activations of tens of MB; by default every
+/// one above glibc's mmap threshold (at most 32 MiB) is a fresh mapping whose pages the kernel
+/// faults in and zeroes one by one. Served from the heap instead, they reuse warm memory: in three
+/// alternating runs the VAE decode at 512² took 5.58–5.63 s instead of 5.90–6.19 s and the UNet
+/// (b2, 512²) 5.98–6.24 s instead of 6.17–6.27 s, with the same peak RSS.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only sets allocator parameters; it runs before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     let result = match Cli::parse() {
         Cli::Schedule(cmd) => commands::optimize::run_schedule(cmd),
         Cli::Toy(args) => commands::toy::run(args),

@@ -54,6 +54,20 @@ fn main() -> Result<()> {
         let flops = 2.0 * 2.0 * 16.0 * (tokens * tokens * d) as f64;
         bench(&format!("attention {tokens} d{d}"), flops, || attention(&q, &q, &q, (d as f64).powf(-0.5)))?;
     }
+    // The glue between the big ops, at the 64×64-latent level (batch 2, 320 channels).
+    let x = Tensor::randn(0f32, 1., (2, 4096, 320), &dev)?;
+    let y = Tensor::randn(0f32, 1., (2, 4096, 320), &dev)?;
+    let vb = candle_nn::VarBuilder::zeros(candle_core::DType::F32, &dev);
+    let ln = kairos_kernels::nn::layer_norm(320, candle_nn::LayerNormConfig::default(), vb.pp("ln"))?;
+    bench("layer_norm 4096x320", 0.0, || ln.forward(&x))?;
+    bench("add 4096x320", 0.0, || &x + &y)?;
+    let nchw = Tensor::randn(0f32, 1., (2, 320, 64, 64), &dev)?;
+    bench("permute nchw->nhwc 320x64²", 0.0, || nchw.permute((0, 2, 3, 1))?.contiguous())?;
+    let small = Tensor::randn(0f32, 1., (2, 640, 32, 32), &dev)?;
+    bench("upsample_nearest 640 32->64", 0.0, || small.upsample_nearest2d(64, 64))?;
+    bench("cat dim1 320+320 64²", 0.0, || Tensor::cat(&[&nchw, &nchw], 1))?;
+    let gn = kairos_kernels::nn::group_norm(32, 320, 1e-5, vb.pp("gn"))?;
+    bench("group_norm+silu 320 64²", 0.0, || gn.forward_silu(&nchw))?;
     let a = Tensor::randn(0f32, 1., (4096, 4096), &dev)?;
     bench("gemm 4096", 2.0 * 4096f64.powi(3), || a.matmul(&a))?;
     Ok(())
