@@ -10,7 +10,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::error::KernelError;
-use crate::op::{apply3, F32Op3, Input};
+use crate::op::{apply3, filled, F32Op3, Fill, Input};
 use crate::scratch::Scratch;
 use crate::winograd::{tile_grid, WinogradOp, WinogradTile};
 
@@ -95,10 +95,7 @@ pub(crate) fn im2col_conv(
     let (plane_in, plane_out, depth) = (h * wd, ho * wo, ci * kh * kw);
 
     // Start from the bias; the GEMMs accumulate onto it.
-    let mut out = vec![0f32; n * co * plane_out];
-    if let Some(bias) = bias {
-        out.par_chunks_mut(plane_out).enumerate().for_each(|(i, p)| p.fill(bias[i % co]));
-    }
+    let mut out = filled(n * co, plane_out, |i| Fill::Value(bias.map_or(0.0, |b| b[i % co])));
 
     let direct = kh == 1 && kw == 1 && stride == 1 && padding == 0;
     let tile_rows = if direct { ho } else { (TILE_BYTES / (4 * depth * wo)).clamp(1, ho) };

@@ -5,10 +5,9 @@
 
 use candle_core::{DType, Module, Result, Shape, Tensor};
 use gemm::Parallelism;
-use rayon::prelude::*;
 
 use crate::error::KernelError;
-use crate::op::{apply3, F32Op3, Input};
+use crate::op::{apply3, filled, F32Op3, Fill, Input};
 
 const OP: &str = "kairos-linear";
 
@@ -21,9 +20,8 @@ impl F32Op3 for LinearOp {
     fn run(&self, (x, l1): Input<'_>, (w, l2): Input<'_>, (bias, _l3): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let (dout, din) = l2.shape().dims2()?;
         let rows = x.len() / din;
-        let mut out = vec![0f32; rows * dout];
+        let mut out = filled(rows, dout, |_| Fill::Copy(bias));
         if !out.is_empty() {
-            out.par_chunks_mut(dout).for_each(|row| row.copy_from_slice(bias));
             // SAFETY: out is rows×dout row-major, x rows×din row-major, and Wᵀ (din×dout) is read
             // from w (dout×din row-major: element (i, j) of Wᵀ is w[j·din + i]).
             unsafe {

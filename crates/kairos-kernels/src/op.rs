@@ -2,6 +2,7 @@
 //! contiguous f32 inputs ([`F32Op3`]), and [`apply3`] runs it through candle.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::error::f32_slice;
 
@@ -19,6 +20,39 @@ pub(crate) trait F32Op3: Send + Sync {
 /// `op` on `a`, `b`, `c` (each made contiguous by the caller), without a backward pass.
 pub(crate) fn apply3<T: F32Op3>(a: &Tensor, b: &Tensor, c: &Tensor, op: T) -> Result<Tensor> {
     a.apply_op3_no_bwd(b, c, &Op3(op))
+}
+
+/// What one chunk of a new output starts as (see [`filled`]).
+pub(crate) enum Fill<'a> {
+    /// Every element this value (a convolution's bias for one output plane).
+    Value(f32),
+    /// A copy of this slice, of the chunk's length (a linear layer's bias for one output row).
+    Copy(&'a [f32]),
+}
+
+/// A new vector of `count` chunks of `chunk` elements, chunk `i` as `fill(i)` says, written once
+/// in parallel. `vec![0.0; n]` followed by a fill would write it twice: with the CLI's allocator
+/// setting (freed memory stays in the heap) the zeroing is a full `memset` pass.
+pub(crate) fn filled<'a>(count: usize, chunk: usize, fill: impl Fn(usize) -> Fill<'a> + Sync) -> Vec<f32> {
+    let len = count * chunk;
+    let mut out = Vec::with_capacity(len);
+    if len > 0 {
+        out.spare_capacity_mut()[..len].par_chunks_mut(chunk).enumerate().for_each(|(i, dst)| match fill(i) {
+            Fill::Value(x) => dst.iter_mut().for_each(|d| {
+                d.write(x);
+            }),
+            Fill::Copy(src) => {
+                assert_eq!(src.len(), chunk, "a Fill::Copy source must have the chunk's length");
+                dst.iter_mut().zip(src).for_each(|(d, &s)| {
+                    d.write(s);
+                });
+            }
+        });
+    }
+    // SAFETY: the loop above wrote all `len` elements: each chunk entirely (a Copy source has the
+    // chunk's length, asserted), and the chunks tile `..len`.
+    unsafe { out.set_len(len) };
+    out
 }
 
 struct Op3<T>(T);

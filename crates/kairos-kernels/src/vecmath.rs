@@ -79,8 +79,13 @@ fn max_generic(row: &[f32]) -> f32 {
             }
         }
     }
-    let lanes = acc.iter().flatten().copied();
-    lanes.chain(tail.iter().copied()).fold(f32::NEG_INFINITY, f32::max)
+    let [mut m, rest @ ..] = acc;
+    for a in rest {
+        for (m, x) in m.iter_mut().zip(a) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    m.into_iter().chain(tail.iter().copied()).fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// Replaces `row` by `e^(row - max(row))` and returns the sum of the new values.
