@@ -66,7 +66,7 @@ pub use knots::{initial_knots, knots_of, loglinear_knots, sampler_sigmas, subdiv
 pub use mlp::{MlpConfig, MlpDenoiser, TrainOptions};
 pub use optimize::{Judge, Level, OnProgress, OptimizeOptions, Optimizer, Progress, StopReason, Sweep};
 pub use schedule_file::{Objective, ScheduleFile, FORMAT, VERSION};
-pub use toy::{toy_quality, Quality};
+pub use toy::{denoiser_distance, toy_quality, Quality};
 
 /// Result type of this crate.
 pub type Result<T, E = AysError> = std::result::Result<T, E>;

@@ -1,9 +1,12 @@
-//! Sample quality on the toy world with any denoiser (the toy's runner fixes its exact one).
+//! Sample quality on the toy world with any denoiser (the toy's runner fixes its exact one), and
+//! a denoiser's distance from a reference one (a trained network's from the exact denoiser).
 
 use kairos_sampler::{Denoiser, Sampler};
 use kairos_toy::{Figures, Stats, ToyWorld};
 use serde::Serialize;
 
+use crate::data::{normal_like, row_sq_norms, DataSource};
+use crate::rng::rng_for;
 use crate::{AysError, Result};
 
 /// Mean ± std over seeds of the toy figures of one sampler run per seed.
@@ -41,4 +44,30 @@ pub fn toy_quality(
     let sw: Vec<f64> = figures.iter().map(|f| f.sliced_wasserstein).collect();
     let nll: Vec<f64> = figures.iter().map(|f| f.nll).collect();
     Ok(Quality { sliced_wasserstein: Stats::of(&sw), nll: Stats::of(&nll) })
+}
+
+/// Mean ||D(x, σ) − D_ref(x, σ)||² over `points` noisy points x = x0 + σ z (x0 from `data`) at
+/// each of `sigmas`, both denoisers on the same points; seeded.
+pub fn denoiser_distance(
+    denoiser: &mut dyn Denoiser,
+    reference: &mut dyn Denoiser,
+    data: &mut dyn DataSource,
+    sigmas: &[f64],
+    points: usize,
+    seed: u64,
+) -> Result<Vec<f64>> {
+    if points == 0 {
+        return Err(AysError::option("points", points, "at least 1"));
+    }
+    sigmas
+        .iter()
+        .enumerate()
+        .map(|(i, &sigma)| {
+            let mut rng = rng_for(seed, &[0x64697374, i as u64]);
+            let x0 = data.sample(points, &mut rng)?;
+            let x = (&x0 + (normal_like(&x0, &mut rng)? * sigma)?)?;
+            let diff = (denoiser.denoise(&x, sigma)?.denoised - reference.denoise(&x, sigma)?.denoised)?;
+            Ok(row_sq_norms(&diff)?.iter().sum::<f64>() / points as f64)
+        })
+        .collect()
 }

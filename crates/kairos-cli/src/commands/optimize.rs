@@ -11,9 +11,9 @@ use anyhow::{bail, Context};
 use candle_core::Tensor;
 use clap::{Args, Subcommand};
 use kairos_ays::{
-    initial_knots, knots_of, loglinear_knots, sampler_sigmas, toy_quality, DataSource, Estimate, Init, Judge,
-    KlubEstimator, KlubOptions, Level, MlpConfig, MlpDenoiser, Objective, OptimizeOptions, Optimizer, Progress, ScheduleFile,
-    TensorData, TrainOptions,
+    denoiser_distance, initial_knots, knots_of, loglinear_knots, sampler_sigmas, toy_quality, DataSource, Estimate,
+    Init, Judge, KlubEstimator, KlubOptions, Level, MlpConfig, MlpDenoiser, Objective, OptimizeOptions, Optimizer,
+    Progress, ScheduleFile, TensorData, TrainOptions,
 };
 use kairos_pipeline::conditioning::encode_pair;
 use kairos_pipeline::{
@@ -143,10 +143,10 @@ pub struct OptimizeArgs {
     #[arg(long)]
     mlp_weights: Option<PathBuf>,
     /// MLP training steps.
-    #[arg(long, default_value_t = 4000)]
+    #[arg(long, default_value_t = TrainOptions::default().steps)]
     mlp_train_steps: usize,
     /// MLP hidden width.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = MlpConfig::default().hidden)]
     mlp_hidden: usize,
     /// After optimizing, compare with these schedules (KLUB and sample quality); empty to skip.
     #[arg(long, value_delimiter = ',', default_value = "karras,exponential,normal,kl_optimal")]
@@ -228,6 +228,7 @@ fn run_toy(args: &OptimizeArgs, kinds: &[ScheduleKind]) -> anyhow::Result<()> {
         ),
         "mlp" => {
             let net = mlp(args, &mut data, &model)?;
+            report_mlp_error(&net, &mixture, &model, args.seed)?;
             let id = format!(
                 "toy:{}:mlp(hidden {}, {} train steps, seed {})",
                 preset.name(),
@@ -538,6 +539,27 @@ fn mlp(args: &OptimizeArgs, data: &mut GaussianMixture, model: &dyn NoiseSchedul
         net.save(path)?;
     }
     Ok(net)
+}
+
+/// Prints the MLP's mean squared distance from the exact denoiser at σ log-spaced over the
+/// schedule's range (also over σ², the scale of the score error the samplers see).
+fn report_mlp_error(
+    net: &MlpDenoiser,
+    mixture: &GaussianMixture,
+    model: &dyn NoiseSchedule,
+    seed: u64,
+) -> anyhow::Result<()> {
+    const LEVELS: usize = 7;
+    const POINTS: usize = 4096;
+    let (lo, hi) = (model.sigma_min().ln(), model.sigma_max().ln());
+    let sigmas: Vec<f64> = (0..LEVELS).map(|i| (lo + (hi - lo) * i as f64 / (LEVELS - 1) as f64).exp()).collect();
+    let mut exact = ExactDenoiser::new(mixture);
+    let d = denoiser_distance(&mut net.clone(), &mut exact, &mut mixture.clone(), &sigmas, POINTS, seed)?;
+    println!("MLP vs exact denoiser, mean ||D_mlp - D_exact||² on {POINTS} noisy data points (÷ σ²):");
+    for (s, v) in sigmas.iter().zip(&d) {
+        println!("  σ {s:8.4}: {v:.3e} ({:.3e})", v / (s * s));
+    }
+    Ok(())
 }
 
 /// `out.json` → `out.<steps>.json`.
