@@ -19,7 +19,9 @@ impl F32Op3 for LinearOp {
 
     fn run(&self, (x, l1): Input<'_>, (w, l2): Input<'_>, (bias, _l3): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let (dout, din) = l2.shape().dims2()?;
-        let rows = x.len() / din;
+        // From the leading dims, not x.len() / din: an input of width 0 is legal (output = bias).
+        let dims = l1.dims();
+        let rows: usize = dims[..dims.len() - 1].iter().product();
         let mut out = filled(rows, dout, |_| Fill::Copy(bias));
         if !out.is_empty() {
             // SAFETY: out is rows×dout row-major, x rows×din row-major, and Wᵀ (din×dout) is read
@@ -48,7 +50,7 @@ impl F32Op3 for LinearOp {
                 );
             }
         }
-        let mut dims = l1.dims().to_vec();
+        let mut dims = dims.to_vec();
         *dims.last_mut().expect("rank checked by linear()") = dout;
         Ok((out, Shape::from(dims)))
     }

@@ -228,6 +228,13 @@ fn linear_matches_candle() {
     let xt = randn(5, &[5, 6]).t().unwrap();
     let err = max_abs_diff(&linear(&xt, &w, Some(&b)).unwrap(), &linear_plain(&xt, &w, Some(&b)).unwrap());
     assert!(err < 1e-5, "strided input: {err}");
+    // Zero input features: the output is the bias on every row.
+    let empty = Tensor::zeros((3, 0), DType::F32, &Device::Cpu).unwrap();
+    let w0 = Tensor::zeros((7, 0), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(
+        max_abs_diff(&linear(&empty, &w0, Some(&b)).unwrap(), &b.unsqueeze(0).unwrap().repeat((3, 1)).unwrap()),
+        0.0
+    );
     let err = linear(&randn(6, &[2, 4]), &w, None).unwrap_err().to_string();
     assert!(err.contains("[.., 5]"), "{err}");
 }
