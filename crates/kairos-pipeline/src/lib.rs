@@ -30,4 +30,7 @@ pub use error::PipelineError;
 pub use image::{LatentDecoder, LatentEncoder, Preview, RgbImage};
 pub use models::{LcmKind, LoraWeights, ModelOptions, PromptSource, StableDiffusion, Taesd, TimestepMode, Unet};
 pub use resize::{resize_image, ResizeMode};
-pub use txt2img::{txt2img, Components, InitImage, InitialNoise, Progress, Txt2ImgOutput, Txt2ImgRequest};
+pub use txt2img::{
+    decode_latents, txt2img, txt2img_latents, Components, InitImage, InitialNoise, Progress, Txt2ImgOutput,
+    Txt2ImgRequest,
+};

@@ -173,7 +173,7 @@ pub struct Txt2ImgBatch {
     pub seeds: Vec<u64>,
     /// Final latents `[B, C, h, w]` (UNet scale, as diffusers' `output_type="latent"`).
     pub latents: Tensor,
-    /// The decoded images.
+    /// The decoded images (empty until [`decode_latents`] when from [`txt2img_latents`]).
     pub images: Vec<RgbImage>,
 }
 
@@ -238,9 +238,23 @@ fn check_request(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<(), Pipelin
     Ok(())
 }
 
-/// Runs txt2img. `on_progress` sees every step and may return `Break` to cancel, which ends
-/// the run with [`kairos_sampler::SamplerError::Cancelled`] (see [`PipelineError::is_cancelled`]).
+/// Runs txt2img: [`txt2img_latents`], then [`decode_latents`] with `c.decoder`. `on_progress`
+/// sees every step and may return `Break` to cancel, which ends the run with
+/// [`kairos_sampler::SamplerError::Cancelled`] (see [`PipelineError::is_cancelled`]).
 pub fn txt2img(
+    c: &Components<'_>,
+    req: &Txt2ImgRequest,
+    on_progress: &mut dyn FnMut(&Progress<'_>) -> ControlFlow<()>,
+) -> Result<Txt2ImgOutput, PipelineError> {
+    let mut out = txt2img_latents(c, req, on_progress)?;
+    decode_latents(c.decoder, &mut out, on_progress)?;
+    Ok(out)
+}
+
+/// The sampling half of [`txt2img`]: every batch's final latents, with `images` left empty for
+/// [`decode_latents`]. Callers that need only latents, or that free the UNet before decoding
+/// (`--low-memory`: the VAE's activations then reuse the UNet's memory), call the halves.
+pub fn txt2img_latents(
     c: &Components<'_>,
     req: &Txt2ImgRequest,
     on_progress: &mut dyn FnMut(&Progress<'_>) -> ControlFlow<()>,
@@ -322,19 +336,32 @@ pub fn txt2img(
             let mut ctx = SampleCtx::new(denoiser, &mut noise).with_callback(&mut on_step);
             req.sampler.sample(&mut ctx, x, &sigmas)?
         };
-        if on_progress(&Progress::Decoding { batch }).is_break() {
-            return Err(kairos_sampler::SamplerError::Cancelled.into());
-        }
-        let decoded = c.decoder.decode(&latents)?;
-        ensure_finite(&decoded)?;
-        let images = to_rgb8(&decoded)?;
         let seeds = match req.seeding {
             BatchSeeding::Shared => vec![seed; b],
             BatchSeeding::PerItem => (0..b).map(|i| seed.wrapping_add(i as u64)).collect(),
         };
-        batches.push(Txt2ImgBatch { seeds, latents, images });
+        batches.push(Txt2ImgBatch { seeds, latents, images: Vec::new() });
     }
     Ok(Txt2ImgOutput { sigmas, batches })
+}
+
+/// The decoding half of [`txt2img`]: decodes each batch's latents of `out` (from
+/// [`txt2img_latents`]) into its `images`, reporting [`Progress::Decoding`] first (which may
+/// cancel). A NaN or infinite image is an error.
+pub fn decode_latents(
+    decoder: &dyn LatentDecoder,
+    out: &mut Txt2ImgOutput,
+    on_progress: &mut dyn FnMut(&Progress<'_>) -> ControlFlow<()>,
+) -> Result<(), PipelineError> {
+    for (batch, b) in out.batches.iter_mut().enumerate() {
+        if on_progress(&Progress::Decoding { batch }).is_break() {
+            return Err(kairos_sampler::SamplerError::Cancelled.into());
+        }
+        let decoded = decoder.decode(&b.latents)?;
+        ensure_finite(&decoded)?;
+        b.images = to_rgb8(&decoded)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

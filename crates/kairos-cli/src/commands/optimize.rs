@@ -17,7 +17,7 @@ use kairos_ays::{
 };
 use kairos_pipeline::conditioning::encode_pair;
 use kairos_pipeline::{
-    txt2img, CfgDenoiser, Components, ModelDenoiser, ModelOptions, RgbImage, StableDiffusion, Txt2ImgRequest,
+    txt2img_latents, CfgDenoiser, Components, ModelDenoiser, ModelOptions, RgbImage, StableDiffusion, Txt2ImgRequest,
 };
 use kairos_sampler::{Denoiser, Sampler};
 use kairos_schedule::{Family, NoiseSchedule, ScheduleKind};
@@ -380,11 +380,12 @@ fn self_samples(c: &Components<'_>, args: &OptimizeArgs) -> anyhow::Result<Tenso
         seed: args.seed,
         ..Txt2ImgRequest::default()
     };
-    let mut done = 0;
-    let out = txt2img(c, &req, &mut |p| {
-        if let kairos_pipeline::Progress::Decoding { .. } = p {
-            done += 1;
-            eprint!("\rsampling x0: {done}/{}   ", args.self_samples);
+    // Latents only: the samples are never decoded.
+    let out = txt2img_latents(c, &req, &mut |p| {
+        if let kairos_pipeline::Progress::Step { batch, step, steps, .. } = p {
+            if step + 1 == *steps {
+                eprint!("\rsampling x0: {}/{}   ", batch + 1, args.self_samples);
+            }
         }
         ControlFlow::Continue(())
     })?;
