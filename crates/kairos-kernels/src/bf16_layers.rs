@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use candle_core::{DType, Result, Shape, Tensor};
 
 use crate::conv2d::{im2col_conv, Conv2dParams};
-use crate::error::f32_slice;
 use crate::gemm_bf16::{self, MatRef, PackedA, PackedB};
+use crate::op::{apply1, filled, F32Op1, Fill, Input};
 
 const LINEAR: &str = "kairos-linear-bf16";
 const CONV: &str = "kairos-conv2d-bf16";
@@ -61,30 +60,27 @@ impl LinearBf16 {
                 op: LINEAR,
             });
         }
-        x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(self)
+        apply1(&x.to_dtype(DType::F32)?.contiguous()?, self)
     }
 }
 
-impl CustomOp1 for LinearBf16 {
-    fn name(&self) -> &'static str {
-        LINEAR
-    }
+impl F32Op1 for LinearBf16 {
+    const NAME: &'static str = LINEAR;
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(LINEAR, storage, layout)?;
+    fn run(&self, (x, layout): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let (k, n) = (self.weight.depth(), self.weight.cols());
         let m = x.len() / k.max(1);
         let a = MatRef::row_major(x, m, k).ok_or_else(|| candle_core::Error::Msg(format!("{LINEAR}: input size")))?;
-        let mut out = vec![0f32; m * n];
-        if let Some(bias) = self.bias.as_deref() {
-            out.par_chunks_mut(n).for_each(|row| row.copy_from_slice(bias));
-        }
+        let mut out = match self.bias.as_deref() {
+            Some(bias) => filled(m, n, |_| Fill::Copy(bias)),
+            None => vec![0f32; m * n],
+        };
         gemm_bf16::gemm(&PackedA::new(a), &self.weight, &mut out, n, 1.0, self.bias.is_some(), true);
         let mut dims = layout.shape().dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = n;
         }
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        Ok((out, Shape::from(dims)))
     }
 }
 
@@ -114,17 +110,14 @@ impl Conv2dBf16 {
     /// Applies the convolution to `x` `[N, Ci, H, W]` (any float dtype; computed from f32),
     /// giving f32. The caller has checked the shapes ([`crate::conv2d`]'s checks).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.to_dtype(DType::F32)?.contiguous()?.apply_op1_no_bwd(self)
+        apply1(&x.to_dtype(DType::F32)?.contiguous()?, self)
     }
 }
 
-impl CustomOp1 for Conv2dBf16 {
-    fn name(&self) -> &'static str {
-        CONV
-    }
+impl F32Op1 for Conv2dBf16 {
+    const NAME: &'static str = CONV;
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(CONV, storage, layout)?;
+    fn run(&self, (x, layout): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let (n, ci, h, wd) = layout.shape().dims4()?;
         let (_, kh, kw) = self.kernel;
         let co = self.weight.rows();
@@ -142,6 +135,6 @@ impl CustomOp1 for Conv2dBf16 {
                 Ok(())
             },
         )?;
-        Ok((CpuStorage::F32(out), shape))
+        Ok((out, shape))
     }
 }

@@ -2,10 +2,11 @@
 //! plain candle path splits the projection into two strided views, writes `gelu(gate)` and then
 //! the product (three passes over 2 × 4096 × 2560 values per SD1.5 feed-forward at 512×512).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{DType, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::error::{f32_slice, KernelError};
+use crate::error::KernelError;
+use crate::op::{apply1, F32Op1, Input};
 use crate::vecmath;
 
 const OP: &str = "kairos-geglu";
@@ -13,13 +14,10 @@ const OP: &str = "kairos-geglu";
 /// The CPU kernel: `x` `[.., 2n]` contiguous f32 → `[.., n]`.
 struct GegluOp;
 
-impl CustomOp1 for GegluOp {
-    fn name(&self) -> &'static str {
-        OP
-    }
+impl F32Op1 for GegluOp {
+    const NAME: &'static str = OP;
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(OP, storage, layout)?;
+    fn run(&self, (x, layout): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let mut dims = layout.dims().to_vec();
         let last = dims.last_mut().expect("rank checked by geglu()");
         let half = *last / 2;
@@ -28,7 +26,7 @@ impl CustomOp1 for GegluOp {
         if half > 0 {
             out.par_chunks_mut(half).zip(x.par_chunks(2 * half)).for_each(|(dst, src)| vecmath::geglu(src, dst));
         }
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        Ok((out, Shape::from(dims)))
     }
 }
 
@@ -54,5 +52,5 @@ pub fn geglu(xs: &Tensor) -> Result<Tensor> {
     if crate::kernels_off() || !(xs.device().is_cpu() && xs.dtype() == DType::F32) {
         return geglu_plain(xs);
     }
-    xs.contiguous()?.apply_op1_no_bwd(&GegluOp)
+    apply1(&xs.contiguous()?, &GegluOp)
 }

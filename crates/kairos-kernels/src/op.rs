@@ -1,13 +1,27 @@
-//! The `CustomOp3` plumbing the f32 kernels share: each kernel states what it computes from three
-//! contiguous f32 inputs ([`F32Op3`]), and [`apply3`] runs it through candle.
+//! The `CustomOp1`/`CustomOp3` plumbing the f32 kernels share: each kernel states what it computes
+//! from one or three contiguous f32 inputs ([`F32Op1`], [`F32Op3`]), and [`apply1`]/[`apply3`] run
+//! it through candle.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::f32_slice;
 
 /// One input of a kernel: its contiguous f32 data and its layout (for the shape).
 pub(crate) type Input<'a> = (&'a [f32], &'a Layout);
+
+/// A CPU kernel on one contiguous f32 tensor.
+pub(crate) trait F32Op1: Send + Sync {
+    /// The op's name, in candle's op lists and in errors.
+    const NAME: &'static str;
+    /// The output's data and shape.
+    fn run(&self, x: Input<'_>) -> Result<(Vec<f32>, Shape)>;
+}
+
+/// `op` on `x` (made contiguous by the caller), without a backward pass.
+pub(crate) fn apply1<T: F32Op1>(x: &Tensor, op: &T) -> Result<Tensor> {
+    x.apply_op1_no_bwd(&Op1(op))
+}
 
 /// A CPU kernel on three contiguous f32 tensors.
 pub(crate) trait F32Op3: Send + Sync {
@@ -53,6 +67,19 @@ pub(crate) fn filled<'a>(count: usize, chunk: usize, fill: impl Fn(usize) -> Fil
     // chunk's length, asserted), and the chunks tile `..len`.
     unsafe { out.set_len(len) };
     out
+}
+
+struct Op1<'a, T>(&'a T);
+
+impl<T: F32Op1> CustomOp1 for Op1<'_, T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (out, shape) = self.0.run((f32_slice(T::NAME, storage, layout)?, layout))?;
+        Ok((CpuStorage::F32(out), shape))
+    }
 }
 
 struct Op3<T>(T);
