@@ -7,20 +7,11 @@
 //! 8e-3·Σ|aₖbₖ| (Σ|aₖbₖ| + |C| when accumulating onto C) — the error a bf16 path is expected to have, and what a wrong index or missing
 //! term (O(|aₖbₖ|) per element) exceeds.
 
+mod common;
+
+use common::uniform as randn;
 use half::bf16;
 use kairos_kernels::gemm_bf16::{self, MatRef, PackedA, PackedB};
-
-fn randn(seed: u64, n: usize) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn round(x: f32) -> f64 {
     bf16::from_f32(x).to_f64()

@@ -6,6 +6,8 @@
 //! are 1e-5 absolute on O(1) outputs (about 100 ulp), well under any real discrepancy (a wrong
 //! index or missing term moves outputs by O(0.1)).
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use kairos_kernels::{
     attention, attention_heads, attention_plain, conv2d, conv2d_plain, conv2d_winograd, geglu, geglu_plain, group_norm,
@@ -13,18 +15,7 @@ use kairos_kernels::{
 };
 
 fn randn(seed: u64, shape: &[usize]) -> Tensor {
-    // A fixed xorshift stream (candle's own RNG is not seedable on CPU), mapped to [-1, 1).
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(common::uniform(seed, shape.iter().product()), shape, &Device::Cpu).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
