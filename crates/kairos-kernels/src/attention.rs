@@ -8,7 +8,7 @@
 //! read each head's columns with a row stride of `heads·d` and write the output the same way,
 //! which saves the four `[N, L, heads, d]` ↔ `[N, heads, L, d]` copies around every attention.
 
-use candle_core::{DType, Result, Shape, Tensor};
+use candle_core::{Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -160,7 +160,7 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor, scale: f64) -> Re
         }
         .into());
     }
-    if !kernel_applies(&[query, key, value]) {
+    if !crate::kernel_applies([query, key, value]) {
         return attention_plain(query, key, value, scale);
     }
     let flat = |t: &Tensor| -> Result<Tensor> { t.flatten_to(rank - 3)?.contiguous() };
@@ -184,7 +184,7 @@ pub fn attention_heads(query: &Tensor, key: &Tensor, value: &Tensor, heads: usiz
         }
         .into());
     }
-    if !kernel_applies(&[query, key, value]) {
+    if !crate::kernel_applies([query, key, value]) {
         // [N, L, heads·d] -> [N, heads, L, d] and back.
         let split = |t: &Tensor| t.reshape((n, (), heads, c / heads))?.transpose(1, 2)?.contiguous();
         let out = attention_plain(&split(query)?, &split(key)?, &split(value)?, scale)?;
@@ -192,9 +192,4 @@ pub fn attention_heads(query: &Tensor, key: &Tensor, value: &Tensor, heads: usiz
     }
     let op = AttentionOp { heads, scale: scale as f32 };
     apply3(&query.contiguous()?, &key.contiguous()?, &value.contiguous()?, op)
-}
-
-/// The kernel takes the call: kernels on, and every tensor f32 on the CPU.
-fn kernel_applies(tensors: &[&Tensor]) -> bool {
-    !crate::kernels_off() && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }

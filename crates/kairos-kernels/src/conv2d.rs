@@ -179,8 +179,7 @@ pub fn conv2d(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, params: Conv2
     check_shapes(xs, weight, params)?;
     let (_, ci, h, w) = xs.dims4()?;
     let (co, _, kh, kw) = weight.dims4()?;
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if crate::kernels_off() || !(f32_cpu(xs) && f32_cpu(weight) && bias.is_none_or(f32_cpu)) {
+    if !crate::kernel_applies([xs, weight].into_iter().chain(bias)) {
         return conv2d_plain(xs, weight, bias, params);
     }
     let bias = match bias {
@@ -281,8 +280,7 @@ pub fn conv2d_winograd(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, tile
         }
         .into());
     }
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if !(f32_cpu(xs) && f32_cpu(weight) && bias.is_none_or(f32_cpu)) {
+    if ![xs, weight].into_iter().chain(bias).all(crate::f32_cpu) {
         return conv2d_plain(xs, weight, bias, params);
     }
     let bias = match bias {

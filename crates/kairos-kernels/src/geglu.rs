@@ -2,7 +2,7 @@
 //! plain candle path splits the projection into two strided views, writes `gelu(gate)` and then
 //! the product (three passes over 2 × 4096 × 2560 values per SD1.5 feed-forward at 512×512).
 
-use candle_core::{DType, Result, Shape, Tensor, D};
+use candle_core::{Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::error::KernelError;
@@ -49,7 +49,7 @@ pub fn geglu(xs: &Tensor) -> Result<Tensor> {
         }
         .into());
     }
-    if crate::kernels_off() || !(xs.device().is_cpu() && xs.dtype() == DType::F32) {
+    if !crate::kernel_applies([xs]) {
         return geglu_plain(xs);
     }
     apply1(&xs.contiguous()?, &GegluOp)

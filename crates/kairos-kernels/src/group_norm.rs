@@ -1,7 +1,7 @@
 //! GroupNorm over `[N, C, *]` with an optional fused SiLU, as `torch.nn.GroupNorm` (then
 //! `F.silu`): statistics per (sample, group) with the biased variance, then a per-channel affine.
 
-use candle_core::{DType, Module, Result, Shape, Tensor};
+use candle_core::{Module, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::KernelError;
@@ -87,12 +87,7 @@ pub fn group_norm(
         }
         .into());
     }
-    if crate::kernels_off()
-        || !xs.device().is_cpu()
-        || xs.dtype() != DType::F32
-        || weight.dtype() != DType::F32
-        || bias.dtype() != DType::F32
-    {
+    if !crate::kernel_applies([xs, weight, bias]) {
         return group_norm_plain(xs, weight, bias, num_groups, eps, silu);
     }
     apply3(&xs.contiguous()?, &weight.contiguous()?, &bias.contiguous()?, GroupNormOp { num_groups, eps, silu })

@@ -48,6 +48,16 @@ pub use group_norm::{group_norm, group_norm_plain};
 pub use linear::{linear, linear_plain};
 pub use winograd::WinogradTile;
 
+/// An f32 tensor on the CPU: what the f32 kernels compute on.
+pub(crate) fn f32_cpu(t: &candle_core::Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
+
+/// Whether the f32 kernels take a call on `tensors`: kernels on, and every tensor [`f32_cpu`].
+pub(crate) fn kernel_applies<'a>(tensors: impl IntoIterator<Item = &'a candle_core::Tensor>) -> bool {
+    !kernels_off() && tensors.into_iter().all(f32_cpu)
+}
+
 /// Whether `KAIROS_KERNELS=off` asked for the plain candle paths (read once).
 pub(crate) fn kernels_off() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

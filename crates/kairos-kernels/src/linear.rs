@@ -74,8 +74,7 @@ pub fn linear(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Ten
         }
         .into());
     }
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if crate::kernels_off() || !(f32_cpu(xs) && f32_cpu(weight) && bias.is_none_or(f32_cpu)) {
+    if !crate::kernel_applies([xs, weight].into_iter().chain(bias)) {
         return linear_plain(xs, weight, bias);
     }
     let bias = match bias {
