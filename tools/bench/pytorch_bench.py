@@ -12,6 +12,7 @@ import argparse
 import json
 import pathlib
 import re
+import sys
 import time
 
 import torch
@@ -54,6 +55,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resolutions", default="256,512")
+    ap.add_argument("--components", default="text-encoder,unet,vae", help="networks timed on their own (as kairos bench --components)")
     ap.add_argument("--batches", default="1,2")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--gemm", type=int, default=4096, help="side of the reference f32 matmul (0 skips)")
@@ -95,23 +97,31 @@ def main():
             a, b = torch.ones(n, n), torch.full((n, n), 0.5)
             timed(f"gemm f32 {n}x{n}", lambda: a @ b, 2 * n**3 / 1e9)
 
-        clip = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in cfg["SD15_TEXT_ENCODER"].items() if k != "architectures"})).eval()
-        ids = (torch.arange(2 * 77) * 7919 % 49408).reshape(2, 77)
-        timed("text_encoder b2", lambda: clip(ids))
-        del clip
+        components = args.components.split(",")
+        unknown = set(components) - {"text-encoder", "unet", "vae"}
+        if unknown:
+            sys.exit(f"unknown component {sorted(unknown)}: use text-encoder, unet or vae")
+        if "text-encoder" in components:
+            clip = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in cfg["SD15_TEXT_ENCODER"].items() if k != "architectures"})).eval()
+            ids = (torch.arange(2 * 77) * 7919 % 49408).reshape(2, 77)
+            timed("text_encoder b2", lambda: clip(ids))
+            del clip
 
-        unet = UNet2DConditionModel.from_config(cfg["SD15_UNET"]).eval()
-        for res in map(int, args.resolutions.split(",")):
-            for batch in map(int, args.batches.split(",")):
-                sample = torch.randn(batch, 4, res // 8, res // 8)
-                context = torch.randn(batch, 77, 768)
-                timed(f"unet b{batch} {res}", lambda: unet(sample, 500, context))
-        del unet
+        if "unet" in components:
+            unet = UNet2DConditionModel.from_config(cfg["SD15_UNET"]).eval()
+            for res in map(int, args.resolutions.split(",")):
+                for batch in map(int, args.batches.split(",")):
+                    sample = torch.randn(batch, 4, res // 8, res // 8)
+                    context = torch.randn(batch, 77, 768)
+                    timed(f"unet b{batch} {res}", lambda: unet(sample, 500, context))
+            del unet
 
-        vae = AutoencoderKL.from_config(cfg["SD15_VAE"]).eval()
-        for res in map(int, args.resolutions.split(",")):
-            z = torch.randn(1, 4, res // 8, res // 8)
-            timed(f"vae_decode b1 {res}", lambda: vae.decode(z))
+        # The whole-run cases below reuse this VAE.
+        vae = AutoencoderKL.from_config(cfg["SD15_VAE"]).eval() if "vae" in components or args.txt2img_steps or args.lcm_steps else None
+        if "vae" in components:
+            for res in map(int, args.resolutions.split(",")):
+                z = torch.randn(1, 4, res // 8, res // 8)
+                timed(f"vae_decode b1 {res}", lambda: vae.decode(z))
 
         # Whole runs at the largest resolution, as `kairos bench --txt2img-steps/--lcm-steps`.
         if args.txt2img_steps or args.lcm_steps:

@@ -54,9 +54,40 @@ pub enum BenchError {
     },
 }
 
+/// A network that `kairos bench` times case by case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// The CLIP text encoder (77 tokens, batch 2).
+    TextEncoder,
+    /// The UNet at each resolution and batch size.
+    Unet,
+    /// The VAE decoder at each resolution.
+    Vae,
+}
+
+impl Component {
+    /// Every component, in the order they are timed.
+    pub const ALL: [Component; 3] = [Component::TextEncoder, Component::Unet, Component::Vae];
+}
+
+impl std::str::FromStr for Component {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text-encoder" | "text_encoder" => Ok(Component::TextEncoder),
+            "unet" => Ok(Component::Unet),
+            "vae" => Ok(Component::Vae),
+            _ => Err(format!("unknown component `{s}`: use text-encoder, unet or vae")),
+        }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// The networks timed on their own (the whole-txt2img cases run whatever this says).
+    pub components: Vec<Component>,
     /// Image resolutions (square), e.g. `[256, 512]`.
     pub resolutions: Vec<usize>,
     /// UNet batch sizes, e.g. `[1, 2]` (2 is one CFG step).
@@ -251,7 +282,6 @@ fn gemm_bf16_case(
 pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<BenchReport, BenchError> {
     let device = Device::Cpu;
     let dtype = opts.dtype;
-    let act = kairos_kernels::nn::activation_dtype(dtype, &device);
     let mut cases = Vec::new();
     if let Some(&r) = opts.resolutions.iter().find(|&&r| r == 0 || r % 8 != 0) {
         return Err(BenchError::Resolution { resolution: r });
@@ -263,72 +293,17 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
         }
     }
 
-    // Text encoder: 77 tokens, batch 2 (prompt and negative prompt).
-    let clip_cfg = CLIPTextConfig::from_json(presets::SD15_TEXT_ENCODER)?;
-    let clip = CLIPTextModel::new(seeded_var_builder(opts.seed, dtype, &device).pp("text_encoder"), &clip_cfg)?;
-    let ids: Vec<u32> = (0..2 * 77u32).map(|i| (i * 7919) % clip_cfg.vocab_size as u32).collect();
-    let ids = Tensor::from_vec(ids, (2, 77), &device)?;
-    cases.push(time_case(
-        "text_encoder b2".into(),
-        flops::clip_text(&clip_cfg, 2, 77) / 1e9,
-        opts.repeats,
-        || {
-            clip.forward(&ids)?;
-            Ok(())
-        },
-        &mut report,
-    )?);
-    drop(clip);
-
-    let unet_json: serde_json::Value = serde_json::from_str(presets::SD15_UNET)?;
-    let unet_cfg = UNet2DConditionModelConfig::from_json(presets::SD15_UNET)?;
-    let unet = UNet2DConditionModel::new(seeded_var_builder(opts.seed, dtype, &device).pp("unet"), &unet_cfg)?;
-    let shape = unet_shape(&unet_json);
-    // The first case's inputs and output, for the comparison with f32.
-    let mut first: Option<(String, Tensor, Tensor, Tensor)> = None;
-    for &res in &opts.resolutions {
-        let lat = res / 8;
-        for &batch in &opts.unet_batches {
-            let sample = Tensor::randn(0f32, 1.0, (batch, 4, lat, lat), &device)?.to_dtype(act)?;
-            let context = Tensor::randn(0f32, 1.0, (batch, 77, 768), &device)?.to_dtype(act)?;
-            let gflop = flops::unet(&shape, batch, lat, lat) / 1e9;
-            let name = format!("unet b{batch} {res}");
-            let mut out = None;
-            cases.push(time_case(
-                name.clone(),
-                gflop,
-                opts.repeats,
-                || {
-                    out = Some(unet.forward(&sample, 500.0, &context, None)?);
-                    Ok(())
-                },
-                &mut report,
-            )?);
-            if let (None, Some(out)) = (&first, out) {
-                first = Some((name, sample, context, out));
-            }
-        }
+    let timed = |c: Component| opts.components.contains(&c);
+    if timed(Component::TextEncoder) {
+        text_encoder_case(opts, &device, &mut cases, &mut report)?;
     }
-    drop(unet);
-
-    let vae_cfg = AutoencoderKLConfig::from_json(&serde_json::from_str(presets::SD15_VAE)?)?;
-    let vae = AutoencoderKL::new(seeded_var_builder(opts.seed, dtype, &device).pp("vae"), &vae_cfg)?;
-    for &res in &opts.resolutions {
-        let lat = res / 8;
-        let z = Tensor::randn(0f32, 1.0, (1, 4, lat, lat), &device)?.to_dtype(act)?;
-        cases.push(time_case(
-            format!("vae_decode b1 {res}"),
-            flops::vae_decode(&vae_cfg, 1, lat, lat) / 1e9,
-            opts.repeats,
-            || {
-                vae.decode(&z)?;
-                Ok(())
-            },
-            &mut report,
-        )?);
+    let mut first = None;
+    if timed(Component::Unet) {
+        first = unet_cases(opts, &device, &mut cases, &mut report)?;
     }
-
-    drop(vae);
+    if timed(Component::Vae) {
+        vae_cases(opts, &device, &mut cases, &mut report)?;
+    }
     if let Some(&res) = opts.resolutions.iter().max().filter(|_| opts.txt2img_steps > 0 || opts.lcm_steps > 0) {
         cases.extend(txt2img_cases(opts, res, &mut report)?);
     }
@@ -336,6 +311,7 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
     let peak_rss_mib = peak_rss_mib();
     let unet_difference = match first {
         Some((name, sample, context, out)) if dtype != DType::F32 => {
+            let unet_cfg = UNet2DConditionModelConfig::from_json(presets::SD15_UNET)?;
             let reference =
                 UNet2DConditionModel::new(seeded_var_builder(opts.seed, DType::F32, &device).pp("unet"), &unet_cfg)?;
             let f32 = |t: &Tensor| t.to_dtype(DType::F32);
@@ -353,6 +329,99 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
         bf16_kernel: kairos_kernels::gemm_bf16::kernel_name(),
         unet_difference,
     })
+}
+
+/// The first UNet case's name, inputs and output, kept for the comparison with f32.
+type FirstUnetCase = (String, Tensor, Tensor, Tensor);
+
+/// The text encoder: 77 tokens, batch 2 (prompt and negative prompt).
+fn text_encoder_case(
+    opts: &BenchOptions,
+    device: &Device,
+    cases: &mut Vec<CaseResult>,
+    report: &mut dyn FnMut(&CaseResult),
+) -> Result<(), BenchError> {
+    let clip_cfg = CLIPTextConfig::from_json(presets::SD15_TEXT_ENCODER)?;
+    let clip = CLIPTextModel::new(seeded_var_builder(opts.seed, opts.dtype, device).pp("text_encoder"), &clip_cfg)?;
+    let ids: Vec<u32> = (0..2 * 77u32).map(|i| (i * 7919) % clip_cfg.vocab_size as u32).collect();
+    let ids = Tensor::from_vec(ids, (2, 77), device)?;
+    cases.push(time_case(
+        "text_encoder b2".into(),
+        flops::clip_text(&clip_cfg, 2, 77) / 1e9,
+        opts.repeats,
+        || {
+            clip.forward(&ids)?;
+            Ok(())
+        },
+        report,
+    )?);
+    Ok(())
+}
+
+/// One UNet call at each resolution and batch size.
+fn unet_cases(
+    opts: &BenchOptions,
+    device: &Device,
+    cases: &mut Vec<CaseResult>,
+    report: &mut dyn FnMut(&CaseResult),
+) -> Result<Option<FirstUnetCase>, BenchError> {
+    let act = kairos_kernels::nn::activation_dtype(opts.dtype, device);
+    let unet_json: serde_json::Value = serde_json::from_str(presets::SD15_UNET)?;
+    let unet_cfg = UNet2DConditionModelConfig::from_json(presets::SD15_UNET)?;
+    let unet = UNet2DConditionModel::new(seeded_var_builder(opts.seed, opts.dtype, device).pp("unet"), &unet_cfg)?;
+    let shape = unet_shape(&unet_json);
+    let mut first = None;
+    for &res in &opts.resolutions {
+        let lat = res / 8;
+        for &batch in &opts.unet_batches {
+            let sample = Tensor::randn(0f32, 1.0, (batch, 4, lat, lat), device)?.to_dtype(act)?;
+            let context = Tensor::randn(0f32, 1.0, (batch, 77, 768), device)?.to_dtype(act)?;
+            let gflop = flops::unet(&shape, batch, lat, lat) / 1e9;
+            let name = format!("unet b{batch} {res}");
+            let mut out = None;
+            cases.push(time_case(
+                name.clone(),
+                gflop,
+                opts.repeats,
+                || {
+                    out = Some(unet.forward(&sample, 500.0, &context, None)?);
+                    Ok(())
+                },
+                report,
+            )?);
+            if let (None, Some(out)) = (&first, out) {
+                first = Some((name, sample, context, out));
+            }
+        }
+    }
+    Ok(first)
+}
+
+/// One VAE decode (batch 1) at each resolution.
+fn vae_cases(
+    opts: &BenchOptions,
+    device: &Device,
+    cases: &mut Vec<CaseResult>,
+    report: &mut dyn FnMut(&CaseResult),
+) -> Result<(), BenchError> {
+    let act = kairos_kernels::nn::activation_dtype(opts.dtype, device);
+    let vae_cfg = AutoencoderKLConfig::from_json(&serde_json::from_str(presets::SD15_VAE)?)?;
+    let vae = AutoencoderKL::new(seeded_var_builder(opts.seed, opts.dtype, device).pp("vae"), &vae_cfg)?;
+    for &res in &opts.resolutions {
+        let lat = res / 8;
+        let z = Tensor::randn(0f32, 1.0, (1, 4, lat, lat), device)?.to_dtype(act)?;
+        cases.push(time_case(
+            format!("vae_decode b1 {res}"),
+            flops::vae_decode(&vae_cfg, 1, lat, lat) / 1e9,
+            opts.repeats,
+            || {
+                vae.decode(&z)?;
+                Ok(())
+            },
+            report,
+        )?);
+    }
+    Ok(())
 }
 
 /// Whole `res`² txt2img runs through kairos-pipeline (prompt encoding, the sampler loop, VAE

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use kairos_bench::{BenchOptions, CaseResult};
+use kairos_bench::{BenchOptions, CaseResult, Component};
 
 /// Arguments of `kairos bench`.
 #[derive(Debug, Args)]
@@ -12,6 +12,9 @@ pub struct BenchArgs {
     /// Square image resolutions (multiples of 8).
     #[arg(long, value_delimiter = ',', default_value = "256,512")]
     resolutions: Vec<usize>,
+    /// Networks to time on their own: text-encoder, unet, vae.
+    #[arg(long, value_delimiter = ',', default_value = "text-encoder,unet,vae")]
+    components: Vec<Component>,
     /// UNet batch sizes (2 is one classifier-free-guidance step).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     batches: Vec<usize>,
@@ -45,6 +48,7 @@ pub struct BenchArgs {
 /// Runs the benchmark and prints one line per case.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let opts = BenchOptions {
+        components: args.components,
         resolutions: args.resolutions,
         unet_batches: args.batches,
         repeats: args.repeats,
