@@ -1,34 +1,47 @@
-//! `softmax(q·kᵀ·scale)·v` by blocks of query rows: each block's scores (`rows × S`) are computed
-//! by one GEMM, exponentiated in place, multiplied by `v` by a second GEMM and the rows divided by
-//! their sums. Memory is one block per thread instead of `N·heads·L·S` scores (1 GiB for SD1.5's
-//! 4096-token self-attention at batch 2), and the exact two-pass softmax is kept, so no
-//! online-softmax rescaling is needed.
+//! `softmax(q·kᵀ·scale)·v` in the manner of FlashAttention (Dao et al. 2022): each job takes a
+//! block of [`ROWS`] query rows of one head and walks the keys in blocks of [`KEYS`], computing the
+//! block's scores (48 KiB, in L1/L2), exponentiating them against each row's running maximum and
+//! adding their product with `v` to the rows' output, which is rescaled when the maximum grows
+//! (online softmax). Neither the `N·heads·L·S` scores (1 GiB for SD1.5's 4096-token
+//! self-attention at batch 2) nor a block of them larger than the caches is ever written to
+//! memory. `k` is packed transposed and `v` padded once per call, so both products run on
+//! register-tiled micro-kernels with unit-stride vector loads.
 //!
-//! The heads may stay interleaved as the projections write them (`[N, L, heads·d]`): the GEMMs
-//! read each head's columns with a row stride of `heads·d` and write the output the same way,
-//! which saves the four `[N, L, heads, d]` ↔ `[N, heads, L, d]` copies around every attention.
+//! The heads may stay interleaved as the projections write them (`[N, L, heads·d]`): each head's
+//! `d` columns are read at a row stride of `heads·d` and written back the same way, which saves
+//! the four `[N, L, heads, d]` ↔ `[N, heads, L, d]` copies around every attention.
 
 use candle_core::{Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::error::KernelError;
 use crate::op::{apply3, F32Op3, Input};
 use crate::scratch::Scratch;
-use crate::vecmath;
+use crate::vecmath::{self, multiversion};
 
 const OP: &str = "kairos-attention";
 
-/// Bytes of scores per block: the GEMMs repack all of `k` and `v` for every block, so blocks must
-/// hold enough rows to amortise that (at 4096 tokens, 4 MiB = 256 rows ran 1.3× faster than
-/// 512 KiB = 32 rows on 2 AVX-512 cores with 2 MiB L2 each, and 8 MiB was slower again).
-const BLOCK_BYTES: usize = 4096 * 1024;
+/// Lanes of one AVX-512 register of f32: the width of the micro-kernels' columns.
+const LANES: usize = 16;
+/// Query rows per job: a multiple of every micro-kernel's row count (6 and 8, 6, 4).
+const ROWS: usize = 48;
+/// Keys per block of scores: `ROWS × KEYS` f32 is 48 KiB.
+const KEYS: usize = 256;
+/// Score columns of one `q·kᵀ` micro-kernel call (four registers) ...
+const QK_COLS: usize = 4 * LANES;
+/// ... and its query rows: 24 accumulators.
+const QK_ROWS: usize = 6;
 
 /// The CPU kernel: `q` `[N, L, heads·d]`, `k` and `v` `[N, S, heads·d]`, contiguous f32.
 struct AttentionOp {
     heads: usize,
     scale: f32,
+    /// The job function: [`attend_rows`], or [`attend_rows_portable`] in a test.
+    attend: AttendRows,
 }
+
+/// The signature of [`attend_rows`].
+type AttendRows = fn(&Dims, &[f32], usize, &[f32], &[f32], &mut [f32]);
 
 /// The output buffer, shared by the jobs, each of which writes its own rows × head columns.
 struct OutPtr(*mut f32);
@@ -36,13 +49,29 @@ struct OutPtr(*mut f32);
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
-    /// The element `offset` elements in (a method, so closures capture the `Sync` wrapper).
+    /// The `len` elements `offset` elements in (a method, so closures capture the `Sync` wrapper).
     ///
     /// # Safety
-    /// `offset` must lie inside the buffer.
-    unsafe fn at(&self, offset: usize) -> *mut f32 {
-        self.0.add(offset)
+    /// `offset + len` must lie inside the buffer and no one else may access those elements while
+    /// the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(offset), len)
     }
+}
+
+/// Sizes of one call, shared by its jobs.
+struct Dims {
+    /// Keys `S` per sample.
+    s: usize,
+    /// Row stride `heads·d` of q, k, v and the output, and one head's width `d`.
+    c: usize,
+    d: usize,
+    /// `d` rounded up to whole registers: the row stride of packed `v` and of a job's output.
+    dp: usize,
+    /// `S` rounded up to whole `q·kᵀ` micro-kernel columns: the row stride of packed `kᵀ`.
+    sp: usize,
+    scale: f32,
 }
 
 impl F32Op3 for AttentionOp {
@@ -51,86 +80,321 @@ impl F32Op3 for AttentionOp {
     fn run(&self, (q, l1): Input<'_>, (k, l2): Input<'_>, (v, _l3): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let (n, l, c) = l1.shape().dims3()?;
         let s = l2.dims()[1];
-        let (heads, d) = (self.heads, c / self.heads);
+        let heads = self.heads;
+        let d = c / heads;
         let mut out = vec![0f32; n * l * c];
         if out.is_empty() || s == 0 {
             return Ok((out, l1.shape().clone()));
         }
-        let rows = (BLOCK_BYTES / (4 * s)).clamp(1, l);
-        let blocks = l.div_ceil(rows);
-        let out_ptr = OutPtr(out.as_mut_ptr());
-        (0..n * heads * blocks).into_par_iter().for_each(|job| {
-            let (b, h, r0) = (job / (heads * blocks), job / blocks % heads, job % blocks * rows);
-            let m = rows.min(l - r0);
-            // Element (i, j) of this job's matrices (row stride c, head h's d columns):
-            // q_t (i, j) = q[(b·L + r0 + i)·c + h·d + j], k and v (i, j) = k/v[(b·S + i)·c + h·d + j].
-            let q_t = &q[(b * l + r0) * c + h * d..];
-            let (k_b, v_b) = (&k[b * s * c + h * d..], &v[b * s * c + h * d..]);
-            // Reused between jobs and calls: the first GEMM overwrites all of it.
-            let mut scores = Scratch::take(m * s);
-            // SAFETY: scores is m×S row-major; q_t's m×d block, kᵀ (d×S: element (i, j) at
-            // j·c + i of k_b) and v_b's S×d block lie inside their slices, whose last rows end at
-            // column h·d + d ≤ c.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    s,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    s as isize,
-                    false,
-                    q_t.as_ptr(),
-                    1,
-                    c as isize,
-                    k_b.as_ptr(),
-                    c as isize,
-                    1,
-                    0.0,
-                    self.scale,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
+        let dims =
+            Dims { s, c, d, dp: d.div_ceil(LANES) * LANES, sp: s.div_ceil(QK_COLS) * QK_COLS, scale: self.scale };
+        // Per (sample, head): kᵀ as panels of d × QK_COLS keys (contiguous, so that the micro-kernel
+        // reads no power-of-two strides) and v as S rows of dp columns, zero-padded (every
+        // element is written, so the pool's leftovers never show).
+        let mut kt = Scratch::take(n * heads * d * dims.sp);
+        let mut vp = Scratch::take(n * heads * s * dims.dp);
+        kt.par_chunks_mut(d * dims.sp).zip(vp.par_chunks_mut(s * dims.dp)).enumerate().for_each(|(bh, (kt, vp))| {
+            let col = (bh / heads) * s * c + (bh % heads) * d;
+            for j in 0..s {
+                let (k_row, v_row) = (&k[col + j * c..][..d], &v[col + j * c..][..d]);
+                let panel = &mut kt[(j / QK_COLS) * d * QK_COLS + j % QK_COLS..];
+                for (p, &x) in k_row.iter().enumerate() {
+                    panel[p * QK_COLS] = x;
+                }
+                let dst = &mut vp[j * dims.dp..][..dims.dp];
+                dst[..d].copy_from_slice(v_row);
+                dst[d..].fill(0.0);
             }
-            let sums: Vec<f32> = scores.chunks_mut(s).map(vecmath::exp_shifted_sum).collect();
-            // This job's output: rows r0..r0+m of sample b, columns h·d..h·d+d.
-            // SAFETY: the offset is inside out (b < N, r0 + m ≤ L, h·d + d ≤ c), and no other job
-            // has the same (b, h, block), so the m×d elements written here are this job's alone.
-            let out_t = unsafe { out_ptr.at((b * l + r0) * c + h * d) };
-            // SAFETY: as above, with v_b's S×d block read at row stride c.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    d,
-                    s,
-                    out_t,
-                    1,
-                    c as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    s as isize,
-                    v_b.as_ptr(),
-                    1,
-                    c as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
-            for (i, sum) in sums.into_iter().enumerate() {
-                let inv = 1.0 / sum;
-                // SAFETY: row i of this job's block, d elements, as above.
-                let row = unsafe { std::slice::from_raw_parts_mut(out_t.add(i * c), d) };
-                row.iter_mut().for_each(|x| *x *= inv);
+            for j in s..dims.sp {
+                let panel = &mut kt[(j / QK_COLS) * d * QK_COLS + j % QK_COLS..];
+                (0..d).for_each(|p| panel[p * QK_COLS] = 0.0);
             }
         });
+        let blocks = l.div_ceil(ROWS);
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        (0..n * heads * blocks).into_par_iter().for_each(|job| {
+            let (bh, r0) = (job / blocks, job % blocks * ROWS);
+            let (b, h) = (bh / heads, bh % heads);
+            let m = ROWS.min(l - r0);
+            let offset = (b * l + r0) * c + h * d;
+            // SAFETY: rows r0..r0+m of sample b, columns h·d..h·d+d: inside out (b < N,
+            // r0 + m ≤ L, h·d + d ≤ c); no other job has the same (b, h, block), and the
+            // elements between this job's row pieces, which the slice also spans, are not touched
+            // through it (`attend_rows` writes row i at i·c..i·c+d only).
+            let out_rows = unsafe { out_ptr.slice(offset, (m - 1) * c + d) };
+            let kt = &kt[bh * d * dims.sp..][..d * dims.sp];
+            let vp = &vp[bh * s * dims.dp..][..s * dims.dp];
+            (self.attend)(&dims, &q[offset..], m, kt, vp, out_rows);
+        });
         Ok((out, l1.shape().clone()))
+    }
+}
+
+/// One job: `m ≤ ROWS` query rows (row `i` at `q[i·c..i·c+d]`) of one head against its packed
+/// `kᵀ` and `v`, written to `out[i·c..i·c+d]`; with AVX-512 micro-kernels where the CPU has them.
+fn attend_rows(dims: &Dims, q: &[f32], m: usize, kt: &[f32], vp: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { x86::attend_rows(dims, q, m, kt, vp, out) };
+    }
+    attend_rows_portable(dims, q, m, kt, vp, out)
+}
+
+multiversion! {
+    /// [`attend_rows`] with the portable micro-kernels (vectorised by the compiler for AVX2).
+    fn attend_rows_portable(dims: &Dims, q: &[f32], m: usize, kt: &[f32], vp: &[f32], out: &mut [f32]) -> ()
+        = attend_rows_portable_generic;
+}
+
+#[inline(always)]
+fn attend_rows_portable_generic(dims: &Dims, q: &[f32], m: usize, kt: &[f32], vp: &[f32], out: &mut [f32]) {
+    attend_rows_generic::<Portable>(dims, q, m, kt, vp, out)
+}
+
+#[inline(always)]
+fn attend_rows_generic<K: MicroKernels>(dims: &Dims, q: &[f32], m: usize, kt: &[f32], vp: &[f32], out: &mut [f32]) {
+    let &Dims { s, c, d, dp, scale, .. } = dims;
+    // The scaled query rows, by groups of QK_ROWS rows stored transposed (d × QK_ROWS), zero
+    // past m: padding rows score 0 and are never written out.
+    let mut qb = vec![0f32; ROWS * d];
+    for i in 0..m {
+        let (group, r) = (i / QK_ROWS, i % QK_ROWS);
+        for (p, &x) in q[i * c..][..d].iter().enumerate() {
+            qb[(group * d + p) * QK_ROWS + r] = x * scale;
+        }
+    }
+    let mut scores = vec![0f32; ROWS * KEYS];
+    let mut acc = vec![0f32; ROWS * dp];
+    let mut row_max = [f32::NEG_INFINITY; ROWS];
+    let mut row_sum = [0f32; ROWS];
+    let qk_rows = m.div_ceil(QK_ROWS) * QK_ROWS;
+    for j0 in (0..s).step_by(KEYS) {
+        let nc = KEYS.min(s - j0);
+        for r in (0..qk_rows).step_by(QK_ROWS) {
+            for jc in (0..nc).step_by(QK_COLS) {
+                qk_tile::<K>(&qb[r * d..], d, &kt[(j0 + jc) * d..], &mut scores[r * KEYS + jc..]);
+            }
+        }
+        for i in 0..m {
+            let row = &mut scores[i * KEYS..][..nc];
+            let new_max = row_max[i].max(vecmath::max_generic(row));
+            let sum = vecmath::exp_sub_sum_generic(row, new_max);
+            if new_max > row_max[i] {
+                // The rows' earlier terms were taken against a smaller maximum (e^-inf = 0 for
+                // the first block, whose sum and output are still 0).
+                let alpha = vecmath::exp(row_max[i] - new_max);
+                row_sum[i] *= alpha;
+                acc[i * dp..][..dp].iter_mut().for_each(|x| *x *= alpha);
+                row_max[i] = new_max;
+            }
+            row_sum[i] += sum;
+        }
+        pv_block::<K>(&scores, m, nc, &vp[j0 * dp..], dp, &mut acc);
+    }
+    for i in 0..m {
+        let inv = 1.0 / row_sum[i];
+        out[i * c..][..d].iter_mut().zip(&acc[i * dp..][..d]).for_each(|(o, &x)| *o = x * inv);
+    }
+}
+
+/// The register-tiled products of a job, on raw pointers (the callers below check the bounds).
+trait MicroKernels {
+    /// `out[r·KEYS + j] = Σₚ q[p·QK_ROWS + r] · kt[p·QK_COLS + j]` for `r < QK_ROWS`,
+    /// `j < QK_COLS`, `p < d`.
+    ///
+    /// # Safety
+    /// The reads and writes named lie inside their buffers, and the instructions used run here.
+    unsafe fn qk_tile(q: *const f32, d: usize, kt: *const f32, out: *mut f32);
+
+    /// `acc[r·dp + j] += Σₖ p[r·KEYS + k] · v[k·dp + j]` for `r < R`, `j < W·LANES`, `k < nc`.
+    ///
+    /// # Safety
+    /// As for [`MicroKernels::qk_tile`].
+    unsafe fn pv_tile<const W: usize, const R: usize>(
+        p: *const f32,
+        nc: usize,
+        v: *const f32,
+        dp: usize,
+        acc: *mut f32,
+    );
+}
+
+/// Plain loops over fixed-size arrays, which the compiler vectorises.
+struct Portable;
+
+impl MicroKernels for Portable {
+    #[inline(always)]
+    unsafe fn qk_tile(q: *const f32, d: usize, kt: *const f32, out: *mut f32) {
+        let mut acc = [[0f32; QK_COLS]; QK_ROWS];
+        for p in 0..d {
+            // SAFETY: the caller's contract.
+            let (k, x) = unsafe {
+                (&*(kt.add(p * QK_COLS) as *const [f32; QK_COLS]), &*(q.add(p * QK_ROWS) as *const [f32; QK_ROWS]))
+            };
+            for (acc, &x) in acc.iter_mut().zip(x) {
+                acc.iter_mut().zip(k).for_each(|(a, &y)| *a = x.mul_add(y, *a));
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out.add(r * KEYS), QK_COLS) };
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn pv_tile<const W: usize, const R: usize>(
+        p: *const f32,
+        nc: usize,
+        v: *const f32,
+        dp: usize,
+        acc: *mut f32,
+    ) {
+        // SAFETY (all blocks): the caller's contract.
+        let mut tile: [[[f32; LANES]; W]; R] =
+            std::array::from_fn(|r| unsafe { *(acc.add(r * dp) as *const [[f32; LANES]; W]) });
+        for k in 0..nc {
+            let row = unsafe { &*(v.add(k * dp) as *const [[f32; LANES]; W]) };
+            for (r, tile) in tile.iter_mut().enumerate() {
+                let x = unsafe { *p.add(r * KEYS + k) };
+                for (t, y) in tile.iter_mut().zip(row) {
+                    t.iter_mut().zip(y).for_each(|(a, &y)| *a = x.mul_add(y, *a));
+                }
+            }
+        }
+        for (r, tile) in tile.iter().enumerate() {
+            unsafe { *(acc.add(r * dp) as *mut [[f32; LANES]; W]) = *tile };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{Dims, MicroKernels, KEYS, LANES, QK_COLS, QK_ROWS};
+
+    /// AVX-512 intrinsics: the compiler vectorised [`super::Portable`]'s products over the
+    /// wrong loop for some tile shapes (gathers instead of broadcasts, 10× slower at d = 40).
+    struct Avx512;
+
+    /// [`super::attend_rows`] compiled for AVX-512 with [`Avx512`]'s micro-kernels.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn attend_rows(dims: &Dims, q: &[f32], m: usize, kt: &[f32], vp: &[f32], out: &mut [f32]) {
+        super::attend_rows_generic::<Avx512>(dims, q, m, kt, vp, out)
+    }
+
+    impl MicroKernels for Avx512 {
+        #[inline(always)]
+        unsafe fn qk_tile(q: *const f32, d: usize, kt: *const f32, out: *mut f32) {
+            // SAFETY (all blocks): the caller's contract; constant indices only (the loops over
+            // rows and vectors are unrolled), so the accumulators stay in registers.
+            unsafe {
+                let mut acc = [[_mm512_setzero_ps(); QK_COLS / LANES]; QK_ROWS];
+                for p in 0..d {
+                    let kp = kt.add(p * QK_COLS);
+                    let k: [__m512; QK_COLS / LANES] = std::array::from_fn(|w| _mm512_loadu_ps(kp.add(w * LANES)));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let x = _mm512_set1_ps(*q.add(p * QK_ROWS + r));
+                        for (a, &k) in acc.iter_mut().zip(&k) {
+                            *a = _mm512_fmadd_ps(x, k, *a);
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate() {
+                    for (w, &a) in acc.iter().enumerate() {
+                        _mm512_storeu_ps(out.add(r * KEYS + w * LANES), a);
+                    }
+                }
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn pv_tile<const W: usize, const R: usize>(
+            p: *const f32,
+            nc: usize,
+            v: *const f32,
+            dp: usize,
+            acc: *mut f32,
+        ) {
+            // SAFETY (all blocks): as in qk_tile.
+            unsafe {
+                let mut tile: [[__m512; W]; R] =
+                    std::array::from_fn(|r| std::array::from_fn(|w| _mm512_loadu_ps(acc.add(r * dp + w * LANES))));
+                for k in 0..nc {
+                    let vk = v.add(k * dp);
+                    let y: [__m512; W] = std::array::from_fn(|w| _mm512_loadu_ps(vk.add(w * LANES)));
+                    for (r, tile) in tile.iter_mut().enumerate() {
+                        let x = _mm512_set1_ps(*p.add(r * KEYS + k));
+                        for (t, &y) in tile.iter_mut().zip(&y) {
+                            *t = _mm512_fmadd_ps(x, y, *t);
+                        }
+                    }
+                }
+                for (r, tile) in tile.iter().enumerate() {
+                    for (w, &t) in tile.iter().enumerate() {
+                        _mm512_storeu_ps(acc.add(r * dp + w * LANES), t);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `QK_ROWS × QK_COLS` scores: `out[r·KEYS + j] = Σₚ q[p·QK_ROWS + r] · kt[p·QK_COLS + j]` (`q`
+/// holds the block's rows transposed, so each step broadcasts `QK_ROWS` neighbouring values).
+#[inline(always)]
+fn qk_tile<K: MicroKernels>(q: &[f32], d: usize, kt: &[f32], out: &mut [f32]) {
+    assert!(q.len() >= d * QK_ROWS && kt.len() >= d * QK_COLS && out.len() >= (QK_ROWS - 1) * KEYS + QK_COLS);
+    // SAFETY: the reads and writes lie inside the lengths asserted; the caller runs on a CPU with
+    // K's instructions.
+    unsafe { K::qk_tile(q.as_ptr(), d, kt.as_ptr(), out.as_mut_ptr()) }
+}
+
+/// `acc[i·dp + ..] += Σₖ scores[i·KEYS + k] · v[k·dp + ..]` for the job's rows and `nc` keys, by
+/// register tiles of `R` rows × `W` vectors of columns (`R·W ≤ 24` accumulators).
+#[inline(always)]
+fn pv_block<K: MicroKernels>(scores: &[f32], m: usize, nc: usize, v: &[f32], dp: usize, acc: &mut [f32]) {
+    let vectors = dp / LANES;
+    // Column chunks: all of them at once up to five vectors (d ≤ 80), else four at a time.
+    let mut w0 = 0;
+    while w0 < vectors {
+        let w = if vectors <= 5 { vectors } else { 4.min(vectors - w0) };
+        let col = w0 * LANES;
+        match w {
+            1 => pv_chunk::<K, 1, 8>(scores, m, nc, &v[col..], dp, &mut acc[col..]),
+            2 => pv_chunk::<K, 2, 8>(scores, m, nc, &v[col..], dp, &mut acc[col..]),
+            3 => pv_chunk::<K, 3, 8>(scores, m, nc, &v[col..], dp, &mut acc[col..]),
+            4 => pv_chunk::<K, 4, 6>(scores, m, nc, &v[col..], dp, &mut acc[col..]),
+            _ => pv_chunk::<K, 5, 4>(scores, m, nc, &v[col..], dp, &mut acc[col..]),
+        }
+        w0 += w;
+    }
+}
+
+/// [`pv_block`] on `W` vectors of columns, `R` rows at a time.
+#[inline(always)]
+fn pv_chunk<K: MicroKernels, const W: usize, const R: usize>(
+    scores: &[f32],
+    m: usize,
+    nc: usize,
+    v: &[f32],
+    dp: usize,
+    acc: &mut [f32],
+) {
+    let rows = m.div_ceil(R) * R;
+    assert!(
+        scores.len() >= (rows - 1) * KEYS + nc
+            && v.len() >= (nc - 1) * dp + W * LANES
+            && acc.len() >= (rows - 1) * dp + W * LANES
+    );
+    for r0 in (0..rows).step_by(R) {
+        // SAFETY: rows r0..r0 + R < rows and keys < nc lie inside the lengths asserted; the
+        // caller runs on a CPU with K's instructions.
+        unsafe { K::pv_tile::<W, R>(scores[r0 * KEYS..].as_ptr(), nc, v.as_ptr(), dp, acc[r0 * dp..].as_mut_ptr()) }
     }
 }
 
@@ -164,7 +428,7 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor, scale: f64) -> Re
         return attention_plain(query, key, value, scale);
     }
     let flat = |t: &Tensor| -> Result<Tensor> { t.flatten_to(rank - 3)?.contiguous() };
-    let op = AttentionOp { heads: 1, scale: scale as f32 };
+    let op = AttentionOp { heads: 1, scale: scale as f32, attend: attend_rows };
     apply3(&flat(query)?, &flat(key)?, &flat(value)?, op)?.reshape(qd)
 }
 
@@ -190,6 +454,41 @@ pub fn attention_heads(query: &Tensor, key: &Tensor, value: &Tensor, heads: usiz
         let out = attention_plain(&split(query)?, &split(key)?, &split(value)?, scale)?;
         return out.transpose(1, 2)?.reshape((n, l, c));
     }
-    let op = AttentionOp { heads, scale: scale as f32 };
+    let op = AttentionOp { heads, scale: scale as f32, attend: attend_rows };
     apply3(&query.contiguous()?, &key.contiguous()?, &value.contiguous()?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The portable micro-kernels (taken only on CPUs without AVX-512) against the plain path, on
+    /// each register tile shape (head widths 40, 80, 160 and 512) and several key blocks.
+    #[test]
+    fn portable_kernels_match_plain() {
+        let dev = candle_core::Device::Cpu;
+        for (l, s, heads, d) in
+            [(50usize, 300usize, 2usize, 40usize), (61, 77, 2, 80), (50, 270, 1, 160), (20, 100, 1, 512)]
+        {
+            let t = |len: usize, shape: (usize, usize, usize), f: f32| {
+                let data: Vec<f32> = (0..len).map(|i| ((i as f32 * 0.618 + f).fract() - 0.5) * 2.0).collect();
+                Tensor::from_vec(data, shape, &dev).unwrap()
+            };
+            let (q, k, v) = (
+                t(2 * l * heads * d, (2, l, heads * d), 0.1),
+                t(2 * s * heads * d, (2, s, heads * d), 0.3),
+                t(2 * s * heads * d, (2, s, heads * d), 0.7),
+            );
+            let scale = (d as f64).powf(-0.5);
+            let op = AttentionOp { heads, scale: scale as f32, attend: attend_rows_portable };
+            let got = apply3(&q, &k, &v, op).unwrap();
+            let split =
+                |t: &Tensor| t.reshape((2, (), heads, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+            let want = attention_plain(&split(&q), &split(&k), &split(&v), scale).unwrap();
+            let want = want.transpose(1, 2).unwrap().reshape((2, l, heads * d)).unwrap();
+            let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            // Same sums in another order (and an exp within 2.5e-7 relative): f32 rounding only.
+            assert!(err < 1e-5, "l {l} s {s} d {d}: {err}");
+        }
+    }
 }

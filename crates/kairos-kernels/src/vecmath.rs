@@ -9,7 +9,7 @@ const LANES: usize = 16;
 /// polynomial in `r`, and `2^n` built from the exponent bits. Inputs are clamped to
 /// [-86, 88], so the result is never denormal (softmax and SiLU only need e^-86 ≈ 0).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(-86.0, 88.0);
     // n = round(x·log2 e) by adding 1.5·2^23: the sum's low mantissa bits hold n as an integer
     // (|n| < 2^22), so no float→int conversion is needed (`as i32` is scalarised for its
@@ -68,7 +68,7 @@ pub(crate) use multiversion;
 /// lanes and a plain comparison (no NaN fix-up per step): one running maximum made this a chain
 /// of dependent max-and-blend steps that took about as long as the exponentials after it.
 #[inline(always)]
-fn max_generic(row: &[f32]) -> f32 {
+pub(crate) fn max_generic(row: &[f32]) -> f32 {
     let mut acc = [[f32::NEG_INFINITY; LANES]; 4];
     let chunks = row.chunks_exact(4 * LANES);
     let tail = chunks.remainder();
@@ -88,30 +88,25 @@ fn max_generic(row: &[f32]) -> f32 {
     m.into_iter().chain(tail.iter().copied()).fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// Replaces `row` by `e^(row - max(row))` and returns the sum of the new values.
+/// Replaces `row` by `e^(row - shift)` and returns the sum of the new values: softmax without the
+/// final division, which the caller folds into a later, smaller product (`shift` is the row's
+/// running maximum, see `attention`).
 #[inline(always)]
-fn exp_shifted_sum_generic(row: &mut [f32]) -> f32 {
-    let max = max_generic(row);
+pub(crate) fn exp_sub_sum_generic(row: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
         for (a, x) in acc.iter_mut().zip(chunk.iter_mut()) {
-            *x = exp(*x - max);
+            *x = exp(*x - shift);
             *a += *x;
         }
     }
     let mut sum = acc.iter().sum::<f32>();
     for x in chunks.into_remainder() {
-        *x = exp(*x - max);
+        *x = exp(*x - shift);
         sum += *x;
     }
     sum
-}
-
-multiversion! {
-    /// Replaces a non-empty `row` by `e^(row - max(row))` and returns their sum: softmax without
-    /// the final division, which the caller folds into a later, smaller product.
-    pub(crate) fn exp_shifted_sum(row: &mut [f32]) -> f32 = exp_shifted_sum_generic;
 }
 
 /// `dst = a·src + b`, then SiLU (`y·sigmoid(y)`) when `silu`.
@@ -222,7 +217,8 @@ mod tests {
         let mut row: Vec<f32> = (0..37).map(|i| ((i * 7919) % 101) as f32 / 10.0 - 5.0).collect();
         let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let want: Vec<f64> = row.iter().map(|&x| ((x - max) as f64).exp()).collect();
-        let sum = exp_shifted_sum(&mut row);
+        assert_eq!(max_generic(&row), max);
+        let sum = exp_sub_sum_generic(&mut row, max);
         for (g, w) in row.iter().zip(&want) {
             assert!((*g as f64 - w).abs() < 2.4e-7 * w.max(1e-30), "{g} vs {w}");
         }

@@ -132,20 +132,37 @@ fn attention_matches_candle() {
         println!("attention case {i}: max abs err {err:e}");
         assert!(err < 1e-5, "case {i}: {err}");
     }
-    // Large logits: the max subtraction keeps exp finite.
-    let q = (randn(80, &[1, 1, 4, 8]) * 100.0).unwrap();
-    let k = (randn(81, &[1, 1, 9, 8]) * 100.0).unwrap();
-    let v = randn(82, &[1, 1, 9, 8]);
-    let err = max_abs_diff(&attention(&q, &k, &v, 1.0).unwrap(), &attention_plain(&q, &k, &v, 1.0).unwrap());
-    assert!(err < 1e-5, "large logits: {err}");
+    // Large logits: the max subtraction keeps exp finite; with 700 keys (three blocks of 256)
+    // whose logits grow along the sequence, each block raises the rows' running maximum, so the
+    // online rescaling of the earlier blocks' sums and outputs is exercised.
+    for (i, s) in [9usize, 700].into_iter().enumerate() {
+        let q = (randn(80, &[1, 1, 4, 8]) * 100.0).unwrap();
+        let ramp = Tensor::arange(0f32, s as f32, &Device::Cpu).unwrap().reshape((1, 1, s, 1)).unwrap();
+        let k = randn(81, &[1, 1, s, 8]).broadcast_mul(&((ramp / s as f64).unwrap() * 100.0).unwrap()).unwrap();
+        let v = randn(82, &[1, 1, s, 8]);
+        let err = max_abs_diff(&attention(&q, &k, &v, 1.0).unwrap(), &attention_plain(&q, &k, &v, 1.0).unwrap());
+        assert!(err < 1e-5, "large logits, case {i}: {err}");
+    }
 }
 
 #[test]
 fn attention_heads_matches_split_heads() {
     // Heads interleaved [N, L, heads·d] against splitting them out for the plain path: self-
-    // attention, cross-attention (S = 77), and S = 2048 so that L = 600 spans two row blocks.
-    for (i, &(l, s, heads, d)) in
-        [(50usize, 50usize, 3usize, 8usize), (33, 77, 2, 16), (600, 2048, 3, 8)].iter().enumerate()
+    // attention, cross-attention (S = 77), L = 600 over S = 2048 (many row and key blocks), and
+    // the SD head widths (40, 80 and 160 in SD1.x, 64 in SD2/SDXL; 512 is the VAE's single head),
+    // which the micro-kernels cover with different register tiles.
+    for (i, &(l, s, heads, d)) in [
+        (50usize, 50usize, 3usize, 8usize),
+        (33, 77, 2, 16),
+        (600, 2048, 3, 8),
+        (100, 300, 2, 40),
+        (61, 77, 2, 80),
+        (50, 270, 1, 160),
+        (50, 100, 2, 64),
+        (20, 100, 1, 512),
+    ]
+    .iter()
+    .enumerate()
     {
         let q = randn(90 + i as u64, &[2, l, heads * d]);
         let k = randn(91 + i as u64, &[2, s, heads * d]);
