@@ -13,6 +13,9 @@
 //! - [`group_norm`]: GroupNorm with an optional fused SiLU, one pass per group.
 //! - [`linear`]: `x·Wᵀ + b` as one GEMM over all rows onto bias-filled output (candle's `Linear`
 //!   multiplies per batch and adds the bias in a second pass).
+//! - [`tokens_from_map`], [`map_from_tokens`]: a spatial transformer's `proj_in`/`proj_out` as
+//!   GEMMs that read or write the `[N, C, H, W]` map in place (no permute copies) and add the
+//!   residual as they write.
 //! - [`geglu`]: GEGLU's `value · gelu(gate)` in one pass, with a vectorised erf.
 //! - [`gemm_bf16`]: a GEMM with bf16 inputs and f32 accumulation on AVX512-BF16, used by
 //!   `Linear` and `Conv2d` layers whose weights are stored in bf16.
@@ -36,6 +39,7 @@ mod group_norm;
 mod linear;
 pub mod nn;
 mod op;
+mod projection;
 mod scratch;
 mod vecmath;
 mod winograd;
@@ -46,6 +50,7 @@ pub use error::KernelError;
 pub use geglu::{geglu, geglu_plain};
 pub use group_norm::{group_norm, group_norm_plain};
 pub use linear::{linear, linear_plain};
+pub use projection::{map_from_tokens, tokens_from_map};
 pub use winograd::WinogradTile;
 
 /// An f32 tensor on the CPU: what the f32 kernels compute on.

@@ -63,6 +63,19 @@ impl Conv2d {
         };
         Ok(Self { inner, bf16 })
     }
+
+    /// A 1×1, stride-1, unpadded convolution's weight as a `[out, in]` matrix, and its bias, for
+    /// kernels that fuse the layer with its neighbours ([`crate::tokens_from_map`],
+    /// [`crate::map_from_tokens`]); `None` for other convolutions and bf16-packed weights.
+    pub fn matrix(&self) -> Option<(Tensor, Option<&Tensor>)> {
+        let cfg = self.inner.config();
+        let (co, ci, kh, kw) = self.inner.weight().dims4().ok()?;
+        let pointwise = (kh, kw, cfg.stride, cfg.padding, cfg.groups, cfg.dilation) == (1, 1, 1, 0, 1, 1);
+        if !pointwise || self.bf16.is_some() {
+            return None;
+        }
+        Some((self.inner.weight().reshape((co, ci)).ok()?, self.inner.bias()))
+    }
 }
 
 /// A zero-stride tensor with `w`'s shape and dtype (one element of memory), so that a layer whose
@@ -132,6 +145,12 @@ impl Linear {
         } else {
             Ok(Self { inner: candle_nn::Linear::new(weight, bias), bf16: None })
         }
+    }
+
+    /// The `[out, in]` weight and the bias, for kernels that fuse the layer with its neighbours
+    /// ([`crate::tokens_from_map`], [`crate::map_from_tokens`]); `None` for bf16-packed weights.
+    pub fn matrix(&self) -> Option<(Tensor, Option<&Tensor>)> {
+        self.bf16.is_none().then(|| (self.inner.weight().clone(), self.inner.bias()))
     }
 }
 

@@ -42,6 +42,8 @@ pub(crate) enum Fill<'a> {
     Value(f32),
     /// A copy of this slice, of the chunk's length (a linear layer's bias for one output row).
     Copy(&'a [f32]),
+    /// A copy of this slice plus this value (a residual plane and its channel's bias).
+    Shifted(&'a [f32], f32),
 }
 
 /// A new vector of `count` chunks of `chunk` elements, chunk `i` as `fill(i)` says, written once
@@ -61,10 +63,16 @@ pub(crate) fn filled<'a>(count: usize, chunk: usize, fill: impl Fn(usize) -> Fil
                     d.write(s);
                 });
             }
+            Fill::Shifted(src, x) => {
+                assert_eq!(src.len(), chunk, "a Fill::Shifted source must have the chunk's length");
+                dst.iter_mut().zip(src).for_each(|(d, &s)| {
+                    d.write(s + x);
+                });
+            }
         });
     }
-    // SAFETY: the loop above wrote all `len` elements: each chunk entirely (a Copy source has the
-    // chunk's length, asserted), and the chunks tile `..len`.
+    // SAFETY: the loop above wrote all `len` elements: each chunk entirely (a Copy or Shifted source
+    // has the chunk's length, asserted), and the chunks tile `..len`.
     unsafe { out.set_len(len) };
     out
 }

@@ -11,7 +11,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use kairos_kernels::{
     attention, attention_heads, attention_plain, conv2d, conv2d_plain, conv2d_winograd, geglu, geglu_plain, group_norm,
-    group_norm_plain, linear, linear_plain, Conv2dParams, WinogradTile,
+    group_norm_plain, linear, linear_plain, map_from_tokens, tokens_from_map, Conv2dParams, WinogradTile,
 };
 
 fn randn(seed: u64, shape: &[usize]) -> Tensor {
@@ -248,6 +248,32 @@ fn linear_matches_candle() {
 }
 
 #[test]
+fn projections_match_permute_and_linear() {
+    // A spatial transformer's proj_in (map -> tokens) and proj_out (tokens -> map + residual)
+    // against the plain permute + linear (+ add), with and without bias, on a non-square map.
+    let (n, ci, co, h, w) = (2, 6, 5, 3, 4);
+    let x = randn(1, &[n, ci, h, w]);
+    let wt = randn(2, &[co, ci]);
+    let b = randn(3, &[co]);
+    let residual = randn(4, &[n, co, h, w]);
+    for bias in [Some(&b), None] {
+        let tokens = x.permute((0, 2, 3, 1)).unwrap().reshape((n, h * w, ci)).unwrap();
+        let want = linear_plain(&tokens, &wt, bias).unwrap();
+        let err = max_abs_diff(&tokens_from_map(&x, &wt, bias).unwrap(), &want);
+        assert!(err < 1e-5, "tokens_from_map (bias {}): {err}", bias.is_some());
+        let back = randn(5, &[n, h * w, ci]);
+        let map = linear_plain(&back, &wt, bias).unwrap().reshape((n, h, w, co)).unwrap().permute((0, 3, 1, 2)).unwrap();
+        let want = (map + &residual).unwrap();
+        let err = max_abs_diff(&map_from_tokens(&back, &wt, bias, &residual).unwrap(), &want);
+        assert!(err < 1e-5, "map_from_tokens (bias {}): {err}", bias.is_some());
+    }
+    let err = tokens_from_map(&x, &randn(6, &[co, ci + 1]), None).unwrap_err().to_string();
+    assert!(err.contains("weight [5, 7]"), "{err}");
+    let err = map_from_tokens(&randn(5, &[n, h * w, ci]), &wt, None, &randn(7, &[n, co, h, w + 1])).unwrap_err().to_string();
+    assert!(err.contains("residual [N, 5, H, W]"), "{err}");
+}
+
+#[test]
 fn geglu_matches_candle() {
     // Gates over the whole range where erf bends and saturates (|x| up to 8).
     let x = (randn(1, &[2, 3, 2 * 37]) * 8.0).unwrap();
@@ -268,4 +294,14 @@ fn non_f32_falls_back_to_candle() {
         got.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
         want.flatten_all().unwrap().to_vec1::<f64>().unwrap()
     );
+    // The projections' plain path against the f32 kernels (the f64 products round the same to f32).
+    let f64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+    let (xf, wt, bias) = (randn(4, &[1, 4, 3, 3]), randn(5, &[2, 4]), randn(6, &[2]));
+    let tokens = tokens_from_map(&f64(&xf), &f64(&wt), Some(&f64(&bias))).unwrap();
+    let err = max_abs_diff(&tokens.to_dtype(DType::F32).unwrap(), &tokens_from_map(&xf, &wt, Some(&bias)).unwrap());
+    assert!(err < 1e-5, "tokens_from_map f64: {err}");
+    let residual = randn(7, &[1, 2, 3, 3]);
+    let map = map_from_tokens(&tokens, &f64(&randn(8, &[2, 2])), None, &f64(&residual)).unwrap();
+    let want = map_from_tokens(&tokens.to_dtype(DType::F32).unwrap(), &randn(8, &[2, 2]), None, &residual).unwrap();
+    assert!(max_abs_diff(&map.to_dtype(DType::F32).unwrap(), &want) < 1e-5);
 }

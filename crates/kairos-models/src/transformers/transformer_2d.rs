@@ -58,6 +58,16 @@ impl Projection {
             Self::Linear(linear) => linear.forward(xs)?,
         })
     }
+
+    /// The projection as a `[out, in]` matrix and bias, where it is one in the dtype of `xs`
+    /// (not for bf16-packed or converted weights), for the fused kernels.
+    fn matrix(&self, xs: &Tensor) -> Option<(Tensor, Option<&Tensor>)> {
+        match self {
+            Self::Conv(conv) => conv.matrix(),
+            Self::Linear(linear) => linear.matrix(),
+        }
+        .filter(|(w, b)| w.dtype() == xs.dtype() && b.is_none_or(|b| b.dtype() == xs.dtype()))
+    }
 }
 
 /// `Transformer2DModel`: GroupNorm, `proj_in`, transformer blocks over the `H·W` tokens,
@@ -112,13 +122,19 @@ impl Transformer2DModel {
             let inner_dim = xs.dim(2)?;
             Ok(xs.reshape((batch, height, width, inner_dim))?.permute((0, 3, 1, 2))?.contiguous()?)
         };
-        let mut hidden_states = if self.use_linear_projection {
-            self.proj_in.forward(&to_tokens(&hidden_states)?)?
-        } else {
-            to_tokens(&self.proj_in.forward(&hidden_states)?)?
+        // proj_in and proj_out are the same matrix products whether diffusers applies them as
+        // 1×1 convolutions on the map or as linear layers on the tokens: the fused kernels read
+        // and write the map in place instead of permuting it.
+        let mut hidden_states = match self.proj_in.matrix(&hidden_states) {
+            Some((weight, bias)) => kairos_kernels::tokens_from_map(&hidden_states, &weight, bias)?,
+            None if self.use_linear_projection => self.proj_in.forward(&to_tokens(&hidden_states)?)?,
+            None => to_tokens(&self.proj_in.forward(&hidden_states)?)?,
         };
         for block in &self.transformer_blocks {
             hidden_states = block.forward(&hidden_states, encoder_hidden_states)?;
+        }
+        if let Some((weight, bias)) = self.proj_out.matrix(&hidden_states) {
+            return Ok(kairos_kernels::map_from_tokens(&hidden_states, &weight, bias, residual)?);
         }
         let hidden_states = if self.use_linear_projection {
             to_map(&self.proj_out.forward(&hidden_states)?)?
