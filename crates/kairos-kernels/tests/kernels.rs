@@ -262,14 +262,16 @@ fn projections_match_permute_and_linear() {
         let err = max_abs_diff(&tokens_from_map(&x, &wt, bias).unwrap(), &want);
         assert!(err < 1e-5, "tokens_from_map (bias {}): {err}", bias.is_some());
         let back = randn(5, &[n, h * w, ci]);
-        let map = linear_plain(&back, &wt, bias).unwrap().reshape((n, h, w, co)).unwrap().permute((0, 3, 1, 2)).unwrap();
+        let map =
+            linear_plain(&back, &wt, bias).unwrap().reshape((n, h, w, co)).unwrap().permute((0, 3, 1, 2)).unwrap();
         let want = (map + &residual).unwrap();
         let err = max_abs_diff(&map_from_tokens(&back, &wt, bias, &residual).unwrap(), &want);
         assert!(err < 1e-5, "map_from_tokens (bias {}): {err}", bias.is_some());
     }
     let err = tokens_from_map(&x, &randn(6, &[co, ci + 1]), None).unwrap_err().to_string();
     assert!(err.contains("weight [5, 7]"), "{err}");
-    let err = map_from_tokens(&randn(5, &[n, h * w, ci]), &wt, None, &randn(7, &[n, co, h, w + 1])).unwrap_err().to_string();
+    let err =
+        map_from_tokens(&randn(5, &[n, h * w, ci]), &wt, None, &randn(7, &[n, co, h, w + 1])).unwrap_err().to_string();
     assert!(err.contains("residual [N, 5, H, W]"), "{err}");
 }
 
