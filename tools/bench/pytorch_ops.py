@@ -49,10 +49,12 @@ def main():
                 return value * F.gelu(gate)
 
             bench(f"geglu {tokens}x{inner}", 0.0, geglu)
-        for tokens, d in [(4096, 40), (1024, 80)]:
+        # Self-attention at each level, and cross-attention to the 77 prompt tokens.
+        for tokens, keys, d in [(4096, 4096, 40), (1024, 1024, 80), (256, 256, 160), (4096, 77, 40), (1024, 77, 80), (256, 77, 160)]:
             q = torch.randn(2, 8, tokens, d)
-            bench(f"attention {tokens} d{d}", 2 * 2 * 16 * tokens * tokens * d,
-                  lambda: F.scaled_dot_product_attention(q, q, q))
+            kv = torch.randn(2, 8, keys, d)
+            bench(f"attention {tokens}x{keys} d{d}", 2 * 2 * 16 * tokens * keys * d,
+                  lambda: F.scaled_dot_product_attention(q, kv, kv))
         a = torch.randn(4096, 4096)
         bench("gemm 4096", 2 * 4096**3, lambda: a @ a)
 

@@ -49,10 +49,12 @@ fn main() -> Result<()> {
         bench(&format!("geglu {tokens}x{inner}"), 0.0, || kairos_kernels::geglu(&x))?;
         bench(&format!("geglu plain {tokens}x{inner}"), 0.0, || kairos_kernels::geglu_plain(&x))?;
     }
-    for (tokens, d) in [(4096, 40), (1024, 80)] {
+    // Self-attention at each level, and cross-attention to the 77 prompt tokens.
+    for (tokens, keys, d) in [(4096, 4096, 40), (1024, 1024, 80), (256, 256, 160), (4096, 77, 40), (1024, 77, 80), (256, 77, 160)] {
         let q = Tensor::randn(0f32, 1., (2, 8, tokens, d), &dev)?;
-        let flops = 2.0 * 2.0 * 16.0 * (tokens * tokens * d) as f64;
-        bench(&format!("attention {tokens} d{d}"), flops, || attention(&q, &q, &q, (d as f64).powf(-0.5)))?;
+        let kv = Tensor::randn(0f32, 1., (2, 8, keys, d), &dev)?;
+        let flops = 2.0 * 2.0 * 16.0 * (tokens * keys * d) as f64;
+        bench(&format!("attention {tokens}x{keys} d{d}"), flops, || attention(&q, &kv, &kv, (d as f64).powf(-0.5)))?;
     }
     // The glue between the big ops, at the 64×64-latent level (batch 2, 320 channels).
     let x = Tensor::randn(0f32, 1., (2, 4096, 320), &dev)?;

@@ -171,15 +171,18 @@ fn attend_rows_generic<K: MicroKernels>(dims: &Dims, q: &[f32], m: usize, kt: &[
     let qk_rows = m.div_ceil(QK_ROWS) * QK_ROWS;
     for j0 in (0..s).step_by(KEYS) {
         let nc = KEYS.min(s - j0);
+        // The running maxima, raised to this block's as its scores are computed.
+        let mut new_max = row_max;
         for r in (0..qk_rows).step_by(QK_ROWS) {
             for jc in (0..nc).step_by(QK_COLS) {
-                qk_tile::<K>(&qb[r * d..], d, &kt[(j0 + jc) * d..], &mut scores[r * KEYS + jc..]);
+                let (scores, cols) = (&mut scores[r * KEYS + jc..], QK_COLS.min(nc - jc));
+                qk_tile::<K>(&qb[r * d..], d, &kt[(j0 + jc) * d..], scores, cols, &mut new_max[r..r + QK_ROWS]);
             }
         }
-        for i in 0..m {
+        for (i, &new_max) in new_max.iter().enumerate().take(m) {
             let row = &mut scores[i * KEYS..][..nc];
-            let new_max = row_max[i].max(vecmath::max_generic(row));
-            let sum = vecmath::exp_sub_sum_generic(row, new_max);
+            // SAFETY: the caller runs on a CPU with K's instructions.
+            let sum = unsafe { K::exp_sub_sum(row, new_max) };
             if new_max > row_max[i] {
                 // The rows' earlier terms were taken against a smaller maximum (e^-inf = 0 for
                 // the first block, whose sum and output are still 0).
@@ -201,11 +204,12 @@ fn attend_rows_generic<K: MicroKernels>(dims: &Dims, q: &[f32], m: usize, kt: &[
 /// The register-tiled products of a job, on raw pointers (the callers below check the bounds).
 trait MicroKernels {
     /// `out[r·KEYS + j] = Σₚ q[p·QK_ROWS + r] · kt[p·QK_COLS + j]` for `r < QK_ROWS`,
-    /// `j < QK_COLS`, `p < d`.
+    /// `j < QK_COLS`, `p < d`, and `maxes[r]` raised to the maximum of row `r`'s first `cols`
+    /// scores (the others are padding).
     ///
     /// # Safety
     /// The reads and writes named lie inside their buffers, and the instructions used run here.
-    unsafe fn qk_tile(q: *const f32, d: usize, kt: *const f32, out: *mut f32);
+    unsafe fn qk_tile(q: *const f32, d: usize, kt: *const f32, out: *mut f32, cols: usize, maxes: &mut [f32; QK_ROWS]);
 
     /// `acc[r·dp + j] += Σₖ p[r·KEYS + k] · v[k·dp + j]` for `r < R`, `j < W·LANES`, `k < nc`.
     ///
@@ -218,6 +222,12 @@ trait MicroKernels {
         dp: usize,
         acc: *mut f32,
     );
+
+    /// Replaces `row` by `e^(row - shift)` and returns the sum of the new values.
+    ///
+    /// # Safety
+    /// The instructions used run here.
+    unsafe fn exp_sub_sum(row: &mut [f32], shift: f32) -> f32;
 }
 
 /// Plain loops over fixed-size arrays, which the compiler vectorises.
@@ -225,7 +235,12 @@ struct Portable;
 
 impl MicroKernels for Portable {
     #[inline(always)]
-    unsafe fn qk_tile(q: *const f32, d: usize, kt: *const f32, out: *mut f32) {
+    unsafe fn exp_sub_sum(row: &mut [f32], shift: f32) -> f32 {
+        vecmath::exp_sub_sum_generic(row, shift)
+    }
+
+    #[inline(always)]
+    unsafe fn qk_tile(q: *const f32, d: usize, kt: *const f32, out: *mut f32, cols: usize, maxes: &mut [f32; QK_ROWS]) {
         let mut acc = [[0f32; QK_COLS]; QK_ROWS];
         for p in 0..d {
             // SAFETY: the caller's contract.
@@ -236,7 +251,8 @@ impl MicroKernels for Portable {
                 acc.iter_mut().zip(k).for_each(|(a, &y)| *a = x.mul_add(y, *a));
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
+        for (r, (acc, max)) in acc.iter().zip(maxes).enumerate() {
+            *max = vecmath::max_generic(&acc[..cols]).max(*max);
             // SAFETY: the caller's contract.
             unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out.add(r * KEYS), QK_COLS) };
         }
@@ -276,7 +292,7 @@ mod x86 {
 
     /// AVX-512 intrinsics: the compiler vectorised [`super::Portable`]'s products over the
     /// wrong loop for some tile shapes (gathers instead of broadcasts, 10× slower at d = 40).
-    struct Avx512;
+    pub(super) struct Avx512;
 
     /// [`super::attend_rows`] compiled for AVX-512 with [`Avx512`]'s micro-kernels.
     ///
@@ -287,9 +303,65 @@ mod x86 {
         super::attend_rows_generic::<Avx512>(dims, q, m, kt, vp, out)
     }
 
+    /// `e^x` per lane as `vecmath::exp` computes it (`x = n·ln 2 + r`, a degree-6 Taylor
+    /// polynomial in `r`, relative error ≲ 2.5e-7), with `n` rounded by `vrndscaleps` and `2^n`
+    /// applied by `vscalefps`: fewer instructions than the portable exp's bit tricks.
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[inline(always)]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            // e^-87.3 ≈ 2^-126, the smallest normal: no denormals reach the products after.
+            let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
+            let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+            // ln 2 split so that n·LN2_HI is exact for |n| < 2^9 (as in vecmath::exp).
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+            let mut p = _mm512_set1_ps(1.0 / 720.0);
+            for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 1.0 / 2.0, 1.0, 1.0] {
+                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+            }
+            _mm512_scalef_ps(p, n)
+        }
+    }
+
     impl MicroKernels for Avx512 {
         #[inline(always)]
-        unsafe fn qk_tile(q: *const f32, d: usize, kt: *const f32, out: *mut f32) {
+        unsafe fn exp_sub_sum(row: &mut [f32], shift: f32) -> f32 {
+            // SAFETY (all blocks): the caller's contract (AVX-512F); loads and stores stay inside
+            // `row` (the tail through a mask of its length).
+            unsafe {
+                let shift = _mm512_set1_ps(shift);
+                let mut sum = _mm512_setzero_ps();
+                let mut chunks = row.chunks_exact_mut(LANES);
+                for chunk in &mut chunks {
+                    let y = exp16(_mm512_sub_ps(_mm512_loadu_ps(chunk.as_ptr()), shift));
+                    _mm512_storeu_ps(chunk.as_mut_ptr(), y);
+                    sum = _mm512_add_ps(sum, y);
+                }
+                let tail = chunks.into_remainder();
+                if !tail.is_empty() {
+                    let mask: __mmask16 = (1u32 << tail.len()).wrapping_sub(1) as __mmask16;
+                    let y = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, tail.as_ptr()), shift));
+                    _mm512_mask_storeu_ps(tail.as_mut_ptr(), mask, y);
+                    sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(mask, y));
+                }
+                _mm512_reduce_add_ps(sum)
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn qk_tile(
+            q: *const f32,
+            d: usize,
+            kt: *const f32,
+            out: *mut f32,
+            cols: usize,
+            maxes: &mut [f32; QK_ROWS],
+        ) {
             // SAFETY (all blocks): the caller's contract; constant indices only (the loops over
             // rows and vectors are unrolled), so the accumulators stay in registers.
             unsafe {
@@ -304,10 +376,18 @@ mod x86 {
                         }
                     }
                 }
-                for (r, acc) in acc.iter().enumerate() {
-                    for (w, &a) in acc.iter().enumerate() {
+                // The lanes of each vector that hold real keys.
+                let masks: [__mmask16; QK_COLS / LANES] = std::array::from_fn(|w| {
+                    let valid = cols.saturating_sub(w * LANES).min(LANES);
+                    ((1u32 << valid) - 1) as __mmask16
+                });
+                for ((r, acc), max) in acc.iter().enumerate().zip(maxes) {
+                    let mut m = _mm512_set1_ps(*max);
+                    for ((w, &a), &mask) in acc.iter().enumerate().zip(&masks) {
                         _mm512_storeu_ps(out.add(r * KEYS + w * LANES), a);
+                        m = _mm512_mask_max_ps(m, mask, m, a);
                     }
+                    *max = _mm512_reduce_max_ps(m);
                 }
             }
         }
@@ -345,13 +425,16 @@ mod x86 {
 }
 
 /// `QK_ROWS × QK_COLS` scores: `out[r·KEYS + j] = Σₚ q[p·QK_ROWS + r] · kt[p·QK_COLS + j]` (`q`
-/// holds the block's rows transposed, so each step broadcasts `QK_ROWS` neighbouring values).
+/// holds the block's rows transposed, so each step broadcasts `QK_ROWS` neighbouring values),
+/// with `maxes` raised to each row's maximum over its first `cols` (≥ 1) scores.
 #[inline(always)]
-fn qk_tile<K: MicroKernels>(q: &[f32], d: usize, kt: &[f32], out: &mut [f32]) {
+fn qk_tile<K: MicroKernels>(q: &[f32], d: usize, kt: &[f32], out: &mut [f32], cols: usize, maxes: &mut [f32]) {
     assert!(q.len() >= d * QK_ROWS && kt.len() >= d * QK_COLS && out.len() >= (QK_ROWS - 1) * KEYS + QK_COLS);
+    assert!((1..=QK_COLS).contains(&cols));
+    let maxes: &mut [f32; QK_ROWS] = maxes.try_into().expect("QK_ROWS row maxima");
     // SAFETY: the reads and writes lie inside the lengths asserted; the caller runs on a CPU with
     // K's instructions.
-    unsafe { K::qk_tile(q.as_ptr(), d, kt.as_ptr(), out.as_mut_ptr()) }
+    unsafe { K::qk_tile(q.as_ptr(), d, kt.as_ptr(), out.as_mut_ptr(), cols, maxes) }
 }
 
 /// `acc[i·dp + ..] += Σₖ scores[i·KEYS + k] · v[k·dp + ..]` for the job's rows and `nc` keys, by
@@ -461,6 +544,28 @@ pub fn attention_heads(query: &Tensor, key: &Tensor, value: &Tensor, heads: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX-512 exp against f64 over the range softmax sees (down to where e^x ≈ 2^-126).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_exp_relative_error() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let xs: Vec<f32> = (0..=100_003).map(|i| -87.0 + 87.0 * i as f32 / 100_003.0).collect();
+        let mut row = xs.clone();
+        // SAFETY: AVX-512F is checked above.
+        let sum = unsafe { <x86::Avx512 as MicroKernels>::exp_sub_sum(&mut row, 0.0) };
+        let mut worst = 0f64;
+        for (&x, &y) in xs.iter().zip(&row) {
+            let want = (x as f64).exp();
+            worst = worst.max((y as f64 - want).abs() / want);
+        }
+        // As vecmath::exp: the Taylor remainder (½·ln 2)^7/7! ≈ 1.2e-7 plus f32 rounding.
+        assert!(worst < 3e-7, "worst relative error {worst:e}");
+        let want: f64 = xs.iter().map(|&x| (x as f64).exp()).sum();
+        assert!((sum as f64 - want).abs() < 1e-5 * want, "sum {sum} vs {want}");
+    }
 
     /// The portable micro-kernels (taken only on CPUs without AVX-512) against the plain path, on
     /// each register tile shape (head widths 40, 80, 160 and 512) and several key blocks.
