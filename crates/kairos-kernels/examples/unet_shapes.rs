@@ -20,6 +20,14 @@ fn bench(name: &str, flops: f64, mut f: impl FnMut() -> Result<Tensor>) -> Resul
 }
 
 fn main() -> Result<()> {
+    // As the `kairos` binary does (see its main.rs): freed memory stays in the heap, so the
+    // large outputs of one call reuse the pages of the last instead of faulting fresh ones in.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
     let dev = Device::Cpu;
     for (c, h) in [(320, 64), (640, 32), (1280, 16), (1280, 8)] {
         let x = Tensor::randn(0f32, 1., (2, c, h, h), &dev)?;

@@ -132,7 +132,7 @@ fn attention_matches_candle() {
         println!("attention case {i}: max abs err {err:e}");
         assert!(err < 1e-5, "case {i}: {err}");
     }
-    // Large logits: the max subtraction keeps exp finite; with 700 keys (three blocks of 256)
+    // Large logits: the max subtraction keeps exp finite; with 700 keys (several key blocks)
     // whose logits grow along the sequence, each block raises the rows' running maximum, so the
     // online rescaling of the earlier blocks' sums and outputs is exercised.
     for (i, s) in [9usize, 700].into_iter().enumerate() {
