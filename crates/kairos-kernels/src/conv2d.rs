@@ -6,10 +6,10 @@
 //! output; a 1×1 stride-1 convolution is a single GEMM on the input with no im2col.
 
 use candle_core::{DType, Result, Shape, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::error::KernelError;
+use crate::matmul::{self, Mat, MatMut, Threads};
 use crate::op::{apply3, filled, F32Op3, Fill, Input};
 use crate::scratch::Scratch;
 use crate::winograd::{tile_grid, WinogradOp, WinogradTile};
@@ -41,34 +41,14 @@ impl F32Op3 for Conv2dOp {
         let (n, ci, h, wd) = l1.shape().dims4()?;
         let (co, _, kh, kw) = l2.shape().dims4()?;
         let depth = ci * kh * kw;
-        let threads = Parallelism::Rayon(rayon::current_num_threads());
         let (out, shape) =
             im2col_conv(x, (n, ci, h, wd), (co, kh, kw), self.params, Some(bias), |rhs, pixels, plane_out, dst| {
                 // SAFETY: dst starts at the tile's first pixel of output channel 0 and holds the
                 // tile's rows of every channel (row stride plane_out); lhs is w, Co×depth
                 // row-major; rhs is depth×pixels row-major.
                 unsafe {
-                    gemm::gemm(
-                        co,
-                        pixels,
-                        depth,
-                        dst.as_mut_ptr(),
-                        1,
-                        plane_out as isize,
-                        true,
-                        w.as_ptr(),
-                        1,
-                        depth as isize,
-                        rhs.as_ptr(),
-                        1,
-                        pixels as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        threads,
-                    );
+                    let (lhs, rhs) = (Mat::rows(w, depth), Mat::rows(rhs, pixels));
+                    matmul::gemm(co, pixels, depth, MatMut::rows(dst, plane_out), lhs, rhs, true, Threads::All);
                 }
                 Ok(())
             })?;

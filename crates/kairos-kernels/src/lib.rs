@@ -37,6 +37,7 @@ mod geglu;
 pub mod gemm_bf16;
 mod group_norm;
 mod linear;
+mod matmul;
 pub mod nn;
 mod op;
 mod projection;

@@ -4,9 +4,9 @@
 //! (8192 rows × 320 → 2560) that took 1.4–2× the time of this single GEMM.
 
 use candle_core::{DType, Module, Result, Shape, Tensor};
-use gemm::Parallelism;
 
 use crate::error::KernelError;
+use crate::matmul::{self, Mat, MatMut, Threads};
 use crate::op::{apply3, filled, F32Op3, Fill, Input};
 
 const OP: &str = "kairos-linear";
@@ -27,27 +27,8 @@ impl F32Op3 for LinearOp {
             // SAFETY: out is rows×dout row-major, x rows×din row-major, and Wᵀ (din×dout) is read
             // from w (dout×din row-major: element (i, j) of Wᵀ is w[j·din + i]).
             unsafe {
-                gemm::gemm(
-                    rows,
-                    dout,
-                    din,
-                    out.as_mut_ptr(),
-                    1,
-                    dout as isize,
-                    true,
-                    x.as_ptr(),
-                    1,
-                    din as isize,
-                    w.as_ptr(),
-                    din as isize,
-                    1,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::Rayon(rayon::current_num_threads()),
-                );
+                let (dst, lhs, rhs) = (MatMut::rows(&mut out, dout), Mat::rows(x, din), Mat::rows_t(w, din));
+                matmul::gemm(rows, dout, din, dst, lhs, rhs, true, Threads::All);
             }
         }
         let mut dims = dims.to_vec();

@@ -21,9 +21,9 @@
 //! F(2,3) is as accurate; see [`WinogradTile`].
 
 use candle_core::{Result, Shape};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::matmul::{self, Mat, MatMut, Threads};
 use crate::op::{F32Op3, Input};
 use crate::scratch::Scratch;
 use crate::vecmath::multiversion;
@@ -188,27 +188,8 @@ fn convolve<const M: usize, const N: usize>(
                 // (row k at k·nn·ci + xi·ci, ci columns) inside u (nco·nn·ci elements); the rhs is
                 // V[c][xi][j] (row c at c·nn·t + xi·t, t columns) inside v (ci·nn·t elements).
                 unsafe {
-                    gemm::gemm(
-                        nco,
-                        t,
-                        d.ci,
-                        m_xi.as_mut_ptr(),
-                        1,
-                        t as isize,
-                        false,
-                        u.as_ptr().add(xi * d.ci),
-                        1,
-                        (nn * d.ci) as isize,
-                        v.as_ptr().add(xi * t),
-                        1,
-                        (nn * t) as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
+                    let (lhs, rhs) = (Mat::rows(&u[xi * d.ci..], nn * d.ci), Mat::rows(&v[xi * t..], nn * t));
+                    matmul::gemm(nco, t, d.ci, MatMut::rows(m_xi, t), lhs, rhs, false, Threads::One);
                 }
             });
             let m = &*m;
