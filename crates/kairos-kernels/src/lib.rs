@@ -8,8 +8,9 @@
 //! - [`conv2d`]: convolution as row-tiled im2col in NCHW plus one GEMM per tile, writing the NCHW
 //!   output in place (no NHWC round trip, no output scatter); 1×1 convolutions are a single GEMM.
 //!   3×3 stride-1 pad-1 convolutions use Winograd's F(4×4, 3×3) ([`conv2d_winograd`]) where it pays.
-//! - [`attention`]: `softmax(q·kᵀ·scale)·v` by blocks of query rows, so only a block's scores
-//!   are alive at once instead of all heads' `L×S` matrices.
+//! - [`attention`]: `softmax(q·kᵀ·scale)·v` FlashAttention-style (online softmax over blocks of
+//!   keys, scores never leave L1), with AVX-512 micro-kernels; [`attention_heads`] reads and writes
+//!   heads interleaved as the projections produce them.
 //! - [`group_norm`]: GroupNorm with an optional fused SiLU, one pass per group.
 //! - [`linear`]: `x·Wᵀ + b` as one GEMM over all rows onto bias-filled output (candle's `Linear`
 //!   multiplies per batch and adds the bias in a second pass).
@@ -27,7 +28,8 @@
 //! A/B timings on one binary; `KAIROS_WINOGRAD=off` keeps the kernels but convolves with im2col
 //! only, and `KAIROS_WINOGRAD=f2` picks the smaller, more accurate Winograd tile.
 //!
-//! GEMMs go through the `gemm` crate (the one candle uses), with its AVX-512 kernels enabled.
+//! GEMMs go through the `gemm` crate (the one candle uses), with its AVX-512 kernels enabled, by
+//! way of `matmul`, which gives each thread its own block of the output.
 
 mod attention;
 mod bf16_layers;
