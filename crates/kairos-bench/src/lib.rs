@@ -105,6 +105,8 @@ pub struct BenchOptions {
     /// Steps of a whole LCM txt2img at the largest resolution: the `lcm` sampler on LCMScheduler's
     /// timesteps, guidance 1 (an LCM-LoRA's setting: no unconditional batch) (0 skips it).
     pub lcm_steps: usize,
+    /// Compute device (the reference GEMMs run on the CPU only).
+    pub device: Device,
     /// Dtype of the weights (see `kairos_kernels::nn`: bf16/f16 weights compute with f32
     /// activations on the CPU). For bf16/f16 the UNet's output on the first UNet case is also
     /// compared with the f32 UNet's.
@@ -192,6 +194,7 @@ fn time_case(
     name: String,
     gflop: f64,
     repeats: usize,
+    device: &Device,
     mut f: impl FnMut() -> Result<(), BenchError>,
     report: &mut dyn FnMut(&CaseResult),
 ) -> Result<CaseResult, BenchError> {
@@ -199,6 +202,8 @@ fn time_case(
     for _ in 0..repeats.max(1) {
         let start = Instant::now();
         f()?;
+        // GPU kernels run asynchronously: the case ends when the device is done.
+        device.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
     }
     let min = times.iter().copied().fold(f64::INFINITY, f64::min);
@@ -218,6 +223,7 @@ fn gemm_case(n: usize, repeats: usize, report: &mut dyn FnMut(&CaseResult)) -> R
         format!("gemm f32 {n}x{n}"),
         2.0 * (n as f64).powi(3) / 1e9,
         repeats,
+        &Device::Cpu,
         || {
             // SAFETY: a, b, c are n×n row-major buffers of exactly n² elements.
             unsafe {
@@ -270,6 +276,7 @@ fn gemm_bf16_case(
         format!("gemm bf16 {n}x{n}"),
         2.0 * (n as f64).powi(3) / 1e9,
         repeats,
+        &Device::Cpu,
         || {
             gemm_bf16::gemm(&PackedA::new(a_view), &packed_b, &mut c, n, 1.0, false, true);
             Ok(())
@@ -280,13 +287,13 @@ fn gemm_bf16_case(
 
 /// Runs the benchmark, calling `report` after each case (for progress output).
 pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<BenchReport, BenchError> {
-    let device = Device::Cpu;
+    let device = opts.device.clone();
     let dtype = opts.dtype;
     let mut cases = Vec::new();
     if let Some(&r) = opts.resolutions.iter().find(|&&r| r == 0 || r % 8 != 0) {
         return Err(BenchError::Resolution { resolution: r });
     }
-    if opts.gemm_size > 0 {
+    if opts.gemm_size > 0 && device.is_cpu() {
         cases.push(gemm_case(opts.gemm_size, opts.repeats, &mut report)?);
         if let Some(case) = gemm_bf16_case(opts.gemm_size, opts.repeats, &mut report) {
             cases.push(case?);
@@ -349,6 +356,7 @@ fn text_encoder_case(
         "text_encoder b2".into(),
         flops::clip_text(&clip_cfg, 2, 77) / 1e9,
         opts.repeats,
+        device,
         || {
             clip.forward(&ids)?;
             Ok(())
@@ -383,6 +391,7 @@ fn unet_cases(
                 name.clone(),
                 gflop,
                 opts.repeats,
+                device,
                 || {
                     out = Some(unet.forward(&sample, 500.0, &context, None)?);
                     Ok(())
@@ -414,6 +423,7 @@ fn vae_cases(
             format!("vae_decode b1 {res}"),
             flops::vae_decode(&vae_cfg, 1, lat, lat) / 1e9,
             opts.repeats,
+            device,
             || {
                 vae.decode(&z)?;
                 Ok(())
@@ -431,7 +441,7 @@ fn txt2img_cases(
     res: usize,
     report: &mut dyn FnMut(&CaseResult),
 ) -> Result<Vec<CaseResult>, BenchError> {
-    let (device, dtype) = (Device::Cpu, opts.dtype);
+    let (device, dtype) = (opts.device.clone(), opts.dtype);
     let vb = |prefix: &str| seeded_var_builder(opts.seed, dtype, &device).pp(prefix);
     let clip_cfg = CLIPTextConfig::from_json(presets::SD15_TEXT_ENCODER)?;
     let unet_json: serde_json::Value = serde_json::from_str(presets::SD15_UNET)?;
@@ -464,7 +474,7 @@ fn txt2img_cases(
     let mut cases = Vec::new();
     let mut run = |c: &Components<'_>, req: &Txt2ImgRequest, name: String, gflop: f64| {
         let run_once = || txt2img(c, req, &mut |_| ControlFlow::Continue(())).map(drop).map_err(BenchError::from);
-        time_case(name, gflop / 1e9, opts.repeats, run_once, report).map(|case| cases.push(case))
+        time_case(name, gflop / 1e9, opts.repeats, &device, run_once, report).map(|case| cases.push(case))
     };
     if opts.txt2img_steps > 0 {
         let n = opts.txt2img_steps;

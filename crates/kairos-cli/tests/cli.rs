@@ -227,6 +227,25 @@ fn bench_times_whole_cfg_and_lcm_runs() {
     fails(&["bench", "--resolutions", "60", "--gemm", "0"], &["resolution 60 must be a positive multiple of 8"]);
 }
 
+/// `--device`: a GPU this build lacks names the feature to rebuild with; a malformed device is
+/// refused with the accepted forms; `cpu` runs (one text-encoder case, the cheapest).
+#[test]
+fn device_option_errors_name_the_fix() {
+    let out = kairos(&["bench", "--device", "cuda:1", "--components", "text-encoder", "--gemm", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if cfg!(not(feature = "cuda")) {
+        assert!(!out.status.success() && err.contains("--features cuda"), "{err}");
+    }
+    for bad in ["gpu", "cuda:x", "cpu:1"] {
+        let out = kairos(&["generate", "--device", bad, "--model", "x", "--prompt", "p", "-o", "o.png"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("cuda:N"), "{bad}: {err}");
+    }
+    let out =
+        kairos(&["bench", "--device", "cpu", "--components", "text-encoder", "--resolutions", "64", "--gemm", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// `kairos bench --dtype bf16` reports the dtype and the bf16 UNet's difference from the f32
 /// UNet on the same input: nonzero (the weights were rounded) and at bf16's scale (measured
 /// 3.3e-3 of the output range at 64×64; 2^-8 ≈ 3.9e-3 is bf16's relative precision).

@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// LCM-LoRA) at the largest resolution (0 skips it).
     #[arg(long, default_value_t = 0)]
     lcm_steps: usize,
+    /// Compute device: cpu, cuda[:N] (a build with `--features cuda`) or metal[:N]; the
+    /// reference GEMMs run on the CPU only.
+    #[arg(long, default_value = "cpu")]
+    device: super::DeviceArg,
     /// Dtype of the weights; for f16/bf16 the first UNet case's output is also compared with
     /// the f32 UNet's (max abs / relative difference).
     #[arg(long, value_enum, default_value_t)]
@@ -57,6 +61,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         txt2img_steps: args.txt2img_steps,
         lcm_steps: args.lcm_steps,
         dtype: args.dtype.dtype(),
+        device: args.device.device()?,
     };
     println!("{:<22} {:>10} {:>10} {:>10} {:>10}", "case", "min s", "mean s", "GFLOP", "GFLOP/s");
     let print = |c: &CaseResult| {

@@ -15,8 +15,8 @@ use kairos_models::prompt::PromptOptions;
 use kairos_pipeline::infotext::Infotext;
 use kairos_pipeline::output::{save_json_sidecar, save_png, OutputTarget};
 use kairos_pipeline::{
-    decode_latents, txt2img_latents, InitImage, InitialNoise, LatentDecoder, LcmKind, LoraWeights, ModelOptions, Preview, Progress,
-    PromptSyntax, ResizeMode, RgbImage, StableDiffusion, Taesd, TimestepMode, Txt2ImgRequest,
+    decode_latents, txt2img_latents, InitImage, InitialNoise, LatentDecoder, LcmKind, LoraWeights, ModelOptions,
+    Preview, Progress, PromptSyntax, ResizeMode, RgbImage, StableDiffusion, Taesd, TimestepMode, Txt2ImgRequest,
 };
 use kairos_sampler::noise::{BatchSeeding, RngKind};
 use kairos_sampler::Sampler;
@@ -133,10 +133,14 @@ pub struct GenerateArgs {
     /// decoder file (madebyollin's taesd_decoder.pth/.safetensors) or whole-TAESD file.
     #[arg(long)]
     taesd: Option<PathBuf>,
-    /// Dtype of the network weights: f32, or f16/bf16 for half the memory (bf16 also computes
-    /// faster on CPUs with AVX512-BF16; see README "Precision and memory").
+    /// Dtype of the network weights: f32, or f16/bf16 for half the memory (on the CPU they
+    /// compute slower than f32; see README "Precision and memory").
     #[arg(long, value_enum, default_value_t)]
     dtype: super::DtypeArg,
+    /// Compute device: cpu, cuda[:N] (a build with `--features cuda`) or metal[:N] (`--features
+    /// metal`).
+    #[arg(long, default_value = "cpu")]
+    device: super::DeviceArg,
     /// Encode the prompts first and free the text encoder before sampling (lower peak memory).
     #[arg(long)]
     low_memory: bool,
@@ -474,6 +478,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         },
         loras,
         dtype: args.dtype.dtype(),
+        device: args.device.device()?,
         ..ModelOptions::default()
     };
     let load_start = Instant::now();

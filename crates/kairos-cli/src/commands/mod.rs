@@ -34,6 +34,56 @@ impl DtypeArg {
     }
 }
 
+/// `--device`: `cpu`, `cuda[:N]` or `metal[:N]` (GPU N, default 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceArg {
+    /// The CPU (the f32 kernels of kairos-kernels).
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU (a build with the `cuda` feature).
+    Cuda(usize),
+    /// An Apple GPU (a build with the `metal` feature).
+    Metal(usize),
+}
+
+impl std::str::FromStr for DeviceArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, ordinal) = s.split_once(':').unwrap_or((s, "0"));
+        let ordinal = ordinal
+            .parse()
+            .map_err(|_| format!("`{s}`: the GPU number after `:` must be a whole number (cpu, cuda:N or metal:N)"))?;
+        match kind {
+            "cpu" if !s.contains(':') => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(ordinal)),
+            "metal" => Ok(Self::Metal(ordinal)),
+            _ => Err(format!("unknown device `{s}`: use cpu, cuda, cuda:N, metal or metal:N")),
+        }
+    }
+}
+
+impl DeviceArg {
+    /// Opens the device; a GPU this build was not compiled for is an error naming the feature
+    /// to build with.
+    pub fn device(self) -> anyhow::Result<candle_core::Device> {
+        use candle_core::{utils, Device};
+        let rebuild = |feature: &str| {
+            anyhow::anyhow!(
+                "this kairos was built without {feature} support: rebuild with \
+                 `cargo build --release -p kairos-cli --features {feature}`"
+            )
+        };
+        Ok(match self {
+            Self::Cpu => Device::Cpu,
+            Self::Cuda(_) if !utils::cuda_is_available() => return Err(rebuild("cuda")),
+            Self::Metal(_) if !utils::metal_is_available() => return Err(rebuild("metal")),
+            Self::Cuda(n) => Device::new_cuda(n)?,
+            Self::Metal(n) => Device::new_metal(n)?,
+        })
+    }
+}
+
 /// A family parsed from its name, with its training noise schedule in f64 (k-diffusion's
 /// float64 convention; the CLI prints schedules, it does not reproduce a tool's float32 rounding).
 fn family_schedule(name: &str) -> Result<(Family, ModelSchedule), kairos_schedule::ScheduleError> {
