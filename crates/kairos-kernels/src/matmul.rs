@@ -79,6 +79,7 @@ pub(crate) enum Threads {
 /// Every element `(i, j)` with `i < m`, `j < n` (`k`) of `dst` and `lhs` (`rhs`) lies inside live
 /// memory; `dst` is not read or written by anyone else during the call and overlaps neither
 /// operand.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm(
     m: usize,
     n: usize,
