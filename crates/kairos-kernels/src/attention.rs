@@ -290,6 +290,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{Dims, MicroKernels, KEYS, LANES, QK_COLS, QK_ROWS};
+    use crate::vecmath;
 
     /// AVX-512 intrinsics: the compiler vectorised [`super::Portable`]'s products over the
     /// wrong loop for some tile shapes (gathers instead of broadcasts, 10× slower at d = 40).
@@ -318,11 +319,11 @@ mod x86 {
             let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
             let t = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E));
             let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-            // ln 2 split so that n·LN2_HI is exact for |n| < 2^9 (as in vecmath::exp).
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
-            let mut p = _mm512_set1_ps(1.0 / 720.0);
-            for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 1.0 / 2.0, 1.0, 1.0] {
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(vecmath::LN2_HI), x);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(vecmath::LN2_LO), r);
+            let [first, rest @ ..] = vecmath::EXP_TAYLOR;
+            let mut p = _mm512_set1_ps(first);
+            for c in rest {
                 p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
             }
             _mm512_scalef_ps(p, n)

@@ -5,6 +5,13 @@
 /// whatever the instruction set.
 const LANES: usize = 16;
 
+/// `ln 2` split so that `n·LN2_HI` is exact for `|n| < 2^9`: `x - n·ln 2` in two steps keeps the
+/// reduced argument accurate.
+pub(crate) const LN2_HI: f32 = 0.693_145_75;
+pub(crate) const LN2_LO: f32 = 1.428_606_8e-6;
+/// The degree-6 Taylor coefficients of `e^r`, highest first (for Horner's scheme).
+pub(crate) const EXP_TAYLOR: [f32; 7] = [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 1.0 / 2.0, 1.0, 1.0];
+
 /// `e^x` for f32 with |relative error| ≲ 2.5e-7: `x = n·ln2 + r`, |r| ≤ ln2/2, a degree-6 Taylor
 /// polynomial in `r`, and `2^n` built from the exponent bits. Inputs are clamped to
 /// [-86, 88], so the result is never denormal (softmax and SiLU only need e^-86 ≈ 0).
@@ -17,13 +24,11 @@ pub(crate) fn exp(x: f32) -> f32 {
     const SHIFTER: f32 = 12_582_912.0;
     let t = x.mul_add(std::f32::consts::LOG2_E, SHIFTER);
     let n = t - SHIFTER;
-    // ln 2 split so that n·LN2_HI is exact for |n| < 2^9.
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
     let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
     // Horner with fused multiply-adds (one instruction each in the AVX-512 and AVX2+FMA builds).
-    let mut p: f32 = 1.0 / 720.0;
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 1.0 / 2.0, 1.0, 1.0] {
+    let [first, rest @ ..] = EXP_TAYLOR;
+    let mut p = first;
+    for c in rest {
         p = p.mul_add(r, c);
     }
     // n ∈ [-124, 127] after the clamp, so the biased exponent n + 127 is a valid normal one.
