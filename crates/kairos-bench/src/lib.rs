@@ -65,11 +65,6 @@ pub enum Component {
     Vae,
 }
 
-impl Component {
-    /// Every component, in the order they are timed.
-    pub const ALL: [Component; 3] = [Component::TextEncoder, Component::Unet, Component::Vae];
-}
-
 impl std::str::FromStr for Component {
     type Err = String;
 

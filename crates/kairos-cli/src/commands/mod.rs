@@ -35,10 +35,9 @@ impl DtypeArg {
 }
 
 /// `--device`: `cpu`, `cuda[:N]` or `metal[:N]` (GPU N, default 0).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceArg {
     /// The CPU (the f32 kernels of kairos-kernels).
-    #[default]
     Cpu,
     /// An NVIDIA GPU (a build with the `cuda` feature).
     Cuda(usize),
@@ -51,15 +50,16 @@ impl std::str::FromStr for DeviceArg {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (kind, ordinal) = s.split_once(':').unwrap_or((s, "0"));
-        let ordinal = ordinal
+        let gpu: fn(usize) -> Self = match kind {
+            "cpu" if !s.contains(':') => return Ok(Self::Cpu),
+            "cuda" => Self::Cuda,
+            "metal" => Self::Metal,
+            _ => return Err(format!("unknown device `{s}`: use cpu, cuda, cuda:N, metal or metal:N")),
+        };
+        ordinal
             .parse()
-            .map_err(|_| format!("`{s}`: the GPU number after `:` must be a whole number (cpu, cuda:N or metal:N)"))?;
-        match kind {
-            "cpu" if !s.contains(':') => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda(ordinal)),
-            "metal" => Ok(Self::Metal(ordinal)),
-            _ => Err(format!("unknown device `{s}`: use cpu, cuda, cuda:N, metal or metal:N")),
-        }
+            .map(gpu)
+            .map_err(|_| format!("`{s}`: the GPU number after `:` must be a whole number (cpu, cuda:N or metal:N)"))
     }
 }
 
