@@ -228,7 +228,8 @@ fn bench_times_whole_cfg_and_lcm_runs() {
 }
 
 /// `--device`: a GPU this build lacks names the feature to rebuild with; a malformed device is
-/// refused with the accepted forms; `cpu` runs (one text-encoder case, the cheapest).
+/// refused with the accepted forms; `cpu` runs (one text-encoder case, the cheapest, which also
+/// checks that `--components` times only what it names and refuses unknown names).
 #[test]
 fn device_option_errors_name_the_fix() {
     let out = kairos(&["bench", "--device", "cuda:1", "--components", "text-encoder", "--gemm", "0"]);
@@ -244,6 +245,12 @@ fn device_option_errors_name_the_fix() {
     let out =
         kairos(&["bench", "--device", "cpu", "--components", "text-encoder", "--resolutions", "64", "--gemm", "0"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // `--components` times only what it names.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("text_encoder b2") && !stdout.contains("unet") && !stdout.contains("vae"), "{stdout}");
+    let out = kairos(&["bench", "--components", "unet,clip", "--gemm", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("use text-encoder, unet or vae"), "{err}");
 }
 
 /// `kairos bench --dtype bf16` reports the dtype and the bf16 UNet's difference from the f32
