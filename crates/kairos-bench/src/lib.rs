@@ -317,7 +317,7 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
             let reference =
                 UNet2DConditionModel::new(seeded_var_builder(opts.seed, DType::F32, &device).pp("unet"), &unet_cfg)?;
             let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-            let want = reference.forward(&f32(&sample)?, 500.0, &f32(&context)?, None)?;
+            let want = reference.forward(&f32(&sample)?, 500.0, &f32(&context)?, None, None)?;
             Some(difference(name, &out, &want)?)
         }
         _ => None,
@@ -388,7 +388,7 @@ fn unet_cases(
                 opts.repeats,
                 device,
                 || {
-                    out = Some(unet.forward(&sample, 500.0, &context, None)?);
+                    out = Some(unet.forward(&sample, 500.0, &context, None, None)?);
                     Ok(())
                 },
                 report,
@@ -456,6 +456,7 @@ fn txt2img_cases(
         decoder: &vae,
         image_encoder: &vae,
         family: Family::Sd1,
+        time_ids: None,
         schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(TablePrecision::DiffusersF32)),
         prediction: Prediction::Epsilon,
         consistency: None,

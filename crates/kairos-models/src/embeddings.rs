@@ -66,6 +66,11 @@ impl Timesteps {
         Self { num_channels, flip_sin_to_cos, downscale_freq_shift, scale: 1.0 }
     }
 
+    /// The embedding width.
+    pub fn num_channels(&self) -> usize {
+        self.num_channels
+    }
+
     /// `[N]` → f32 `[N, num_channels]`.
     pub fn forward(&self, timesteps: &Tensor) -> Result<Tensor> {
         get_timestep_embedding(

@@ -315,23 +315,38 @@ pub fn apply_emphasis(z: &Tensor, multipliers: &[f64], emphasis: Emphasis) -> Re
 
 /// Encodes a prompt as A1111 does: chunks through the text encoder (with clip skip), emphasis
 /// per chunk, concatenated to [1, 77 × chunks, hidden]. Also returns the pooled output of the
-/// first chunk (SDXL's pooled prompt embedding comes from there).
+/// first chunk.
 pub fn encode_prompt(
     text_model: &CLIPTextTransformer,
     tokenizer: &CLIPTokenizer,
     prompt: &str,
     options: &PromptOptions,
 ) -> Result<(Tensor, Tensor), PromptError> {
+    encode_prompt_with(tokenizer, prompt, options, text_model.device(), &mut |input_ids| {
+        let output = text_model.forward(input_ids)?;
+        Ok((text_model.clip_skip_hidden_state(&output, options.clip_skip)?, output.pooler_output))
+    })
+}
+
+/// The chunking and emphasis of [`encode_prompt`] around any encoder: `encode` maps one chunk's
+/// ids `[1, 77]` to its embeddings `[1, 77, hidden]` and a pooled vector. SDXL runs it once per
+/// text encoder (A1111/Forge weight, chunk and pad each encoder's tokens on their own) with the
+/// pooled vector of the first chunk, as A1111's `zs[0].pooled`.
+pub fn encode_prompt_with(
+    tokenizer: &CLIPTokenizer,
+    prompt: &str,
+    options: &PromptOptions,
+    device: &candle_core::Device,
+    encode: &mut dyn FnMut(&Tensor) -> Result<(Tensor, Tensor), PromptError>,
+) -> Result<(Tensor, Tensor), PromptError> {
     let tokenized = tokenize_prompt(tokenizer, prompt, options)?;
-    let device = text_model.device();
     let mut zs = Vec::with_capacity(tokenized.chunks.len());
     let mut pooled = None;
     for chunk in &tokenized.chunks {
         let input_ids = Tensor::new(chunk.tokens.as_slice(), device)?.unsqueeze(0)?; // [1, 77]
-        let output = text_model.forward(&input_ids)?;
-        let z = text_model.clip_skip_hidden_state(&output, options.clip_skip)?;
+        let (z, chunk_pooled) = encode(&input_ids)?;
         zs.push(apply_emphasis(&z, &chunk.multipliers, options.emphasis)?);
-        pooled.get_or_insert(output.pooler_output);
+        pooled.get_or_insert(chunk_pooled);
     }
     // tokenize_prompt always returns at least one chunk (it closes a last one when there is none).
     let pooled = pooled.unwrap_or_else(|| unreachable!("tokenize_prompt returned no chunk"));

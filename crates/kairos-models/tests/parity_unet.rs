@@ -30,7 +30,7 @@ fn load(name: &str) -> (UNet2DConditionModel, std::collections::HashMap<String, 
 #[test]
 fn unet_matches_diffusers_sd1_tiny() {
     let (unet, io) = load("sd1_tiny");
-    let out = unet.forward(&io["input.sample"], 999.0, &io["input.encoder_hidden_states"], None).unwrap();
+    let out = unet.forward(&io["input.sample"], 999.0, &io["input.encoder_hidden_states"], None, None).unwrap();
     assert_close("unet sd1_tiny", &out, &io["output"], TOL);
 }
 
@@ -38,7 +38,7 @@ fn unet_matches_diffusers_sd1_tiny() {
 fn unet_matches_diffusers_sd2_tiny_linear_proj_odd_size() {
     let (unet, io) = load("sd2_tiny");
     let t = Timestep::Tensor(&io["input.timestep"]);
-    let out = unet.forward(&io["input.sample"], t, &io["input.encoder_hidden_states"], None).unwrap();
+    let out = unet.forward(&io["input.sample"], t, &io["input.encoder_hidden_states"], None, None).unwrap();
     assert_close("unet sd2_tiny", &out, &io["output"], TOL);
 }
 
@@ -47,7 +47,7 @@ fn unet_matches_diffusers_lcm_tiny_timestep_cond() {
     let (unet, io) = load("lcm_tiny");
     assert!(unet.takes_timestep_cond());
     let out = unet
-        .forward(&io["input.sample"], 499.0, &io["input.encoder_hidden_states"], Some(&io["input.timestep_cond"]))
+        .forward(&io["input.sample"], 499.0, &io["input.encoder_hidden_states"], Some(&io["input.timestep_cond"]), None)
         .unwrap();
     assert_close("unet lcm_tiny", &out, &io["output"], TOL);
 }
@@ -67,7 +67,7 @@ fn config_defaults_are_diffusers_defaults() {
 fn unsupported_config_values_are_rejected_with_the_field_name() {
     let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
     for (json, field) in [
-        (r#"{"addition_embed_type": "text_time"}"#, "addition_embed_type"),
+        (r#"{"addition_embed_type": "text"}"#, "addition_embed_type"),
         (r#"{"class_embed_type": "timestep"}"#, "class_embed_type"),
         (r#"{"only_cross_attention": [false, true, false, false]}"#, "only_cross_attention"),
         (r#"{"time_embedding_type": "fourier"}"#, "time_embedding_type"),
@@ -82,7 +82,13 @@ fn unsupported_config_values_are_rejected_with_the_field_name() {
     }
     let config = UNet2DConditionModelConfig::from_json(r#"{"layers_per_block": [1, 2]}"#).unwrap();
     assert!(matches!(
-        UNet2DConditionModel::new(vb, &config),
+        UNet2DConditionModel::new(vb.clone(), &config),
         Err(ModelError::InvalidConfig { field: "layers_per_block", .. })
+    ));
+    // SDXL's text_time needs both of its widths.
+    let config = UNet2DConditionModelConfig::from_json(r#"{"addition_embed_type": "text_time"}"#).unwrap();
+    assert!(matches!(
+        UNet2DConditionModel::new(vb, &config),
+        Err(ModelError::InvalidConfig { field: "addition_embed_type", .. })
     ));
 }

@@ -10,16 +10,67 @@ use candle_core::Tensor;
 use kairos_sampler::{DenoiseOutput, Denoiser};
 use kairos_schedule::{ModelSchedule, NoiseSchedule, Prediction};
 
+/// What conditions the network, one row per sample.
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    /// Cross-attention context `[N, S, D]`.
+    pub context: Tensor,
+    /// SDXL's `added_cond_kwargs`: pooled text `[N, P]` and time ids `[N, k]`.
+    pub added: Option<AddedConditioning>,
+}
+
+/// SDXL's `text_time` inputs.
+#[derive(Debug, Clone)]
+pub struct AddedConditioning {
+    /// The pooled text embedding `[N, P]`.
+    pub text_embeds: Tensor,
+    /// Size/crop (and, for the refiner, aesthetic-score) ids `[N, k]`, float32.
+    pub time_ids: Tensor,
+}
+
+impl Conditioning {
+    /// A context alone (SD1/SD2).
+    pub fn context(context: Tensor) -> Self {
+        Self { context, added: None }
+    }
+
+    /// Every tensor mapped by `f` (all have the batch as their first dimension).
+    pub fn map(&self, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> candle_core::Result<Self> {
+        let added = match &self.added {
+            Some(a) => Some(AddedConditioning { text_embeds: f(&a.text_embeds)?, time_ids: f(&a.time_ids)? }),
+            None => None,
+        };
+        Ok(Self { context: f(&self.context)?, added })
+    }
+
+    /// `[a; b]` along the batch.
+    pub fn cat(a: &Self, b: &Self) -> candle_core::Result<Self> {
+        let added = match (&a.added, &b.added) {
+            (Some(x), Some(y)) => Some(AddedConditioning {
+                text_embeds: Tensor::cat(&[&x.text_embeds, &y.text_embeds], 0)?,
+                time_ids: Tensor::cat(&[&x.time_ids, &y.time_ids], 0)?,
+            }),
+            _ => None,
+        };
+        Ok(Self { context: Tensor::cat(&[&a.context, &b.context], 0)?, added })
+    }
+
+    /// Rows in the batch.
+    pub fn batch(&self) -> candle_core::Result<usize> {
+        self.context.dim(0)
+    }
+}
+
 /// The denoising network (`UNet2DConditionModel`): its raw prediction (ε, v, ...) for a
-/// c_in-scaled `sample` `[N, C, h, w]` at `timestep`, conditioned on `context` `[N, S, D]` and,
-/// for LCM-distilled networks, the guidance embedding `timestep_cond` `[N, time_cond_proj_dim]`.
+/// c_in-scaled `sample` `[N, C, h, w]` at `timestep`, conditioned on `cond` (N rows) and, for
+/// LCM-distilled networks, the guidance embedding `timestep_cond` `[N, time_cond_proj_dim]`.
 pub trait DiffusionModel {
     /// One forward pass.
     fn predict(
         &self,
         sample: &Tensor,
         timestep: f64,
-        context: &Tensor,
+        cond: &Conditioning,
         timestep_cond: Option<&Tensor>,
     ) -> candle_core::Result<Tensor>;
 
@@ -62,10 +113,10 @@ impl<'a> ModelDenoiser<'a> {
     }
 
     /// The network's raw prediction for the VE-scale state `x` at noise level `sigma`.
-    pub fn model_output(&self, x: &Tensor, sigma: f64, context: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn model_output(&self, x: &Tensor, sigma: f64, cond: &Conditioning) -> candle_core::Result<Tensor> {
         let c_in = self.prediction.scalings(sigma, self.sigma_data).c_in;
         let t = self.schedule.sigma_to_t(sigma);
-        self.model.predict(&(x * c_in)?, t, context, self.timestep_cond.as_ref())
+        self.model.predict(&(x * c_in)?, t, cond, self.timestep_cond.as_ref())
     }
 
     /// x0 from the state and a (possibly guided) prediction: c_skip·x + c_out·output.
@@ -92,24 +143,24 @@ impl<'a> ModelDenoiser<'a> {
 pub struct CfgDenoiser<'a> {
     inner: ModelDenoiser<'a>,
     /// `[uncond; cond]` along the batch, or `cond` alone when the unconditional branch is skipped.
-    context: Tensor,
+    cond: Conditioning,
     guided: bool,
     scale: f64,
 }
 
 impl<'a> CfgDenoiser<'a> {
-    /// Guidance with `cond` and `uncond` `[B, S, D]` (same shape; see
+    /// Guidance with `cond` and `uncond` of B rows each (same shapes; see
     /// [`crate::conditioning::encode_pair`]) at `scale`.
     pub fn new(
         inner: ModelDenoiser<'a>,
-        cond: &Tensor,
-        uncond: &Tensor,
+        cond: &Conditioning,
+        uncond: &Conditioning,
         scale: f64,
         keep_uncond: bool,
     ) -> candle_core::Result<Self> {
         let guided = scale != 1.0 || keep_uncond;
-        let context = if guided { Tensor::cat(&[uncond, cond], 0)? } else { cond.clone() };
-        Ok(Self { inner, context, guided, scale })
+        let cond = if guided { Conditioning::cat(uncond, cond)? } else { cond.clone() };
+        Ok(Self { inner, cond, guided, scale })
     }
 
     /// Whether each network call carries the unconditional branch.
@@ -119,27 +170,33 @@ impl<'a> CfgDenoiser<'a> {
 }
 
 impl CfgDenoiser<'_> {
-    /// The context for a state of `batch` items: as given, or each branch's single embedding
+    /// The conditioning for a state of `batch` items: as given, or each branch's single row
     /// repeated (`[u; c]` → `[u×batch; c×batch]`).
-    fn context_for(&self, batch: usize) -> candle_core::Result<Tensor> {
-        let (rows, tokens, width) = self.context.dims3()?;
+    fn cond_for(&self, batch: usize) -> candle_core::Result<Conditioning> {
+        let rows = self.cond.batch()?;
         let branches = if self.guided { 2 } else { 1 };
         if rows == branches * batch || rows != branches {
-            return Ok(self.context.clone());
+            return Ok(self.cond.clone());
         }
-        self.context.unsqueeze(1)?.repeat((1, batch, 1, 1))?.reshape((rows * batch, tokens, width))
+        self.cond.map(|t| {
+            let mut repeats = vec![1; t.rank() + 1];
+            repeats[1] = batch;
+            let mut dims = t.dims().to_vec();
+            dims[0] *= batch;
+            t.unsqueeze(1)?.repeat(repeats)?.reshape(dims)
+        })
     }
 }
 
 impl Denoiser for CfgDenoiser<'_> {
     fn denoise(&mut self, x: &Tensor, sigma: f64) -> kairos_sampler::Result<DenoiseOutput> {
         let batch = x.dim(0)?;
-        let context = self.context_for(batch)?;
+        let cond = self.cond_for(batch)?;
         if !self.guided {
-            let out = self.inner.model_output(x, sigma, &context)?;
+            let out = self.inner.model_output(x, sigma, &cond)?;
             return Ok(DenoiseOutput::new(self.inner.to_denoised(x, sigma, &out)?));
         }
-        let out = self.inner.model_output(&Tensor::cat(&[x, x], 0)?, sigma, &context)?;
+        let out = self.inner.model_output(&Tensor::cat(&[x, x], 0)?, sigma, &cond)?;
         let uncond = out.narrow(0, 0, batch)?;
         let cond = out.narrow(0, batch, batch)?;
         // diffusers: noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond).
@@ -155,9 +212,11 @@ impl Denoiser for CfgDenoiser<'_> {
     }
 }
 
-/// Repeats `[1, S, D]` embeddings to the batch size `[B, S, D]`.
+/// Repeats one row (`[1, …]`) to the batch size (`[B, …]`).
 pub(crate) fn repeat_batch(t: &Tensor, batch: usize) -> candle_core::Result<Tensor> {
-    t.repeat((batch, 1, 1))?.contiguous()
+    let mut repeats = vec![1; t.rank()];
+    repeats[0] = batch;
+    t.repeat(repeats)?.contiguous()
 }
 
 #[cfg(test)]
@@ -177,11 +236,11 @@ mod tests {
             &self,
             sample: &Tensor,
             timestep: f64,
-            context: &Tensor,
+            cond: &Conditioning,
             _: Option<&Tensor>,
         ) -> candle_core::Result<Tensor> {
             self.calls.borrow_mut().push((sample.dims().to_vec(), timestep));
-            let per_item = context.mean_keepdim(2)?.mean_keepdim(1)?.unsqueeze(3)?; // [N,1,1,1]
+            let per_item = cond.context.mean_keepdim(2)?.mean_keepdim(1)?.unsqueeze(3)?; // [N,1,1,1]
             sample.zeros_like()?.broadcast_add(&per_item)? + 0.1 * timestep / 1000.0
         }
     }
@@ -197,8 +256,8 @@ mod tests {
         let dev = Device::Cpu;
         let fake = Fake { calls: RefCell::new(vec![]) };
         let x = Tensor::zeros((3, 1, 1, 1), candle_core::DType::F32, &dev).unwrap();
-        let cond = Tensor::full(1.0f32, (1, 2, 4), &dev).unwrap();
-        let uncond = Tensor::full(-1.0f32, (1, 2, 4), &dev).unwrap();
+        let cond = Conditioning::context(Tensor::full(1.0f32, (1, 2, 4), &dev).unwrap());
+        let uncond = Conditioning::context(Tensor::full(-1.0f32, (1, 2, 4), &dev).unwrap());
         for (scale, want_batch) in [(7.5, 6), (1.0, 3)] {
             let inner = ModelDenoiser::new(&fake, schedule(false), Prediction::Epsilon, 1.0);
             let mut cfg = CfgDenoiser::new(inner, &cond, &uncond, scale, false).unwrap();
@@ -215,8 +274,8 @@ mod tests {
         let dev = Device::Cpu;
         let fake = Fake { calls: RefCell::new(vec![]) };
         let x = Tensor::new(&[2.0f32, -1.0], &dev).unwrap().reshape((2, 1, 1, 1)).unwrap();
-        let cond = Tensor::full(1.0f32, (2, 3, 4), &dev).unwrap();
-        let uncond = Tensor::full(-1.0f32, (2, 3, 4), &dev).unwrap();
+        let cond = Conditioning::context(Tensor::full(1.0f32, (2, 3, 4), &dev).unwrap());
+        let uncond = Conditioning::context(Tensor::full(-1.0f32, (2, 3, 4), &dev).unwrap());
         let inner = ModelDenoiser::new(&fake, schedule(true), Prediction::Epsilon, 1.0);
         let mut cfg = CfgDenoiser::new(inner, &cond, &uncond, 7.5, false).unwrap();
         let sigma = 3.0;
@@ -242,7 +301,7 @@ mod tests {
     fn scale_one_skips_uncond_unless_kept() {
         let dev = Device::Cpu;
         let x = Tensor::zeros((1, 1, 2, 2), candle_core::DType::F32, &dev).unwrap();
-        let c = Tensor::ones((1, 2, 3), candle_core::DType::F32, &dev).unwrap();
+        let c = Conditioning::context(Tensor::ones((1, 2, 3), candle_core::DType::F32, &dev).unwrap());
         for (keep, batch) in [(false, 1), (true, 2)] {
             let fake = Fake { calls: RefCell::new(vec![]) };
             let inner = ModelDenoiser::new(&fake, schedule(false), Prediction::Epsilon, 1.0);
@@ -259,7 +318,7 @@ mod tests {
         let fake = Fake { calls: RefCell::new(vec![]) };
         let d = ModelDenoiser::new(&fake, schedule(false), Prediction::VPrediction, 1.0);
         let x = Tensor::full(2.0f32, (1, 1, 1, 1), &dev).unwrap();
-        let c = Tensor::zeros((1, 1, 1), candle_core::DType::F32, &dev).unwrap();
+        let c = Conditioning::context(Tensor::zeros((1, 1, 1), candle_core::DType::F32, &dev).unwrap());
         let sigma = 5.0;
         let out = d.model_output(&x, sigma, &c).unwrap();
         let t = fake.calls.borrow()[0].1;

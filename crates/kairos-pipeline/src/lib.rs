@@ -4,7 +4,8 @@
 //!   ([`ModelDenoiser`]: c_in, σ → timestep, ε/v → x0) and classifier-free guidance
 //!   ([`CfgDenoiser`]: one batched call, guidance on the prediction as diffusers, the
 //!   unconditional x0 for CFG++).
-//! - [`conditioning`]: prompts → embeddings ([`PromptEncoder`]; diffusers or A1111 syntax).
+//! - [`conditioning`]: prompts → embeddings ([`PromptEncoder`]; diffusers or A1111 syntax;
+//!   SDXL's two encoders and pooled embedding).
 //! - [`image`]: latents → 8-bit RGB ([`LatentDecoder`], diffusers' post-processing, step
 //!   [`Preview`]s).
 //! - [`txt2img()`]: the run (seeded latents, any sampler and schedule, progress, cancellation).
@@ -24,13 +25,13 @@ pub mod output;
 pub mod resize;
 pub mod txt2img;
 
-pub use conditioning::{PromptEncoder, PromptSyntax};
-pub use denoiser::{CfgDenoiser, DiffusionModel, ModelDenoiser};
+pub use conditioning::{PromptEmbeds, PromptEncoder, PromptSyntax};
+pub use denoiser::{AddedConditioning, CfgDenoiser, Conditioning, DiffusionModel, ModelDenoiser};
 pub use error::PipelineError;
 pub use image::{LatentDecoder, LatentEncoder, Preview, RgbImage};
 pub use models::{LcmKind, LoraWeights, ModelOptions, PromptSource, StableDiffusion, Taesd, TimestepMode, Unet};
 pub use resize::{resize_image, ResizeMode};
 pub use txt2img::{
-    decode_latents, txt2img, txt2img_latents, Components, InitImage, InitialNoise, Progress, Txt2ImgOutput,
-    Txt2ImgRequest,
+    decode_latents, txt2img, txt2img_latents, Components, InitImage, InitialNoise, Progress, SizeConditioning, TimeIds,
+    Txt2ImgOutput, Txt2ImgRequest,
 };

@@ -8,18 +8,18 @@ use kairos_kernels::nn::activation_dtype;
 use kairos_models::autoencoders::autoencoder_tiny::{load_tiny_state_dict, DecoderTiny};
 use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig, AutoencoderTinyConfig, TilingOptions};
 use kairos_models::lcm::{lcm_time_cond_proj_dim, LcmOptions};
-use kairos_models::loading::{self, LoadOptions, ModelFamily, PredictionType, StableDiffusionWeights};
+use kairos_models::loading::{self, LoadOptions, ModelFamily, PredictionType};
 use kairos_models::lora::{self, LoraFile, LoraUse, MergeOptions};
 use kairos_models::prompt::PromptOptions;
-use kairos_models::text_encoders::clip::{CLIPTextConfig, CLIPTextModel};
+use kairos_models::text_encoders::clip::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection};
 use kairos_models::tokenizer::{CLIPTokenizer, PadToken};
-use kairos_models::unets::unet_2d_condition::{UNet2DConditionModel, UNet2DConditionModelConfig};
+use kairos_models::unets::unet_2d_condition::{AddedCond, UNet2DConditionModel, UNet2DConditionModelConfig};
 use kairos_schedule::{DiscreteSchedule, Family, ModelSchedule, Prediction, TablePrecision};
 
-use crate::conditioning::{ClipPromptEncoder, PromptEncoder, PromptSyntax};
-use crate::denoiser::DiffusionModel;
+use crate::conditioning::{ClipPromptEncoder, PromptEmbeds, PromptEncoder, PromptSyntax, SdxlPromptEncoder};
+use crate::denoiser::{Conditioning, DiffusionModel};
 use crate::image::{LatentDecoder, LatentEncoder};
-use crate::txt2img::Components;
+use crate::txt2img::{Components, TimeIds};
 use crate::PipelineError;
 use kairos_models::autoencoders::DiagonalGaussianDistribution;
 
@@ -128,13 +128,27 @@ impl DiffusionModel for Unet {
         &self,
         sample: &Tensor,
         timestep: f64,
-        context: &Tensor,
+        cond: &Conditioning,
         timestep_cond: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        let cond = timestep_cond.map(|c| c.to_dtype(self.dtype)).transpose()?;
+        let timestep_cond = timestep_cond.map(|c| c.to_dtype(self.dtype)).transpose()?;
+        // The time ids stay float32: diffusers projects them sinusoidally in float32 whatever the
+        // UNet's dtype.
+        let text_embeds = cond.added.as_ref().map(|a| a.text_embeds.to_dtype(self.dtype)).transpose()?;
+        let added = cond
+            .added
+            .as_ref()
+            .zip(text_embeds.as_ref())
+            .map(|(a, text_embeds)| AddedCond { text_embeds, time_ids: &a.time_ids });
         let out = self
             .unet
-            .forward(&sample.to_dtype(self.dtype)?, timestep, &context.to_dtype(self.dtype)?, cond.as_ref())
+            .forward(
+                &sample.to_dtype(self.dtype)?,
+                timestep,
+                &cond.context.to_dtype(self.dtype)?,
+                timestep_cond.as_ref(),
+                added.as_ref(),
+            )
             .map_err(candle_core::Error::wrap)?;
         out.to_dtype(DType::F32)
     }
@@ -255,10 +269,14 @@ impl LatentDecoder for Taesd {
     }
 }
 
-/// A loaded SD1/SD2 checkpoint, ready to run.
+/// A loaded SD1/SD2/SDXL checkpoint, ready to run.
 pub struct StableDiffusion {
+    /// The checkpoint's family (SDXL base or refiner included).
+    pub model_family: ModelFamily,
     /// The family, for schedules (SD2 768-v vs SD2-base follows the prediction type).
     pub family: Family,
+    /// SDXL: the time ids its UNet takes.
+    pub time_ids: Option<TimeIds>,
     /// What the UNet predicts (detected, or the override).
     pub prediction: Prediction,
     /// The UNet.
@@ -283,14 +301,10 @@ fn prediction_of(p: PredictionType) -> Prediction {
     }
 }
 
-/// The tokenizer's pad token: the folder's `special_tokens_map.json` if it has one, else the
-/// family's (SD1 `<|endoftext|>`, SD2 `!`).
-fn pad_token(weights: &StableDiffusionWeights) -> Result<PadToken, PipelineError> {
-    let default = match weights.family {
-        ModelFamily::Sd1 => PadToken::EndOfText,
-        ModelFamily::Sd2 => PadToken::Exclamation,
-    };
-    let Some(dir) = &weights.tokenizer_dir else { return Ok(default) };
+/// A tokenizer's pad token: its folder's `special_tokens_map.json` if it has one, else
+/// `default` (SD1 and SDXL's `tokenizer`: `<|endoftext|>`; SD2 and SDXL's `tokenizer_2`: `!`).
+fn pad_token(dir: Option<&Path>, default: PadToken) -> Result<PadToken, PipelineError> {
+    let Some(dir) = dir else { return Ok(default) };
     let path = dir.join("special_tokens_map.json");
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(default) };
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
@@ -349,6 +363,12 @@ impl StableDiffusion {
             (ModelFamily::Sd1, _) => Family::Sd1,
             (ModelFamily::Sd2, Prediction::Epsilon) => Family::Sd2Base,
             (ModelFamily::Sd2, _) => Family::Sd2,
+            (ModelFamily::Sdxl | ModelFamily::SdxlRefiner, _) => Family::Sdxl,
+        };
+        let time_ids = match (weights.family, weights.requires_aesthetics_score) {
+            (ModelFamily::Sdxl | ModelFamily::SdxlRefiner, false) => Some(TimeIds::Sizes),
+            (ModelFamily::Sdxl | ModelFamily::SdxlRefiner, true) => Some(TimeIds::Aesthetic),
+            _ => None,
         };
         let (dtype, device) = (opts.dtype, &opts.device);
         let files = opts.loras.iter().map(|l| LoraFile::open(&l.path)).collect::<Result<Vec<_>, _>>()?;
@@ -389,35 +409,74 @@ impl StableDiffusion {
         let vae_dtype = vae_compute_dtype(&vae_config, dtype);
         let vae = AutoencoderKL::new(vae_weights.var_builder(vae_dtype, device), &vae_config)?;
         let te_config = CLIPTextConfig::from_json(&weights.text_encoder.config.to_string())?;
-        let text_encoder = CLIPTextModel::new(merged.text_encoder.var_builder(dtype, device), &te_config)?;
-        let tokenizer = CLIPTokenizer::new(pad_token(&weights)?)?;
+        let te_vb = merged.text_encoder.var_builder(dtype, device);
+        let tokenizer_dir = weights.tokenizer_dir.as_deref();
+        let encoder: Box<dyn PromptEncoder + Send + Sync> = match weights.family {
+            ModelFamily::Sd1 | ModelFamily::Sd2 => {
+                let default =
+                    if weights.family == ModelFamily::Sd1 { PadToken::EndOfText } else { PadToken::Exclamation };
+                Box::new(ClipPromptEncoder::new(
+                    CLIPTextModel::new(te_vb, &te_config)?,
+                    CLIPTokenizer::new(pad_token(tokenizer_dir, default)?)?,
+                    opts.prompt_syntax,
+                    opts.prompt,
+                ))
+            }
+            ModelFamily::Sdxl => {
+                let te2 = weights.text_encoder_2.as_ref().ok_or_else(|| {
+                    PipelineError::Model(kairos_models::ModelError::MissingWeight {
+                        component: "text_encoder_2".into(),
+                        key: "text_model.embeddings.token_embedding.weight".into(),
+                    })
+                })?;
+                let te2_config = CLIPTextConfig::from_json(&te2.config.to_string())?;
+                let clip_l = CLIPTextModel::new(te_vb, &te_config)?;
+                let tokenizer_l = CLIPTokenizer::new(pad_token(tokenizer_dir, PadToken::EndOfText)?)?;
+                let pad_g = pad_token(weights.tokenizer_2_dir.as_deref(), PadToken::Exclamation)?;
+                Box::new(SdxlPromptEncoder::new(
+                    Some((clip_l, tokenizer_l)),
+                    CLIPTextModelWithProjection::new(te2.var_builder(dtype, device), &te2_config)?,
+                    CLIPTokenizer::new(pad_g)?,
+                    opts.prompt_syntax,
+                    opts.prompt,
+                    weights.force_zeros_for_empty_prompt,
+                ))
+            }
+            ModelFamily::SdxlRefiner => Box::new(SdxlPromptEncoder::new(
+                None,
+                CLIPTextModelWithProjection::new(te_vb, &te_config)?,
+                CLIPTokenizer::new(pad_token(tokenizer_dir, PadToken::Exclamation)?)?,
+                opts.prompt_syntax,
+                opts.prompt,
+                weights.force_zeros_for_empty_prompt,
+            )),
+        };
         let quantize = opts.timestep_mode == TimestepMode::Quantized;
         let compute = activation_dtype(dtype, device);
         Ok(Self {
+            model_family: weights.family,
             family,
+            time_ids,
             prediction,
             unet: Unet::new(unet, compute),
             vae: Vae::new(vae, activation_dtype(vae_dtype, device)).with_tiling(opts.vae_tiling),
-            encoder: PromptSource::Clip(Box::new(ClipPromptEncoder::new(
-                text_encoder,
-                tokenizer,
-                opts.prompt_syntax,
-                opts.prompt,
-            ))),
+            encoder: PromptSource::Encoder(encoder),
             schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(opts.table_precision).with_quantize(quantize)),
             lcm,
             device: device.clone(),
         })
     }
 
-    /// Encodes `prompts` now and drops the text encoder (`--low-memory`: its weights are freed
-    /// before sampling); from then on only these prompts can be encoded.
-    pub fn encode_and_drop_text_encoder(&mut self, prompts: &[&str]) -> Result<(), PipelineError> {
-        let encoded = prompts
+    /// Encodes `prompts` (each with its SDXL second prompt) now and drops the text encoders
+    /// (`--low-memory`: their weights are freed before sampling); from then on only these
+    /// prompts can be encoded.
+    pub fn encode_and_drop_text_encoder(&mut self, prompts: &[(&str, Option<&str>)]) -> Result<(), PipelineError> {
+        let embeds = prompts
             .iter()
-            .map(|&p| Ok((p.to_string(), self.encoder.encode(p)?)))
+            .map(|&(p, p2)| Ok(((p.to_string(), p2.map(str::to_string)), self.encoder.encode(p, p2)?)))
             .collect::<Result<Vec<_>, PipelineError>>()?;
-        self.encoder = PromptSource::Encoded(encoded);
+        let zeros_for_empty_negative = self.encoder.zeros_for_empty_negative();
+        self.encoder = PromptSource::Encoded { embeds, zeros_for_empty_negative };
         Ok(())
     }
 
@@ -429,6 +488,7 @@ impl StableDiffusion {
             decoder: &self.vae,
             image_encoder: &self.vae,
             family: self.family,
+            time_ids: self.time_ids,
             schedule: self.schedule.clone(),
             prediction: self.prediction,
             consistency: self.lcm.map(|_| LcmOptions::default()),
@@ -439,20 +499,34 @@ impl StableDiffusion {
 
 /// Where prompt embeddings come from.
 pub enum PromptSource {
-    /// The text encoder.
-    Clip(Box<ClipPromptEncoder>),
-    /// Embeddings computed before the text encoder was dropped, by prompt.
-    Encoded(Vec<(String, Tensor)>),
+    /// The text encoder(s).
+    Encoder(Box<dyn PromptEncoder + Send + Sync>),
+    /// Embeddings computed before the text encoders were dropped, by (prompt, prompt_2).
+    Encoded {
+        /// The embeddings of each prompt pair.
+        embeds: Vec<((String, Option<String>), PromptEmbeds)>,
+        /// The dropped encoder's [`PromptEncoder::zeros_for_empty_negative`].
+        zeros_for_empty_negative: bool,
+    },
 }
 
 impl PromptEncoder for PromptSource {
-    fn encode(&self, prompt: &str) -> Result<Tensor, PipelineError> {
+    fn encode(&self, prompt: &str, prompt_2: Option<&str>) -> Result<PromptEmbeds, PipelineError> {
         match self {
-            PromptSource::Clip(clip) => clip.encode(prompt),
-            PromptSource::Encoded(encoded) => match encoded.iter().find(|(p, _)| p == prompt) {
-                Some((_, t)) => Ok(t.clone()),
-                None => Err(PipelineError::TextEncoderDropped { prompt: prompt.to_string() }),
-            },
+            PromptSource::Encoder(encoder) => encoder.encode(prompt, prompt_2),
+            PromptSource::Encoded { embeds, .. } => {
+                match embeds.iter().find(|((p, p2), _)| p == prompt && p2.as_deref() == prompt_2) {
+                    Some((_, t)) => Ok(t.clone()),
+                    None => Err(PipelineError::TextEncoderDropped { prompt: prompt.to_string() }),
+                }
+            }
+        }
+    }
+
+    fn zeros_for_empty_negative(&self) -> bool {
+        match self {
+            PromptSource::Encoder(encoder) => encoder.zeros_for_empty_negative(),
+            PromptSource::Encoded { zeros_for_empty_negative, .. } => *zeros_for_empty_negative,
         }
     }
 }
@@ -545,12 +619,19 @@ mod tests {
     #[test]
     fn encoded_prompts_serve_only_their_prompts() {
         let cat = Tensor::ones((1, 77, 8), DType::F32, &Device::Cpu).unwrap();
-        let source =
-            PromptSource::Encoded(vec![("a cat".into(), cat.clone()), (String::new(), cat.zeros_like().unwrap())]);
-        let got = source.encode("a cat").unwrap();
+        let embeds = |t: &Tensor| PromptEmbeds { context: t.clone(), pooled: None };
+        let source = PromptSource::Encoded {
+            embeds: vec![
+                (("a cat".into(), None), embeds(&cat)),
+                ((String::new(), None), embeds(&cat.zeros_like().unwrap())),
+            ],
+            zeros_for_empty_negative: false,
+        };
+        let got = source.encode("a cat", None).unwrap().context;
         assert_eq!(got.to_vec3::<f32>().unwrap(), cat.to_vec3::<f32>().unwrap());
-        assert_eq!(source.encode("").unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
-        let err = source.encode("a dog").unwrap_err().to_string();
+        assert_eq!(source.encode("", None).unwrap().context.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        assert!(source.encode("a cat", Some("other")).is_err(), "prompt_2 is part of the key");
+        let err = source.encode("a dog", None).unwrap_err().to_string();
         assert!(err.contains("`a dog`") && err.contains("without --low-memory"), "{err}");
     }
 

@@ -23,8 +23,8 @@ use kairos_sampler::noise::{BatchSeeding, RngKind, SeededNoise};
 use kairos_sampler::{Denoiser, SampleCtx, Sampler, StepInfo};
 use kairos_schedule::{AysModel, DenoiseRule, Family, ModelSchedule, Prediction, ScheduleKind};
 
-use crate::conditioning::{encode_pair, PromptEncoder};
-use crate::denoiser::{repeat_batch, CfgDenoiser, DiffusionModel, ModelDenoiser};
+use crate::conditioning::{encode_pair, PromptEmbeds, PromptEncoder};
+use crate::denoiser::{repeat_batch, AddedConditioning, CfgDenoiser, Conditioning, DiffusionModel, ModelDenoiser};
 use crate::image::{ensure_finite, to_rgb8, LatentDecoder, LatentEncoder, RgbImage};
 use crate::resize::{resize_image, ResizeMode};
 use crate::PipelineError;
@@ -57,6 +57,84 @@ pub struct InitImage {
     pub denoise_rule: Option<DenoiseRule>,
 }
 
+/// Which time ids an SDXL UNet's `text_time` embedding takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeIds {
+    /// SDXL base: original size (h, w), crop top-left (top, left), target size (h, w).
+    Sizes,
+    /// SDXL refiner: original size, crop top-left, aesthetic score.
+    Aesthetic,
+}
+
+/// SDXL's micro-conditioning (diffusers' `_get_add_time_ids` arguments, in pixels). The
+/// defaults are diffusers': original and target size = the image's (height, width), crop
+/// (0, 0), aesthetic scores 6.0 / 2.5; the negative sizes copy the positive ones unless both
+/// negative sizes are given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SizeConditioning {
+    /// `original_size` (height, width); `None`: the image's.
+    pub original_size: Option<(usize, usize)>,
+    /// `crops_coords_top_left` (top, left).
+    pub crop: (usize, usize),
+    /// `target_size` (height, width); `None`: the image's.
+    pub target_size: Option<(usize, usize)>,
+    /// `negative_original_size`; used with `negative_target_size`.
+    pub negative_original_size: Option<(usize, usize)>,
+    /// `negative_crops_coords_top_left`; `None`: the positive crop.
+    pub negative_crop: Option<(usize, usize)>,
+    /// `negative_target_size`; used with `negative_original_size`.
+    pub negative_target_size: Option<(usize, usize)>,
+    /// The refiner's `aesthetic_score`.
+    pub aesthetic_score: f64,
+    /// The refiner's `negative_aesthetic_score`.
+    pub negative_aesthetic_score: f64,
+}
+
+impl Default for SizeConditioning {
+    fn default() -> Self {
+        Self {
+            original_size: None,
+            crop: (0, 0),
+            target_size: None,
+            negative_original_size: None,
+            negative_crop: None,
+            negative_target_size: None,
+            aesthetic_score: 6.0,
+            negative_aesthetic_score: 2.5,
+        }
+    }
+}
+
+impl SizeConditioning {
+    /// The positive and negative time-id rows for an image of `height` × `width`, as diffusers'
+    /// `StableDiffusionXL(Img2Img)Pipeline._get_add_time_ids` builds them.
+    pub fn time_ids(&self, kind: TimeIds, height: usize, width: usize) -> (Vec<f32>, Vec<f32>) {
+        let image = (height, width);
+        let original = self.original_size.unwrap_or(image);
+        let target = self.target_size.unwrap_or(image);
+        let pair = |(a, b): (usize, usize)| [a as f32, b as f32];
+        match kind {
+            TimeIds::Sizes => {
+                let pos = [pair(original), pair(self.crop), pair(target)].concat();
+                let neg = match (self.negative_original_size, self.negative_target_size) {
+                    (Some(no), Some(nt)) => {
+                        [pair(no), pair(self.negative_crop.unwrap_or(self.crop)), pair(nt)].concat()
+                    }
+                    _ => pos.clone(),
+                };
+                (pos, neg)
+            }
+            TimeIds::Aesthetic => {
+                let pos = [&pair(original)[..], &pair(self.crop), &[self.aesthetic_score as f32]].concat();
+                let neg_original = self.negative_original_size.unwrap_or(original);
+                let neg_crop = self.negative_crop.unwrap_or(self.crop);
+                let neg = [&pair(neg_original)[..], &pair(neg_crop), &[self.negative_aesthetic_score as f32]].concat();
+                (pos, neg)
+            }
+        }
+    }
+}
+
 /// What to generate. [`Default`] gives diffusers' SD1.5 defaults (512×512) with the `dpmpp_2m`
 /// sampler on `karras` sigmas and a CPU generator.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +143,12 @@ pub struct Txt2ImgRequest {
     pub prompt: String,
     /// The negative prompt (the unconditional branch of guidance; may be empty).
     pub negative_prompt: String,
+    /// SDXL: the prompt for OpenCLIP-bigG (`None`: the prompt); ignored by other models.
+    pub prompt_2: Option<String>,
+    /// SDXL: the negative prompt for OpenCLIP-bigG (`None`: the negative prompt).
+    pub negative_prompt_2: Option<String>,
+    /// SDXL: size, crop and aesthetic conditioning; ignored by other models.
+    pub size_conditioning: SizeConditioning,
     /// Image width in pixels: a positive multiple of 8.
     pub width: usize,
     /// Image height in pixels: a positive multiple of 8.
@@ -99,6 +183,9 @@ impl Default for Txt2ImgRequest {
         Self {
             prompt: String::new(),
             negative_prompt: String::new(),
+            prompt_2: None,
+            negative_prompt_2: None,
+            size_conditioning: SizeConditioning::default(),
             width: 512,
             height: 512,
             steps: 20,
@@ -129,6 +216,8 @@ pub struct Components<'a> {
     pub image_encoder: &'a dyn LatentEncoder,
     /// The model family (picks the AYS table).
     pub family: Family,
+    /// SDXL: the time ids the UNet's `text_time` embedding takes; `None` for SD1/SD2.
+    pub time_ids: Option<TimeIds>,
     /// The training noise schedule, with the timestep convention set (quantize or not).
     pub schedule: ModelSchedule,
     /// What the UNet predicts.
@@ -238,6 +327,32 @@ fn check_request(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<(), Pipelin
     Ok(())
 }
 
+/// The conditional and unconditional conditioning of a request, one row each: the prompts'
+/// embeddings and, for SDXL, the pooled embeddings with the request's time ids.
+pub fn request_conditioning(
+    c: &Components<'_>,
+    req: &Txt2ImgRequest,
+) -> Result<(Conditioning, Conditioning), PipelineError> {
+    let (cond, uncond) = encode_pair(
+        c.encoder,
+        (&req.prompt, req.prompt_2.as_deref()),
+        (&req.negative_prompt, req.negative_prompt_2.as_deref()),
+    )?;
+    let Some(kind) = c.time_ids else {
+        return Ok((Conditioning::context(cond.context), Conditioning::context(uncond.context)));
+    };
+    let (pos, neg) = req.size_conditioning.time_ids(kind, req.height, req.width);
+    let with_ids = |embeds: PromptEmbeds, ids: Vec<f32>| -> Result<Conditioning, PipelineError> {
+        let text_embeds = embeds.pooled.ok_or_else(|| PipelineError::InvalidOption {
+            name: "model",
+            message: "this UNet takes a pooled text embedding (SDXL) but the text encoder gives none".into(),
+        })?;
+        let time_ids = Tensor::from_vec(ids.clone(), (1, ids.len()), &c.device)?;
+        Ok(Conditioning { context: embeds.context, added: Some(AddedConditioning { text_embeds, time_ids }) })
+    };
+    Ok((with_ids(cond, pos)?, with_ids(uncond, neg)?))
+}
+
 /// Runs txt2img: [`txt2img_latents`], then [`decode_latents`] with `c.decoder`. `on_progress`
 /// sees every step and may return `Break` to cancel, which ends the run with
 /// [`kairos_sampler::SamplerError::Cancelled`] (see [`PipelineError::is_cancelled`]).
@@ -261,9 +376,9 @@ pub fn txt2img_latents(
 ) -> Result<Txt2ImgOutput, PipelineError> {
     check_request(c, req)?;
     let sigmas = request_sigmas(c, req)?;
-    let (cond, uncond) = encode_pair(c.encoder, &req.prompt, &req.negative_prompt)?;
+    let (cond, uncond) = request_conditioning(c, req)?;
     let b = req.batch_size;
-    let (cond, uncond) = (repeat_batch(&cond, b)?, repeat_batch(&uncond, b)?);
+    let (cond, uncond) = (cond.map(|t| repeat_batch(t, b))?, uncond.map(|t| repeat_batch(t, b))?);
     let f = c.decoder.scale_factor();
     let shape = (b, c.decoder.latent_channels(), req.height / f, req.width / f);
     let init_scale = match req.initial_noise {
@@ -374,14 +489,20 @@ mod tests {
     struct Fakes;
 
     impl DiffusionModel for Fakes {
-        fn predict(&self, sample: &Tensor, _t: f64, _c: &Tensor, _: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        fn predict(
+            &self,
+            sample: &Tensor,
+            _t: f64,
+            _c: &Conditioning,
+            _: Option<&Tensor>,
+        ) -> candle_core::Result<Tensor> {
             sample.zeros_like()
         }
     }
 
     impl PromptEncoder for Fakes {
-        fn encode(&self, _prompt: &str) -> Result<Tensor, PipelineError> {
-            Ok(Tensor::zeros((1, 77, 4), DType::F32, &Device::Cpu)?)
+        fn encode(&self, _prompt: &str, _: Option<&str>) -> Result<PromptEmbeds, PipelineError> {
+            Ok(PromptEmbeds { context: Tensor::zeros((1, 77, 4), DType::F32, &Device::Cpu)?, pooled: None })
         }
     }
 
@@ -416,6 +537,7 @@ mod tests {
             decoder: &Fakes,
             image_encoder: &Fakes,
             family: Family::Sd1,
+            time_ids: None,
             schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(TablePrecision::F64)),
             prediction: Prediction::Epsilon,
             consistency: None,
@@ -503,7 +625,13 @@ mod tests {
     }
 
     impl DiffusionModel for LcmFake {
-        fn predict(&self, sample: &Tensor, _t: f64, _c: &Tensor, cond: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        fn predict(
+            &self,
+            sample: &Tensor,
+            _t: f64,
+            _c: &Conditioning,
+            cond: Option<&Tensor>,
+        ) -> candle_core::Result<Tensor> {
             self.calls.borrow_mut().push((sample.dim(0)?, cond.cloned()));
             sample.zeros_like()
         }

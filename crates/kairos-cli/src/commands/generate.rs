@@ -16,7 +16,8 @@ use kairos_pipeline::infotext::Infotext;
 use kairos_pipeline::output::{save_json_sidecar, save_png, OutputTarget};
 use kairos_pipeline::{
     decode_latents, txt2img_latents, InitImage, InitialNoise, LatentDecoder, LcmKind, LoraWeights, ModelOptions,
-    Preview, Progress, PromptSyntax, ResizeMode, RgbImage, StableDiffusion, Taesd, TimestepMode, Txt2ImgRequest,
+    Preview, Progress, PromptSyntax, ResizeMode, RgbImage, SizeConditioning, StableDiffusion, Taesd, TimestepMode,
+    Txt2ImgRequest,
 };
 use kairos_sampler::noise::{BatchSeeding, RngKind};
 use kairos_sampler::Sampler;
@@ -31,9 +32,39 @@ pub struct GenerateArgs {
     /// The prompt (A1111 syntax by default: `(word:1.2)`, `[word]`, `BREAK`).
     #[arg(long, short, default_value = "")]
     prompt: String,
-    /// The negative prompt.
+    /// The negative prompt (SDXL base: an empty one conditions on zeros, as diffusers'
+    /// `force_zeros_for_empty_prompt`).
     #[arg(long, short, default_value = "")]
     negative_prompt: String,
+    /// SDXL: the prompt for the second text encoder, OpenCLIP-bigG [default: --prompt].
+    #[arg(long)]
+    prompt_2: Option<String>,
+    /// SDXL: the negative prompt for OpenCLIP-bigG [default: --negative-prompt].
+    #[arg(long)]
+    negative_prompt_2: Option<String>,
+    /// SDXL size conditioning: the original image size the model is told, WIDTHxHEIGHT
+    /// [default: the image's size].
+    #[arg(long, value_parser = parse_size)]
+    original_size: Option<(usize, usize)>,
+    /// SDXL crop conditioning: the crop's top-left corner, TOP,LEFT in pixels [default: 0,0].
+    #[arg(long, value_parser = parse_crop)]
+    crop: Option<(usize, usize)>,
+    /// SDXL target-size conditioning, WIDTHxHEIGHT [default: the image's size].
+    #[arg(long, value_parser = parse_size)]
+    target_size: Option<(usize, usize)>,
+    /// SDXL: the unconditional branch's original size, WIDTHxHEIGHT (with --negative-target-size;
+    /// default: the positive sizes, as diffusers).
+    #[arg(long, value_parser = parse_size, requires = "negative_target_size")]
+    negative_original_size: Option<(usize, usize)>,
+    /// SDXL: the unconditional branch's target size, WIDTHxHEIGHT.
+    #[arg(long, value_parser = parse_size, requires = "negative_original_size")]
+    negative_target_size: Option<(usize, usize)>,
+    /// SDXL refiner: the aesthetic score of its time ids (diffusers' default).
+    #[arg(long, default_value_t = 6.0)]
+    aesthetic_score: f64,
+    /// SDXL refiner: the unconditional branch's aesthetic score.
+    #[arg(long, default_value_t = 2.5)]
+    negative_aesthetic_score: f64,
     /// A checkpoint file (.safetensors, .ckpt), a diffusers folder, or a Hugging Face repo id.
     #[arg(long, short, default_value = DEFAULT_MODEL)]
     model: String,
@@ -63,12 +94,12 @@ pub struct GenerateArgs {
     /// Seed of the first image (default: random).
     #[arg(long)]
     seed: Option<u64>,
-    /// Image width in pixels (a multiple of 8) [default: 512, or --init-image's width rounded
-    /// down to a multiple of 8].
+    /// Image width in pixels (a multiple of 8) [default: 512 (SDXL: 1024), or --init-image's
+    /// width rounded down to a multiple of 8].
     #[arg(long, short = 'W')]
     width: Option<usize>,
-    /// Image height in pixels (a multiple of 8) [default: 512, or --init-image's height rounded
-    /// down to a multiple of 8].
+    /// Image height in pixels (a multiple of 8) [default: 512 (SDXL: 1024), or --init-image's
+    /// height rounded down to a multiple of 8].
     #[arg(long, short = 'H')]
     height: Option<usize>,
     /// img2img: start from this image (PNG, JPEG, WebP), brought to -W x -H by --resize-mode
@@ -327,6 +358,20 @@ const LCM_UNET_CFG: f64 = 8.5;
 
 /// Default image side without an init image.
 const DEFAULT_SIZE: usize = 512;
+/// SDXL's default size: diffusers' `unet.config.sample_size × vae_scale_factor` (128 × 8).
+const SDXL_DEFAULT_SIZE: usize = 1024;
+
+/// `WIDTHxHEIGHT` → (height, width), diffusers' order for size conditioning.
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let parsed = s.split_once(['x', 'X']).and_then(|(w, h)| Some((h.trim().parse().ok()?, w.trim().parse().ok()?)));
+    parsed.ok_or_else(|| format!("`{s}` is not WIDTHxHEIGHT in pixels (e.g. 1024x1024)"))
+}
+
+/// `TOP,LEFT` → (top, left).
+fn parse_crop(s: &str) -> Result<(usize, usize), String> {
+    let parsed = s.split_once(',').and_then(|(t, l)| Some((t.trim().parse().ok()?, l.trim().parse().ok()?)));
+    parsed.ok_or_else(|| format!("`{s}` is not TOP,LEFT in pixels (e.g. 0,0)"))
+}
 
 /// The init image and the request's size: -W/-H if given, else the image's own side rounded
 /// down to a multiple of 8 (diffusers' `get_default_height_width`), with a note on stderr when
@@ -415,6 +460,18 @@ fn parse_request(args: &GenerateArgs, prompt: String) -> anyhow::Result<Txt2ImgR
     Ok(Txt2ImgRequest {
         prompt,
         negative_prompt: args.negative_prompt.clone(),
+        prompt_2: args.prompt_2.clone(),
+        negative_prompt_2: args.negative_prompt_2.clone(),
+        size_conditioning: SizeConditioning {
+            original_size: args.original_size,
+            crop: args.crop.unwrap_or((0, 0)),
+            target_size: args.target_size,
+            negative_original_size: args.negative_original_size,
+            negative_crop: None,
+            negative_target_size: args.negative_target_size,
+            aesthetic_score: args.aesthetic_score,
+            negative_aesthetic_score: args.negative_aesthetic_score,
+        },
         width,
         height,
         steps: args.steps.unwrap_or(DEFAULT_STEPS),
@@ -488,8 +545,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let lora_note =
         if opts.loras.is_empty() { String::new() } else { format!(", {} LoRA(s) merged", opts.loras.len()) };
     eprintln!("loaded {} in {:.2} s{lora_note}", model_path.display(), load_start.elapsed().as_secs_f64());
+    if sd.model_family.is_sdxl() && args.init_image.is_none() {
+        req.width = args.width.unwrap_or(SDXL_DEFAULT_SIZE);
+        req.height = args.height.unwrap_or(SDXL_DEFAULT_SIZE);
+    }
     if args.low_memory {
-        sd.encode_and_drop_text_encoder(&[&req.prompt, &req.negative_prompt])?;
+        sd.encode_and_drop_text_encoder(&[
+            (&req.prompt, req.prompt_2.as_deref()),
+            (&req.negative_prompt, req.negative_prompt_2.as_deref()),
+        ])?;
     }
     if let Some(lcm) = sd.lcm {
         apply_lcm_defaults(&args, &mut req, lcm)?;
@@ -514,6 +578,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
     let preview = match &taesd {
         Some(taesd) => Preview::Decoder(taesd),
+        None if sd.model_family.is_sdxl() => Preview::Linear(LatentRgbFactors::Sdxl),
         None => Preview::Linear(LatentRgbFactors::Sd15),
     };
 
@@ -623,6 +688,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 "parameters": info.to_text(),
                 "prompt": req.prompt,
                 "negative_prompt": req.negative_prompt,
+                "prompt_2": req.prompt_2,
+                "negative_prompt_2": req.negative_prompt_2,
                 "model": model_path,
                 "sampler": req.sampler.name(),
                 "schedule": req.schedule.name(),

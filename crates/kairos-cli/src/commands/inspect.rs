@@ -58,7 +58,7 @@ fn weight_files(path: &Path) -> Vec<PathBuf> {
         return vec![path.to_path_buf()];
     }
     let mut files = vec![];
-    for sub in ["unet", "vae", "text_encoder"] {
+    for sub in ["unet", "vae", "text_encoder", "text_encoder_2"] {
         if let Ok(entries) = std::fs::read_dir(path.join(sub)) {
             files.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| {
                 matches!(p.extension().and_then(|e| e.to_str()), Some("safetensors" | "bin" | "ckpt" | "pt"))
@@ -100,14 +100,26 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         (ModelFamily::Sd1, _) => "sd1",
         (ModelFamily::Sd2, PredictionType::Epsilon) => "sd2-base",
         (ModelFamily::Sd2, PredictionType::VPrediction) => "sd2",
+        (ModelFamily::Sdxl, _) => "sdxl",
+        (ModelFamily::SdxlRefiner, _) => "sdxl-refiner",
     };
-    let layout = if path.is_dir() { "diffusers folder" } else { "single file (LDM keys)" };
+    let layout = match (path.is_dir(), w.family.is_sdxl()) {
+        (true, _) => "diffusers folder",
+        (false, true) => "single file (SGM keys)",
+        (false, false) => "single file (LDM keys)",
+    };
     // A single file without first_stage_model.* is refused by the loader, so a loaded
     // checkpoint always carries its VAE: in the file, or in the folder's vae/.
     let vae = if path.is_dir() { "vae/ folder" } else { "baked in (first_stage_model.*)" };
-    let counts: BTreeMap<&str, usize> =
-        [("unet", parameters(&w.unet)), ("vae", parameters(&w.vae)), ("text_encoder", parameters(&w.text_encoder))]
-            .into();
+    let mut counts: BTreeMap<&str, usize> = [
+        ("unet", parameters(&w.unet)),
+        ("vae", parameters(&w.vae)),
+        (w.text_encoder.name(), parameters(&w.text_encoder)),
+    ]
+    .into();
+    if let Some(te2) = &w.text_encoder_2 {
+        counts.insert("text_encoder_2", parameters(te2));
+    }
     let dtypes = dtypes(&weight_files(&path))?;
     if args.json {
         let v = serde_json::json!({
@@ -122,6 +134,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
             "unet_config": w.unet.config,
             "vae_config": w.vae.config,
             "text_encoder_config": w.text_encoder.config,
+            "text_encoder_2_config": w.text_encoder_2.as_ref().map(|c| &c.config),
         });
         println!("{v}");
         return Ok(());

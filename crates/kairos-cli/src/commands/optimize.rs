@@ -15,7 +15,7 @@ use kairos_ays::{
     Init, Judge, KlubEstimator, KlubOptions, Level, MlpConfig, MlpDenoiser, Objective, OptimizeOptions, Optimizer,
     Progress, ScheduleFile, TensorData, TrainOptions,
 };
-use kairos_pipeline::conditioning::encode_pair;
+use kairos_pipeline::txt2img::request_conditioning;
 use kairos_pipeline::{
     txt2img_latents, CfgDenoiser, Components, ModelDenoiser, ModelOptions, RgbImage, StableDiffusion, Txt2ImgRequest,
 };
@@ -322,7 +322,8 @@ fn run_model(args: &OptimizeArgs, path: &Path, kinds: &[ScheduleKind]) -> anyhow
     };
     eprintln!("x0: {} latents {:?} from {source}", latents.dim(0)?, latents.dims());
     let mut data = TensorData::new(latents)?;
-    let (cond, uncond) = encode_pair(c.encoder, &args.prompt, &args.negative_prompt)?;
+    // The prompt pair, and for SDXL the pooled text with the size ids of a --size image.
+    let (cond, uncond) = request_conditioning(&c, &prompt_request(args))?;
     let inner = ModelDenoiser::new(c.model, c.schedule.clone(), c.prediction, c.family.sigma_data());
     let mut denoiser = CfgDenoiser::new(inner, &cond, &uncond, args.cfg_scale, false)?;
     let model_id = format!("{} (cfg {}, prompt {:?})", path.display(), args.cfg_scale, args.prompt);
@@ -365,20 +366,27 @@ fn encode_images(c: &Components<'_>, dir: &Path, size: usize) -> anyhow::Result<
 
 /// The model's own samples: `--self-samples` txt2img runs (seeds 0..N) on `--prompt`, their final
 /// latents.
+/// The prompts and image size of `args` as a request.
+fn prompt_request(args: &OptimizeArgs) -> Txt2ImgRequest {
+    Txt2ImgRequest {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        width: args.size,
+        height: args.size,
+        ..Txt2ImgRequest::default()
+    }
+}
+
 fn self_samples(c: &Components<'_>, args: &OptimizeArgs) -> anyhow::Result<Tensor> {
     if args.self_samples == 0 {
         bail!("--self-samples must be at least 1 without --images");
     }
     let req = Txt2ImgRequest {
-        prompt: args.prompt.clone(),
-        negative_prompt: args.negative_prompt.clone(),
-        width: args.size,
-        height: args.size,
         steps: args.sample_steps,
         cfg_scale: args.cfg_scale,
         batch_count: args.self_samples,
         seed: args.seed,
-        ..Txt2ImgRequest::default()
+        ..prompt_request(args)
     };
     // Latents only: the samples are never decoded.
     let out = txt2img_latents(c, &req, &mut |p| {

@@ -68,7 +68,7 @@ pub(crate) fn component_dir(
     let file = OpenFile::open(&weight_file(dir, stem, variant)?)?;
     let files = vec![Arc::new(file)];
     let mut map = identity_map(&files, 0, "");
-    if name == "text_encoder" {
+    if name.starts_with("text_encoder") {
         // Files saved by transformers 5 lack the `text_model.` prefix that Hub files have.
         map = map
             .into_iter()
@@ -88,25 +88,39 @@ pub(crate) fn component_dir(
 pub(crate) fn load(root: &Path, opts: &LoadOptions) -> Result<StableDiffusionWeights, ModelError> {
     let index_path = root.join("model_index.json");
     let index = read_json(&index_path)?;
-    if index.get("text_encoder_2").is_some() {
-        return Err(ModelError::Unsupported {
-            field: "model family",
-            value: "SDXL (model_index.json has text_encoder_2)".into(),
-            supported: "SD1.x, SD2.x",
-        });
-    }
-    for part in ["unet", "vae", "text_encoder"] {
-        if index.get(part).is_none() {
+    // A component entry is `["library", "Class"]`; an absent one (the SDXL refiner's
+    // text_encoder) is `null` or `[null, null]`.
+    let present = |part: &str| {
+        index.get(part).is_some_and(|v| match v {
+            Value::Null => false,
+            Value::Array(a) => a.iter().any(|x| !x.is_null()),
+            _ => true,
+        })
+    };
+    let sdxl = present("text_encoder_2");
+    let required: &[&str] = if sdxl { &["unet", "vae", "text_encoder_2"] } else { &["unet", "vae", "text_encoder"] };
+    for part in required {
+        if !present(part) {
             return Err(ModelError::ConfigFile { path: index_path, reason: format!("no `{part}` entry") });
         }
     }
     let unet = component(root, "unet", "diffusion_pytorch_model", opts)?;
     let vae = component(root, "vae", "diffusion_pytorch_model", opts)?;
-    let text_encoder = component(root, "text_encoder", "model", opts)?;
-    // OpenCLIP (SD2) uses gelu, OpenAI CLIP (SD1) quick_gelu.
-    let family = match text_encoder.config.get("hidden_act").and_then(Value::as_str) {
-        Some("gelu") => ModelFamily::Sd2,
-        _ => ModelFamily::Sd1,
+    let (family, text_encoder, text_encoder_2) = if sdxl {
+        let text_encoder_2 = component(root, "text_encoder_2", "model", opts)?;
+        if present("text_encoder") {
+            (ModelFamily::Sdxl, component(root, "text_encoder", "model", opts)?, Some(text_encoder_2))
+        } else {
+            (ModelFamily::SdxlRefiner, text_encoder_2, None)
+        }
+    } else {
+        let text_encoder = component(root, "text_encoder", "model", opts)?;
+        // OpenCLIP (SD2) uses gelu, OpenAI CLIP (SD1) quick_gelu.
+        let family = match text_encoder.config.get("hidden_act").and_then(Value::as_str) {
+            Some("gelu") => ModelFamily::Sd2,
+            _ => ModelFamily::Sd1,
+        };
+        (family, text_encoder, None)
     };
     // As diffusers does: the scheduler config names the prediction type (default epsilon).
     let scheduler_path = root.join("scheduler").join("scheduler_config.json");
@@ -123,14 +137,26 @@ pub(crate) fn load(root: &Path, opts: &LoadOptions) -> Result<StableDiffusionWei
     } else {
         PredictionType::Epsilon
     };
-    let tokenizer = root.join("tokenizer");
+    let dir = |name: &str| Some(root.join(name)).filter(|d| d.is_dir());
+    let (tokenizer_dir, tokenizer_2_dir) = match family {
+        ModelFamily::SdxlRefiner => (dir("tokenizer_2"), None),
+        ModelFamily::Sdxl => (dir("tokenizer"), dir("tokenizer_2")),
+        _ => (dir("tokenizer"), None),
+    };
+    // The pipeline constructors' defaults: StableDiffusionXL(Img2Img)Pipeline's
+    // `force_zeros_for_empty_prompt=True`, `requires_aesthetics_score=False`.
+    let flag = |name: &str, default: bool| index.get(name).and_then(Value::as_bool).unwrap_or(default);
     Ok(StableDiffusionWeights {
         family,
         prediction_type: opts.prediction_type.unwrap_or(detected),
         unet,
         vae,
         text_encoder,
-        tokenizer_dir: tokenizer.is_dir().then_some(tokenizer),
+        text_encoder_2,
+        tokenizer_dir,
+        tokenizer_2_dir,
+        force_zeros_for_empty_prompt: sdxl && flag("force_zeros_for_empty_prompt", true),
+        requires_aesthetics_score: sdxl && flag("requires_aesthetics_score", false),
         skipped_keys: Vec::new(),
     })
 }

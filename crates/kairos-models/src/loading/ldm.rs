@@ -9,10 +9,13 @@
 //! - Nothing is copied: each diffusers key records its stored key and a [`Transform`] (q/k/v rows
 //!   of OpenCLIP's fused `in_proj`, 1×1 conv → linear for the VAE mid attention), applied when the
 //!   tensor is loaded.
-//! - OpenCLIP's last resblock is dropped whatever the depth (diffusers names `resblocks.23`, the
-//!   last of SD2's 24): SD2 conditions on the penultimate layer, so the diffusers text encoder has
-//!   one layer fewer. `text_projection` and `logit_scale` are unused by SD2 and skipped, as is
-//!   the legacy `position_ids` buffer of SD1 files.
+//! - SD2: OpenCLIP's last resblock is dropped whatever the depth (diffusers names `resblocks.23`,
+//!   the last of SD2's 24): SD2 conditions on the penultimate layer, so the diffusers text
+//!   encoder has one layer fewer. `text_projection` and `logit_scale` are unused by SD2 and
+//!   skipped, as is the legacy `position_ids` buffer of SD1 files. SDXL's OpenCLIP bigG keeps
+//!   every layer (its pooled output needs the last) and its `text_projection`, transposed.
+//! - SDXL (SGM layout, `convert_sdxl_*` paths of the same file): `label_emb.0.0/0.2` →
+//!   `add_embedding.linear_1/2`; the encoders under `conditioner.embedders.N.`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +31,21 @@ pub(crate) const VAE_PREFIXES: &[&str] = &["first_stage_model.", "vae."];
 pub(crate) const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
 /// Key prefix of the SD2 text encoder (OpenCLIP ViT-H/14).
 pub(crate) const OPEN_CLIP_PREFIX: &str = "cond_stage_model.model.";
+/// Key prefix of the SDXL base's CLIP ViT-L/14 (transformers layout inside).
+pub(crate) const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
+/// Key prefix of the SDXL base's OpenCLIP ViT-bigG/14.
+pub(crate) const SDXL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
+/// Key prefix of the SDXL refiner's OpenCLIP ViT-bigG/14, its only text encoder.
+pub(crate) const SDXL_REFINER_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.0.model.";
+
+/// Which model an OpenCLIP text tower is converted for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenClipUse {
+    /// SD2: the last layer dropped, no projection (`CLIPTextModel`).
+    Sd2,
+    /// SDXL: every layer and the projection (`CLIPTextModelWithProjection`).
+    Sdxl,
+}
 
 /// diffusers key → source, for one component.
 pub(crate) type KeyMap = BTreeMap<String, Source>;
@@ -117,6 +135,8 @@ pub(crate) fn unet_key(key: &str, lpb: usize) -> Option<String> {
     match p.as_slice() {
         ["time_embed", "0", ..] => Some(format!("time_embedding.linear_1.{}", tail(2))),
         ["time_embed", "2", ..] => Some(format!("time_embedding.linear_2.{}", tail(2))),
+        ["label_emb", "0", "0", rest] => Some(format!("add_embedding.linear_1.{rest}")),
+        ["label_emb", "0", "2", rest] => Some(format!("add_embedding.linear_2.{rest}")),
         ["input_blocks", "0", "0", rest] => Some(format!("conv_in.{rest}")),
         ["out", "0", ..] => Some(format!("conv_norm_out.{}", tail(2))),
         ["out", "2", ..] => Some(format!("conv_out.{}", tail(2))),
@@ -229,13 +249,14 @@ fn vae_key(key: &str, n_up: usize) -> Option<(String, Transform)> {
     Some(out)
 }
 
-/// Converts SD1's `cond_stage_model.transformer.*` (mirrors `convert_ldm_clip_checkpoint`).
+/// Converts SD1's `cond_stage_model.transformer.*` or SDXL's
+/// `conditioner.embedders.0.transformer.*` (`prefix`; mirrors `convert_ldm_clip_checkpoint`).
 /// Files written with old transformers lack the `text_model.` level; it is added.
-pub(crate) fn convert_clip(files: &[Arc<OpenFile>], file: usize) -> Result<KeyMap, ModelError> {
+pub(crate) fn convert_clip(files: &[Arc<OpenFile>], file: usize, prefix: &str) -> Result<KeyMap, ModelError> {
     let f = &files[file];
     let mut map = KeyMap::new();
     for full in f.tensors.keys() {
-        let Some(key) = full.strip_prefix(CLIP_PREFIX) else {
+        let Some(key) = full.strip_prefix(prefix) else {
             continue;
         };
         let key = if key.starts_with("text_model.") { key.to_string() } else { format!("text_model.{key}") };
@@ -247,23 +268,28 @@ pub(crate) fn convert_clip(files: &[Arc<OpenFile>], file: usize) -> Result<KeyMa
     Ok(map)
 }
 
-/// Converts SD2's OpenCLIP `cond_stage_model.model.*` (mirrors `convert_open_clip_checkpoint`).
-pub(crate) fn convert_open_clip(files: &[Arc<OpenFile>], file: usize) -> Result<KeyMap, ModelError> {
+/// Converts an OpenCLIP text tower under `prefix` (SD2's `cond_stage_model.model.*`, SDXL's
+/// `conditioner.embedders.N.model.*`; mirrors `convert_open_clip_checkpoint`).
+pub(crate) fn convert_open_clip(
+    files: &[Arc<OpenFile>],
+    file: usize,
+    prefix: &str,
+    usage: OpenClipUse,
+) -> Result<KeyMap, ModelError> {
     let f = &files[file];
-    let keys: Vec<&str> = f.tensors.keys().filter_map(|k| k.strip_prefix(OPEN_CLIP_PREFIX)).collect();
-    let Some(width) =
-        f.tensors.get(&format!("{OPEN_CLIP_PREFIX}token_embedding.weight")).and_then(|t| t.shape.get(1).copied())
+    let keys: Vec<&str> = f.tensors.keys().filter_map(|k| k.strip_prefix(prefix)).collect();
+    let Some(width) = f.tensors.get(&format!("{prefix}token_embedding.weight")).and_then(|t| t.shape.get(1).copied())
     else {
         return Err(ModelError::MissingWeight {
             component: "text_encoder".into(),
-            key: format!("{OPEN_CLIP_PREFIX}token_embedding.weight"),
+            key: format!("{prefix}token_embedding.weight"),
         });
     };
     let n_layers = indices(keys.iter().copied(), "transformer.resblocks.").len();
     let mut map = KeyMap::new();
     let mut unexpected = Unexpected::default();
     for key in keys {
-        let full = format!("{OPEN_CLIP_PREFIX}{key}");
+        let full = format!("{prefix}{key}");
         let mut put = |d: String, t: Transform| {
             map.insert(d, Source::new(files, file, &full, t));
         };
@@ -273,6 +299,9 @@ pub(crate) fn convert_open_clip(files: &[Arc<OpenFile>], file: usize) -> Result<
             "positional_embedding" => put("text_model.embeddings.position_embedding.weight".into(), id),
             "ln_final.weight" | "ln_final.bias" => {
                 put(format!("text_model.final_layer_norm.{}", &key["ln_final.".len()..]), id)
+            }
+            "text_projection" if usage == OpenClipUse::Sdxl => {
+                put("text_projection.weight".into(), Transform::Transpose)
             }
             "text_projection" | "logit_scale" => {}
             _ => {
@@ -284,7 +313,7 @@ pub(crate) fn convert_open_clip(files: &[Arc<OpenFile>], file: usize) -> Result<
                     unexpected.0.push(full.clone());
                     continue;
                 };
-                if i + 1 == n_layers {
+                if i + 1 == n_layers && usage == OpenClipUse::Sd2 {
                     continue; // the unused last layer, see the module doc
                 }
                 let l = format!("text_model.encoder.layers.{i}");

@@ -38,6 +38,28 @@ pub enum ModelFamily {
     Sd1,
     /// SD 2.x: OpenCLIP ViT-H/14 text encoder, linear projections, cross-attention width 1024.
     Sd2,
+    /// SDXL base: CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 (penultimate layers concatenated, 2048
+    /// wide), pooled bigG text and size ids through the UNet's `text_time` embedding.
+    Sdxl,
+    /// SDXL refiner: OpenCLIP ViT-bigG/14 alone (1280 wide), pooled text and size/aesthetic ids.
+    SdxlRefiner,
+}
+
+impl ModelFamily {
+    /// The name `kairos inspect` and errors print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sd1 => "SD1",
+            Self::Sd2 => "SD2",
+            Self::Sdxl => "SDXL",
+            Self::SdxlRefiner => "SDXL refiner",
+        }
+    }
+
+    /// SDXL base or refiner.
+    pub fn is_sdxl(self) -> bool {
+        matches!(self, Self::Sdxl | Self::SdxlRefiner)
+    }
 }
 
 /// What the UNet predicts, with diffusers' `prediction_type` spellings.
@@ -78,15 +100,16 @@ pub enum UnetHeads {
     Channels(usize),
 }
 
-/// Config values a single file cannot tell. Defaults are those of every SD1/SD2 checkpoint;
-/// change them only for non-standard (e.g. tiny test) models.
+/// Config values a single file cannot tell. Defaults are those of every SD1/SD2/SDXL
+/// checkpoint; change them only for non-standard (e.g. tiny test) models.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigHints {
     /// GroupNorm groups in UNet and VAE (32).
     pub norm_num_groups: usize,
-    /// Width of a text-encoder attention head (64 for CLIP ViT-L/14 and OpenCLIP ViT-H/14).
+    /// Width of a text-encoder attention head (64 for CLIP ViT-L/14 and OpenCLIP ViT-H/14 and
+    /// ViT-bigG/14).
     pub clip_head_dim: usize,
-    /// UNet heads; `None` means the family's (SD1: 8 heads, SD2: 64 channels per head).
+    /// UNet heads; `None` means the family's (SD1: 8 heads, SD2 and SDXL: 64 channels per head).
     pub unet_heads: Option<UnetHeads>,
 }
 
@@ -110,7 +133,7 @@ pub struct LoadOptions {
     pub variant: Option<String>,
 }
 
-/// The three models of an SD1/SD2 checkpoint, under diffusers key names.
+/// The models of an SD1/SD2/SDXL checkpoint, under diffusers key names.
 #[derive(Debug, Clone)]
 pub struct StableDiffusionWeights {
     /// The detected family.
@@ -121,11 +144,24 @@ pub struct StableDiffusionWeights {
     pub unet: Component,
     /// `AutoencoderKL` weights and config.
     pub vae: Component,
-    /// `CLIPTextModel` weights and config.
+    /// The first (or only) text encoder: `CLIPTextModel` (SD1 and the SDXL base: CLIP-L; SD2:
+    /// OpenCLIP-H), or for the SDXL refiner its only encoder, OpenCLIP-bigG as
+    /// `CLIPTextModelWithProjection` (diffusers' `text_encoder_2`, named so in errors).
     pub text_encoder: Component,
-    /// A diffusers folder's `tokenizer/` (vocab.json, merges.txt); `None` for single files,
-    /// which use the built-in CLIP vocabulary.
+    /// The SDXL base's second encoder, OpenCLIP-bigG as `CLIPTextModelWithProjection`.
+    pub text_encoder_2: Option<Component>,
+    /// A diffusers folder's `tokenizer/` (the refiner's `tokenizer_2/`): its
+    /// `special_tokens_map.json` names the pad token; `None` for single files, which use the
+    /// built-in CLIP vocabulary and the family's padding.
     pub tokenizer_dir: Option<PathBuf>,
+    /// A diffusers SDXL folder's `tokenizer_2/`.
+    pub tokenizer_2_dir: Option<PathBuf>,
+    /// SDXL: an empty negative prompt conditions on zeros (diffusers'
+    /// `force_zeros_for_empty_prompt`: the base's model_index says true, the refiner's false).
+    pub force_zeros_for_empty_prompt: bool,
+    /// SDXL refiner: its time ids carry an aesthetic score instead of the target size
+    /// (`requires_aesthetics_score`).
+    pub requires_aesthetics_score: bool,
     /// Top-level keys of a single file that belong to no model and were skipped (EMA copies,
     /// training buffers such as `alphas_cumprod`, ...), for the caller to report.
     pub skipped_keys: Vec<String>,
@@ -157,44 +193,80 @@ fn is_training_only(key: &str) -> bool {
         "posterior_mean_coef2",
         "logvar",
     ];
-    BUFFERS.contains(&key) || key.starts_with("model_ema.") || key.starts_with("first_stage_model.loss.")
+    // `v_pred`/`ztsnr`: marker tensors of v-prediction SDXL files (ComfyUI reads them).
+    BUFFERS.contains(&key)
+        || matches!(key, "v_pred" | "ztsnr")
+        || key.starts_with("model_ema.")
+        || key.starts_with("first_stage_model.loss.")
+}
+
+/// The text-encoder layouts a single file can hold.
+enum SingleFileEncoders {
+    Sd1,
+    Sd2,
+    Sdxl,
+    SdxlRefiner,
 }
 
 fn load_single_file(path: &Path, opts: &LoadOptions) -> Result<StableDiffusionWeights, ModelError> {
     let file = OpenFile::open(path)?;
     let has = |prefix: &str| file.tensors.keys().any(|k| k.starts_with(prefix));
-    if has("conditioner.embedders.") {
-        return Err(ModelError::Unsupported {
-            field: "model family",
-            value: "SDXL (conditioner.embedders.* text encoders)".into(),
-            supported: "SD1.x, SD2.x",
-        });
-    }
-    let family = if has(ldm::CLIP_PREFIX) {
-        ModelFamily::Sd1
+    // SGM (generative-models) layout first: diffusers' `infer_diffusers_model_type` checks the
+    // SDXL encoders before the SD1/SD2 ones.
+    let encoders = if has(ldm::SDXL_OPEN_CLIP_PREFIX) {
+        if !has(ldm::SDXL_CLIP_PREFIX) {
+            return Err(missing_part(&file, ldm::SDXL_CLIP_PREFIX, "the SDXL base's CLIP ViT-L/14 text encoder"));
+        }
+        SingleFileEncoders::Sdxl
+    } else if has(ldm::SDXL_REFINER_OPEN_CLIP_PREFIX) {
+        SingleFileEncoders::SdxlRefiner
+    } else if has(ldm::SDXL_CLIP_PREFIX) {
+        return Err(missing_part(
+            &file,
+            ldm::SDXL_OPEN_CLIP_PREFIX,
+            "the SDXL base's OpenCLIP ViT-bigG/14 text encoder",
+        ));
+    } else if has(ldm::CLIP_PREFIX) {
+        SingleFileEncoders::Sd1
     } else if has(ldm::OPEN_CLIP_PREFIX) {
-        ModelFamily::Sd2
+        SingleFileEncoders::Sd2
     } else {
         return Err(layout_error(&file));
     };
+    let family = match encoders {
+        SingleFileEncoders::Sd1 => ModelFamily::Sd1,
+        SingleFileEncoders::Sd2 => ModelFamily::Sd2,
+        SingleFileEncoders::Sdxl => ModelFamily::Sdxl,
+        SingleFileEncoders::SdxlRefiner => ModelFamily::SdxlRefiner,
+    };
     let vae_prefix = ldm::VAE_PREFIXES.iter().copied().find(|p| has(p));
-    let (true, Some(vae_prefix)) = (has(ldm::UNET_PREFIX), vae_prefix) else {
-        return Err(layout_error(&file));
+    if !has(ldm::UNET_PREFIX) {
+        return Err(missing_part(&file, ldm::UNET_PREFIX, "the UNet"));
+    }
+    let Some(vae_prefix) = vae_prefix else {
+        return Err(missing_part(&file, ldm::VAE_PREFIXES[0], "the VAE"));
     };
     // diffusers (`_legacy_load_scheduler`): SD2 is v-prediction unless it is SD2-base, whose
-    // training checkpoint stopped at global_step 875000.
+    // training checkpoint stopped at global_step 875000. SDXL files mark v-prediction with a
+    // `v_pred` key (ComfyUI's convention; diffusers' configs say epsilon).
     let detected = match (family, file.global_step) {
         (ModelFamily::Sd2, Some(875_000)) | (ModelFamily::Sd1, _) => PredictionType::Epsilon,
         (ModelFamily::Sd2, _) => PredictionType::VPrediction,
+        (_, _) if file.tensors.contains_key("v_pred") => PredictionType::VPrediction,
+        (_, _) => PredictionType::Epsilon,
     };
     let prediction_type = opts.prediction_type.unwrap_or(detected);
 
+    let text_prefixes: &[&str] = match encoders {
+        SingleFileEncoders::Sd1 => &[ldm::CLIP_PREFIX],
+        SingleFileEncoders::Sd2 => &[ldm::OPEN_CLIP_PREFIX],
+        SingleFileEncoders::Sdxl => &[ldm::SDXL_CLIP_PREFIX, ldm::SDXL_OPEN_CLIP_PREFIX],
+        SingleFileEncoders::SdxlRefiner => &[ldm::SDXL_REFINER_OPEN_CLIP_PREFIX],
+    };
     let skipped_keys = file
         .tensors
         .keys()
-        .filter(|k| {
-            ![ldm::UNET_PREFIX, vae_prefix, ldm::CLIP_PREFIX, ldm::OPEN_CLIP_PREFIX].iter().any(|p| k.starts_with(p))
-        })
+        .filter(|k| ![ldm::UNET_PREFIX, vae_prefix].iter().chain(text_prefixes).any(|p| k.starts_with(p)))
         .cloned()
         .collect::<Vec<_>>();
     let unknown: Vec<String> = skipped_keys.iter().filter(|k| !is_training_only(k)).take(5).cloned().collect();
@@ -209,28 +281,60 @@ fn load_single_file(path: &Path, opts: &LoadOptions) -> Result<StableDiffusionWe
     let files = vec![Arc::new(file)];
     let unet_map = ldm::convert_unet(&files, 0)?;
     let vae_map = ldm::convert_vae(&files, 0, vae_prefix)?;
-    let te_map = match family {
-        ModelFamily::Sd1 => ldm::convert_clip(&files, 0)?,
-        ModelFamily::Sd2 => ldm::convert_open_clip(&files, 0)?,
-    };
     let hints = &opts.hints;
-    let unet_config = derive::unet_config(&unet_map, family, prediction_type, hints)?;
-    let vae_config = derive::vae_config(&vae_map, hints)?;
-    let te_config = derive::text_encoder_config(&te_map, family, hints)?;
+    let open_clip = |prefix| ldm::convert_open_clip(&files, 0, prefix, ldm::OpenClipUse::Sdxl);
+    let (te_map, te2_map) = match encoders {
+        SingleFileEncoders::Sd1 => (ldm::convert_clip(&files, 0, ldm::CLIP_PREFIX)?, None),
+        SingleFileEncoders::Sd2 => {
+            (ldm::convert_open_clip(&files, 0, ldm::OPEN_CLIP_PREFIX, ldm::OpenClipUse::Sd2)?, None)
+        }
+        SingleFileEncoders::Sdxl => {
+            (ldm::convert_clip(&files, 0, ldm::SDXL_CLIP_PREFIX)?, Some(open_clip(ldm::SDXL_OPEN_CLIP_PREFIX)?))
+        }
+        SingleFileEncoders::SdxlRefiner => (open_clip(ldm::SDXL_REFINER_OPEN_CLIP_PREFIX)?, None),
+    };
+    // The pooled text the UNet's `text_time` embedding takes: bigG's projection.
+    let pooled_map = if family == ModelFamily::SdxlRefiner { Some(&te_map) } else { te2_map.as_ref() };
+    let unet_config = derive::unet_config(&unet_map, family, prediction_type, pooled_map, hints)?;
+    let vae_config = derive::vae_config(&vae_map, family, hints)?;
+    let te_config = derive::text_encoder_config(&te_map, family, family == ModelFamily::SdxlRefiner, hints)?;
+    let text_encoder_2 = te2_map
+        .map(|map| {
+            let config = derive::text_encoder_config(&map, family, true, hints)?;
+            Ok::<_, ModelError>(Component::new("text_encoder_2", config, files.clone(), map))
+        })
+        .transpose()?;
+    let te_name = if family == ModelFamily::SdxlRefiner { "text_encoder_2" } else { "text_encoder" };
     Ok(StableDiffusionWeights {
         family,
         prediction_type,
         unet: Component::new("unet", unet_config, files.clone(), unet_map),
         vae: Component::new("vae", vae_config, files.clone(), vae_map),
-        text_encoder: Component::new("text_encoder", te_config, files, te_map),
+        text_encoder: Component::new(te_name, te_config, files, te_map),
+        text_encoder_2,
         tokenizer_dir: None,
+        tokenizer_2_dir: None,
+        // The published SDXL base and refiner model_index.json files.
+        force_zeros_for_empty_prompt: family == ModelFamily::Sdxl,
+        requires_aesthetics_score: family == ModelFamily::SdxlRefiner,
         skipped_keys,
     })
 }
 
+/// A single file whose layout names one part of a checkpoint but lacks another.
+fn missing_part(file: &OpenFile, prefix: &str, what: &str) -> ModelError {
+    ModelError::UnrecognisedLayout {
+        path: file.path.clone(),
+        expected: format!("{what} under `{prefix}*` (the file looks truncated or is only part of a checkpoint)"),
+        examples: file.tensors.keys().take(5).cloned().collect(),
+    }
+}
+
 fn single_file_expected() -> &'static str {
-    "an SD1/SD2 LDM checkpoint: model.diffusion_model.*, first_stage_model.* (or vae.*), and \
-     cond_stage_model.transformer.* (SD1) or cond_stage_model.model.* (SD2)"
+    "an SD1/SD2 LDM or SDXL SGM checkpoint: model.diffusion_model.*, first_stage_model.* (or vae.*), \
+     and cond_stage_model.transformer.* (SD1), cond_stage_model.model.* (SD2), \
+     conditioner.embedders.0.transformer.* + conditioner.embedders.1.model.* (SDXL) or \
+     conditioner.embedders.0.model.* (SDXL refiner)"
 }
 
 fn layout_error(file: &OpenFile) -> ModelError {
@@ -261,6 +365,6 @@ pub fn load_vae_file(path: impl AsRef<Path>, hints: &ConfigHints) -> Result<Comp
     let files = vec![Arc::new(file)];
     let map: KeyMap =
         if diffusers_layout { folder::identity_map(&files, 0, prefix) } else { ldm::convert_vae(&files, 0, prefix)? };
-    let config = derive::vae_config(&map, hints)?;
+    let config = derive::vae_config(&map, ModelFamily::Sd1, hints)?;
     Ok(Component::new("vae", config, files, map))
 }

@@ -149,6 +149,9 @@ pub(crate) enum Transform {
     Rows { start: usize, len: usize },
     /// A 1×1 conv weight used as a linear weight: `[out, in, 1, 1]` (or `[out, in, 1]`) → `[out, in]`.
     ConvToLinear,
+    /// A 2-D matrix transposed (OpenCLIP's `text_projection`, applied as `x @ P`, is the
+    /// transpose of the linear weight transformers stores).
+    Transpose,
 }
 
 /// Where a diffusers-named weight comes from.
@@ -173,6 +176,7 @@ impl Source {
                 s
             }
             Transform::ConvToLinear => stored.iter().take(2).copied().collect(),
+            Transform::Transpose => stored.iter().rev().copied().collect(),
         };
         Self { file, key: key.to_string(), transform, shape }
     }
@@ -268,6 +272,7 @@ impl Weights {
             Transform::Identity => t,
             Transform::Rows { start, len } => t.narrow(0, start, len)?,
             Transform::ConvToLinear => t.flatten_from(1)?,
+            Transform::Transpose => t.t()?,
         };
         // Convert on the CPU first so that the device copy is already in the compute dtype.
         Ok(t.to_dtype(dtype)?.contiguous()?.to_device(device)?)

@@ -427,6 +427,19 @@ impl CLIPTextTransformer {
         Ok(self.final_layer_norm.forward(layer)?)
     }
 
+    /// SDXL's conditioning layer: `hidden_states[-max(clip_skip, 2)]` without the final layer
+    /// norm (diffusers' `hidden_states[-(clip_skip + 2)]` with its `clip_skip` counted from 0
+    /// is the same layer as A1111's/Forge's "Clip skip" counted from 1; the default, 1, gives
+    /// the penultimate layer that SDXL was trained on).
+    pub fn sdxl_hidden_state(&self, output: &CLIPTextModelOutput, clip_skip: usize) -> Result<Tensor> {
+        let num_hidden_layers = output.hidden_states.len() - 1;
+        let from_end = clip_skip.max(2);
+        if clip_skip == 0 || from_end > num_hidden_layers {
+            return Err(TextEncoderError::ClipSkipOutOfRange { clip_skip, num_hidden_layers });
+        }
+        Ok(output.hidden_states[output.hidden_states.len() - from_end].clone())
+    }
+
     /// Checks shape, dtype and id range, and returns the ids on the host.
     fn check_input_ids(&self, input_ids: &Tensor) -> Result<Vec<Vec<i64>>> {
         let shape_error = || TextEncoderError::InputIdsShape {
@@ -533,8 +546,13 @@ impl CLIPTextModelWithProjection {
     /// See [`CLIPTextTransformer::forward`]; adds `text_embeds`.
     pub fn forward(&self, input_ids: &Tensor) -> Result<CLIPTextModelWithProjectionOutput> {
         let text_outputs = self.text_model.forward(input_ids)?;
-        let text_embeds = self.text_projection.forward(&text_outputs.pooler_output)?;
+        let text_embeds = self.project(&text_outputs.pooler_output)?;
         Ok(CLIPTextModelWithProjectionOutput { text_embeds, text_outputs })
+    }
+
+    /// `text_projection` of a pooled output `[batch, hidden]` → `[batch, projection_dim]`.
+    pub fn project(&self, pooler_output: &Tensor) -> Result<Tensor> {
+        Ok(self.text_projection.forward(pooler_output)?)
     }
 }
 

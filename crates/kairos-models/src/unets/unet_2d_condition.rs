@@ -2,19 +2,20 @@
 //! config, deserialized directly from diffusers' `unet/config.json`.
 //!
 //! Differences:
-//! - Supported: the SD1.x/SD2.x family (block types `CrossAttnDownBlock2D`, `DownBlock2D`,
-//!   `UNetMidBlock2DCrossAttn` or no mid block, `CrossAttnUpBlock2D`, `UpBlock2D`; positional
-//!   time embedding; per-block or global `attention_head_dim`, `cross_attention_dim`,
-//!   `layers_per_block`, `transformer_layers_per_block`; linear or conv projections;
-//!   `upcast_attention`; `time_cond_proj_dim` (LCM); `time_embedding_act_fn`,
-//!   `timestep_post_act`, `center_input_sample`, `conv_in_kernel`/`conv_out_kernel`).
-//!   Everything else (class and addition embeddings incl. SDXL's `text_time`, encoder hidden
-//!   projections, Fourier time embedding, GLIGEN, `only_cross_attention`, dual cross-attention,
-//!   cross-attention norms) is rejected at load with [`ModelError::Unsupported`].
+//! - Supported: the SD1.x/SD2.x and SDXL families (block types `CrossAttnDownBlock2D`,
+//!   `DownBlock2D`, `UNetMidBlock2DCrossAttn` or no mid block, `CrossAttnUpBlock2D`,
+//!   `UpBlock2D`; positional time embedding; per-block or global `attention_head_dim`,
+//!   `cross_attention_dim`, `layers_per_block`, `transformer_layers_per_block`; linear or conv
+//!   projections; `upcast_attention`; `time_cond_proj_dim` (LCM); SDXL's `text_time` addition
+//!   embedding; `time_embedding_act_fn`, `timestep_post_act`, `center_input_sample`,
+//!   `conv_in_kernel`/`conv_out_kernel`). Everything else (class embeddings, other addition
+//!   embeddings, encoder hidden projections, Fourier time embedding, GLIGEN,
+//!   `only_cross_attention`, dual cross-attention, cross-attention norms) is rejected at load
+//!   with [`ModelError::Unsupported`].
 //! - As in diffusers, `resnet_skip_time_act` and `resnet_out_scale_factor` do not reach these
 //!   block types; they are accepted and have no effect.
-//! - `forward` takes no masks, ControlNet/T2I residuals or `added_cond_kwargs`, and returns the
-//!   tensor rather than an output dataclass.
+//! - `forward` takes no masks or ControlNet/T2I residuals, `added_cond_kwargs` as the typed
+//!   [`AddedCond`], and returns the tensor rather than an output dataclass.
 
 use std::collections::HashMap;
 
@@ -143,10 +144,10 @@ pub struct UNet2DConditionModelConfig {
     /// Must be null.
     #[serde(default)]
     pub class_embed_type: Option<String>,
-    /// Must be null (SDXL's `text_time` is not supported yet).
+    /// Null, or `text_time` (SDXL: pooled text embedding and size/crop/aesthetic ids).
     #[serde(default)]
     pub addition_embed_type: Option<String>,
-    /// SDXL's time-id embedding width (unused without `addition_embed_type`).
+    /// SDXL's time-id embedding width (256; required with `text_time`).
     #[serde(default)]
     pub addition_time_embed_dim: Option<usize>,
     /// Must be null.
@@ -185,7 +186,8 @@ pub struct UNet2DConditionModelConfig {
     /// Kernel of `conv_out` (odd).
     #[serde(default = "three")]
     pub conv_out_kernel: usize,
-    /// Must be null.
+    /// Input width of `add_embedding` with `text_time`: pooled text width + time ids ×
+    /// `addition_time_embed_dim` (SDXL base 2816 = 1280 + 6·256, refiner 2560 = 1280 + 5·256).
     #[serde(default)]
     pub projection_class_embeddings_input_dim: Option<usize>,
     /// Must be `default`.
@@ -280,17 +282,28 @@ impl UNet2DConditionModelConfig {
         fn unsupported(field: &'static str, value: impl std::fmt::Debug, supported: &'static str) -> Result<()> {
             Err(ModelError::Unsupported { field, value: format!("{value:?}"), supported })
         }
-        if let Some(v) = &self.addition_embed_type {
-            return unsupported("addition_embed_type", v, "null (SDXL's text_time is not supported yet)");
+        match (
+            self.addition_embed_type.as_deref(),
+            self.addition_time_embed_dim,
+            self.projection_class_embeddings_input_dim,
+        ) {
+            (None, _, None) | (Some("text_time"), Some(_), Some(_)) => {}
+            (None, _, Some(v)) => {
+                return unsupported("projection_class_embeddings_input_dim", v, "null without addition_embed_type")
+            }
+            (Some("text_time"), _, _) => {
+                return Err(ModelError::InvalidConfig {
+                    field: "addition_embed_type",
+                    reason: "text_time needs addition_time_embed_dim and projection_class_embeddings_input_dim".into(),
+                })
+            }
+            (Some(v), _, _) => return unsupported("addition_embed_type", v, "null, text_time (SDXL)"),
         }
         if let Some(v) = &self.class_embed_type {
             return unsupported("class_embed_type", v, "null");
         }
         if let Some(v) = self.num_class_embeds {
             return unsupported("num_class_embeds", v, "null");
-        }
-        if let Some(v) = self.projection_class_embeddings_input_dim {
-            return unsupported("projection_class_embeddings_input_dim", v, "null");
         }
         if self.class_embeddings_concat {
             return unsupported("class_embeddings_concat", true, "false");
@@ -365,6 +378,55 @@ impl<'a> From<&'a Tensor> for Timestep<'a> {
     }
 }
 
+/// SDXL's `added_cond_kwargs` for the `text_time` addition embedding.
+#[derive(Debug, Clone, Copy)]
+pub struct AddedCond<'a> {
+    /// The pooled text embedding `[N, P]` (SDXL: `text_encoder_2`'s projected output).
+    pub text_embeds: &'a Tensor,
+    /// Size and crop conditioning `[N, k]`: base (orig h, orig w, crop top, crop left, target
+    /// h, target w), refiner (orig h, orig w, crop top, crop left, aesthetic score).
+    pub time_ids: &'a Tensor,
+}
+
+/// `add_time_proj` + `add_embedding` of a `text_time` UNet.
+#[derive(Debug, Clone)]
+struct TextTimeEmbedding {
+    time_proj: Timesteps,
+    embedding: TimestepEmbedding,
+    input_dim: usize,
+}
+
+impl TextTimeEmbedding {
+    /// diffusers' `get_aug_embed` for `text_time`: the time ids each through the sinusoidal
+    /// projection, flattened per sample, after the pooled text, then `add_embedding`.
+    fn forward(&self, added: &AddedCond, batch: usize, dtype: DType) -> Result<Tensor> {
+        let (text_embeds, time_ids) = (added.text_embeds, added.time_ids);
+        let ids = time_ids.dims();
+        let width = text_embeds.dims().get(1).copied().unwrap_or(0)
+            + ids.get(1).copied().unwrap_or(0) * self.time_proj.num_channels();
+        if text_embeds.rank() != 2
+            || time_ids.rank() != 2
+            || text_embeds.dim(0)? != batch
+            || ids[0] != batch
+            || width != self.input_dim
+        {
+            return Err(ModelError::BadInput {
+                name: "added_cond",
+                expected: format!(
+                    "text_embeds [{batch}, P] and time_ids [{batch}, k] with P + k·{} = {}",
+                    self.time_proj.num_channels(),
+                    self.input_dim
+                ),
+                got: [text_embeds.dims(), ids].concat(),
+            });
+        }
+        let time_embeds =
+            self.time_proj.forward(&time_ids.flatten_all()?.to_dtype(DType::F32)?)?.reshape((batch, ()))?;
+        let add_embeds = Tensor::cat(&[&text_embeds.to_dtype(DType::F32)?, &time_embeds], 1)?.to_dtype(dtype)?;
+        self.embedding.forward(&add_embeds, None)
+    }
+}
+
 #[derive(Debug, Clone)]
 enum DownBlock {
     CrossAttn(CrossAttnDownBlock2D),
@@ -392,6 +454,7 @@ pub struct UNet2DConditionModel {
     conv_in: Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
+    add_embedding: Option<TextTimeEmbedding>,
     time_embed_act: Option<Activation>,
     down_blocks: Vec<DownBlock>,
     mid_block: Option<UNetMidBlock2DCrossAttn>,
@@ -448,6 +511,24 @@ impl UNet2DConditionModel {
             post_act,
             config.time_cond_proj_dim,
         )?;
+        // diffusers builds `add_embedding` as `TimestepEmbedding(in, time_embed_dim)`: SiLU
+        // whatever `act_fn` says.
+        let add_embedding = match (config.addition_time_embed_dim, config.projection_class_embeddings_input_dim) {
+            (Some(dim), Some(input_dim)) => Some(TextTimeEmbedding {
+                time_proj: Timesteps::new(dim, config.flip_sin_to_cos, config.freq_shift),
+                embedding: TimestepEmbedding::new(
+                    vb.pp("add_embedding"),
+                    input_dim,
+                    time_embed_dim,
+                    Activation::Silu,
+                    None,
+                    None,
+                    None,
+                )?,
+                input_dim,
+            }),
+            _ => None,
+        };
         let time_embed_act = config
             .time_embedding_act_fn
             .as_deref()
@@ -512,6 +593,7 @@ impl UNet2DConditionModel {
             Some(_) => {
                 let mid_resnet =
                     ResnetBlock2DConfig { output_scale_factor: config.mid_block_scale_factor, ..resnet.clone() };
+                // The mid block's transformer depth is the last block's (SDXL: 10).
                 Some(UNetMidBlock2DCrossAttn::new(vb.pp("mid_block"), channels[n - 1], 1, &mid_resnet, &attn(n - 1))?)
             }
             None => None,
@@ -566,6 +648,7 @@ impl UNet2DConditionModel {
             conv_in,
             time_proj,
             time_embedding,
+            add_embedding,
             time_embed_act,
             down_blocks,
             mid_block,
@@ -582,6 +665,12 @@ impl UNet2DConditionModel {
     /// The config the model was built from.
     pub fn config(&self) -> &UNet2DConditionModelConfig {
         &self.config
+    }
+
+    /// The number of time ids `forward` needs in [`AddedCond`] (`text_time` UNets: 6 for the
+    /// SDXL base, 5 for the refiner), from the embedding's input width and `pooled_dim`.
+    pub fn added_cond_width(&self) -> Option<usize> {
+        self.add_embedding.as_ref().map(|a| a.input_dim)
     }
 
     /// Whether `forward` needs a `timestep_cond` (LCM-distilled UNets have `time_cond_proj_dim`).
@@ -623,13 +712,15 @@ impl UNet2DConditionModel {
 
     /// Predicts the model output (eps or v) for `sample` `[N, in_channels, H, W]` at `timestep`,
     /// conditioned on `encoder_hidden_states` `[N, S, cross_attention_dim]`; `timestep_cond`
-    /// `[N, time_cond_proj_dim]` is the guidance embedding of LCM-distilled models.
+    /// `[N, time_cond_proj_dim]` is the guidance embedding of LCM-distilled models, `added` the
+    /// pooled text and time ids a `text_time` (SDXL) UNet requires.
     pub fn forward<'a>(
         &self,
         sample: &Tensor,
         timestep: impl Into<Timestep<'a>>,
         encoder_hidden_states: &Tensor,
         timestep_cond: Option<&Tensor>,
+        added: Option<&AddedCond>,
     ) -> Result<Tensor> {
         let (batch, channels, height, width) = sample.dims4()?;
         if channels != self.config.in_channels {
@@ -648,6 +739,24 @@ impl UNet2DConditionModel {
 
         let t_emb = self.get_time_embed(batch, timestep.into(), sample.dtype(), &sample)?;
         let mut emb = self.time_embedding.forward(&t_emb, timestep_cond)?;
+        match (&self.add_embedding, added) {
+            (Some(embedding), Some(added)) => emb = (emb + embedding.forward(added, batch, sample.dtype())?)?,
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(ModelError::BadInput {
+                    name: "added_cond",
+                    expected: "text_embeds and time_ids: this is a text_time (SDXL) UNet".into(),
+                    got: vec![],
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ModelError::BadInput {
+                    name: "added_cond",
+                    expected: "none: this UNet has no addition embedding".into(),
+                    got: vec![],
+                })
+            }
+        }
         if let Some(act) = &self.time_embed_act {
             emb = act.forward(&emb)?;
         }
