@@ -32,6 +32,6 @@ pub use image::{LatentDecoder, LatentEncoder, Preview, RgbImage};
 pub use models::{LcmKind, LoraWeights, ModelOptions, PromptSource, StableDiffusion, Taesd, TimestepMode, Unet};
 pub use resize::{resize_image, ResizeMode};
 pub use txt2img::{
-    decode_latents, txt2img, txt2img_latents, Components, InitImage, InitialNoise, Progress, SizeConditioning, TimeIds,
-    Txt2ImgOutput, Txt2ImgRequest,
+    decode_latents, refine_latents, txt2img, txt2img_latents, Components, InitImage, InitialNoise, Progress,
+    SizeConditioning, TimeIds, Txt2ImgOutput, Txt2ImgRequest,
 };

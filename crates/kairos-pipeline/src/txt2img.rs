@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use kairos_models::lcm::{get_guidance_scale_embedding, LcmDenoiser, LcmOptions};
 use kairos_sampler::noise::{BatchSeeding, RngKind, SeededNoise};
 use kairos_sampler::{Denoiser, SampleCtx, Sampler, StepInfo};
-use kairos_schedule::{AysModel, DenoiseRule, Family, ModelSchedule, Prediction, ScheduleKind};
+use kairos_schedule::{AysModel, DenoiseRule, Family, ModelSchedule, NoiseSchedule, Prediction, ScheduleKind};
 
 use crate::conditioning::{encode_pair, PromptEmbeds, PromptEncoder};
 use crate::denoiser::{repeat_batch, AddedConditioning, CfgDenoiser, Conditioning, DiffusionModel, ModelDenoiser};
@@ -176,6 +176,10 @@ pub struct Txt2ImgRequest {
     pub initial_noise: InitialNoise,
     /// img2img: the image to start from; `None` is txt2img.
     pub init_image: Option<InitImage>,
+    /// Ensemble of experts (SDXL base → refiner), diffusers' `denoising_end`: run only the
+    /// schedule's steps whose timestep is at least round(N·(1 − end)) and return the noisy
+    /// latents there, for [`refine_latents`] to finish.
+    pub denoising_end: Option<f64>,
 }
 
 impl Default for Txt2ImgRequest {
@@ -199,6 +203,7 @@ impl Default for Txt2ImgRequest {
             seeding: BatchSeeding::Shared,
             initial_noise: InitialNoise::SqrtOnePlusSigmaSquared,
             init_image: None,
+            denoising_end: None,
         }
     }
 }
@@ -291,6 +296,36 @@ pub fn request_sigmas(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<Vec<f6
     Ok(kind.build_with_rule(&c.schedule, c.family, req.steps, strength, rule)?.into_vec())
 }
 
+/// Where an ensemble of experts hands over (diffusers' `denoising_end` / `denoising_start`):
+/// the number of steps of `sigmas` whose timestep is at least
+/// `int(round(N − fraction · N))`, N the training timesteps. The first expert runs
+/// `sigmas[..=k]`, the second `sigmas[k..]` (same steps and schedule in both runs).
+pub fn expert_split(c: &Components<'_>, sigmas: &[f64], fraction: f64) -> Result<usize, PipelineError> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(PipelineError::InvalidOption {
+            name: "denoising_end",
+            message: format!("must be in (0, 1) (the fraction of the schedule the base runs), got {fraction}"),
+        });
+    }
+    let n = c.schedule.train_sigmas().map(<[f64]>::len).ok_or_else(|| PipelineError::InvalidOption {
+        name: "denoising_end",
+        message: "needs a discrete-time model (its training timesteps set the split)".into(),
+    })? as f64;
+    let cutoff = (n - fraction * n).round();
+    let steps = sigmas.len() - 1;
+    let k = sigmas[..steps].iter().take_while(|&&s| c.schedule.sigma_to_t(s) >= cutoff).count();
+    if k == 0 || k == steps {
+        return Err(PipelineError::InvalidOption {
+            name: "denoising_end",
+            message: format!(
+                "{fraction} leaves {} of the {steps} steps to one expert: use more steps or a fraction nearer 0.5",
+                if k == 0 { "all" } else { "none" }
+            ),
+        });
+    }
+    Ok(k)
+}
+
 fn check_request(c: &Components<'_>, req: &Txt2ImgRequest) -> Result<(), PipelineError> {
     let multiple = c.decoder.scale_factor().max(8);
     for (side, value) in [("width", req.width), ("height", req.height)] {
@@ -374,8 +409,48 @@ pub fn txt2img_latents(
     req: &Txt2ImgRequest,
     on_progress: &mut dyn FnMut(&Progress<'_>) -> ControlFlow<()>,
 ) -> Result<Txt2ImgOutput, PipelineError> {
+    sample(c, req, None, on_progress)
+}
+
+/// The second expert of an ensemble (SDXL refiner, diffusers' `denoising_start`): finishes
+/// `start`, the output of a [`txt2img_latents`] run with `denoising_end = Some(fraction)`,
+/// from the step where it stopped, on the same `req` (steps, schedule, sampler, seed) with this
+/// model's conditioning. The latents go on as they are (no new noise, no VAE round trip);
+/// stochastic samplers draw from a fresh generator of the request's seed, and multistep
+/// samplers restart their history, as diffusers' second pipeline call does.
+pub fn refine_latents(
+    c: &Components<'_>,
+    req: &Txt2ImgRequest,
+    fraction: f64,
+    start: &Txt2ImgOutput,
+    on_progress: &mut dyn FnMut(&Progress<'_>) -> ControlFlow<()>,
+) -> Result<Txt2ImgOutput, PipelineError> {
+    if start.batches.len() != req.batch_count {
+        return Err(PipelineError::InvalidOption {
+            name: "refiner",
+            message: format!("{} batches to refine, the request has {}", start.batches.len(), req.batch_count),
+        });
+    }
+    let req = Txt2ImgRequest { denoising_end: None, ..req.clone() };
+    sample(c, &req, Some((fraction, start)), on_progress)
+}
+
+/// The sampler loop of [`txt2img_latents`] and [`refine_latents`] (`refine`: the hand-off
+/// fraction and the first expert's output).
+fn sample(
+    c: &Components<'_>,
+    req: &Txt2ImgRequest,
+    refine: Option<(f64, &Txt2ImgOutput)>,
+    on_progress: &mut dyn FnMut(&Progress<'_>) -> ControlFlow<()>,
+) -> Result<Txt2ImgOutput, PipelineError> {
     check_request(c, req)?;
-    let sigmas = request_sigmas(c, req)?;
+    let mut sigmas = request_sigmas(c, req)?;
+    if let Some(end) = req.denoising_end {
+        sigmas.truncate(expert_split(c, &sigmas, end)? + 1);
+    }
+    if let Some((start, _)) = refine {
+        sigmas.drain(..expert_split(c, &sigmas, start)?);
+    }
     let (cond, uncond) = request_conditioning(c, req)?;
     let b = req.batch_size;
     let (cond, uncond) = (cond.map(|t| repeat_batch(t, b))?, uncond.map(|t| repeat_batch(t, b))?);
@@ -388,6 +463,7 @@ pub fn txt2img_latents(
 
     // img2img: the posterior of the image, once; each batch samples it with its generator.
     let posterior = match &req.init_image {
+        Some(_) if refine.is_some() => None,
         Some(init) => {
             let image = resize_image(init.resize_mode, &init.image, req.width, req.height)?;
             Some(c.image_encoder.encode(&image.to_tensor(&c.device)?)?)
@@ -399,9 +475,19 @@ pub fn txt2img_latents(
     for batch in 0..req.batch_count {
         let seed = req.seed.wrapping_add((batch * b) as u64);
         let mut noise = SeededNoise::new(req.rng, seed, req.seeding, b)?;
-        let x = match &posterior {
-            None => (noise.initial_latent(shape, DType::F32, &c.device)? * init_scale)?,
-            Some(posterior) => {
+        let x = match (&posterior, refine) {
+            (_, Some((_, start))) => {
+                let latents = &start.batches[batch].latents;
+                if latents.dims() != [shape.0, shape.1, shape.2, shape.3] {
+                    return Err(PipelineError::InvalidOption {
+                        name: "refiner",
+                        message: format!("latents {:?} to refine, this request makes {shape:?}", latents.dims()),
+                    });
+                }
+                latents.clone()
+            }
+            (None, None) => (noise.initial_latent(shape, DType::F32, &c.device)? * init_scale)?,
+            (Some(posterior), None) => {
                 // diffusers' order: the posterior sample (one draw for the shared generator,
                 // repeated over the batch as diffusers does; one per image per-item), then the
                 // noise.

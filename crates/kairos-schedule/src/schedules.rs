@@ -56,6 +56,18 @@ pub enum ScheduleKind {
     /// ComfyUI `GITSScheduler`: tabulated for 2..=20 steps, log-linear above (and at 1 step, where
     /// ComfyUI's node refuses); `coeff` in 0.80..=1.50 step 0.05.
     Gits { coeff: f64 },
+    /// diffusers' `timestep_spacing="leading"` (EulerDiscrete, EulerAncestral, DDIM, the SD1/SDXL
+    /// scheduler configs): t = i·(N // steps) + `steps_offset` for i = steps−1 … 0, σ interpolated
+    /// from the training table, then 0. (DPMSolverMultistep spaces "leading" over steps + 1
+    /// points; use its explicit timesteps there.)
+    Leading { steps_offset: usize },
+    /// diffusers' `timestep_spacing="trailing"` (SDXL-Turbo, SDXL-Lightning, LCM):
+    /// t = round(N − i·N/steps) − 1 for i = 0 … steps−1 (4 steps: 999, 749, 499, 249), then 0.
+    /// Forge's "Turbo" schedule is the same.
+    Trailing,
+    /// diffusers' `timestep_spacing="linspace"`: steps fractional timesteps from N − 1 down to 0
+    /// (`np.linspace`), then 0.
+    Linspace,
     /// A user sigma list, used verbatim (strictly decreasing, finite, non-negative).
     Sigmas(Vec<f64>),
     /// A user timestep list (strictly decreasing, in [0, N-1]): σ by linear interpolation of the
@@ -148,6 +160,9 @@ const REGISTRY: &[Entry] = &[
         make: || ScheduleKind::AysGitsForge,
     },
     Entry { name: "gits", aliases: &["GITSScheduler"], make: || ScheduleKind::Gits { coeff: 1.20 } },
+    Entry { name: "leading", aliases: &[], make: || ScheduleKind::Leading { steps_offset: 1 } },
+    Entry { name: "trailing", aliases: &["turbo"], make: || ScheduleKind::Trailing },
+    Entry { name: "linspace", aliases: &[], make: || ScheduleKind::Linspace },
 ];
 
 impl ScheduleKind {
@@ -192,6 +207,9 @@ impl ScheduleKind {
             Self::Ays32 => "ays_32",
             Self::AysGitsForge => "ays_gits_forge",
             Self::Gits { .. } => "gits",
+            Self::Leading { .. } => "leading",
+            Self::Trailing => "trailing",
+            Self::Linspace => "linspace",
             Self::Sigmas(_) => "sigmas",
             Self::Timesteps(_) => "timesteps",
         }
@@ -401,6 +419,33 @@ impl ScheduleKind {
                 v[last] = 0.0;
                 v
             }
+            Self::Leading { steps_offset } => {
+                let table = table(self, schedule)?;
+                let ratio = table.len() / n;
+                if ratio == 0 {
+                    return Err(ScheduleError::InvalidOption {
+                        schedule: self.name(),
+                        message: format!("{n} steps exceed the {} training timesteps", table.len()),
+                    });
+                }
+                let ts: Vec<f64> = (0..n).rev().map(|i| (i * ratio + steps_offset) as f64).collect();
+                let max_t = (table.len() - 1) as f64;
+                append_zero(ts.iter().map(|&t| table_sigma(table, t.min(max_t))).collect())
+            }
+            Self::Trailing => {
+                let table = table(self, schedule)?;
+                let total = table.len() as f64;
+                let ratio = total / n as f64;
+                // np.arange(N, 0, -ratio): N − i·ratio while positive, rounded half to even, − 1.
+                let ts: Vec<f64> = (0..n).map(|i| (total - i as f64 * ratio).round_ties_even() - 1.0).collect();
+                append_zero(ts.iter().map(|&t| table_sigma(table, t.max(0.0))).collect())
+            }
+            Self::Linspace => {
+                let table = table(self, schedule)?;
+                let max_t = (table.len() - 1) as f64;
+                let ts = np_linspace(0.0, max_t, n);
+                append_zero(ts.iter().rev().map(|&t| table_sigma(table, t)).collect())
+            }
             Self::Sigmas(v) => v.clone(),
             Self::Timesteps(ts) => {
                 let table = table(self, schedule)?;
@@ -410,12 +455,17 @@ impl ScheduleKind {
                         return Err(ScheduleError::InvalidTimestep { index, value: t, max_t });
                     }
                 }
-                let xp: Vec<f64> = (0..table.len()).map(|i| i as f64).collect();
-                append_zero(ts.iter().map(|&t| np_interp(t, &xp, table)).collect())
+                append_zero(ts.iter().map(|&t| table_sigma(table, t)).collect())
             }
         };
         Sigmas::new(v)
     }
+}
+
+/// σ at a (possibly fractional) timestep: diffusers' `np.interp(t, arange(N), sigmas)`.
+fn table_sigma(table: &[f64], t: f64) -> f64 {
+    let xp: Vec<f64> = (0..table.len()).map(|i| i as f64).collect();
+    np_interp(t, &xp, table)
 }
 
 fn append_zero(mut v: Vec<f64>) -> Vec<f64> {
