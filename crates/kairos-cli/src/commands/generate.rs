@@ -10,14 +10,15 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use kairos_models::autoencoders::{LatentRgbFactors, TilingMode, TilingOptions};
 use kairos_models::lcm::{lcm_timesteps, LcmOptions};
+use kairos_models::loading::ModelFamily;
 use kairos_models::lora::{extract_prompt_loras, resolve_lora, LoraSpec};
 use kairos_models::prompt::PromptOptions;
 use kairos_pipeline::infotext::Infotext;
 use kairos_pipeline::output::{save_json_sidecar, save_png, OutputTarget};
 use kairos_pipeline::{
-    decode_latents, txt2img_latents, InitImage, InitialNoise, LatentDecoder, LcmKind, LoraWeights, ModelOptions,
-    Preview, Progress, PromptSyntax, ResizeMode, RgbImage, SizeConditioning, StableDiffusion, Taesd, TimestepMode,
-    Txt2ImgRequest,
+    decode_latents, refine_latents, txt2img_latents, InitImage, InitialNoise, LatentDecoder, LcmKind, LoraWeights,
+    ModelOptions, Preview, Progress, PromptSyntax, ResizeMode, RgbImage, SizeConditioning, StableDiffusion, Taesd,
+    TimestepMode, Txt2ImgRequest,
 };
 use kairos_sampler::noise::{BatchSeeding, RngKind};
 use kairos_sampler::Sampler;
@@ -68,6 +69,14 @@ pub struct GenerateArgs {
     /// A checkpoint file (.safetensors, .ckpt), a diffusers folder, or a Hugging Face repo id.
     #[arg(long, short, default_value = DEFAULT_MODEL)]
     model: String,
+    /// SDXL ensemble of experts: an SDXL refiner (file or folder) that finishes the schedule
+    /// after --refiner-switch, as diffusers' `denoising_end` / `denoising_start`.
+    #[arg(long)]
+    refiner: Option<String>,
+    /// The fraction of the schedule the base model runs before the refiner takes over: the
+    /// base keeps the steps whose timestep is at least round(1000 · (1 − switch)).
+    #[arg(long, default_value_t = 0.8, requires = "refiner")]
+    refiner_switch: f64,
     /// Sampling steps [default: 20; 4 for LCM models; with --sigmas-file, the file's own step
     /// count]. Ignored with --sigmas/--timesteps, whose length counts.
     #[arg(long)]
@@ -477,7 +486,6 @@ fn parse_request(args: &GenerateArgs, prompt: String) -> anyhow::Result<Txt2ImgR
         steps: args.steps.unwrap_or(DEFAULT_STEPS),
         cfg_scale: args.cfg_scale.unwrap_or(DEFAULT_CFG),
         sampler: Sampler::from_name(args.sampler.as_deref().unwrap_or("dpmpp_2m"))?,
-        schedule,
         seed: args.seed.unwrap_or_else(random_seed),
         batch_size: args.batch_size,
         batch_count: args.batch_count,
@@ -486,9 +494,44 @@ fn parse_request(args: &GenerateArgs, prompt: String) -> anyhow::Result<Txt2ImgR
             Seeding::Batch => BatchSeeding::Shared,
             Seeding::PerImage => BatchSeeding::PerItem,
         },
-        initial_noise: InitialNoise::SqrtOnePlusSigmaSquared,
+        // diffusers' Euler schedulers start trailing/linspace schedules at σ_max·noise
+        // (`init_noise_sigma`), the others at sqrt(σ_max² + 1)·noise.
+        initial_noise: match schedule {
+            ScheduleKind::Trailing | ScheduleKind::Linspace => InitialNoise::Sigma,
+            _ => InitialNoise::SqrtOnePlusSigmaSquared,
+        },
+        schedule,
         init_image,
+        denoising_end: args.refiner.is_some().then_some(args.refiner_switch),
     })
+}
+
+/// Loads the SDXL refiner of an ensemble run with the base's options (LoRAs are the base's
+/// alone), checking that it is one.
+fn load_refiner(
+    path: &Path,
+    opts: &ModelOptions,
+    req: &Txt2ImgRequest,
+    low_memory: bool,
+) -> anyhow::Result<StableDiffusion> {
+    let start = Instant::now();
+    let opts = ModelOptions { loras: Vec::new(), ..opts.clone() };
+    let mut refiner = StableDiffusion::load(path, &opts).with_context(|| format!("loading {}", path.display()))?;
+    if refiner.model_family != ModelFamily::SdxlRefiner {
+        bail!(
+            "--refiner {} is {}, not an SDXL refiner (one OpenCLIP-bigG text encoder, aesthetic-score conditioning)",
+            path.display(),
+            refiner.model_family.name()
+        );
+    }
+    eprintln!("loaded refiner {} in {:.2} s", path.display(), start.elapsed().as_secs_f64());
+    if low_memory {
+        refiner.encode_and_drop_text_encoder(&[
+            (&req.prompt, req.prompt_2.as_deref()),
+            (&req.negative_prompt, req.negative_prompt_2.as_deref()),
+        ])?;
+    }
+    Ok(refiner)
 }
 
 /// A seed from the clock, in A1111's range (below 2³²).
@@ -511,6 +554,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let mut req = parse_request(&args, prompt)?;
     let prediction = args.prediction.as_deref().map(Prediction::from_name).transpose()?;
     let model_path = resolve_model(&args.model)?;
+    let refiner_path = args.refiner.as_deref().map(resolve_model).transpose()?;
     let opts = ModelOptions {
         load: args.hints.load_options(),
         prediction,
@@ -545,6 +589,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let lora_note =
         if opts.loras.is_empty() { String::new() } else { format!(", {} LoRA(s) merged", opts.loras.len()) };
     eprintln!("loaded {} in {:.2} s{lora_note}", model_path.display(), load_start.elapsed().as_secs_f64());
+    if refiner_path.is_some() && sd.model_family != ModelFamily::Sdxl {
+        bail!("--refiner needs an SDXL base model; {} is {}", model_path.display(), sd.model_family.name());
+    }
     if sd.model_family.is_sdxl() && args.init_image.is_none() {
         req.width = args.width.unwrap_or(SDXL_DEFAULT_SIZE);
         req.height = args.height.unwrap_or(SDXL_DEFAULT_SIZE);
@@ -630,9 +677,21 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     // memory and the run peaks at the larger of the two instead of their sum (bf16 at 512²:
     // peak RSS 3,193 → 2,639 MiB, f32 5,318 → 4,437 MiB, measured).
     drop(sd.unet);
+    let mut vae = sd.vae;
+    let out = match (&refiner_path, out) {
+        (Some(path), Ok(handoff)) => {
+            // The base is freed before the refiner loads: the two never share memory.
+            drop(sd.encoder);
+            let refiner = load_refiner(path, &opts, &req, args.low_memory)?;
+            let out = refine_latents(&refiner.components(), &req, args.refiner_switch, &handoff, &mut on_progress);
+            vae = refiner.vae;
+            out
+        }
+        (_, out) => out,
+    };
     let decoder: &dyn LatentDecoder = match &taesd {
         Some(taesd) => taesd,
-        None => &sd.vae,
+        None => &vae,
     };
     let out = out.and_then(|mut out| decode_latents(decoder, &mut out, &mut on_progress).map(|()| out));
     if let Some(e) = preview_error {
@@ -661,6 +720,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         extra.push(("Timestep mode".into(), format!("{:?}", args.timestep_mode).to_lowercase()));
         if !lora_hashes.is_empty() {
             extra.push(("Lora hashes".into(), lora_hashes.join(", ")));
+        }
+        if let Some(path) = &refiner_path {
+            // A1111's refiner fields.
+            let name = path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+            let hash = short_hash(path).map(|h| format!(" [{h}]")).unwrap_or_default();
+            extra.push(("Refiner".into(), format!("{name}{hash}")));
+            extra.push(("Refiner switch at".into(), args.refiner_switch.to_string()));
         }
         let info = Infotext {
             // A1111 keeps the <lora:...> tags in the infotext prompt.
@@ -715,6 +781,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                     "text_encoder_strength": l.text_encoder_strength,
                 })).collect::<Vec<_>>(),
                 "lora_hashes": lora_hashes,
+                "refiner": refiner_path,
+                "refiner_switch": refiner_path.as_ref().map(|_| args.refiner_switch),
+                "original_size": req.size_conditioning.original_size,
+                "crop": req.size_conditioning.crop,
+                "target_size": req.size_conditioning.target_size,
             });
             save_json_sidecar(&path, &sidecar)?;
         }

@@ -145,7 +145,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     println!("  prediction:  {}", w.prediction_type.as_str());
     println!("  VAE:         {vae}");
     for (name, n) in &counts {
-        println!("  {name:<13}{:.1} M parameters ({n})", *n as f64 / 1e6);
+        println!("  {name:<15}{:.1} M parameters ({n})", *n as f64 / 1e6);
     }
     let dt: Vec<String> = dtypes.iter().map(|(d, n)| format!("{d} ×{n}")).collect();
     println!("  dtypes:      {}", dt.join(", "));
