@@ -381,7 +381,13 @@ impl StableDiffusion {
                 text_encoder_strength: l.text_encoder_strength,
             })
             .collect();
-        let merged = lora::merge(&weights.unet, &weights.text_encoder, &uses, &MergeOptions::default())?;
+        let merged = lora::merge(
+            &weights.unet,
+            &weights.text_encoder,
+            weights.text_encoder_2.as_ref(),
+            &uses,
+            &MergeOptions::default(),
+        )?;
         let lcm = match lcm_time_cond_proj_dim(&weights.unet) {
             Some(time_cond_proj_dim) => Some(LcmKind::Unet { time_cond_proj_dim }),
             None => files.iter().any(LoraFile::looks_like_lcm_lora).then_some(LcmKind::Lora),
@@ -423,13 +429,13 @@ impl StableDiffusion {
                 ))
             }
             ModelFamily::Sdxl => {
-                let te2 = weights.text_encoder_2.as_ref().ok_or_else(|| {
+                let te2 = merged.text_encoder_2.as_ref().ok_or_else(|| {
                     PipelineError::Model(kairos_models::ModelError::MissingWeight {
                         component: "text_encoder_2".into(),
                         key: "text_model.embeddings.token_embedding.weight".into(),
                     })
                 })?;
-                let te2_config = CLIPTextConfig::from_json(&te2.config.to_string())?;
+                let te2_config = CLIPTextConfig::from_json(&te2.base().config.to_string())?;
                 let clip_l = CLIPTextModel::new(te_vb, &te_config)?;
                 let tokenizer_l = CLIPTokenizer::new(pad_token(tokenizer_dir, PadToken::EndOfText)?)?;
                 let pad_g = pad_token(weights.tokenizer_2_dir.as_deref(), PadToken::Exclamation)?;

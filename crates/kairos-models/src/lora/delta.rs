@@ -172,7 +172,9 @@ pub(crate) fn plan(p: &Params, weight_shape: &[usize]) -> Result<Patch, String> 
     let want = (weight_shape.first().copied().unwrap_or(0), fan_in);
     if dims != want {
         return Err(format!(
-            "{name} product has shape {:?}, the layer's weight is {weight_shape:?} (= [{}, {}] flattened)",
+            "{name} product has shape {:?}, the layer's weight is {weight_shape:?} (= [{}, {}] flattened): \
+             a LoRA for another model (SD1, SD2 and SDXL share layer names, not sizes); use one made \
+             for this model",
             [dims.0, dims.1],
             want.0,
             want.1

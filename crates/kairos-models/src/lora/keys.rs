@@ -2,21 +2,26 @@
 //!
 //! Layouts (parameter names are normalised to kohya's `lora_down.weight` / `lora_up.weight` /
 //! `alpha`; LyCORIS parameters keep their names):
-//! - kohya / A1111 / LyCORIS: `lora_unet_<layer>.<param>`, `lora_te_<layer>.<param>`, where
-//!   `<layer>` is the module path with `.` → `_`, taken either from the diffusers UNet
-//!   (`down_blocks_0_attentions_0_...`, what sd-scripts and LCM-LoRA write) or from the LDM UNet
-//!   (`input_blocks_1_1_...`, A1111-era trainers). Text-encoder names are transformers'
-//!   (`text_model_encoder_layers_0_self_attn_q_proj`) for SD1 and SD2 alike: sd-scripts trains
-//!   SD2's OpenCLIP as a converted `CLIPTextModel`, whose q/k/v kairos also uses.
-//! - diffusers / PEFT: `unet.<module>.lora_A.weight` / `lora_B.weight`,
-//!   `text_encoder.<module>...`; diffusers' older `.lora.down/.up`, `.lora_linear_layer.down/.up`
+//! - kohya / A1111 / LyCORIS: `lora_unet_<layer>.<param>`, `lora_te_<layer>.<param>` (SDXL:
+//!   `lora_te1_` for CLIP-L, `lora_te2_` for OpenCLIP-bigG), where `<layer>` is the module path
+//!   with `.` → `_`, taken either from the diffusers UNet (`down_blocks_0_attentions_0_...`, what
+//!   sd-scripts writes for SD1/SD2 and LCM-LoRA, diffusers' kohya export) or from the LDM / SGM
+//!   UNet (`input_blocks_1_1_...`, A1111-era trainers and sd-scripts for SDXL). Text-encoder names
+//!   are transformers' (`text_model_encoder_layers_0_self_attn_q_proj`) for SD1, SD2 and SDXL:
+//!   sd-scripts trains SD2's OpenCLIP as a converted `CLIPTextModel`, whose q/k/v kairos also uses.
+//! - diffusers / PEFT: `unet.<module>.lora_A.weight` / `lora_B.weight`, `text_encoder.<module>...`,
+//!   `text_encoder_2.<module>...`; diffusers' older `.lora.down/.up`, `.lora_linear_layer.down/.up`
 //!   and attention-processor `processor.to_q_lora.down` (`to_out_lora` → `to_out.0`; in the text
 //!   encoder `to_q_lora` → `q_proj`, `to_out_lora` → `out_proj`), as diffusers'
 //!   `convert_unet_state_dict_to_peft` / `DIFFUSERS_OLD_TO_PEFT` rename them.
 //!
-//! LDM-derived kohya names are mapped with the single-file converter (`loading::ldm::unet_key`),
-//! so they land on the same diffusers keys as a single-file checkpoint does; diffusers does the
-//! same with `_maybe_map_sgm_blocks_to_diffusers`.
+//! LDM/SGM-derived kohya names are mapped with the single-file converter (`loading::ldm::unet_key`)
+//! and the model's own `layers_per_block`, so they land on the same diffusers keys as a
+//! single-file checkpoint does, whatever the block layout; diffusers does the same with
+//! `_maybe_map_sgm_blocks_to_diffusers`, which reads `layers_per_block` from the UNet config.
+//!
+//! The SDXL refiner's only encoder is OpenCLIP-bigG, named `text_encoder_2` as in diffusers, so
+//! `lora_te2_` / `text_encoder_2.` layers patch it and `lora_te1_` layers find no encoder.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -30,8 +35,10 @@ use crate::loading::{ldm, Component};
 pub enum LoraTarget {
     /// `UNet2DConditionModel`.
     Unet,
-    /// The CLIP text encoder.
+    /// The first (SD1/SD2: only) CLIP text encoder; SDXL base: CLIP-L.
     TextEncoder,
+    /// SDXL's OpenCLIP-bigG (`text_encoder_2`, the refiner's only encoder).
+    TextEncoder2,
 }
 
 impl LoraTarget {
@@ -40,14 +47,34 @@ impl LoraTarget {
         match self {
             Self::Unet => "unet",
             Self::TextEncoder => "text_encoder",
+            Self::TextEncoder2 => "text_encoder_2",
         }
     }
+
+    /// The target of a component by its [`Component::name`] (the inverse of
+    /// [`component_name`](Self::component_name)).
+    pub fn of_component(name: &str) -> Option<Self> {
+        [Self::Unet, Self::TextEncoder, Self::TextEncoder2].into_iter().find(|t| t.component_name() == name)
+    }
+
+    /// kohya prefixes (without the trailing `_`) → target. `lora_te_` is SD1/SD2's encoder,
+    /// `lora_te1_` / `lora_te2_` SDXL's (sd-scripts' `LORA_PREFIX_TEXT_ENCODER1/2`).
+    const KOHYA_PREFIXES: [(&'static str, Self); 4] = [
+        ("lora_unet_", Self::Unet),
+        ("lora_te_", Self::TextEncoder),
+        ("lora_te1_", Self::TextEncoder),
+        ("lora_te2_", Self::TextEncoder2),
+    ];
+
+    /// diffusers / PEFT key prefixes → target.
+    const DOTTED_PREFIXES: [(&'static str, Self); 3] =
+        [("unet.", Self::Unet), ("text_encoder.", Self::TextEncoder), ("text_encoder_2.", Self::TextEncoder2)];
 }
 
 /// How a layer is named in the file.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum LayerName {
-    /// kohya: the module path with `_` for `.` (without `lora_unet_` / `lora_te_`).
+    /// kohya: the module path with `_` for `.` (without `lora_unet_` / `lora_te*_`).
     Kohya(String),
     /// diffusers: the module path (text-encoder paths without their `text_model.` fixed).
     Dotted(String),
@@ -79,33 +106,30 @@ const DOTTED_SUFFIXES: &[(&str, &str)] = &[
 fn unknown_layout(key: &str) -> LoraProblem {
     LoraProblem {
         key: key.to_string(),
-        reason: "unknown LoRA key layout; accepted: kohya/LyCORIS `lora_unet_*` / `lora_te_*` \
-                 (.lora_down/.lora_up/.alpha, hada_*, lokr_*, diff), diffusers/PEFT `unet.*` / \
-                 `text_encoder.*` (lora_A/lora_B, .lora.down/.up, lora_linear_layer, *_lora)"
+        reason: "unknown LoRA key layout; accepted: kohya/LyCORIS `lora_unet_*` / `lora_te_*` / \
+                 `lora_te1_*` / `lora_te2_*` (.lora_down/.lora_up/.alpha, hada_*, lokr_*, diff), \
+                 diffusers/PEFT `unet.*` / `text_encoder.*` / `text_encoder_2.*` (lora_A/lora_B, \
+                 .lora.down/.up, lora_linear_layer, *_lora)"
             .into(),
     }
 }
 
 /// Splits a diffusers / PEFT key into (target, module path, normalised parameter).
 fn parse_dotted(key: &str) -> Option<(LoraTarget, String, &'static str)> {
-    let (target, rest) = if let Some(r) = key.strip_prefix("unet.") {
-        (LoraTarget::Unet, r)
-    } else {
-        (LoraTarget::TextEncoder, key.strip_prefix("text_encoder.")?)
-    };
+    let (target, rest) = LoraTarget::DOTTED_PREFIXES.iter().find_map(|(p, t)| Some((*t, key.strip_prefix(p)?)))?;
     let (module, param) = DOTTED_SUFFIXES.iter().find_map(|(s, p)| rest.strip_suffix(s).map(|m| (m, *p)))?;
     let is_processor = key.ends_with("_lora.down.weight") || key.ends_with("_lora.up.weight");
     let module = if is_processor {
         // `attn1.processor.to_q_lora` → `attn1.to_q`; text encoder `self_attn.to_q_lora` → `q_proj`.
         let module = module.replace(".processor.", ".");
         let (parent, leaf) = module.rsplit_once('.')?;
-        let leaf = match (target, leaf) {
-            (LoraTarget::Unet, "to_out") => "to_out.0",
-            (LoraTarget::Unet, l @ ("to_q" | "to_k" | "to_v")) => l,
-            (LoraTarget::TextEncoder, "to_q") => "q_proj",
-            (LoraTarget::TextEncoder, "to_k") => "k_proj",
-            (LoraTarget::TextEncoder, "to_v") => "v_proj",
-            (LoraTarget::TextEncoder, "to_out") => "out_proj",
+        let leaf = match (target == LoraTarget::Unet, leaf) {
+            (true, "to_out") => "to_out.0",
+            (true, l @ ("to_q" | "to_k" | "to_v")) => l,
+            (false, "to_q") => "q_proj",
+            (false, "to_k") => "k_proj",
+            (false, "to_v") => "v_proj",
+            (false, "to_out") => "out_proj",
             _ => return None,
         };
         format!("{parent}.{leaf}")
@@ -127,11 +151,8 @@ pub(crate) fn group(tensors: HashMap<String, Tensor>) -> (Vec<LayerGroup>, Vec<L
             continue;
         };
         let kohya = key.split_once('.').and_then(|(name, param)| {
-            let (target, layer) = if let Some(l) = name.strip_prefix("lora_unet_") {
-                (LoraTarget::Unet, l)
-            } else {
-                (LoraTarget::TextEncoder, name.strip_prefix("lora_te_")?)
-            };
+            let (target, layer) =
+                LoraTarget::KOHYA_PREFIXES.iter().find_map(|(p, t)| Some((*t, name.strip_prefix(p)?)))?;
             Some((target, LayerName::Kohya(layer.to_string()), name, param.to_string()))
         });
         let parsed = kohya.or_else(|| {
@@ -139,15 +160,7 @@ pub(crate) fn group(tensors: HashMap<String, Tensor>) -> (Vec<LayerGroup>, Vec<L
             Some((target, LayerName::Dotted(module), "", param.to_string()))
         });
         let Some((target, name, file_name, param)) = parsed else {
-            let reason = if key.starts_with("lora_te1_") || key.starts_with("lora_te2_") {
-                Some("SDXL text-encoder LoRA (lora_te1_/lora_te2_); kairos runs SD1/SD2".to_string())
-            } else {
-                None
-            };
-            problems.push(match reason {
-                Some(reason) => LoraProblem { key, reason },
-                None => unknown_layout(&key),
-            });
+            problems.push(unknown_layout(&key));
             continue;
         };
         let file_name = if file_name.is_empty() {
@@ -191,17 +204,18 @@ impl<'a> Resolver<'a> {
         Self { base, kohya, layers_per_block }
     }
 
+    /// The component resolved against.
+    pub fn base(&self) -> &'a Component {
+        self.base
+    }
+
     /// The diffusers weight key (`<module>.weight`) that a layer patches, with its shape.
     pub fn weight_key(&self, name: &LayerName) -> Option<(String, Vec<usize>)> {
         let module = match name {
-            LayerName::Dotted(m) => {
-                let m = if self.base.name() == "text_encoder" && !m.starts_with("text_model.") {
-                    format!("text_model.{m}")
-                } else {
-                    m.clone()
-                };
-                Some(m)
-            }
+            // PEFT text-encoder LoRAs of some trainers drop transformers' `text_model.` prefix.
+            LayerName::Dotted(m) => [m.clone(), format!("text_model.{m}")]
+                .into_iter()
+                .find(|m| self.base.shape(&format!("{m}.weight")).is_some()),
             LayerName::Kohya(k) => self.kohya.get(k.as_str()).cloned().or_else(|| {
                 let lpb = self.layers_per_block?;
                 let diffusers = ldm_kohya_to_diffusers(k, lpb)?;
@@ -247,6 +261,11 @@ fn ldm_kohya_to_diffusers(name: &str, lpb: usize) -> Option<String> {
         let (i, r) = split_num(r)?;
         let (j, r) = split_num(&r)?;
         with_rest(format!("output_blocks.{i}.{j}"), &r)
+    } else if let Some(r) = name.strip_prefix("label_emb_") {
+        // SDXL's size/crop embedding MLP: `label_emb.0.0` / `label_emb.0.2`.
+        let (i, r) = split_num(r)?;
+        let (j, r) = split_num(&r)?;
+        with_rest(format!("label_emb.{i}.{j}"), &r)
     } else if let Some(r) = name.strip_prefix("middle_block_") {
         let (k, r) = split_num(r)?;
         with_rest(format!("middle_block.{k}"), &r)
@@ -258,6 +277,17 @@ fn ldm_kohya_to_diffusers(name: &str, lpb: usize) -> Option<String> {
         return None;
     };
     ldm::unet_key(&ldm_key, lpb)?.strip_suffix(".weight").map(str::to_string)
+}
+
+/// A layer's module path in diffusers naming with `_` for `.`, from the file alone (no model):
+/// for recognising which kinds of layers a file trains. LDM/SGM names are converted with
+/// `layers_per_block` 2, which can move block indices but never the layer kind at the end
+/// (`in_layers_2` → `conv1`, `0_op` → `downsamplers_0_conv`).
+pub(crate) fn diffusers_like_name(name: &LayerName) -> String {
+    match name {
+        LayerName::Kohya(k) => ldm_kohya_to_diffusers(k, 2).unwrap_or_else(|| k.clone()).replace('.', "_"),
+        LayerName::Dotted(d) => d.replace('.', "_"),
+    }
 }
 
 #[cfg(test)]
@@ -283,11 +313,31 @@ mod tests {
             ("output_blocks_11_0_out_layers_3", "up_blocks.3.resnets.2.conv2"),
             ("time_embed_2", "time_embedding.linear_2"),
             ("out_2", "conv_out"),
+            ("label_emb_0_0", "add_embedding.linear_1"),
+            ("label_emb_0_2", "add_embedding.linear_2"),
         ];
         for (k, want) in cases {
             assert_eq!(ldm_kohya_to_diffusers(k, 2).as_deref(), Some(want), "{k}");
         }
         assert_eq!(ldm_kohya_to_diffusers("input_blocks_x_1_proj_in", 2), None);
+        // SDXL 1.0 (layers_per_block 2, 3 blocks; down block 0 has no attentions).
+        assert_eq!(
+            ldm_kohya_to_diffusers("input_blocks_7_1_transformer_blocks_9_ff_net_2", 2).as_deref(),
+            Some("down_blocks.2.attentions.0.transformer_blocks_9_ff_net_2")
+        );
+        assert_eq!(
+            ldm_kohya_to_diffusers("output_blocks_5_2_conv", 2).as_deref(),
+            Some("up_blocks.1.upsamplers.0.conv")
+        );
+        // layers_per_block 1: input_blocks 1, 2 are block 0's resnet and downsampler.
+        assert_eq!(
+            ldm_kohya_to_diffusers("input_blocks_2_0_op", 1).as_deref(),
+            Some("down_blocks.0.downsamplers.0.conv")
+        );
+        assert_eq!(
+            ldm_kohya_to_diffusers("output_blocks_3_0_emb_layers_1", 1).as_deref(),
+            Some("up_blocks.1.resnets.1.time_emb_proj")
+        );
     }
 
     #[test]
@@ -306,5 +356,13 @@ mod tests {
             Some((LoraTarget::Unet, "a.ff.net.2".into(), "lora_down.weight"))
         );
         assert_eq!(p("vae.a.lora_A.weight"), None);
+        assert_eq!(
+            p("text_encoder_2.text_model.encoder.layers.3.mlp.fc1.lora_A.weight"),
+            Some((LoraTarget::TextEncoder2, "text_model.encoder.layers.3.mlp.fc1".into(), "lora_down.weight"))
+        );
+        assert_eq!(
+            p("text_encoder_2.text_model.encoder.layers.0.self_attn.processor.to_out_lora.up.weight"),
+            Some((LoraTarget::TextEncoder2, "text_model.encoder.layers.0.self_attn.out_proj".into(), "lora_up.weight"))
+        );
     }
 }

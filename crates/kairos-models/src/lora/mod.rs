@@ -1,5 +1,5 @@
 //! LoRA merging at load time: several LoRAs at once, each with its own strength, into the UNet
-//! and the text encoder, from the layouts people share (see the `keys` module for the layouts and
+//! and the text encoders (SDXL: both), from the layouts people share (see the `keys` module for the layouts and
 //! `delta` for the formulas: LoRA, LoCon, LoHa, LoKr, LyCORIS full diffs).
 //!
 //! W' = W + Σᵢ strengthᵢ · ΔWᵢ, added in float32 in the order the LoRAs are given, as diffusers'
@@ -76,24 +76,19 @@ impl LoraFile {
         self.layers.iter().any(|l| l.target == target)
     }
 
-    /// Whether the keys look like an LCM-LoRA (latent-consistency/lcm-lora-sdv1-5 and the LoRAs
-    /// of diffusers' `train_lcm_distill_lora_sd_wds.py`): UNet only, and every layer kind that
-    /// script trains is present: attention projections and feed-forward, resnet `conv1`/`conv2`/
-    /// `time_emb_proj`, and the down- and upsampler convs. A heuristic: a LoCon trained on the
-    /// same layers without the text encoder looks the same; the caller decides what to do with
-    /// it (switch to the `lcm` sampler, suggest guidance 1–2).
+    /// Whether the keys look like an LCM-LoRA (latent-consistency/lcm-lora-sdv1-5 and
+    /// lcm-lora-sdxl, the LoRAs of diffusers' `train_lcm_distill_lora_sd_wds.py` /
+    /// `train_lcm_distill_lora_sdxl.py`, and kohya conversions of them with diffusers or SGM
+    /// names): UNet only, and every layer kind those scripts train is present: attention
+    /// projections and feed-forward, resnet `conv1`/`conv2`/`time_emb_proj`, and the down- and
+    /// upsampler convs. A heuristic: a LoCon trained on the same layers without the text encoder
+    /// looks the same; the caller decides what to do with it (switch to the `lcm` sampler,
+    /// suggest guidance 1–2).
     pub fn looks_like_lcm_lora(&self) -> bool {
-        if self.targets(LoraTarget::TextEncoder) || self.layers.is_empty() {
+        if self.layers.is_empty() || self.layers.iter().any(|l| l.target != LoraTarget::Unet) {
             return false;
         }
-        let names: Vec<String> = self
-            .layers
-            .iter()
-            .map(|l| match &l.name {
-                keys::LayerName::Kohya(k) => k.clone(),
-                keys::LayerName::Dotted(d) => d.replace('.', "_"),
-            })
-            .collect();
+        let names: Vec<String> = self.layers.iter().map(|l| keys::diffusers_like_name(&l.name)).collect();
         ["to_q", "ff_net_2", "conv1", "conv2", "time_emb_proj", "downsamplers_0_conv", "upsamplers_0_conv"]
             .iter()
             .all(|kind| names.iter().any(|n| n.ends_with(kind)))
@@ -127,50 +122,99 @@ pub struct MergeReport {
     pub skipped: Vec<(PathBuf, Vec<LoraProblem>)>,
 }
 
-/// The UNet and text encoder with LoRAs merged.
+/// The UNet and text encoders with LoRAs merged (the fields of
+/// [`StableDiffusionWeights`](crate::loading::StableDiffusionWeights)).
 #[derive(Debug, Clone)]
 pub struct MergedModels {
     /// `UNet2DConditionModel` weights.
     pub unet: MergedComponent,
-    /// Text-encoder weights.
+    /// The first (or only) text encoder's weights.
     pub text_encoder: MergedComponent,
+    /// The SDXL base's second text encoder's weights.
+    pub text_encoder_2: Option<MergedComponent>,
     /// What was applied and skipped.
     pub report: MergeReport,
 }
 
-/// Merges `loras` (in order) into the UNet and text encoder. An empty list gives components that
+type Deltas = BTreeMap<String, Vec<(Patch, f64)>>;
+
+/// One component being merged into: the layers of `target` land in `deltas`.
+struct Slot<'a> {
+    target: LoraTarget,
+    resolver: Resolver<'a>,
+    deltas: Deltas,
+}
+
+impl<'a> Slot<'a> {
+    /// The slot of `c`, which must be named as one of `allowed` targets.
+    fn new(c: &'a Component, allowed: &[LoraTarget], role: &'static str) -> Result<Self, LoraError> {
+        match LoraTarget::of_component(c.name()) {
+            Some(target) if allowed.contains(&target) => {
+                Ok(Self { target, resolver: Resolver::new(c), deltas: BTreeMap::new() })
+            }
+            // A caller's mix-up (say the VAE passed as an encoder), never a user's.
+            _ => Err(ModelError::Unsupported {
+                field: role,
+                value: format!("a component named `{}`", c.name()),
+                supported: "the unet, text_encoder and text_encoder_2 of `loading::load`, in their places",
+            }
+            .into()),
+        }
+    }
+
+    fn into_merged(self) -> MergedComponent {
+        MergedComponent::new(self.resolver.base().clone(), self.deltas)
+    }
+}
+
+/// Merges `loras` (in order) into the UNet and the text encoders, as
+/// [`StableDiffusionWeights`](crate::loading::StableDiffusionWeights) holds them: each encoder
+/// receives the layers of the [`LoraTarget`] its [`Component::name`] names, so the SDXL
+/// refiner's only encoder (`text_encoder_2`) receives `lora_te2_` / `text_encoder_2.` layers.
+/// Layers for an encoder the model lacks are unapplicable. An empty list gives components that
 /// load exactly the base weights.
 pub fn merge(
     unet: &Component,
     text_encoder: &Component,
+    text_encoder_2: Option<&Component>,
     loras: &[LoraUse<'_>],
     opts: &MergeOptions,
 ) -> Result<MergedModels, LoraError> {
-    let resolvers = [(LoraTarget::Unet, Resolver::new(unet)), (LoraTarget::TextEncoder, Resolver::new(text_encoder))];
-    let mut deltas: [BTreeMap<String, Vec<(Patch, f64)>>; 2] = [BTreeMap::new(), BTreeMap::new()];
+    use LoraTarget::{TextEncoder, TextEncoder2, Unet};
+    let mut unet = Slot::new(unet, &[Unet], "lora::merge unet")?;
+    let first_allowed: &[LoraTarget] =
+        if text_encoder_2.is_some() { &[TextEncoder] } else { &[TextEncoder, TextEncoder2] };
+    let mut te = Slot::new(text_encoder, first_allowed, "lora::merge text_encoder")?;
+    let mut te2 = text_encoder_2.map(|c| Slot::new(c, &[TextEncoder2], "lora::merge text_encoder_2")).transpose()?;
     let mut report = MergeReport::default();
     for lora in loras {
         let mut problems = lora.file.unparsed.clone();
         let mut applied = 0;
         for layer in &lora.file.layers {
-            let (slot, (_, resolver)) = match layer.target {
-                LoraTarget::Unet => (0, &resolvers[0]),
-                LoraTarget::TextEncoder => (1, &resolvers[1]),
-            };
             let strength = match layer.target {
-                LoraTarget::Unet => lora.unet_strength,
-                LoraTarget::TextEncoder => lora.text_encoder_strength,
+                Unet => lora.unet_strength,
+                TextEncoder | TextEncoder2 => lora.text_encoder_strength,
             };
-            let Some((key, shape)) = resolver.weight_key(&layer.name) else {
+            let slot =
+                [Some(&mut unet), Some(&mut te), te2.as_mut()].into_iter().flatten().find(|s| s.target == layer.target);
+            let Some(slot) = slot else {
+                problems.push(LoraProblem { key: layer.file_name.clone(), reason: missing_encoder(layer.target) });
+                continue;
+            };
+            let Some((key, shape)) = slot.resolver.weight_key(&layer.name) else {
                 problems.push(LoraProblem {
                     key: layer.file_name.clone(),
-                    reason: format!("no such layer in the {}", layer.target.component_name()),
+                    reason: format!(
+                        "no such layer in the {}: a LoRA for another model (SD1, SD2, SDXL base or \
+                         refiner); use one made for this model",
+                        layer.target.component_name()
+                    ),
                 });
                 continue;
             };
             match delta::plan(&layer.params, &shape) {
                 Ok(patch) => {
-                    deltas[slot].entry(key).or_default().push((patch, strength));
+                    slot.deltas.entry(key).or_default().push((patch, strength));
                     applied += 1;
                 }
                 Err(reason) => problems.push(LoraProblem { key: layer.file_name.clone(), reason }),
@@ -184,12 +228,27 @@ pub fn merge(
         }
         report.applied.push((lora.file.path.clone(), applied));
     }
-    let [u, t] = deltas;
     Ok(MergedModels {
-        unet: MergedComponent::new(unet.clone(), u),
-        text_encoder: MergedComponent::new(text_encoder.clone(), t),
+        unet: unet.into_merged(),
+        text_encoder: te.into_merged(),
+        text_encoder_2: te2.map(Slot::into_merged),
         report,
     })
+}
+
+/// Why a layer for an encoder the model lacks cannot be applied, and what to do.
+fn missing_encoder(target: LoraTarget) -> String {
+    match target {
+        LoraTarget::TextEncoder2 => "the model has no text_encoder_2 (OpenCLIP-bigG): an SDXL LoRA \
+                                     layer; use it with an SDXL model"
+            .into(),
+        LoraTarget::TextEncoder => "the model has no CLIP-L text_encoder (the SDXL refiner has only \
+                                    text_encoder_2): a LoRA for the SDXL base, SD1 or SD2; use it \
+                                    with that model"
+            .into(),
+        // The UNet is always there; kept for a total match.
+        LoraTarget::Unet => "the model has no UNet".into(),
+    }
 }
 
 /// A [`Component`] with LoRA deltas added when weights are loaded. The base is left untouched.
@@ -197,7 +256,7 @@ pub fn merge(
 pub struct MergedComponent {
     base: Component,
     /// diffusers key → the patches of the LoRAs that touch it, with their strengths, in merge order.
-    deltas: Arc<BTreeMap<String, Vec<(Patch, f64)>>>,
+    deltas: Arc<Deltas>,
 }
 
 impl std::fmt::Debug for MergedComponent {
@@ -207,7 +266,7 @@ impl std::fmt::Debug for MergedComponent {
 }
 
 impl MergedComponent {
-    fn new(base: Component, deltas: BTreeMap<String, Vec<(Patch, f64)>>) -> Self {
+    fn new(base: Component, deltas: Deltas) -> Self {
         Self { base, deltas: Arc::new(deltas) }
     }
 
