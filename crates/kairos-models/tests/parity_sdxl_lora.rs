@@ -255,26 +255,13 @@ fn layers_the_model_lacks_and_sd1_loras_are_clear_errors() {
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
-/// LCM-LoRA for SDXL as diffusers' `train_lcm_distill_lora_sdxl.py` saves it (PEFT `unet.*`
-/// diffusers names) and as kohya-converted copies (SGM names) is recognised; the fixtures'
-/// LoRAs, which patch the text encoders, are not.
+/// LCM-LoRA for SDXL in SGM names (kohya-converted copies of lcm-lora-sdxl) is recognised; the
+/// fixtures' LoRAs, which patch the text encoders, are not. (The PEFT names diffusers' training
+/// script saves are checked through the pipeline, in kairos-pipeline's lora_sdxl.rs.)
 #[test]
-fn sdxl_lcm_lora_layouts_are_recognised() {
-    let layers = [
-        "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
-        "down_blocks.1.attentions.0.transformer_blocks.0.ff.net.2",
-        "down_blocks.0.resnets.0.conv1",
-        "down_blocks.0.resnets.0.conv2",
-        "down_blocks.0.resnets.0.time_emb_proj",
-        "down_blocks.0.downsamplers.0.conv",
-        "up_blocks.0.upsamplers.0.conv",
-    ];
-    let peft: Vec<(String, Vec<usize>)> = layers
-        .iter()
-        .flat_map(|l| {
-            [(format!("unet.{l}.lora_A.weight"), vec![2, 4]), (format!("unet.{l}.lora_B.weight"), vec![4, 2])]
-        })
-        .collect();
+fn sdxl_lcm_lora_in_sgm_names_is_recognised() {
+    // One layer of each kind the LCM-LoRA scripts train: attention, feed-forward, resnet conv1,
+    // conv2, time_emb_proj, downsampler, upsampler.
     let sgm_layers = [
         "input_blocks_4_1_transformer_blocks_0_attn1_to_q",
         "input_blocks_4_1_transformer_blocks_0_ff_net_2",
@@ -284,24 +271,92 @@ fn sdxl_lcm_lora_layouts_are_recognised() {
         "input_blocks_3_0_op",
         "output_blocks_2_2_conv",
     ];
-    let sgm: Vec<(String, Vec<usize>)> = sgm_layers
+    let keys: Vec<(String, Vec<usize>)> = sgm_layers
         .iter()
-        .flat_map(|l| {
-            [
-                (format!("lora_unet_{l}.lora_down.weight"), vec![2, 4]),
-                (format!("lora_unet_{l}.lora_up.weight"), vec![4, 2]),
-            ]
-        })
+        .flat_map(|l| ["lora_down", "lora_up"].map(|p| (format!("lora_unet_{l}.{p}.weight"), vec![2, 2])))
         .collect();
-    for (name, keys) in [("lcm_peft", &peft), ("lcm_sgm", &sgm)] {
-        let path = write_lora(name, keys);
-        assert!(LoraFile::open(&path).unwrap().looks_like_lcm_lora(), "{name}");
-        // Without the upsampler it is some other LoCon.
-        let path = write_lora(&format!("{name}_partial"), &keys[..keys.len() - 2]);
-        assert!(!LoraFile::open(&path).unwrap().looks_like_lcm_lora(), "{name} partial");
-    }
+    assert!(LoraFile::open(write_lora("lcm_sgm", &keys)).unwrap().looks_like_lcm_lora());
+    // Without the upsampler it is some other LoCon.
+    let partial = write_lora("lcm_sgm_partial", &keys[..keys.len() - 2]);
+    assert!(!LoraFile::open(partial).unwrap().looks_like_lcm_lora());
     for f in ["kohya_sgm", "kohya_diffusers", "peft"] {
         let file = LoraFile::open(lora_dir().join(format!("{f}.safetensors"))).unwrap();
         assert!(!file.looks_like_lcm_lora(), "{f}");
     }
+}
+
+/// w1 ⊗ w2 by its definition, for the LoKr check.
+fn kron_by_definition(w1: &Tensor, w2: &Tensor) -> Tensor {
+    let (a, b) = w1.dims2().unwrap();
+    let (c, e) = w2.dims2().unwrap();
+    let (x, y) = (w1.to_vec2::<f32>().unwrap(), w2.to_vec2::<f32>().unwrap());
+    let mut out = vec![0f32; a * c * b * e];
+    for (i, row) in out.chunks_mut(b * e).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = x[i / c][j / e] * y[i % c][j % e];
+        }
+    }
+    Tensor::from_vec(out, (a * c, b * e), &Device::Cpu).unwrap()
+}
+
+/// LyCORIS LoHa and LoKr on SDXL names (SGM UNet, `lora_te1_`, `lora_te2_`) land on the right
+/// diffusers weights with the LyCORIS formulas (alpha = rank: scale 1; LoKr with both factors
+/// full: scale 1), at strength 0.5.
+#[test]
+fn lycoris_on_sdxl_names_matches_formula() {
+    let sd = load("sdxl_base.safetensors");
+    let dev = Device::Cpu;
+    let rand = |s: &[usize]| Tensor::randn(0f32, 0.1, s, &dev).unwrap();
+    let te2 = sd.text_encoder_2.as_ref().unwrap();
+    // (file layer, component, diffusers key)
+    let loha = [
+        (
+            "lora_unet_input_blocks_5_1_transformer_blocks_1_attn2_to_k",
+            &sd.unet,
+            "down_blocks.1.attentions.1.transformer_blocks.1.attn2.to_k.weight",
+        ),
+        (
+            "lora_te1_text_model_encoder_layers_1_self_attn_v_proj",
+            &sd.text_encoder,
+            "text_model.encoder.layers.1.self_attn.v_proj.weight",
+        ),
+    ];
+    let lokr = ("lora_te2_text_model_encoder_layers_2_mlp_fc2", te2, "text_model.encoder.layers.2.mlp.fc2.weight");
+    let mut map = HashMap::new();
+    let mut want_delta = Vec::new();
+    for (name, comp, key) in loha {
+        let s = comp.shape(key).unwrap().to_vec();
+        let (o, i) = (s[0], s[1..].iter().product::<usize>());
+        let f: Vec<Tensor> = [vec![o, 2], vec![2, i], vec![o, 2], vec![2, i]].iter().map(|s| rand(s)).collect();
+        for (p, t) in ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"].iter().zip(&f) {
+            map.insert(format!("{name}.{p}"), t.clone());
+        }
+        map.insert(format!("{name}.alpha"), Tensor::new(2f32, &dev).unwrap());
+        let d = (f[0].matmul(&f[1]).unwrap() * f[2].matmul(&f[3]).unwrap()).unwrap();
+        want_delta.push((comp, key, d.reshape(s.as_slice()).unwrap()));
+    }
+    let (name, comp, key) = lokr;
+    let s = comp.shape(key).unwrap().to_vec();
+    let (w1, w2) = (rand(&[2, 4]), rand(&[s[0] / 2, s[1] / 4]));
+    map.insert(format!("{name}.lokr_w1"), w1.clone());
+    map.insert(format!("{name}.lokr_w2"), w2.clone());
+    want_delta.push((comp, key, kron_by_definition(&w1, &w2)));
+    let dir = std::env::temp_dir().join(format!("kairos-sdxl-lycoris-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lycoris.safetensors");
+    candle_core::safetensors::save(&map, &path).unwrap();
+    let file = LoraFile::open(&path).unwrap();
+    let m = merge_all(&sd, &[LoraUse { file: &file, unet_strength: 0.5, text_encoder_strength: 0.5 }]).unwrap();
+    assert_eq!(m.report.applied[0].1, 3);
+    let merged: HashMap<&str, &MergedComponent> = by_prefix(&m).into_iter().collect();
+    for (comp, key, delta) in want_delta {
+        let mc = merged[comp.name()];
+        assert_eq!(mc.patched_keys().collect::<Vec<_>>(), vec![key], "{}", comp.name());
+        let base = comp.load(key, DType::F32, &dev).unwrap();
+        let want = (base + (delta * 0.5).unwrap()).unwrap();
+        let err = max_abs(&(mc.load(key, DType::F32, &dev).unwrap() - &want).unwrap()) / max_abs(&want);
+        eprintln!("LyCORIS {key}: relative error {err:e}");
+        assert!(err <= 1e-6, "{key}: relative error {err:e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,7 +2,7 @@
 //! a kohya LoRA in SGM names (UNet, CLIP-L and bigG layers) at 0.8 against diffusers'
 //! `StableDiffusionXLPipeline` with the LoRA fused (`tools/fixtures/sdxl_lora.py`, the `run`
 //! entry of lora.json: Euler with leading spacing, 4 steps, guidance 5, seed 0, 32×32), and an
-//! LCM-LoRA-shaped PEFT file detected as an LCM-LoRA.
+//! LCM-LoRA in the PEFT names diffusers' SDXL training script saves, detected as an LCM-LoRA.
 //!
 //! Tolerance (the fixture's): final latents within 1e-5 × max|latent| (float32 on both sides
 //! from the same merged weights; only the order of float32 sums differs), the image equal in 8
@@ -13,7 +13,6 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use kairos_models::lcm::{lcm_timesteps, LcmOptions};
 use kairos_models::loading::{self, ConfigHints, LoadOptions};
 use kairos_pipeline::{
     txt2img, InitialNoise, LcmKind, LoraWeights, ModelOptions, PromptSyntax, StableDiffusion, TimestepMode,
@@ -147,27 +146,13 @@ fn write_lcm_lora() -> PathBuf {
     path
 }
 
+/// The CLI's LCM defaults (lcm sampler, 4 steps, guidance 1) key on `lcm`, as on SD1; the lcm
+/// sampler itself is exercised on SD1 in lora_txt2img.rs.
 #[test]
-fn sdxl_lcm_lora_is_detected_and_runs_with_boundary_conditions() {
+fn sdxl_lcm_lora_is_detected() {
     let path = write_lcm_lora();
     let sd = load(vec![LoraWeights { path: path.clone(), unet_strength: 1.0, text_encoder_strength: 1.0 }]);
     assert_eq!(sd.lcm, Some(LcmKind::Lora));
-    let c = sd.components();
-    assert!(c.consistency.is_some(), "an LCM-LoRA runs through LCM's boundary conditions");
-    let ts = lcm_timesteps(4, 1.0, &LcmOptions::default()).unwrap();
-    let req = Txt2ImgRequest {
-        prompt: "a cat".into(),
-        width: 32,
-        height: 32,
-        steps: 4,
-        cfg_scale: 1.0,
-        sampler: Sampler::Lcm,
-        schedule: ScheduleKind::Timesteps(ts.iter().map(|&t| t as f64).collect()),
-        ..Default::default()
-    };
-    let out = txt2img(&c, &req, &mut |_| ControlFlow::Continue(())).unwrap();
-    assert_eq!(out.sigmas.len(), 5);
-    let latents = out.batches[0].latents.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert!(latents.iter().all(|v| v.is_finite()));
+    assert!(sd.components().consistency.is_some(), "an LCM-LoRA runs through LCM's boundary conditions");
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }

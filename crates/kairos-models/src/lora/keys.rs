@@ -253,19 +253,15 @@ fn ldm_kohya_to_diffusers(name: &str, lpb: usize) -> Option<String> {
         let (n, rest) = s.split_once('_').unwrap_or((s, ""));
         Some((n.parse().ok()?, rest.to_string()))
     };
-    let ldm_key = if let Some(r) = name.strip_prefix("input_blocks_") {
+    // `<block>_<i>_<j>_<rest>`; `label_emb` is SDXL's size/crop embedding MLP (`label_emb.0.0/0.2`).
+    let two_indices = ["input_blocks", "output_blocks", "label_emb"].iter().find_map(|block| {
+        let r = name.strip_prefix(block)?.strip_prefix('_')?;
+        Some((block, r))
+    });
+    let ldm_key = if let Some((block, r)) = two_indices {
         let (i, r) = split_num(r)?;
         let (j, r) = split_num(&r)?;
-        with_rest(format!("input_blocks.{i}.{j}"), &r)
-    } else if let Some(r) = name.strip_prefix("output_blocks_") {
-        let (i, r) = split_num(r)?;
-        let (j, r) = split_num(&r)?;
-        with_rest(format!("output_blocks.{i}.{j}"), &r)
-    } else if let Some(r) = name.strip_prefix("label_emb_") {
-        // SDXL's size/crop embedding MLP: `label_emb.0.0` / `label_emb.0.2`.
-        let (i, r) = split_num(r)?;
-        let (j, r) = split_num(&r)?;
-        with_rest(format!("label_emb.{i}.{j}"), &r)
+        with_rest(format!("{block}.{i}.{j}"), &r)
     } else if let Some(r) = name.strip_prefix("middle_block_") {
         let (k, r) = split_num(r)?;
         with_rest(format!("middle_block.{k}"), &r)
@@ -296,48 +292,40 @@ mod tests {
 
     #[test]
     fn ldm_names_map_like_the_single_file_converter() {
-        // SD1: layers_per_block 2.
+        // (name, layers_per_block, diffusers module path); SD1 and SDXL have 2.
         let cases = [
             (
                 "input_blocks_1_1_transformer_blocks_0_attn1_to_q",
+                2,
                 "down_blocks.0.attentions.0.transformer_blocks_0_attn1_to_q",
             ),
-            ("input_blocks_4_0_in_layers_2", "down_blocks.1.resnets.0.conv1"),
-            ("input_blocks_4_0_skip_connection", "down_blocks.1.resnets.0.conv_shortcut"),
-            ("input_blocks_3_0_op", "down_blocks.0.downsamplers.0.conv"),
-            ("input_blocks_0_0", "conv_in"),
-            ("middle_block_0_emb_layers_1", "mid_block.resnets.0.time_emb_proj"),
-            ("middle_block_1_proj_in", "mid_block.attentions.0.proj_in"),
-            ("output_blocks_2_1_conv", "up_blocks.0.upsamplers.0.conv"),
-            ("output_blocks_5_2_conv", "up_blocks.1.upsamplers.0.conv"),
-            ("output_blocks_11_0_out_layers_3", "up_blocks.3.resnets.2.conv2"),
-            ("time_embed_2", "time_embedding.linear_2"),
-            ("out_2", "conv_out"),
-            ("label_emb_0_0", "add_embedding.linear_1"),
-            ("label_emb_0_2", "add_embedding.linear_2"),
+            ("input_blocks_4_0_in_layers_2", 2, "down_blocks.1.resnets.0.conv1"),
+            ("input_blocks_4_0_skip_connection", 2, "down_blocks.1.resnets.0.conv_shortcut"),
+            ("input_blocks_3_0_op", 2, "down_blocks.0.downsamplers.0.conv"),
+            ("input_blocks_0_0", 2, "conv_in"),
+            ("middle_block_0_emb_layers_1", 2, "mid_block.resnets.0.time_emb_proj"),
+            ("middle_block_1_proj_in", 2, "mid_block.attentions.0.proj_in"),
+            ("output_blocks_2_1_conv", 2, "up_blocks.0.upsamplers.0.conv"),
+            ("output_blocks_5_2_conv", 2, "up_blocks.1.upsamplers.0.conv"),
+            ("output_blocks_11_0_out_layers_3", 2, "up_blocks.3.resnets.2.conv2"),
+            ("time_embed_2", 2, "time_embedding.linear_2"),
+            ("out_2", 2, "conv_out"),
+            // SDXL: the size/crop embedding, and SDXL 1.0's third block.
+            ("label_emb_0_0", 2, "add_embedding.linear_1"),
+            ("label_emb_0_2", 2, "add_embedding.linear_2"),
+            (
+                "input_blocks_7_1_transformer_blocks_9_ff_net_2",
+                2,
+                "down_blocks.2.attentions.0.transformer_blocks_9_ff_net_2",
+            ),
+            // layers_per_block 1: input_blocks 1, 2 are block 0's resnet and downsampler.
+            ("input_blocks_2_0_op", 1, "down_blocks.0.downsamplers.0.conv"),
+            ("output_blocks_3_0_emb_layers_1", 1, "up_blocks.1.resnets.1.time_emb_proj"),
         ];
-        for (k, want) in cases {
-            assert_eq!(ldm_kohya_to_diffusers(k, 2).as_deref(), Some(want), "{k}");
+        for (k, lpb, want) in cases {
+            assert_eq!(ldm_kohya_to_diffusers(k, lpb).as_deref(), Some(want), "{k}");
         }
         assert_eq!(ldm_kohya_to_diffusers("input_blocks_x_1_proj_in", 2), None);
-        // SDXL 1.0 (layers_per_block 2, 3 blocks; down block 0 has no attentions).
-        assert_eq!(
-            ldm_kohya_to_diffusers("input_blocks_7_1_transformer_blocks_9_ff_net_2", 2).as_deref(),
-            Some("down_blocks.2.attentions.0.transformer_blocks_9_ff_net_2")
-        );
-        assert_eq!(
-            ldm_kohya_to_diffusers("output_blocks_5_2_conv", 2).as_deref(),
-            Some("up_blocks.1.upsamplers.0.conv")
-        );
-        // layers_per_block 1: input_blocks 1, 2 are block 0's resnet and downsampler.
-        assert_eq!(
-            ldm_kohya_to_diffusers("input_blocks_2_0_op", 1).as_deref(),
-            Some("down_blocks.0.downsamplers.0.conv")
-        );
-        assert_eq!(
-            ldm_kohya_to_diffusers("output_blocks_3_0_emb_layers_1", 1).as_deref(),
-            Some("up_blocks.1.resnets.1.time_emb_proj")
-        );
     }
 
     #[test]
