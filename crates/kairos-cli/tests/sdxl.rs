@@ -216,3 +216,46 @@ fn inspect_reports_sdxl() {
         assert_eq!(v["parameters"]["text_encoder"].is_u64(), family == "sdxl", "{name}: {v}");
     }
 }
+
+/// `kairos schedule optimize --model` on an SDXL checkpoint: the UNet gets its pooled text and
+/// size ids, x0 from the model's own samples; the file drives `generate --sigmas-file`.
+/// Mechanics only: random weights say nothing about the schedule.
+#[test]
+fn schedule_optimize_runs_on_sdxl() {
+    let model = sdxl("sdxl_base.safetensors");
+    let dir = temp_dir("optimize");
+    let file = dir.join("ays.json").to_string_lossy().into_owned();
+    let out = kairos(&[
+        "schedule",
+        "optimize",
+        "--model",
+        &model,
+        "--clip-head-dim",
+        "8",
+        "--self-samples",
+        "1",
+        "--sample-steps",
+        "2",
+        "--size",
+        "16",
+        "--prompt",
+        "a cat",
+        "--steps",
+        "2",
+        "--t-samples",
+        "2",
+        "--eval-t-samples",
+        "4",
+        "--max-sweeps",
+        "1",
+        "--compare",
+        "karras",
+        "--out",
+        &file,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ays (optimized, 2)") && stdout.contains("karras (2)"), "{stdout}");
+    let png = generate("optimized", &["--model", &model, "-W", "16", "-H", "16", "--sigmas-file", &file]);
+    assert!(png.is_file());
+}

@@ -71,14 +71,24 @@ pub(crate) fn unet_config(
             json!(block_out_channels.iter().map(|c| (c / ch.max(1)).max(1)).collect::<Vec<_>>())
         }
     };
-    // Transformer depth per down block (SDXL: 1, 2, 10; 1 where a block has no attention, as
-    // diffusers' configs write it); up blocks mirror it and the mid block takes the last.
-    let depths: Vec<usize> = (0..n)
-        .map(|b| count(map, &format!("down_blocks.{b}.attentions.0.transformer_blocks."), ".norm1.weight").max(1))
+    // Transformer depth per down block; up blocks mirror it and the mid block takes the last
+    // entry (diffusers' `transformer_layers_per_block[-1]`). One number when every attention
+    // block has the mid block's depth (SD1/SD2: 1, the SDXL refiner: 4), else a list with 1 for
+    // blocks without attention and the mid depth last (the SDXL base: [1, 2, 10]).
+    let depths: Vec<Option<usize>> = (0..n)
+        .map(|b| {
+            let d = count(map, &format!("down_blocks.{b}.attentions.0.transformer_blocks."), ".norm1.weight");
+            (d > 0).then_some(d)
+        })
         .collect();
     let mid_depth = count(map, &format!("{attn}.transformer_blocks."), ".norm1.weight");
-    let transformer_layers_per_block =
-        if depths.iter().all(|&d| d == mid_depth) { json!(mid_depth) } else { json!(depths) };
+    let transformer_layers_per_block = if depths.iter().flatten().all(|&d| d == mid_depth) {
+        json!(mid_depth)
+    } else {
+        let mut list: Vec<usize> = depths.iter().map(|d| d.unwrap_or(1)).collect();
+        list[n - 1] = mid_depth;
+        json!(list)
+    };
     // 768-v (SD2.1) configs set upcast_attention; it only matters below f32.
     let upcast_attention = family == ModelFamily::Sd2 && prediction == PredictionType::VPrediction;
     let sample_size = match family {
