@@ -93,7 +93,7 @@ pub struct GenerateArgs {
     /// [default: karras; LCMScheduler's timesteps for LCM models with the lcm sampler].
     #[arg(long, alias = "scheduler")]
     schedule: Option<String>,
-    /// A LoRA merged into the UNet and text encoder: FILE[:STRENGTH] (strength 1 by default).
+    /// A LoRA merged into the UNet and text encoder(s): FILE[:STRENGTH] (strength 1 by default).
     /// Repeatable; applied in order, after any `<lora:NAME:STRENGTH>` prompt tags.
     #[arg(long = "lora")]
     loras: Vec<LoraSpec>,
