@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Side-by-side PyTorch numbers for `kairos bench`: the same SD1.5 architecture (diffusers
-UNet2DConditionModel / AutoencoderKL, transformers CLIPTextModel) with random weights, the same
-shapes, the same thread count, the same FLOP counts (read from `kairos bench --json`, or pass
---gflop-from), printed in the same table.
+"""Side-by-side PyTorch numbers for `kairos bench`: the same SD1.5 or SDXL base architecture
+(diffusers UNet2DConditionModel / AutoencoderKL, transformers CLIPTextModel and, for SDXL,
+CLIPTextModelWithProjection; StableDiffusionPipeline / StableDiffusionXLPipeline for whole runs)
+with random weights, the same shapes and cases, the same thread count, the same FLOP counts (read
+from `kairos bench --json` with --gflop-from), printed in the same table.
 
-The configs are read from crates/kairos-bench/src/presets.rs so both sides run one architecture.
+The configs are read from crates/kairos-bench/src/presets.rs so both sides run one architecture;
+--config-dir replaces them with the unet.json / vae.json / text_encoder.json / text_encoder_2.json
+found there, as `kairos bench --config-dir` does.
 
     python3 tools/bench/pytorch_bench.py --threads 2 --resolutions 256,512 --batches 1,2
+    python3 tools/bench/pytorch_bench.py --family sdxl --threads 2 --resolutions 768,1024 --batches 1,2
 """
 import argparse
 import json
@@ -25,6 +29,28 @@ def presets():
     return {name: json.loads(body) for name, body in re.findall(r'pub const (\w+): &str = r#"(.*?)"#;', text, re.S)}
 
 
+def configs(family, config_dir):
+    """The family's configs by network (as kairos_bench::Configs), with --config-dir's files over them."""
+    p = presets()
+    prefix = {"sd15": "SD15", "sdxl": "SDXL"}[family]
+    names = ["unet", "vae", "text_encoder"] + (["text_encoder_2"] if family == "sdxl" else [])
+    out = {n: p[f"{prefix}_{n.upper()}"] for n in names}
+    if config_dir:
+        d = pathlib.Path(config_dir)
+        if not d.is_dir():
+            sys.exit(f"--config-dir {d}: not a directory")
+        for n in names:
+            if (d / f"{n}.json").exists():
+                out[n] = json.loads((d / f"{n}.json").read_text())
+    return out
+
+
+def clip_config(cfg):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(**{k: v for k, v in cfg.items() if k != "architectures"})
+
+
 def peak_rss_mib():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
@@ -32,7 +58,7 @@ def peak_rss_mib():
     return None
 
 
-def clip_tokenizer(cls, tmp):
+def clip_tokenizer(cls, tmp, pad_token="<|endoftext|>"):
     """transformers' CLIPTokenizer on kairos' bundled OpenAI merges (no download): the vocabulary
     is rebuilt from them as OpenAI's simple_tokenizer does (bytes, bytes + </w>, merges, specials)."""
     merges_path = ROOT / "crates/kairos-models/src/tokenizer/clip_merges.txt"
@@ -48,13 +74,15 @@ def clip_tokenizer(cls, tmp):
     tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = pathlib.Path(tmp) / "vocab.json"
     vocab.write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    return cls(vocab_file=str(vocab), merges_file=str(merges_path), model_max_length=77)
+    return cls(vocab_file=str(vocab), merges_file=str(merges_path), model_max_length=77, pad_token=pad_token)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", choices=["sd15", "sdxl"], default="sd15", help="architecture (as kairos bench --family)")
+    ap.add_argument("--config-dir", help="unet.json, vae.json, text_encoder.json, text_encoder_2.json replacing the presets (as kairos bench --config-dir)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--resolutions", default="256,512")
+    ap.add_argument("--resolutions", help="default 256,512 (sd15), 768,1024 (sdxl)")
     ap.add_argument("--components", default="text-encoder,unet,vae", help="networks timed on their own (as kairos bench --components)")
     ap.add_argument("--batches", default="1,2")
     ap.add_argument("--repeats", type=int, default=1)
@@ -68,14 +96,16 @@ def main():
     import diffusers
     import transformers
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     gflop = {}
     if args.gflop_from:
         gflop = {c["name"]: c["gflop"] for c in json.load(open(args.gflop_from))["cases"]}
-    cfg = presets()
+    cfg = configs(args.family, args.config_dir)
+    sdxl = args.family == "sdxl"
+    resolutions = list(map(int, (args.resolutions or {"sd15": "256,512", "sdxl": "768,1024"}[args.family]).split(",")))
     cases = []
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
     print(f"{'case':<22} {'min s':>10} {'mean s':>10} {'GFLOP':>10} {'GFLOP/s':>10}")
@@ -102,44 +132,76 @@ def main():
         if unknown:
             sys.exit(f"unknown component {sorted(unknown)}: use text-encoder, unet or vae")
         if "text-encoder" in components:
-            clip = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in cfg["SD15_TEXT_ENCODER"].items() if k != "architectures"})).eval()
-            ids = (torch.arange(2 * 77) * 7919 % 49408).reshape(2, 77)
+            clip = CLIPTextModel(clip_config(cfg["text_encoder"])).eval()
+            ids = (torch.arange(2 * 77) * 7919 % clip.config.vocab_size).reshape(2, 77)
             timed("text_encoder b2", lambda: clip(ids))
             del clip
+            if sdxl:
+                clip = CLIPTextModelWithProjection(clip_config(cfg["text_encoder_2"])).eval()
+                ids = (torch.arange(2 * 77) * 7919 % clip.config.vocab_size).reshape(2, 77)
+                timed("text_encoder_2 b2", lambda: clip(ids))
+                del clip
 
         if "unet" in components:
-            unet = UNet2DConditionModel.from_config(cfg["SD15_UNET"]).eval()
-            for res in map(int, args.resolutions.split(",")):
+            unet = UNet2DConditionModel.from_config(cfg["unet"]).eval()
+            ctx_dim = unet.config.cross_attention_dim
+            for res in resolutions:
                 for batch in map(int, args.batches.split(",")):
-                    sample = torch.randn(batch, 4, res // 8, res // 8)
-                    context = torch.randn(batch, 77, 768)
-                    timed(f"unet b{batch} {res}", lambda: unet(sample, 500, context))
+                    sample = torch.randn(batch, unet.config.in_channels, res // 8, res // 8)
+                    context = torch.randn(batch, 77, ctx_dim)
+                    kwargs = {}
+                    if unet.config.addition_embed_type == "text_time":
+                        # A random pooled text embedding and a res² txt2img's size ids, as kairos bench.
+                        width = unet.config.projection_class_embeddings_input_dim
+                        pooled = min(cfg["text_encoder_2"]["projection_dim"] if sdxl else 1280, width)
+                        n_ids = (width - pooled) // unet.config.addition_time_embed_dim
+                        ids = torch.tensor(([res, res, 0, 0, res, res] * 2)[:n_ids], dtype=torch.float32).repeat(batch, 1)
+                        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(batch, pooled), "time_ids": ids}
+                    timed(f"unet b{batch} {res}", lambda: unet(sample, 500, context, **kwargs))
             del unet
 
         # The whole-run cases below reuse this VAE.
-        vae = AutoencoderKL.from_config(cfg["SD15_VAE"]).eval() if "vae" in components or args.txt2img_steps or args.lcm_steps else None
+        vae = AutoencoderKL.from_config(cfg["vae"]).eval() if "vae" in components or args.txt2img_steps or args.lcm_steps else None
         if "vae" in components:
-            for res in map(int, args.resolutions.split(",")):
-                z = torch.randn(1, 4, res // 8, res // 8)
+            # SDXL: the largest resolution only, as kairos bench.
+            for res in [max(resolutions)] if sdxl else resolutions:
+                z = torch.randn(1, vae.config.latent_channels, res // 8, res // 8)
                 timed(f"vae_decode b1 {res}", lambda: vae.decode(z))
 
         # Whole runs at the largest resolution, as `kairos bench --txt2img-steps/--lcm-steps`.
         if args.txt2img_steps or args.lcm_steps:
-            from diffusers import DPMSolverMultistepScheduler, LCMScheduler, StableDiffusionPipeline
+            from diffusers import DPMSolverMultistepScheduler, LCMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
             from transformers import CLIPTokenizer
 
             import tempfile
 
-            res = max(map(int, args.resolutions.split(",")))
+            res = max(resolutions)
             tmp = tempfile.TemporaryDirectory()
-            pipe = StableDiffusionPipeline(
-                vae=vae,
-                text_encoder=CLIPTextModel(CLIPTextConfig(**{k: v for k, v in cfg["SD15_TEXT_ENCODER"].items() if k != "architectures"})).eval(),
-                tokenizer=clip_tokenizer(CLIPTokenizer, tmp.name),
-                unet=UNet2DConditionModel.from_config(cfg["SD15_UNET"]).eval(),
-                scheduler=DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", use_karras_sigmas=True),
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            )
+            scheduler = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", use_karras_sigmas=True)
+            if sdxl:
+                # The base model's pipeline: negative_prompt None with force_zeros_for_empty_prompt
+                # gives zero negative embeddings (kairos: the empty negative prompt, zeroed); no
+                # watermark (it changes pixels after decoding, kairos has none).
+                pipe = StableDiffusionXLPipeline(
+                    vae=vae,
+                    text_encoder=CLIPTextModel(clip_config(cfg["text_encoder"])).eval(),
+                    text_encoder_2=CLIPTextModelWithProjection(clip_config(cfg["text_encoder_2"])).eval(),
+                    tokenizer=clip_tokenizer(CLIPTokenizer, tmp.name),
+                    tokenizer_2=clip_tokenizer(CLIPTokenizer, tmp.name, pad_token="!"),
+                    unet=UNet2DConditionModel.from_config(cfg["unet"]).eval(),
+                    scheduler=scheduler,
+                    force_zeros_for_empty_prompt=True,
+                    add_watermarker=False,
+                )
+            else:
+                pipe = StableDiffusionPipeline(
+                    vae=vae,
+                    text_encoder=CLIPTextModel(clip_config(cfg["text_encoder"])).eval(),
+                    tokenizer=clip_tokenizer(CLIPTokenizer, tmp.name),
+                    unet=UNet2DConditionModel.from_config(cfg["unet"]).eval(),
+                    scheduler=scheduler,
+                    safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+                )
             pipe.set_progress_bar_config(disable=True)
             run = lambda steps, cfg_scale: pipe("a photo of a cat", height=res, width=res, num_inference_steps=steps, guidance_scale=cfg_scale, output_type="np")
             if args.txt2img_steps:

@@ -1,27 +1,29 @@
-//! `kairos bench`: times the full-size SD1.5 text encoder, UNet (batch 1 and 2) and VAE decoder
-//! on the CPU with seeded random weights (the cost of a dense network does not depend on the
-//! values), and reports seconds, GFLOP/s from an architecture FLOP count ([`flops`]) and the
-//! peak resident memory. A large GEMM through the same library gives the attainable GFLOP/s.
-//! Optionally, whole txt2img runs (CFG, and LCM) through kairos-pipeline on the same networks.
-//! `tools/bench/pytorch_bench.py` runs the same shapes with diffusers for side-by-side numbers.
+//! `kairos bench`: times the full-size SD1.5 or SDXL base text encoder(s), UNet (batch 1 and 2)
+//! and VAE decoder on the CPU with seeded random weights (the cost of a dense network does not
+//! depend on the values), and reports seconds, GFLOP/s from an architecture FLOP count ([`flops`])
+//! and the peak resident memory. A large GEMM through the same library gives the attainable
+//! GFLOP/s. Optionally, whole txt2img runs (CFG, and LCM) through kairos-pipeline on the same
+//! networks. `tools/bench/pytorch_bench.py` runs the same shapes with diffusers for side-by-side
+//! numbers.
 
 pub mod flops;
 pub mod presets;
 mod weights;
 
 use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig};
+use kairos_models::autoencoders::{AutoencoderKL, AutoencoderKLConfig, TilingMode, TilingOptions};
 use kairos_models::lcm::{lcm_timesteps, LcmOptions};
 use kairos_models::prompt::PromptOptions;
-use kairos_models::text_encoders::clip::{CLIPTextConfig, CLIPTextModel};
+use kairos_models::text_encoders::clip::{CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection};
 use kairos_models::tokenizer::{CLIPTokenizer, PadToken};
-use kairos_models::unets::unet_2d_condition::{UNet2DConditionModel, UNet2DConditionModelConfig};
-use kairos_pipeline::conditioning::ClipPromptEncoder;
+use kairos_models::unets::unet_2d_condition::{AddedCond, UNet2DConditionModel, UNet2DConditionModelConfig};
+use kairos_pipeline::conditioning::{ClipPromptEncoder, PromptEncoder, SdxlPromptEncoder};
 use kairos_pipeline::models::Vae;
-use kairos_pipeline::{txt2img, Components, PromptSyntax, Txt2ImgRequest, Unet};
+use kairos_pipeline::{txt2img, Components, PromptSyntax, TimeIds, Txt2ImgRequest, Unet};
 use kairos_sampler::Sampler;
 use kairos_schedule::{DiscreteSchedule, Family, ModelSchedule, Prediction, ScheduleKind, TablePrecision};
 use serde::Serialize;
@@ -52,16 +54,130 @@ pub enum BenchError {
         /// The requested resolution.
         resolution: usize,
     },
+    /// The family needs a network whose config is missing.
+    #[error("no config for {network}")]
+    MissingConfig {
+        /// e.g. `text_encoder_2`.
+        network: &'static str,
+    },
+    /// A config override could not be read.
+    #[error("reading {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The architecture `kairos bench` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BenchFamily {
+    /// stable-diffusion-v1-5: CLIP-L, the 4-level UNet, the SD VAE.
+    #[default]
+    Sd15,
+    /// stable-diffusion-xl-base-1.0: CLIP-L and OpenCLIP-bigG, the 3-level `text_time` UNet, the
+    /// SDXL VAE.
+    Sdxl,
+}
+
+impl BenchFamily {
+    /// The resolutions timed when none are given: 256 and 512 for SD1.5, 768 and 1024 (its
+    /// native size) for SDXL.
+    pub fn default_resolutions(self) -> Vec<usize> {
+        match self {
+            BenchFamily::Sd15 => vec![256, 512],
+            BenchFamily::Sdxl => vec![768, 1024],
+        }
+    }
+}
+
+impl std::str::FromStr for BenchFamily {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sd15" | "sd1.5" | "sd1" => Ok(BenchFamily::Sd15),
+            "sdxl" => Ok(BenchFamily::Sdxl),
+            _ => Err(format!("unknown family `{s}`: use sd15 or sdxl")),
+        }
+    }
+}
+
+/// The diffusers/transformers `config.json` texts the networks are built from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Configs {
+    /// `unet/config.json`.
+    pub unet: String,
+    /// `vae/config.json`.
+    pub vae: String,
+    /// `text_encoder/config.json`.
+    pub text_encoder: String,
+    /// `text_encoder_2/config.json` (SDXL only).
+    pub text_encoder_2: Option<String>,
+}
+
+impl Configs {
+    /// The family's published configs ([`presets`]).
+    pub fn preset(family: BenchFamily) -> Self {
+        match family {
+            BenchFamily::Sd15 => Self {
+                unet: presets::SD15_UNET.into(),
+                vae: presets::SD15_VAE.into(),
+                text_encoder: presets::SD15_TEXT_ENCODER.into(),
+                text_encoder_2: None,
+            },
+            BenchFamily::Sdxl => Self {
+                unet: presets::SDXL_UNET.into(),
+                vae: presets::SDXL_VAE.into(),
+                text_encoder: presets::SDXL_TEXT_ENCODER.into(),
+                text_encoder_2: Some(presets::SDXL_TEXT_ENCODER_2.into()),
+            },
+        }
+    }
+
+    /// These configs with each one that `dir` holds replaced: `unet.json`, `vae.json`,
+    /// `text_encoder.json`, `text_encoder_2.json` (e.g. a tiny architecture for a quick check;
+    /// `tools/bench/pytorch_bench.py --config-dir` reads the same files).
+    pub fn with_overrides(mut self, dir: &Path) -> Result<Self, BenchError> {
+        let read = |name: &str| -> Result<Option<String>, BenchError> {
+            let path = dir.join(format!("{name}.json"));
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(BenchError::Io { path, source }),
+            }
+        };
+        if !dir.is_dir() {
+            return Err(BenchError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+            });
+        }
+        if let Some(t) = read("unet")? {
+            self.unet = t;
+        }
+        if let Some(t) = read("vae")? {
+            self.vae = t;
+        }
+        if let Some(t) = read("text_encoder")? {
+            self.text_encoder = t;
+        }
+        if let Some(t) = read("text_encoder_2")? {
+            self.text_encoder_2 = Some(t);
+        }
+        Ok(self)
+    }
 }
 
 /// A network that `kairos bench` times case by case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {
-    /// The CLIP text encoder (77 tokens, batch 2).
+    /// The CLIP text encoder(s) (77 tokens, batch 2).
     TextEncoder,
     /// The UNet at each resolution and batch size.
     Unet,
-    /// The VAE decoder at each resolution.
+    /// The VAE decoder at each resolution (SDXL: at the largest).
     Vae,
 }
 
@@ -81,6 +197,10 @@ impl std::str::FromStr for Component {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// The architecture.
+    pub family: BenchFamily,
+    /// Its configs: [`Configs::preset`], or overrides.
+    pub configs: Configs,
     /// The networks timed on their own (the whole-txt2img cases run whatever this says).
     pub components: Vec<Component>,
     /// Image resolutions (square), e.g. `[256, 512]`.
@@ -288,6 +408,7 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
     if let Some(&r) = opts.resolutions.iter().find(|&&r| r == 0 || r % 8 != 0) {
         return Err(BenchError::Resolution { resolution: r });
     }
+    let nets = Networks::parse(opts)?;
     if opts.gemm_size > 0 && device.is_cpu() {
         cases.push(gemm_case(opts.gemm_size, opts.repeats, &mut report)?);
         if let Some(case) = gemm_bf16_case(opts.gemm_size, opts.repeats, &mut report) {
@@ -297,27 +418,26 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
 
     let timed = |c: Component| opts.components.contains(&c);
     if timed(Component::TextEncoder) {
-        text_encoder_case(opts, &device, &mut cases, &mut report)?;
+        text_encoder_cases(opts, &nets, &device, &mut cases, &mut report)?;
     }
     let mut first = None;
     if timed(Component::Unet) {
-        first = unet_cases(opts, &device, &mut cases, &mut report)?;
+        first = unet_cases(opts, &nets, &device, &mut cases, &mut report)?;
     }
     if timed(Component::Vae) {
-        vae_cases(opts, &device, &mut cases, &mut report)?;
+        vae_cases(opts, &nets, &device, &mut cases, &mut report)?;
     }
     if let Some(&res) = opts.resolutions.iter().max().filter(|_| opts.txt2img_steps > 0 || opts.lcm_steps > 0) {
-        cases.extend(txt2img_cases(opts, res, &mut report)?);
+        cases.extend(txt2img_cases(opts, &nets, res, &mut report)?);
     }
     // The peak of the timed cases, before the f32 reference UNet is built for the comparison.
     let peak_rss_mib = peak_rss_mib();
     let unet_difference = match first {
-        Some((name, sample, context, out)) if dtype != DType::F32 => {
-            let unet_cfg = UNet2DConditionModelConfig::from_json(presets::SD15_UNET)?;
+        Some((name, inputs, out)) if dtype != DType::F32 => {
             let reference =
-                UNet2DConditionModel::new(seeded_var_builder(opts.seed, DType::F32, &device).pp("unet"), &unet_cfg)?;
-            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-            let want = reference.forward(&f32(&sample)?, 500.0, &f32(&context)?, None, None)?;
+                UNet2DConditionModel::new(seeded_var_builder(opts.seed, DType::F32, &device).pp("unet"), &nets.unet)?;
+            let inputs = inputs.to_dtype(DType::F32)?;
+            let want = inputs.forward(&reference)?;
             Some(difference(name, &out, &want)?)
         }
         _ => None,
@@ -333,52 +453,158 @@ pub fn run(opts: &BenchOptions, mut report: impl FnMut(&CaseResult)) -> Result<B
     })
 }
 
-/// The first UNet case's name, inputs and output, kept for the comparison with f32.
-type FirstUnetCase = (String, Tensor, Tensor, Tensor);
+/// The parsed configs of one run.
+struct Networks {
+    family: BenchFamily,
+    unet_json: serde_json::Value,
+    unet: UNet2DConditionModelConfig,
+    vae: AutoencoderKLConfig,
+    text_encoder: CLIPTextConfig,
+    /// SDXL's OpenCLIP-bigG (`CLIPTextModelWithProjection`).
+    text_encoder_2: Option<CLIPTextConfig>,
+}
 
-/// The text encoder: 77 tokens, batch 2 (prompt and negative prompt).
-fn text_encoder_case(
+impl Networks {
+    fn parse(opts: &BenchOptions) -> Result<Self, BenchError> {
+        let c = &opts.configs;
+        let text_encoder_2 = match (opts.family, &c.text_encoder_2) {
+            (BenchFamily::Sd15, _) => None,
+            (BenchFamily::Sdxl, Some(json)) => Some(CLIPTextConfig::from_json(json)?),
+            (BenchFamily::Sdxl, None) => return Err(BenchError::MissingConfig { network: "text_encoder_2" }),
+        };
+        Ok(Self {
+            family: opts.family,
+            unet_json: serde_json::from_str(&c.unet)?,
+            unet: UNet2DConditionModelConfig::from_json(&c.unet)?,
+            vae: AutoencoderKLConfig::from_json(&serde_json::from_str(&c.vae)?)?,
+            text_encoder: CLIPTextConfig::from_json(&c.text_encoder)?,
+            text_encoder_2,
+        })
+    }
+
+    fn shape(&self) -> flops::UNetShape {
+        unet_shape(&self.unet_json)
+    }
+
+    /// The UNet's inputs for `batch` latents of a `res`² image: random latents and context, and
+    /// for a `text_time` (SDXL) UNet a random pooled text embedding and the size ids of a
+    /// `res`² txt2img (original size, crop (0, 0), target size).
+    fn unet_inputs(&self, batch: usize, res: usize, act: DType, device: &Device) -> Result<UnetInputs, BenchError> {
+        let lat = res / 8;
+        let shape = self.shape();
+        let sample = Tensor::randn(0f32, 1.0, (batch, shape.in_channels, lat, lat), device)?.to_dtype(act)?;
+        let context = Tensor::randn(0f32, 1.0, (batch, 77, shape.cross_attention_dim), device)?.to_dtype(act)?;
+        let added = match (shape.addition_embed_input_dim, self.unet.addition_time_embed_dim) {
+            (Some(width), Some(per_id)) => {
+                let pooled = self.text_encoder_2.as_ref().map_or(1280, |c| c.projection_dim).min(width);
+                let n_ids = (width - pooled) / per_id.max(1);
+                let r = res as f32;
+                let ids: Vec<f32> = [r, r, 0.0, 0.0, r, r].into_iter().cycle().take(n_ids).collect();
+                let ids: Vec<f32> = (0..batch).flat_map(|_| ids.iter().copied()).collect();
+                let text_embeds = Tensor::randn(0f32, 1.0, (batch, pooled), device)?.to_dtype(act)?;
+                Some((text_embeds, Tensor::from_vec(ids, (batch, n_ids), device)?))
+            }
+            _ => None,
+        };
+        Ok(UnetInputs { sample, context, added })
+    }
+}
+
+/// The inputs of one UNet call.
+struct UnetInputs {
+    sample: Tensor,
+    context: Tensor,
+    /// `text_embeds` (in the activation dtype) and `time_ids` (float32, as the pipeline passes
+    /// them) of a `text_time` UNet.
+    added: Option<(Tensor, Tensor)>,
+}
+
+impl UnetInputs {
+    fn forward(&self, unet: &UNet2DConditionModel) -> Result<Tensor, BenchError> {
+        let added = self.added.as_ref().map(|(text_embeds, time_ids)| AddedCond { text_embeds, time_ids });
+        Ok(unet.forward(&self.sample, 500.0, &self.context, None, added.as_ref())?)
+    }
+
+    fn to_dtype(&self, dtype: DType) -> Result<Self, BenchError> {
+        Ok(Self {
+            sample: self.sample.to_dtype(dtype)?,
+            context: self.context.to_dtype(dtype)?,
+            added: match &self.added {
+                Some((t, ids)) => Some((t.to_dtype(dtype)?, ids.clone())),
+                None => None,
+            },
+        })
+    }
+}
+
+/// The first UNet case's name, inputs and output, kept for the comparison with f32.
+type FirstUnetCase = (String, UnetInputs, Tensor);
+
+/// The text encoder(s): 77 tokens, batch 2 (prompt and negative prompt); for SDXL CLIP-L
+/// (`text_encoder b2`) and OpenCLIP-bigG with its projection (`text_encoder_2 b2`), one after the
+/// other.
+fn text_encoder_cases(
     opts: &BenchOptions,
+    nets: &Networks,
     device: &Device,
     cases: &mut Vec<CaseResult>,
     report: &mut dyn FnMut(&CaseResult),
 ) -> Result<(), BenchError> {
-    let clip_cfg = CLIPTextConfig::from_json(presets::SD15_TEXT_ENCODER)?;
-    let clip = CLIPTextModel::new(seeded_var_builder(opts.seed, opts.dtype, device).pp("text_encoder"), &clip_cfg)?;
-    let ids: Vec<u32> = (0..2 * 77u32).map(|i| (i * 7919) % clip_cfg.vocab_size as u32).collect();
-    let ids = Tensor::from_vec(ids, (2, 77), device)?;
-    cases.push(time_case(
-        "text_encoder b2".into(),
-        flops::clip_text(&clip_cfg, 2, 77) / 1e9,
-        opts.repeats,
-        device,
-        || {
-            clip.forward(&ids)?;
-            Ok(())
-        },
-        report,
-    )?);
+    let ids = |vocab: usize| -> candle_core::Result<Tensor> {
+        let ids: Vec<u32> = (0..2 * 77u32).map(|i| (i * 7919) % vocab as u32).collect();
+        Tensor::from_vec(ids, (2, 77), device)
+    };
+    {
+        let clip_cfg = &nets.text_encoder;
+        let clip = CLIPTextModel::new(seeded_var_builder(opts.seed, opts.dtype, device).pp("text_encoder"), clip_cfg)?;
+        let ids = ids(clip_cfg.vocab_size)?;
+        cases.push(time_case(
+            "text_encoder b2".into(),
+            flops::clip_text(clip_cfg, 2, 77) / 1e9,
+            opts.repeats,
+            device,
+            || {
+                clip.forward(&ids)?;
+                Ok(())
+            },
+            report,
+        )?);
+    }
+    if let Some(cfg) = &nets.text_encoder_2 {
+        let vb = seeded_var_builder(opts.seed, opts.dtype, device).pp("text_encoder_2");
+        let clip = CLIPTextModelWithProjection::new(vb, cfg)?;
+        let ids = ids(cfg.vocab_size)?;
+        cases.push(time_case(
+            "text_encoder_2 b2".into(),
+            flops::clip_text_with_projection(cfg, 2, 77) / 1e9,
+            opts.repeats,
+            device,
+            || {
+                clip.forward(&ids)?;
+                Ok(())
+            },
+            report,
+        )?);
+    }
     Ok(())
 }
 
 /// One UNet call at each resolution and batch size.
 fn unet_cases(
     opts: &BenchOptions,
+    nets: &Networks,
     device: &Device,
     cases: &mut Vec<CaseResult>,
     report: &mut dyn FnMut(&CaseResult),
 ) -> Result<Option<FirstUnetCase>, BenchError> {
     let act = kairos_kernels::nn::activation_dtype(opts.dtype, device);
-    let unet_json: serde_json::Value = serde_json::from_str(presets::SD15_UNET)?;
-    let unet_cfg = UNet2DConditionModelConfig::from_json(presets::SD15_UNET)?;
-    let unet = UNet2DConditionModel::new(seeded_var_builder(opts.seed, opts.dtype, device).pp("unet"), &unet_cfg)?;
-    let shape = unet_shape(&unet_json);
+    let unet = UNet2DConditionModel::new(seeded_var_builder(opts.seed, opts.dtype, device).pp("unet"), &nets.unet)?;
+    let shape = nets.shape();
     let mut first = None;
     for &res in &opts.resolutions {
         let lat = res / 8;
         for &batch in &opts.unet_batches {
-            let sample = Tensor::randn(0f32, 1.0, (batch, 4, lat, lat), device)?.to_dtype(act)?;
-            let context = Tensor::randn(0f32, 1.0, (batch, 77, 768), device)?.to_dtype(act)?;
+            let inputs = nets.unet_inputs(batch, res, act, device)?;
             let gflop = flops::unet(&shape, batch, lat, lat) / 1e9;
             let name = format!("unet b{batch} {res}");
             let mut out = None;
@@ -388,35 +614,40 @@ fn unet_cases(
                 opts.repeats,
                 device,
                 || {
-                    out = Some(unet.forward(&sample, 500.0, &context, None, None)?);
+                    out = Some(inputs.forward(&unet)?);
                     Ok(())
                 },
                 report,
             )?);
             if let (None, Some(out)) = (&first, out) {
-                first = Some((name, sample, context, out));
+                first = Some((name, inputs, out));
             }
         }
     }
     Ok(first)
 }
 
-/// One VAE decode (batch 1) at each resolution.
+/// One VAE decode (batch 1) at each resolution (SD1.5) or at the largest (SDXL).
 fn vae_cases(
     opts: &BenchOptions,
+    nets: &Networks,
     device: &Device,
     cases: &mut Vec<CaseResult>,
     report: &mut dyn FnMut(&CaseResult),
 ) -> Result<(), BenchError> {
     let act = kairos_kernels::nn::activation_dtype(opts.dtype, device);
-    let vae_cfg = AutoencoderKLConfig::from_json(&serde_json::from_str(presets::SD15_VAE)?)?;
-    let vae = AutoencoderKL::new(seeded_var_builder(opts.seed, opts.dtype, device).pp("vae"), &vae_cfg)?;
-    for &res in &opts.resolutions {
+    let vae_cfg = &nets.vae;
+    let vae = AutoencoderKL::new(seeded_var_builder(opts.seed, opts.dtype, device).pp("vae"), vae_cfg)?;
+    let resolutions = match nets.family {
+        BenchFamily::Sd15 => opts.resolutions.clone(),
+        BenchFamily::Sdxl => opts.resolutions.iter().max().copied().into_iter().collect(),
+    };
+    for res in resolutions {
         let lat = res / 8;
-        let z = Tensor::randn(0f32, 1.0, (1, 4, lat, lat), device)?.to_dtype(act)?;
+        let z = Tensor::randn(0f32, 1.0, (1, vae_cfg.latent_channels, lat, lat), device)?.to_dtype(act)?;
         cases.push(time_case(
             format!("vae_decode b1 {res}"),
-            flops::vae_decode(&vae_cfg, 1, lat, lat) / 1e9,
+            flops::vae_decode(vae_cfg, 1, lat, lat) / 1e9,
             opts.repeats,
             device,
             || {
@@ -430,42 +661,71 @@ fn vae_cases(
 }
 
 /// Whole `res`² txt2img runs through kairos-pipeline (prompt encoding, the sampler loop, VAE
-/// decode) on the same seeded networks: CFG with `dpmpp_2m`/`karras`, and LCM.
+/// decode) on the same seeded networks: CFG with `dpmpp_2m`/`karras`, and LCM. SDXL runs as
+/// `kairos generate` runs the base model (both text encoders through `SdxlPromptEncoder`, the
+/// empty negative prompt zeroed as `force_zeros_for_empty_prompt` says, size time ids), with the
+/// VAE untiled as diffusers decodes.
 fn txt2img_cases(
     opts: &BenchOptions,
+    nets: &Networks,
     res: usize,
     report: &mut dyn FnMut(&CaseResult),
 ) -> Result<Vec<CaseResult>, BenchError> {
     let (device, dtype) = (opts.device.clone(), opts.dtype);
+    let act = kairos_kernels::nn::activation_dtype(dtype, &device);
     let vb = |prefix: &str| seeded_var_builder(opts.seed, dtype, &device).pp(prefix);
-    let clip_cfg = CLIPTextConfig::from_json(presets::SD15_TEXT_ENCODER)?;
-    let unet_json: serde_json::Value = serde_json::from_str(presets::SD15_UNET)?;
-    let unet_cfg = UNet2DConditionModelConfig::from_json(presets::SD15_UNET)?;
-    let vae_cfg = AutoencoderKLConfig::from_json(&serde_json::from_str(presets::SD15_VAE)?)?;
-    let encoder = ClipPromptEncoder::new(
-        CLIPTextModel::new(vb("text_encoder"), &clip_cfg)?,
-        CLIPTokenizer::new(PadToken::EndOfText).map_err(kairos_pipeline::PipelineError::from)?,
-        PromptSyntax::A1111,
-        PromptOptions::default(),
-    );
-    let model = Unet::new(UNet2DConditionModel::new(vb("unet"), &unet_cfg)?, dtype);
-    let vae = Vae::new(AutoencoderKL::new(vb("vae"), &vae_cfg)?, dtype);
+    let clip_cfg = &nets.text_encoder;
+    let vae_cfg = &nets.vae;
+    let tokenizer = |pad| CLIPTokenizer::new(pad).map_err(kairos_pipeline::PipelineError::from);
+    let lat = res / 8;
+    let decode = flops::vae_decode(vae_cfg, 1, lat, lat);
+    let (encoder, fixed, family, time_ids, vae): (Box<dyn PromptEncoder>, f64, Family, _, _) =
+        match &nets.text_encoder_2 {
+            None => (
+                Box::new(ClipPromptEncoder::new(
+                    CLIPTextModel::new(vb("text_encoder"), clip_cfg)?,
+                    tokenizer(PadToken::EndOfText)?,
+                    PromptSyntax::A1111,
+                    PromptOptions::default(),
+                )),
+                // Prompt and negative prompt are encoded one at a time (batch 1 each).
+                2.0 * flops::clip_text(clip_cfg, 1, 77) + decode,
+                Family::Sd1,
+                None,
+                Vae::new(AutoencoderKL::new(vb("vae"), vae_cfg)?, act),
+            ),
+            Some(cfg2) => (
+                Box::new(SdxlPromptEncoder::new(
+                    Some((CLIPTextModel::new(vb("text_encoder"), clip_cfg)?, tokenizer(PadToken::EndOfText)?)),
+                    CLIPTextModelWithProjection::new(vb("text_encoder_2"), cfg2)?,
+                    tokenizer(PadToken::Exclamation)?,
+                    PromptSyntax::A1111,
+                    PromptOptions::default(),
+                    true,
+                )),
+                // The prompt through both encoders; the empty negative prompt is zeros.
+                flops::clip_text(clip_cfg, 1, 77) + flops::clip_text_with_projection(cfg2, 1, 77) + decode,
+                Family::Sdxl,
+                Some(TimeIds::Sizes),
+                Vae::new(AutoencoderKL::new(vb("vae"), vae_cfg)?, act)
+                    .with_tiling(TilingOptions { mode: TilingMode::Never, ..TilingOptions::default() }),
+            ),
+        };
+    let model = Unet::new(UNet2DConditionModel::new(vb("unet"), &nets.unet)?, act);
     let mut components = Components {
         model: &model,
-        encoder: &encoder,
+        encoder: encoder.as_ref(),
         decoder: &vae,
         image_encoder: &vae,
-        family: Family::Sd1,
-        time_ids: None,
+        family,
+        time_ids,
         schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(TablePrecision::DiffusersF32)),
         prediction: Prediction::Epsilon,
         consistency: None,
         device: device.clone(),
     };
-    let lat = res / 8;
-    // Prompt and negative prompt are encoded one at a time (batch 1 each).
-    let fixed = 2.0 * flops::clip_text(&clip_cfg, 1, 77) + flops::vae_decode(&vae_cfg, 1, lat, lat);
-    let unet_gflop = |batch| flops::unet(&unet_shape(&unet_json), batch, lat, lat);
+    let shape = nets.shape();
+    let unet_gflop = |batch| flops::unet(&shape, batch, lat, lat);
     let base = Txt2ImgRequest { prompt: "a photo of a cat".into(), width: res, height: res, ..Default::default() };
     let mut cases = Vec::new();
     let mut run = |c: &Components<'_>, req: &Txt2ImgRequest, name: String, gflop: f64| {
@@ -501,6 +761,12 @@ fn unet_shape(cfg: &serde_json::Value) -> flops::UNetShape {
             .map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect())
             .unwrap_or_default()
     };
+    let blocks = usizes("block_out_channels").len();
+    // An integer applies to every block; a list is per down block.
+    let transformer_layers_per_block = match cfg["transformer_layers_per_block"].as_u64() {
+        Some(n) => vec![n as usize; blocks],
+        None => usizes("transformer_layers_per_block"),
+    };
     flops::UNetShape {
         block_out_channels: usizes("block_out_channels"),
         layers_per_block: cfg["layers_per_block"].as_u64().unwrap_or(2) as usize,
@@ -510,6 +776,11 @@ fn unet_shape(cfg: &serde_json::Value) -> flops::UNetShape {
             .unwrap_or_default(),
         cross_attention_dim: cfg["cross_attention_dim"].as_u64().unwrap_or(768) as usize,
         in_channels: cfg["in_channels"].as_u64().unwrap_or(4) as usize,
+        transformer_layers_per_block,
+        addition_embed_input_dim: match cfg["addition_embed_type"].as_str() {
+            Some("text_time") => cfg["projection_class_embeddings_input_dim"].as_u64().map(|v| v as usize),
+            _ => None,
+        },
     }
 }
 
@@ -529,5 +800,174 @@ mod tests {
         let vae_cfg = AutoencoderKLConfig::from_json(&serde_json::from_str(presets::SD15_VAE).unwrap()).unwrap();
         let vae = flops::vae_decode(&vae_cfg, 1, 64, 64) / 1e9;
         assert!((2000.0..3000.0).contains(&vae), "vae {vae} GFLOP");
+    }
+
+    /// The tiny SDXL of the CLI test and of `pytorch_bench.py --config-dir`.
+    fn tiny_sdxl(name: &str) -> &'static str {
+        match name {
+            "unet" => include_str!("../../../tools/bench/tiny_sdxl/unet.json"),
+            "vae" => include_str!("../../../tools/bench/tiny_sdxl/vae.json"),
+            "text_encoder" => include_str!("../../../tools/bench/tiny_sdxl/text_encoder.json"),
+            "text_encoder_2" => include_str!("../../../tools/bench/tiny_sdxl/text_encoder_2.json"),
+            _ => unreachable!("{name}"),
+        }
+    }
+
+    fn preset(name: &str) -> &'static str {
+        match name {
+            "SD15_UNET" => presets::SD15_UNET,
+            "SD15_VAE" => presets::SD15_VAE,
+            "SD15_TEXT_ENCODER" => presets::SD15_TEXT_ENCODER,
+            "SDXL_UNET" => presets::SDXL_UNET,
+            "SDXL_VAE" => presets::SDXL_VAE,
+            "SDXL_TEXT_ENCODER" => presets::SDXL_TEXT_ENCODER,
+            "SDXL_TEXT_ENCODER_2" => presets::SDXL_TEXT_ENCODER_2,
+            tiny => tiny_sdxl(&tiny.trim_start_matches("TINY_SDXL_").to_lowercase()),
+        }
+    }
+
+    /// flops.rs against an independent count: `tools/bench/flop_count.py` ran PyTorch's
+    /// `FlopCounterMode` over the diffusers/transformers networks built from the same configs (SD1.5,
+    /// the real SDXL base with per-block transformer depth [1, 2, 10] and the `text_time` add
+    /// embedding, the tiny SDXL) at several resolutions and batches, and recorded the totals in
+    /// `tools/bench/flop_counts.json`. Both count the multiply-adds of every convolution, linear
+    /// layer and attention product, and agree exactly (to the FLOP: the counter sees no matmul
+    /// that flops.rs leaves out).
+    #[test]
+    fn flop_counts_match_pytorch_flop_counter() {
+        let recorded: serde_json::Value =
+            serde_json::from_str(include_str!("../../../tools/bench/flop_counts.json")).unwrap();
+        let rows = |key: &str| recorded[key].as_array().unwrap().clone();
+        let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap() as usize;
+        let mut checked = 0;
+        let mut check = |what: String, ours: f64, torch: f64| {
+            let rel = (ours - torch).abs() / torch;
+            assert!(rel < 1e-12, "{what}: flops.rs {ours:.6e}, FlopCounterMode {torch:.6e} ({rel:.2e})");
+            checked += 1;
+        };
+        for r in rows("unet") {
+            let name = r["preset"].as_str().unwrap();
+            let shape = unet_shape(&serde_json::from_str(preset(name)).unwrap());
+            let lat = n(&r, "resolution") / 8;
+            let ours = flops::unet(&shape, n(&r, "batch"), lat, lat);
+            check(format!("{name} {r}"), ours, r["flops"].as_f64().unwrap());
+        }
+        for r in rows("vae_decode") {
+            let name = r["preset"].as_str().unwrap();
+            let cfg = AutoencoderKLConfig::from_json(&serde_json::from_str(preset(name)).unwrap()).unwrap();
+            let lat = n(&r, "resolution") / 8;
+            check(
+                format!("{name} {r}"),
+                flops::vae_decode(&cfg, n(&r, "batch"), lat, lat),
+                r["flops"].as_f64().unwrap(),
+            );
+        }
+        for r in rows("text_encoder") {
+            let name = r["preset"].as_str().unwrap();
+            let cfg = CLIPTextConfig::from_json(preset(name)).unwrap();
+            let (b, t) = (n(&r, "batch"), n(&r, "tokens"));
+            let ours = if name.ends_with("_2") {
+                flops::clip_text_with_projection(&cfg, b, t)
+            } else {
+                flops::clip_text(&cfg, b, t)
+            };
+            check(format!("{name} {r}"), ours, r["flops"].as_f64().unwrap());
+        }
+        assert_eq!(checked, 12 + 6 + 5);
+    }
+
+    /// By hand: one SDXL `BasicTransformerBlock` at 1024² on the 1280-channel level (32×32 latent
+    /// pixels, 77 context tokens of 2048), of which that level runs 9 more per transformer than a
+    /// depth-1 config in down block 2 (×2), the mid block and up block 0 (×3); and the
+    /// `text_time` add embedding (2816 → 1280 → 1280).
+    #[test]
+    fn sdxl_mid_block_and_add_embedding_by_hand() {
+        let sdxl = unet_shape(&serde_json::from_str(presets::SDXL_UNET).unwrap());
+        assert_eq!(sdxl.transformer_layers_per_block, vec![1, 2, 10]);
+        assert_eq!(sdxl.addition_embed_input_dim, Some(2816));
+        assert_eq!(sdxl.cross_attention_dim, 2048);
+        let (c, l, s, d) = (1280.0f64, 1024.0f64, 77.0f64, 2048.0f64);
+        // proj_in + proj_out once; per block: q, k, v, out of self-attention and q·kᵀ, p·v;
+        // cross-attention q, out on the image tokens, k, v on the context, q·kᵀ, p·v; GEGLU
+        // (c → 8c) and c·4 → c.
+        let per_block = 2.0 * (4.0 * l * c * c + 2.0 * l * l * c)
+            + 2.0 * (2.0 * l * c * c + 2.0 * s * d * c + 2.0 * l * s * c)
+            + 2.0 * (l * c * 8.0 * c + l * 4.0 * c * c);
+        let one_deep = flops::UNetShape { transformer_layers_per_block: vec![1, 2, 1], ..sdxl.clone() };
+        let extra = flops::unet(&sdxl, 1, 128, 128) - flops::unet(&one_deep, 1, 128, 128);
+        // Down block 2 and up block 0 (three transformers) run at 32×32 too: 2 + 3 of the same
+        // transformer, each with 9 blocks fewer in `one_deep`, plus the mid block's 9.
+        let want = (2.0 + 3.0 + 1.0) * 9.0 * per_block;
+        assert!((extra - want).abs() < 1e-9 * want, "{extra} vs {want}");
+        let no_add = flops::UNetShape { addition_embed_input_dim: None, ..sdxl.clone() };
+        let add = flops::unet(&sdxl, 2, 128, 128) - flops::unet(&no_add, 2, 128, 128);
+        let want = 2.0 * 2.0 * (2816.0 * 1280.0 + 1280.0 * 1280.0);
+        assert!((add - want).abs() < 1e-6 * want, "{add} vs {want}");
+    }
+
+    /// The SDXL presets parse as the models read them, into the SDXL base architecture.
+    #[test]
+    fn sdxl_presets_parse() {
+        let c = Configs::preset(BenchFamily::Sdxl);
+        let unet = UNet2DConditionModelConfig::from_json(&c.unet).unwrap();
+        assert_eq!(unet.addition_time_embed_dim, Some(256));
+        assert_eq!(unet.projection_class_embeddings_input_dim, Some(2816));
+        assert!(unet.use_linear_projection);
+        let vae = AutoencoderKLConfig::from_json(&serde_json::from_str(&c.vae).unwrap()).unwrap();
+        assert_eq!(vae.scaling_factor, 0.13025);
+        let l = CLIPTextConfig::from_json(&c.text_encoder).unwrap();
+        let g = CLIPTextConfig::from_json(c.text_encoder_2.as_deref().unwrap()).unwrap();
+        assert_eq!((l.hidden_size, l.num_hidden_layers, l.num_attention_heads), (768, 12, 12));
+        assert_eq!((g.hidden_size, g.num_hidden_layers, g.num_attention_heads), (1280, 32, 20));
+        assert_eq!((g.intermediate_size, g.projection_dim), (5120, 1280));
+        // Context = CLIP-L ⧺ bigG hidden states; add embedding = pooled bigG + 6 ids × 256.
+        assert_eq!(l.hidden_size + g.hidden_size, 2048);
+        assert_eq!(g.projection_dim + 6 * 256, 2816);
+    }
+}
+
+#[cfg(test)]
+mod param_count {
+    use super::*;
+    use candle_core::Shape;
+    use candle_nn::{var_builder::SimpleBackend, Init, VarBuilder};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Every tensor a broadcast zero of the requested shape (no memory), counting elements.
+    struct Counting(Arc<AtomicUsize>);
+
+    impl SimpleBackend for Counting {
+        fn get(&self, s: Shape, _: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+            self.0.fetch_add(s.elem_count(), Ordering::Relaxed);
+            Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+        }
+        fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+            candle_core::bail!("no shape for {name}")
+        }
+        fn contains_tensor(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    /// The SDXL presets build the published architectures: kairos asks for as many weights as
+    /// diffusers/transformers hold (their `parameters()` summed on the meta device: UNet 2.567B,
+    /// CLIP-L 123M, OpenCLIP-bigG with projection 695M, VAE 83.7M), counted without allocating.
+    #[test]
+    fn sdxl_parameter_counts() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let vb = VarBuilder::from_backend(Box::new(Counting(n.clone())), DType::F32, Device::Cpu);
+        let c = Configs::preset(BenchFamily::Sdxl);
+        let count = || n.swap(0, Ordering::Relaxed);
+        UNet2DConditionModel::new(vb.pp("unet"), &UNet2DConditionModelConfig::from_json(&c.unet).unwrap()).unwrap();
+        assert_eq!(count(), 2_567_463_684, "unet");
+        CLIPTextModel::new(vb.pp("text_encoder"), &CLIPTextConfig::from_json(&c.text_encoder).unwrap()).unwrap();
+        assert_eq!(count(), 123_060_480, "text_encoder");
+        let g = CLIPTextConfig::from_json(c.text_encoder_2.as_deref().unwrap()).unwrap();
+        CLIPTextModelWithProjection::new(vb.pp("text_encoder_2"), &g).unwrap();
+        assert_eq!(count(), 694_659_840, "text_encoder_2");
+        let vae = AutoencoderKLConfig::from_json(&serde_json::from_str(&c.vae).unwrap()).unwrap();
+        AutoencoderKL::new(vb.pp("vae"), &vae).unwrap();
+        assert_eq!(count(), 83_653_863, "vae");
     }
 }

@@ -1,17 +1,27 @@
-//! `kairos bench`: CPU timings of the full-size SD1.5 architecture with random weights.
+//! `kairos bench`: CPU timings of the full-size SD1.5 or SDXL architecture with random weights.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use kairos_bench::{BenchOptions, CaseResult, Component};
+use kairos_bench::{BenchFamily, BenchOptions, CaseResult, Component, Configs};
 
 /// Arguments of `kairos bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Square image resolutions (multiples of 8).
-    #[arg(long, value_delimiter = ',', default_value = "256,512")]
-    resolutions: Vec<usize>,
+    /// Architecture: sd15 (stable-diffusion-v1-5) or sdxl (stable-diffusion-xl-base-1.0: both
+    /// text encoders, the UNet with pooled text and size ids, the VAE decode at the largest
+    /// resolution only).
+    #[arg(long, default_value = "sd15")]
+    family: BenchFamily,
+    /// Replace the family's configs with the `unet.json`, `vae.json`, `text_encoder.json`,
+    /// `text_encoder_2.json` found in this directory (diffusers/transformers config.json
+    /// format), e.g. a tiny architecture for a quick check.
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    /// Square image resolutions (multiples of 8) [default: 256,512 for sd15, 768,1024 for sdxl].
+    #[arg(long, value_delimiter = ',')]
+    resolutions: Option<Vec<usize>>,
     /// Networks to time on their own: text-encoder, unet, vae.
     #[arg(long, value_delimiter = ',', default_value = "text-encoder,unet,vae")]
     components: Vec<Component>,
@@ -51,9 +61,15 @@ pub struct BenchArgs {
 
 /// Runs the benchmark and prints one line per case.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut configs = Configs::preset(args.family);
+    if let Some(dir) = &args.config_dir {
+        configs = configs.with_overrides(dir)?;
+    }
     let opts = BenchOptions {
+        family: args.family,
+        configs,
         components: args.components,
-        resolutions: args.resolutions,
+        resolutions: args.resolutions.unwrap_or_else(|| args.family.default_resolutions()),
         unet_batches: args.batches,
         repeats: args.repeats,
         seed: args.seed,
