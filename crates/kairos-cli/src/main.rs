@@ -25,6 +25,8 @@ enum Cli {
     Inspect(commands::inspect::InspectArgs),
     /// Reconstruct images through VAEs and report rFID, PSNR, SSIM and PSIM (LPIPS).
     VaeEval(commands::vae_eval::VaeEvalArgs),
+    /// Serve the A1111 API, kairos' /v1 endpoints and a web UI over HTTP.
+    Serve(commands::serve::ServeArgs),
 }
 
 /// Makes glibc keep freed memory in the process instead of handing each large block back to the
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Cli::Generate(args) => commands::generate::run(*args),
         Cli::Inspect(args) => commands::inspect::run(args),
         Cli::VaeEval(args) => commands::vae_eval::run(args),
+        Cli::Serve(args) => commands::serve::run(args),
     };
     // Print the message chain only: a user error is not a crash, so no backtrace even when
     // RUST_BACKTRACE is set.

@@ -5,6 +5,7 @@ pub mod generate;
 pub mod inspect;
 pub mod optimize;
 pub mod schedule;
+pub mod serve;
 pub mod toy;
 pub mod vae_eval;
 
