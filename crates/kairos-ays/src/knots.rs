@@ -16,16 +16,19 @@ pub enum Init {
     TimeUniform,
     /// EDM/Karras ρ = 7.
     Karras,
+    /// Uniform in log σ (k-diffusion `get_sigmas_exponential`).
+    Exponential,
 }
 
 impl Init {
-    /// The init called `name`: `auto`, `time_uniform` (alias `normal`) or `karras`.
+    /// The init called `name`: `auto`, `time_uniform` (alias `normal`), `karras` or `exponential`.
     pub fn from_name(name: &str) -> Result<Self> {
         match name.to_ascii_lowercase().replace('-', "_").as_str() {
             "auto" => Ok(Self::Auto),
             "time_uniform" | "normal" => Ok(Self::TimeUniform),
             "karras" => Ok(Self::Karras),
-            _ => Err(AysError::option("init", name, "auto, time_uniform (normal), karras")),
+            "exponential" => Ok(Self::Exponential),
+            _ => Err(AysError::option("init", name, "auto, time_uniform (normal), karras, exponential")),
         }
     }
 
@@ -35,6 +38,7 @@ impl Init {
             Self::Auto if schedule.train_sigmas().is_some() => ScheduleKind::Normal,
             Self::TimeUniform => ScheduleKind::Normal,
             Self::Auto | Self::Karras => ScheduleKind::Karras { rho: 7.0 },
+            Self::Exponential => ScheduleKind::Exponential,
         }
     }
 }
