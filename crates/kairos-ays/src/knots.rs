@@ -10,7 +10,11 @@ use crate::{AysError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Init {
-    /// Time-uniform for discrete models (a training sigma table), Karras ρ = 7 otherwise.
+    /// Exponential (uniform in log σ), for every model. The paper starts discrete models from
+    /// time-uniform and continuous ones from Karras; on the toy world's four presets (10 steps,
+    /// exact denoiser, quality judge) an exponential start ended at a KLUB and judged quality as
+    /// good as or better than either on every preset but one (within 0.003 nats of the best
+    /// mean KL there) in half the sweeps of a time-uniform start.
     Auto,
     /// Timesteps uniform in t from t(σ_max) to t(σ_min) (ComfyUI `normal`).
     TimeUniform,
@@ -32,13 +36,12 @@ impl Init {
         }
     }
 
-    /// The schedule this init resolves to for a model with noise schedule `schedule`.
-    pub fn kind(self, schedule: &dyn NoiseSchedule) -> ScheduleKind {
+    /// The schedule this init resolves to.
+    pub fn kind(self) -> ScheduleKind {
         match self {
-            Self::Auto if schedule.train_sigmas().is_some() => ScheduleKind::Normal,
             Self::TimeUniform => ScheduleKind::Normal,
-            Self::Auto | Self::Karras => ScheduleKind::Karras { rho: 7.0 },
-            Self::Exponential => ScheduleKind::Exponential,
+            Self::Karras => ScheduleKind::Karras { rho: 7.0 },
+            Self::Auto | Self::Exponential => ScheduleKind::Exponential,
         }
     }
 }
@@ -66,7 +69,7 @@ pub fn knots_of(kind: &ScheduleKind, schedule: &dyn NoiseSchedule, family: Famil
 
 /// The initial knots of the optimizer.
 pub fn initial_knots(init: Init, schedule: &dyn NoiseSchedule, family: Family, steps: usize) -> Result<Vec<f64>> {
-    knots_of(&init.kind(schedule), schedule, family, steps)
+    knots_of(&init.kind(), schedule, family, steps)
 }
 
 /// The sampler's sigma list of `knots`: the knots with σ_min replaced by 0, so the last step
@@ -128,7 +131,7 @@ mod tests {
         }
         assert_eq!(
             initial_knots(Init::Auto, &model, family, 10).unwrap(),
-            knots_of(&ScheduleKind::Normal, &model, family, 10).unwrap()
+            knots_of(&ScheduleKind::Exponential, &model, family, 10).unwrap()
         );
     }
 
