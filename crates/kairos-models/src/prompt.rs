@@ -328,7 +328,9 @@ pub fn apply_emphasis(z: &Tensor, multipliers: &[f64], emphasis: Emphasis) -> Re
     let new_mean = weighted.mean_all()?;
     let scalar = |t: &Tensor| t.to_dtype(DType::F64)?.to_scalar::<f64>();
     let new_mean_f64 = scalar(&new_mean)?;
-    if !(new_mean_f64.abs() > MIN_MEAN_RATIO * scalar(&weighted.abs()?.mean_all()?)?) {
+    // Written so that a NaN mean skips the rescale too.
+    let well_conditioned = new_mean_f64.abs() > MIN_MEAN_RATIO * scalar(&weighted.abs()?.mean_all()?)?;
+    if !well_conditioned {
         return Ok(weighted);
     }
     Ok(weighted.broadcast_mul(&(original_mean / new_mean)?)?)

@@ -236,8 +236,8 @@ impl GaussianMixture {
         for (t, l) in terms.iter().zip(logits.iter()) {
             let r = (l - log_p).exp();
             let d = [x[0] - t.mean[0], x[1] - t.mean[1]];
-            for a in 0..2 {
-                mean[a] += r * (t.mean[a] + t.gain[a][0] * d[0] + t.gain[a][1] * d[1]);
+            for (a, m) in mean.iter_mut().enumerate() {
+                *m += r * (t.mean[a] + t.gain[a][0] * d[0] + t.gain[a][1] * d[1]);
             }
         }
         (log_p, mean)

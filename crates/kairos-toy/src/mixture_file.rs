@@ -68,7 +68,9 @@ impl MixtureFile {
             ));
         }
         let sum: f64 = raw.weights.iter().sum();
-        if !((sum - 1.0).abs() <= WEIGHT_SUM_TOLERANCE) {
+        // Written so that a NaN sum is refused too.
+        let sums_to_one = (sum - 1.0).abs() <= WEIGHT_SUM_TOLERANCE;
+        if !sums_to_one {
             return Err(format!("the weights sum to {sum}, not 1; divide each by their sum"));
         }
         let components =
