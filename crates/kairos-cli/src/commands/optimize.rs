@@ -102,7 +102,7 @@ pub struct OptimizeArgs {
     /// Subdivision rounds after the first level (2: 10 → 20 → 40).
     #[arg(long, default_value_t = 0)]
     subdivisions: usize,
-    /// Initial schedule: auto (karras; see the README for the measurements behind it),
+    /// Initial schedule: auto (exponential; the README gives the measurements behind it),
     /// time_uniform, karras, exponential.
     #[arg(long, default_value = "auto")]
     init: String,
@@ -456,7 +456,7 @@ fn optimize_levels<'p>(
     let settings = serde_json::json!({
         "options": options, "init": init, "initial_knots": initial, "data": extra,
         "levels": levels.iter().map(|l| serde_json::json!({
-            "steps": l.steps, "sweeps": l.sweeps.len(), "stop": l.stop, "initial_klub": l.initial_klub, "klub": l.klub })).collect::<Vec<_>>(),
+            "steps": l.steps, "sweeps": l.sweeps.len(), "kept": l.kept, "stop": l.stop, "initial_klub": l.initial_klub, "klub": l.klub })).collect::<Vec<_>>(),
     });
     let last = levels.len() - 1;
     for (i, level) in levels.iter().enumerate() {
