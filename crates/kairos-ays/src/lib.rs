@@ -31,15 +31,18 @@
 //!   uniforms behind t, so their differences are far less noisy than their values.
 //!
 //! # The optimiser ([`optimize`])
-//! Start from a hand-crafted schedule (time-uniform for discrete models such as SD, EDM/Karras
-//! ρ = 7 for continuous ones), then coordinate descent (paper Alg. 1): each interior point in turn
-//! takes the best of 11 candidates strictly between its neighbours, the current point among them,
-//! so the estimated objective never increases. Early stopping ends a level when a sweep's
-//! improvement is within the Monte Carlo noise of a paired evaluation, or, given a sample-quality
-//! judge (the paper's way; the toy world's sliced Wasserstein distance in `kairos schedule
-//! optimize`), when the judged quality stops improving, keeping the best-judged sweep. More steps
-//! come from subdivision at log-midpoints (10 → 20 → 40) with only the new points refined; any other step
-//! count is a log-linear interpolation ([`loglinear_knots`]). Runs are seeded and checkpointed.
+//! Start from a hand-crafted schedule (the paper: time-uniform for discrete models such as SD,
+//! EDM/Karras ρ = 7 for continuous ones; our default, [`Init::Auto`], exponential, which did as
+//! well or better on the toy world), then coordinate descent (paper Alg. 1): each interior point
+//! in turn takes the best of 11 candidates strictly between its neighbours, the current point
+//! among them, so the estimated objective never increases. Early stopping ends a level when a
+//! sweep's improvement is within the Monte Carlo noise of a paired evaluation, or, given a
+//! sample-quality judge (the paper's way; the toy world's estimated KL(samples ‖ data) in
+//! `kairos schedule optimize`), when the judged quality stops improving, keeping the best-judged
+//! sweep. The kept schedule is never one whose KLUB is above the initial's, nor the initial one
+//! once the KLUB fell beyond its noise ([`Level::kept`]). More steps come from subdivision at
+//! log-midpoints (10 → 20 → 40) with only the new points refined; any other step count is a
+//! log-linear interpolation ([`loglinear_knots`]). Runs are seeded and checkpointed.
 //!
 //! # Denoisers
 //! The toy world's exact mixture denoiser ([`kairos_toy::ExactDenoiser`]), an MLP trained here
@@ -64,7 +67,7 @@ pub use error::AysError;
 pub use klub::{gaussian_klub, Estimate, KlubEstimator, KlubOptions};
 pub use knots::{initial_knots, knots_of, loglinear_knots, sampler_sigmas, subdivide, Init};
 pub use mlp::{MlpConfig, MlpDenoiser, TrainOptions};
-pub use optimize::{Judge, Level, OnProgress, OptimizeOptions, Optimizer, Progress, StopReason, Sweep};
+pub use optimize::{Judge, Level, OnProgress, OptimizeOptions, Optimizer, Progress, StopReason, Sweep, DROP_Z};
 pub use schedule_file::{Objective, ScheduleFile, FORMAT, VERSION};
 pub use toy::{denoiser_distance, toy_quality, Quality};
 

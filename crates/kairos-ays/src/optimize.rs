@@ -36,9 +36,15 @@ pub struct OptimizeOptions {
     /// Seed of every draw.
     pub seed: u64,
     /// With a judge ([`Optimizer::with_judge`]): the first level stops after this many sweeps
-    /// without a better judged score, and keeps the best-scoring schedule.
+    /// without a better judged score, and keeps the best-scoring schedule (among those
+    /// [`Level::kept`] allows).
     pub judge_patience: usize,
 }
+
+/// A KLUB drop from the initial knots counts as real (more than the Monte Carlo noise) beyond
+/// this many standard errors of the paired difference: about a 2.3 % one-sided false-alarm
+/// rate per comparison.
+pub const DROP_Z: f64 = 2.0;
 
 impl Default for OptimizeOptions {
     fn default() -> Self {
@@ -100,6 +106,8 @@ pub struct Sweep {
     pub klub: Estimate,
     /// KLUB before minus after, paired on the evaluation draw.
     pub improvement: Estimate,
+    /// KLUB of the level's initial knots minus after, paired on the evaluation draw.
+    pub drop: Estimate,
     /// The knots after the sweep.
     pub knots: Vec<f64>,
     /// The judge's score of those knots (first level, with a judge).
@@ -113,8 +121,13 @@ pub struct Level {
     pub steps: usize,
     /// The knots the level started from (descending).
     pub initial_knots: Vec<f64>,
-    /// The optimized knots (descending).
+    /// The optimized knots (descending): those of sweep [`Self::kept`].
     pub knots: Vec<f64>,
+    /// Which schedule the level keeps: 0 for the initial knots, j for sweep j (1-based). Never
+    /// one whose KLUB is above the initial's, and never the initial knots once a sweep lowered
+    /// the KLUB by more than [`DROP_Z`] standard errors; among the rest, the best-judged with a
+    /// judge, else the last sweep (or, if its KLUB rose above the initial's, the lowest).
+    pub kept: usize,
     /// KLUB of the initial knots (evaluation draw).
     pub initial_klub: Estimate,
     /// The judge's score of the initial knots (first level, with a judge).
@@ -125,6 +138,53 @@ pub struct Level {
     pub sweeps: Vec<Sweep>,
     /// Why the level stopped; `None` while it runs.
     pub stop: Option<StopReason>,
+}
+
+impl Level {
+    /// Whether schedule `j` (0 = initial, j = sweep j) may be kept: see [`Self::kept`].
+    fn eligible(&self, j: usize) -> bool {
+        match j {
+            0 => !self.sweeps.iter().any(|s| s.drop.value > DROP_Z * s.drop.stderr),
+            j => self.sweeps[j - 1].drop.value >= 0.0,
+        }
+    }
+
+    /// The best-judged eligible schedule so far; `None` without scores.
+    fn best_judged(&self) -> Option<usize> {
+        let score = |j: usize| if j == 0 { self.initial_score } else { self.sweeps[j - 1].score };
+        (0..=self.sweeps.len())
+            .filter(|&j| self.eligible(j))
+            .filter_map(|j| score(j).map(|s| (j, s)))
+            .fold(None, |best: Option<(usize, f64)>, (j, s)| match best {
+                Some((_, b)) if b <= s => best,
+                _ => Some((j, s)),
+            })
+            .map(|(j, _)| j)
+    }
+
+    /// Keeps schedule `chosen`, or without one the last sweep, unless its KLUB is above the
+    /// initial's: then the lowest-KLUB schedule (largest drop; the initial's is 0).
+    fn keep(&mut self, chosen: Option<usize>) {
+        let last = self.sweeps.len();
+        let j = chosen.unwrap_or_else(|| {
+            if self.eligible(last) {
+                return last;
+            }
+            (1..=last).fold(0, |b, j| {
+                let drop = |j: usize| if j == 0 { 0.0 } else { self.sweeps[j - 1].drop.value };
+                if drop(j) > drop(b) {
+                    j
+                } else {
+                    b
+                }
+            })
+        });
+        (self.knots, self.klub) = match j {
+            0 => (self.initial_knots.clone(), self.initial_klub),
+            j => (self.sweeps[j - 1].knots.clone(), self.sweeps[j - 1].klub),
+        };
+        self.kept = j;
+    }
 }
 
 /// What the progress callback sees before each coordinate update.
@@ -163,7 +223,7 @@ struct Checkpoint {
     levels: Vec<Level>,
 }
 
-const CHECKPOINT_FORMAT: &str = "kairos-ays-checkpoint-2";
+const CHECKPOINT_FORMAT: &str = "kairos-ays-checkpoint-3";
 
 /// The optimizer: a KLUB estimator plus options, an optional checkpoint file and an optional
 /// progress callback (the library draws no progress bar itself).
@@ -200,7 +260,7 @@ impl<'a, 'p> Optimizer<'a, 'p> {
 
     /// Early stopping of the first level by `judge` instead of the KLUB's noise (`stop_z`): the
     /// level runs until `judge_patience` sweeps bring no better score (or no move, or
-    /// `max_sweeps`), and keeps the best-scoring knots, the initial ones included.
+    /// `max_sweeps`), and keeps the best-scoring knots among those [`Level::kept`] allows.
     pub fn with_judge(mut self, judge: &'p mut Judge<'p>) -> Self {
         self.judge = Some(judge);
         self
@@ -242,6 +302,7 @@ impl<'a, 'p> Optimizer<'a, 'p> {
             steps: knots.len() - 1,
             initial_knots: knots.clone(),
             knots,
+            kept: 0,
             initial_klub,
             initial_score,
             klub: initial_klub,
@@ -296,22 +357,19 @@ impl<'a, 'p> Optimizer<'a, 'p> {
                 }
             }
             self.klub.set_options(self.options.eval)?;
-            let groups = self.klub.paired(&[before, knots.clone()], &mut self.eval_rng(idx))?;
-            let improvement = Estimate::difference(&groups[0], &groups[1]);
-            let klub = Estimate::of(&groups[1]);
+            let spans = [levels[idx].initial_knots.clone(), before, knots.clone()];
+            let groups = self.klub.paired(&spans, &mut self.eval_rng(idx))?;
+            let improvement = Estimate::difference(&groups[1], &groups[2]);
+            let drop = Estimate::difference(&groups[0], &groups[2]);
+            let klub = Estimate::of(&groups[2]);
             let score = self.judge_level(idx, &knots)?;
             let judged = score.is_some();
             let level = &mut levels[idx];
-            level.sweeps.push(Sweep { moved, klub, improvement, knots: knots.clone(), score });
-            level.knots = knots;
-            level.klub = klub;
-            // Sweeps since the best score (the initial knots count as sweep "0").
-            let scores: Vec<f64> =
-                level.initial_score.into_iter().chain(level.sweeps.iter().filter_map(|s| s.score)).collect();
-            let best = (1..scores.len()).fold(0, |b, j| if scores[j] < scores[b] { j } else { b });
+            level.sweeps.push(Sweep { moved, klub, improvement, drop, knots: knots.clone(), score });
+            let best = level.best_judged();
             level.stop = if moved == 0 {
                 Some(StopReason::NoMove)
-            } else if judged && scores.len() - 1 - best >= self.options.judge_patience {
+            } else if best.is_some_and(|b| level.sweeps.len() - b >= self.options.judge_patience) {
                 Some(StopReason::JudgedQuality)
             } else if !judged
                 && idx == 0
@@ -323,13 +381,11 @@ impl<'a, 'p> Optimizer<'a, 'p> {
             } else {
                 None
             };
-            if judged && level.stop.is_some() {
-                let (knots, klub) = match best {
-                    0 => (level.initial_knots.clone(), level.initial_klub),
-                    b => (level.sweeps[b - 1].knots.clone(), level.sweeps[b - 1].klub),
-                };
-                level.knots = knots;
-                level.klub = klub;
+            if level.stop.is_some() {
+                level.keep(best);
+            } else {
+                // Still running: the next sweep starts from this one.
+                (level.knots, level.klub, level.kept) = (knots, klub, level.sweeps.len());
             }
             self.save_checkpoint(levels)?;
         }
@@ -397,4 +453,63 @@ pub(crate) fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<(
     let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, text).map_err(|source| AysError::Io { path: tmp.clone(), source })?;
     std::fs::rename(&tmp, path).map_err(|source| AysError::Io { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A level whose sweeps have these (drop, score) pairs (drop's standard error 1); the
+    /// initial knots score `initial_score`.
+    fn level(initial_score: Option<f64>, sweeps: &[(f64, Option<f64>)]) -> Level {
+        let e = |value: f64| Estimate { value, stderr: 1.0 };
+        Level {
+            steps: 1,
+            initial_knots: vec![2.0, 1.0],
+            knots: vec![2.0, 1.0],
+            kept: 0,
+            initial_klub: e(10.0),
+            initial_score,
+            klub: e(10.0),
+            sweeps: sweeps
+                .iter()
+                .enumerate()
+                .map(|(j, &(drop, score))| Sweep {
+                    moved: 1,
+                    klub: e(10.0 - drop),
+                    improvement: e(0.0),
+                    drop: e(drop),
+                    knots: vec![2.0, 1.0 + j as f64 * 0.1],
+                    score,
+                })
+                .collect(),
+            stop: Some(StopReason::MaxSweeps),
+        }
+    }
+
+    // The kept schedule: the initial one only while no sweep lowered the KLUB beyond DROP_Z
+    // standard errors, never one whose KLUB rose above the initial's.
+    #[test]
+    fn kept_schedule_respects_the_klub() {
+        // The judge prefers the start, and no drop is beyond the noise: the start stays.
+        let mut l = level(Some(0.1), &[(1.0, Some(0.5)), (1.5, Some(0.4))]);
+        assert_eq!(l.best_judged(), Some(0));
+        // A real drop (3 standard errors) rules the start out: the best-judged sweep is kept.
+        let mut l2 = level(Some(0.1), &[(3.0, Some(0.5)), (4.0, Some(0.6))]);
+        assert_eq!(l2.best_judged(), Some(1));
+        l2.keep(l2.best_judged());
+        assert_eq!((l2.kept, l2.knots.clone(), l2.klub.value), (1, l2.sweeps[0].knots.clone(), 7.0));
+        // A sweep whose KLUB rose above the initial's is never kept, however well judged.
+        let l3 = level(Some(0.5), &[(3.0, Some(0.4)), (-0.5, Some(0.1))]);
+        assert_eq!(l3.best_judged(), Some(1));
+        // Without a judge: the last sweep, unless its KLUB rose; then the lowest KLUB.
+        l.keep(None);
+        assert_eq!(l.kept, 2);
+        let mut l4 = level(None, &[(3.0, None), (5.0, None), (-0.1, None)]);
+        l4.keep(None);
+        assert_eq!(l4.kept, 2);
+        let mut l5 = level(None, &[(-1.0, None), (-0.1, None)]);
+        l5.keep(None);
+        assert_eq!((l5.kept, l5.knots.clone()), (0, l5.initial_knots.clone()));
+    }
 }

@@ -2,16 +2,18 @@
 //! a denoiser's distance from a reference one (a trained network's from the exact denoiser).
 
 use kairos_sampler::{Denoiser, Sampler};
-use kairos_toy::{Figures, Stats, ToyWorld};
+use kairos_toy::{Figures, Stats, Summary, ToyWorld};
 use serde::Serialize;
 
 use crate::data::{normal_like, row_sq_norms, DataSource};
 use crate::rng::rng_for;
 use crate::{AysError, Result};
 
-/// Mean ± std over seeds of the toy figures of one sampler run per seed.
+/// Mean ± std over seeds of the toy figures of one sampler run per seed (see
+/// [`kairos_toy::Figures`]; `kl` is the judge's figure).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Quality {
+    pub kl: Stats,
     pub sliced_wasserstein: Stats,
     pub nll: Stats,
 }
@@ -41,9 +43,8 @@ pub fn toy_quality(
             Ok(world.score(&pts))
         })
         .collect::<Result<Vec<Figures>>>()?;
-    let sw: Vec<f64> = figures.iter().map(|f| f.sliced_wasserstein).collect();
-    let nll: Vec<f64> = figures.iter().map(|f| f.nll).collect();
-    Ok(Quality { sliced_wasserstein: Stats::of(&sw), nll: Stats::of(&nll) })
+    let s = Summary::of(&figures, 0)?;
+    Ok(Quality { kl: s.kl, sliced_wasserstein: s.sliced_wasserstein, nll: s.nll })
 }
 
 /// Mean ||D(x, σ) − D_ref(x, σ)||² over `points` noisy points x = x0 + σ z (x0 from `data`) at

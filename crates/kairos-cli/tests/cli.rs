@@ -150,7 +150,7 @@ fn toy_json_has_one_row_per_combination() {
     let rows = v["results"].as_array().unwrap();
     assert_eq!(rows.len(), 2 * 2 * 2);
     for r in rows {
-        for key in ["sliced_wasserstein", "nll"] {
+        for key in ["kl", "sliced_wasserstein", "nll"] {
             assert!(r[key]["mean"].as_f64().unwrap().is_finite() && r[key]["std"].as_f64().unwrap() >= 0.0, "{r}");
         }
     }
@@ -198,6 +198,48 @@ fn bad_input_is_a_clear_error() {
     fails(&["toy", "--mixture", "9x9", "--points", "8"], &["unknown mixture `9x9`", "8x8", "ring"]);
     fails(&["toy", "--seeds", "0", "--points", "8"], &["--seeds must be at least 1"]);
     fails(&["toy", "--points", "0"], &["--points must be at least 1"]);
+    let dir = std::env::temp_dir().join(format!("kairos-cli-mixture-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.json");
+    let cases = [
+        (
+            r#"{"weights": [0.5, 0.6], "means": [[0, 0], [1, 1]], "covariances": [[[1, 0], [0, 1]], [[1, 0], [0, 1]]]}"#,
+            "sum to 1.1",
+        ),
+        (r#"{"weights": [1], "means": [[0, 0]], "covariances": [[[1, 2], [2, 1]]]}"#, "not positive definite"),
+        (r#"{"weights": [1], "means": [[0, 0]]}"#, "not a mixture file"),
+    ];
+    for (text, needle) in cases {
+        std::fs::write(&bad, text).unwrap();
+        let path = bad.to_string_lossy();
+        fails(&["toy", "--mixture-file", &path, "--points", "8"], &[needle, "bad.json"]);
+        fails(&["schedule", "optimize", "--mixture-file", &path, "--steps", "2"], &[needle, "bad.json"]);
+    }
+    fails(&["toy", "--mixture-file", "/nonexistent/m.json", "--points", "8"], &["/nonexistent/m.json", "cannot read"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// A mixture file (anisotropic, unequal weights) with its own σ range: `toy` builds the schedules
+// on that range (a continuous EDM schedule) unless --family is given.
+#[test]
+fn toy_reads_a_mixture_file_and_its_sigma_range() {
+    let dir = std::env::temp_dir().join(format!("kairos-cli-mixture-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("m.json");
+    std::fs::write(
+        &file,
+        r#"{"weights": [0.7, 0.3], "means": [[-1, 0], [1, 0.5]],
+            "covariances": [[[0.2, 0.05], [0.05, 0.1]], [[0.1, 0], [0, 0.3]]], "sigma_min": 0.01, "sigma_max": 20}"#,
+    )
+    .unwrap();
+    let path = file.to_string_lossy().into_owned();
+    let args = ["toy", "--mixture-file", &path, "--samplers", "euler", "--schedules", "karras", "--steps", "3"];
+    let v = json(&[&args[..], &["--seeds", "1", "--points", "64", "--json"]].concat());
+    assert!(v["mixture"].as_str().unwrap().ends_with("m.json"), "{v}");
+    assert!(v["results"][0]["kl"]["mean"].as_f64().unwrap().is_finite(), "{v}");
+    let sd1 = json(&[&args[..], &["--seeds", "1", "--points", "64", "--json", "--family", "sd1"]].concat());
+    assert_eq!((v["family"].as_str(), sd1["family"].as_str()), (Some("svd"), Some("sd1")));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `kairos bench` with its whole-run cases on the full-size SD1.5 architecture at 64×64 (seeded

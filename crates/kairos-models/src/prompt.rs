@@ -23,10 +23,13 @@
 //!   multiplied and then is encoded as the word "BREAK" with a negative weight; here `BREAK`
 //!   always ends the chunk.
 //! - Weights are read with ASCII digits only (Python's `float` also reads other scripts' digits).
+//! - "Original" emphasis leaves a chunk without weights exactly as encoded, and skips the mean
+//!   restoration when the weighted mean is near 0, where A1111's division gives NaN or huge
+//!   values ([`apply_emphasis`]).
 //! - A1111 restores the mean over all prompts encoded in one call (several only with prompt
 //!   editing); [`encode_prompt`] encodes one prompt.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use regex::Regex;
 use std::sync::OnceLock;
 
@@ -293,11 +296,24 @@ pub fn tokenize_prompt(
     Ok(TokenizedPrompt { chunks: chunk.chunks, token_count: chunk.token_count })
 }
 
+/// Below this ratio |mean(weighted z)| / mean(|weighted z|) "Original" emphasis does not rescale:
+/// the mean is then mostly cancellation, and dividing by it gives NaN or huge values. An encoder
+/// whose final LayerNorm has zero bias has per-token means of 0, so the ratio is at rounding
+/// level there (float32 sums of 77 × 768 values: ~1e-7); 1e-3 is far above that and far below a
+/// mean that carries the embeddings' scale, where A1111's formula is kept as it is.
+const MIN_MEAN_RATIO: f64 = 1e-3;
+
 /// Applies per-token weights to a chunk's embeddings `z` [batch, tokens, hidden] (A1111's
 /// `Emphasis.after_transformers`): "Original" multiplies, then rescales by
 /// mean(z) / mean(weighted z) over the whole tensor; "No norm" only multiplies.
+///
+/// Differences from A1111, both where its formula is not a number: all-1 multipliers return `z`
+/// unchanged (A1111's multiply-by-1 and rescale by mean(z) / mean(z) is the identity, except
+/// that it gives NaN when mean(z) is 0), and "Original" skips the rescale, leaving the weighted
+/// `z` as "No norm" does, when |mean(weighted z)| is below [`MIN_MEAN_RATIO`] times
+/// mean(|weighted z|).
 pub fn apply_emphasis(z: &Tensor, multipliers: &[f64], emphasis: Emphasis) -> Result<Tensor, PromptError> {
-    if matches!(emphasis, Emphasis::None | Emphasis::Ignore) {
+    if matches!(emphasis, Emphasis::None | Emphasis::Ignore) || multipliers.iter().all(|&m| m == 1.0) {
         return Ok(z.clone());
     }
     let (_, tokens, _) = z.dims3()?;
@@ -310,6 +326,13 @@ pub fn apply_emphasis(z: &Tensor, multipliers: &[f64], emphasis: Emphasis) -> Re
     }
     let original_mean = z.mean_all()?;
     let new_mean = weighted.mean_all()?;
+    let scalar = |t: &Tensor| t.to_dtype(DType::F64)?.to_scalar::<f64>();
+    let new_mean_f64 = scalar(&new_mean)?;
+    // Written so that a NaN mean skips the rescale too.
+    let well_conditioned = new_mean_f64.abs() > MIN_MEAN_RATIO * scalar(&weighted.abs()?.mean_all()?)?;
+    if !well_conditioned {
+        return Ok(weighted);
+    }
     Ok(weighted.broadcast_mul(&(original_mean / new_mean)?)?)
 }
 

@@ -1,4 +1,5 @@
-//! Sample-quality figures: the sliced Wasserstein distance to a large true sample, and summary
+//! Sample-quality figures: the sliced Wasserstein distance to a large true sample, a k-nearest-
+//! neighbour entropy estimate (behind [`crate::GaussianMixture::kl_from`]), and summary
 //! statistics over seeds. (The mean NLL under the true density is
 //! [`crate::GaussianMixture::mean_nll`].)
 
@@ -75,6 +76,72 @@ impl SlicedWasserstein {
             .sum();
         total / self.directions.len() as f64
     }
+}
+
+/// The neighbour rank of [`knn_entropy`] as the toy's figures use it: k = 4 halves the variance of
+/// k = 1 while its ball (about 4 of ~150 points per mode at 10k points on the 8x8 grid) stays
+/// far inside a mode.
+pub const KNN_K: usize = 4;
+
+/// The Kozachenko–Leonenko estimate of the differential entropy (nats) of the distribution that
+/// drew `points` (2-D): ψ(n) − ψ(k) + ln π + (2/n) Σ ln ρ_k(i), with ρ_k(i) the Euclidean
+/// distance from point i to its k-th nearest other point (Kozachenko & Leonenko 1987; Kraskov,
+/// Stögbauer & Grassberger 2004, Eq. 20, with the unit disc's area π). Consistent for any fixed
+/// k; repeated points give ρ = 0 and an entropy of −∞ (a distribution with atoms). NaN if any
+/// point is not finite or there are at most `k` points.
+pub fn knn_entropy(points: &[[f64; 2]], k: usize) -> f64 {
+    let n = points.len();
+    if k == 0 || n <= k || points.iter().flatten().any(|v| !v.is_finite()) {
+        return f64::NAN;
+    }
+    let mut sorted = points.to_vec();
+    sorted.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    // The k smallest squared distances so far, ascending; scanning outwards in x, a side ends
+    // once its x gap alone exceeds the k-th.
+    let mut best = vec![f64::INFINITY; k];
+    let offer = |best: &mut [f64], p: &[f64; 2], q: &[f64; 2]| {
+        let d2 = (p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2);
+        if d2 < best[k - 1] {
+            let at = best.partition_point(|&b| b <= d2);
+            best.copy_within(at..k - 1, at + 1);
+            best[at] = d2;
+        }
+    };
+    let mut sum_ln = 0.0;
+    for (i, p) in sorted.iter().enumerate() {
+        best.fill(f64::INFINITY);
+        let (mut left, mut right) = (i, i + 1);
+        loop {
+            let gap_left = (left > 0).then(|| p[0] - sorted[left - 1][0]);
+            let gap_right = (right < n).then(|| sorted[right][0] - p[0]);
+            let bound = best[k - 1];
+            let go_left = gap_left.filter(|g| g * g < bound);
+            let go_right = gap_right.filter(|g| g * g < bound);
+            match (go_left, go_right) {
+                (Some(l), Some(r)) if l <= r => {
+                    left -= 1;
+                    offer(&mut best, p, &sorted[left]);
+                }
+                (_, Some(_)) => {
+                    offer(&mut best, p, &sorted[right]);
+                    right += 1;
+                }
+                (Some(_), None) => {
+                    left -= 1;
+                    offer(&mut best, p, &sorted[left]);
+                }
+                (None, None) => break,
+            }
+        }
+        sum_ln += 0.5 * best[k - 1].ln();
+    }
+    digamma(n) - digamma(k) + std::f64::consts::PI.ln() + 2.0 * sum_ln / n as f64
+}
+
+/// ψ(m) for an integer m ≥ 1: −γ + Σ_{j<m} 1/j.
+fn digamma(m: usize) -> f64 {
+    const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
+    (1..m).map(|j| 1.0 / j as f64).sum::<f64>() - EULER_GAMMA
 }
 
 /// Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value).

@@ -25,7 +25,7 @@ fn points(v: &Value) -> Vec<[f64; 2]> {
 
 fn mixture(m: &Value) -> GaussianMixture {
     let (w, mu, s) = (f64s(&m["weights"]), points(&m["means"]), f64s(&m["stds"]));
-    GaussianMixture::new((0..w.len()).map(|k| Component { weight: w[k], mean: mu[k], std: s[k] }).collect())
+    GaussianMixture::new((0..w.len()).map(|k| Component::isotropic(w[k], mu[k], s[k])).collect())
         .expect("valid mixture")
 }
 

@@ -9,7 +9,10 @@ pub mod serve;
 pub mod toy;
 pub mod vae_eval;
 
-use kairos_schedule::{Family, ModelSchedule, TablePrecision};
+use std::path::Path;
+
+use kairos_schedule::{EdmSchedule, Family, ModelSchedule, TablePrecision};
+use kairos_toy::{GaussianMixture, MixtureFile, Preset};
 
 /// `--dtype`: the dtype network weights are stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -90,4 +93,37 @@ impl DeviceArg {
 fn family_schedule(name: &str) -> Result<(Family, ModelSchedule), kairos_schedule::ScheduleError> {
     let family = Family::from_name(name)?;
     Ok((family, family.noise_schedule(TablePrecision::F64)))
+}
+
+/// The toy world's data and the noise schedule its schedules span.
+struct ToyData {
+    /// The preset's name, or `file:<path>`.
+    name: String,
+    mixture: GaussianMixture,
+    family: Family,
+    model: ModelSchedule,
+}
+
+/// The toy data of `--mixture` or `--mixture-file`, with the schedule of `--family`; without
+/// `--family`, a file's σ range gives a continuous EDM schedule on that range (family `svd`, the
+/// continuous family, so `ays` and `gits` tables do not fit it), and otherwise SD1's.
+fn toy_data(preset: &str, file: Option<&Path>, family: Option<&str>) -> anyhow::Result<ToyData> {
+    let (name, mixture, range) = match file {
+        Some(path) => {
+            let f = MixtureFile::read(path)?;
+            (format!("file:{}", path.display()), f.mixture, f.sigma_range)
+        }
+        None => {
+            let p = Preset::from_name(preset)?;
+            (p.name().to_string(), p.mixture(), None)
+        }
+    };
+    let (family, model) = match (family, range) {
+        (Some(name), _) => family_schedule(name)?,
+        (None, Some((sigma_min, sigma_max))) => {
+            (Family::Svd, ModelSchedule::Edm(EdmSchedule { sigma_min, sigma_max, sigma_data: 1.0 }))
+        }
+        (None, None) => family_schedule("sd1")?,
+    };
+    Ok(ToyData { name, mixture, family, model })
 }
