@@ -48,7 +48,7 @@ async function loadLists() {
   const match = models.find((m) => m.title.split(" [")[0] === current);
   if (match) model.value = match.title;
   const vae = $("vae"); vae.innerHTML = "";
-  option(vae, "Automatic", "Automatic (the model's)");
+  option(vae, "Automatic", "Automatic");
   vaes.forEach((v) => option(vae, v.model_name));
   const lora = $("lora"); lora.innerHTML = "";
   option(lora, "", loras.length ? "add a LoRA…" : "no LoRAs in --lora-dir");
@@ -101,6 +101,7 @@ function startPolling(bar) {
   poll = setInterval(async () => {
     try {
       const p = await api("/sdapi/v1/progress");
+      if (!poll) return; // the job ended while this poll was in flight
       $(bar).style.width = `${Math.round(p.progress * 100)}%`;
       if (p.state && p.state.sampling_steps) {
         const eta = p.eta_relative > 0 ? ` · ${p.eta_relative.toFixed(1)} s left` : "";
