@@ -35,7 +35,11 @@ fn serve(models: &Path) -> Serve {
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let line = lines.next().unwrap().unwrap();
-    let addr = line.split("http://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_else(|| panic!("no address in {line}"));
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line}"));
     Serve { addr: addr.to_string(), child }
 }
 
@@ -86,24 +90,79 @@ fn api_images_equal_generate_pngs() {
             serde_json::json!({"prompt": "a red cube", "negative_prompt": "blurry", "steps": 4, "seed": 7,
                 "width": 32, "height": 24, "sampler_name": "DPM++ 2M", "scheduler": "Karras", "cfg_scale": 6.5,
                 "override_settings": settings}),
-            vec!["-p", "a red cube", "-n", "blurry", "--steps", "4", "--seed", "7", "-W", "32", "-H", "24",
-                "--sampler", "DPM++ 2M", "--schedule", "karras", "--cfg-scale", "6.5"],
+            vec![
+                "-p",
+                "a red cube",
+                "-n",
+                "blurry",
+                "--steps",
+                "4",
+                "--seed",
+                "7",
+                "-W",
+                "32",
+                "-H",
+                "24",
+                "--sampler",
+                "DPM++ 2M",
+                "--schedule",
+                "karras",
+                "--cfg-scale",
+                "6.5",
+            ],
         ),
         (
             "txt2img",
             serde_json::json!({"prompt": "a blue sphere", "steps": 3, "seed": 11, "width": 24, "height": 32,
                 "sampler_name": "Euler a", "scheduler": "Align Your Steps", "override_settings": settings}),
-            vec!["-p", "a blue sphere", "--steps", "3", "--seed", "11", "-W", "24", "-H", "32",
-                "--sampler", "euler_ancestral", "--schedule", "ays_a1111", "--cfg-scale", "7"],
+            vec![
+                "-p",
+                "a blue sphere",
+                "--steps",
+                "3",
+                "--seed",
+                "11",
+                "-W",
+                "24",
+                "-H",
+                "32",
+                "--sampler",
+                "euler_ancestral",
+                "--schedule",
+                "ays_a1111",
+                "--cfg-scale",
+                "7",
+            ],
         ),
         (
             "img2img",
             serde_json::json!({"prompt": "a red cube", "steps": 5, "seed": 3, "width": 32, "height": 24,
                 "sampler_name": "Euler", "scheduler": "Karras", "denoising_strength": 0.6, "resize_mode": 1,
                 "override_settings": settings}),
-            vec!["-p", "a red cube", "--steps", "5", "--seed", "3", "-W", "32", "-H", "24", "--sampler", "Euler",
-                "--schedule", "karras", "--cfg-scale", "7", "--denoise", "0.6", "--denoise-rule", "a1111",
-                "--resize-mode", "crop-and-resize"],
+            vec![
+                "-p",
+                "a red cube",
+                "--steps",
+                "5",
+                "--seed",
+                "3",
+                "-W",
+                "32",
+                "-H",
+                "24",
+                "--sampler",
+                "Euler",
+                "--schedule",
+                "karras",
+                "--cfg-scale",
+                "7",
+                "--denoise",
+                "0.6",
+                "--denoise-rule",
+                "a1111",
+                "--resize-mode",
+                "crop-and-resize",
+            ],
         ),
     ];
     let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kairos-pipeline/tests/fixtures/img2img_init.png");
@@ -114,7 +173,8 @@ fn api_images_equal_generate_pngs() {
         if kind == "img2img" {
             cmd.arg("--init-image").arg(&init);
             use base64::Engine;
-            body["init_images"] = serde_json::json!([base64::engine::general_purpose::STANDARD.encode(std::fs::read(&init).unwrap())]);
+            body["init_images"] =
+                serde_json::json!([base64::engine::general_purpose::STANDARD.encode(std::fs::read(&init).unwrap())]);
         }
         let status = cmd.arg("--output").arg(&out).output().unwrap();
         assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));

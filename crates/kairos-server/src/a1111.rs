@@ -56,6 +56,8 @@ pub struct GenSpec {
     pub parameters: Value,
     /// `sampler_name` as A1111 labels it.
     pub sampler_name: String,
+    /// `show_progress_every_n_steps`: steps between live previews (0 or less: none).
+    pub preview_every: i64,
 }
 
 /// What the server's limits and current options are, for parsing.
@@ -105,7 +107,8 @@ pub fn sampler_and_schedule(body: &Body<'_>) -> Result<(Sampler, ScheduleKind), 
         "" | "Automatic" | "automatic" => implied.unwrap_or(default_schedule(&sampler)).to_string(),
         other => other.to_string(),
     };
-    let schedule = ScheduleKind::from_name(&schedule).map_err(|e| ApiError::field(body.name("scheduler"), e.to_string()))?;
+    let schedule =
+        ScheduleKind::from_name(&schedule).map_err(|e| ApiError::field(body.name("scheduler"), e.to_string()))?;
     Ok((sampler, schedule))
 }
 
@@ -120,7 +123,9 @@ fn with_eta(sampler: Sampler, eta: f64) -> Sampler {
         Sampler::EulerAncestralCfgPp(o) => Sampler::EulerAncestralCfgPp(a(o)),
         Sampler::Ddim(o) => Sampler::Ddim(a(o)),
         Sampler::DpmppSde(o) => Sampler::DpmppSde(kairos_sampler::samplers::DpmppSdeOptions { eta, ..o }),
-        Sampler::Dpmpp2mSde(o) => Sampler::Dpmpp2mSde(kairos_sampler::samplers::Dpmpp2mSdeOptions { noise: a(o.noise), ..o }),
+        Sampler::Dpmpp2mSde(o) => {
+            Sampler::Dpmpp2mSde(kairos_sampler::samplers::Dpmpp2mSdeOptions { noise: a(o.noise), ..o })
+        }
         other => other,
     }
 }
@@ -166,15 +171,31 @@ pub fn random_seed() -> u64 {
 
 /// Fields that would change the image and that kairos does not implement, with their "off" test.
 fn refuse_unsupported(body: &Body<'_>, img2img: bool) -> Result<(), ApiError> {
-    body.refuse_unless("styles", is_off, "saved prompt styles are not stored on a kairos server; put the text in the prompt")?;
+    body.refuse_unless(
+        "styles",
+        is_off,
+        "saved prompt styles are not stored on a kairos server; put the text in the prompt",
+    )?;
     body.refuse_unless("subseed_strength", is_off, "variation seeds are not implemented")?;
-    body.refuse_unless("seed_resize_from_h", |v| v.as_f64().is_some_and(|x| x <= 0.0), "seed resize is not implemented")?;
-    body.refuse_unless("seed_resize_from_w", |v| v.as_f64().is_some_and(|x| x <= 0.0), "seed resize is not implemented")?;
+    body.refuse_unless(
+        "seed_resize_from_h",
+        |v| v.as_f64().is_some_and(|x| x <= 0.0),
+        "seed resize is not implemented",
+    )?;
+    body.refuse_unless(
+        "seed_resize_from_w",
+        |v| v.as_f64().is_some_and(|x| x <= 0.0),
+        "seed resize is not implemented",
+    )?;
     body.refuse_unless("restore_faces", is_off, "face restoration is not implemented")?;
     body.refuse_unless("tiling", is_off, "tiling (seamless) images are not implemented")?;
     body.refuse_unless("enable_hr", is_off, "hires fix is not implemented; run img2img on the result")?;
     body.refuse_unless("firstpass_image", is_off, "hires fix is not implemented")?;
-    body.refuse_unless("refiner_checkpoint", is_off, "the SDXL refiner is not served yet (use `kairos generate --refiner`)")?;
+    body.refuse_unless(
+        "refiner_checkpoint",
+        is_off,
+        "the SDXL refiner is not served yet (use `kairos generate --refiner`)",
+    )?;
     body.refuse_unless("script_name", is_off, "scripts are not available on a kairos server")?;
     body.refuse_unless("alwayson_scripts", is_off, "scripts (ControlNet, ...) are not available on a kairos server")?;
     body.refuse_unless("s_churn", is_off, "churn is not exposed; use an ancestral sampler")?;
@@ -234,9 +255,10 @@ pub fn parse(obj: &Map<String, Value>, img2img: bool, ctx: &Context<'_>) -> Resu
     }
 
     let init = if img2img {
-        let images = body.array("init_images")?.filter(|a| !a.is_empty()).ok_or_else(|| {
-            ApiError::field("init_images", "img2img needs one base64 image in init_images")
-        })?;
+        let images = body
+            .array("init_images")?
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| ApiError::field("init_images", "img2img needs one base64 image in init_images"))?;
         if images.len() > 1 {
             return Err(ApiError::unsupported("init_images", format!("one image per request (got {})", images.len())));
         }
@@ -246,7 +268,12 @@ pub fn parse(obj: &Map<String, Value>, img2img: bool, ctx: &Context<'_>) -> Resu
             0 => ResizeMode::JustResize,
             1 => ResizeMode::CropAndResize,
             2 => ResizeMode::ResizeAndFill,
-            _ => return Err(ApiError::unsupported("resize_mode", "3 (latent upscale) is not implemented; use 0, 1 or 2")),
+            _ => {
+                return Err(ApiError::unsupported(
+                    "resize_mode",
+                    "3 (latent upscale) is not implemented; use 0, 1 or 2",
+                ))
+            }
         };
         let strength = body.number("denoising_strength", 0.0, 1.0)?.unwrap_or(0.75);
         if strength <= 0.0 {
@@ -347,7 +374,8 @@ pub fn parse(obj: &Map<String, Value>, img2img: bool, ctx: &Context<'_>) -> Resu
         req,
         infotext_prompt: prompt,
         send_images: body.bool("send_images")?.unwrap_or(true),
-        include_init: include_init,
+        include_init,
+        preview_every: settings.preview_every,
         task_id: body.string("force_task_id")?,
         parameters: Value::Object(parameters),
         sampler_name,

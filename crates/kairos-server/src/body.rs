@@ -101,10 +101,13 @@ impl<'a> Body<'a> {
         match self.get(field) {
             None => Ok(None),
             Some(Value::Number(n)) => {
-                let x = n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64));
+                let x =
+                    n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9e15).map(|f| f as i64));
                 match x {
                     Some(x) if x >= min && x <= max => Ok(Some(x)),
-                    _ => Err(ApiError::field(self.name(field), format!("must be an integer in {min}..={max}, got {n}"))),
+                    _ => {
+                        Err(ApiError::field(self.name(field), format!("must be an integer in {min}..={max}, got {n}")))
+                    }
                 }
             }
             Some(v) => Err(self.wrong(field, &format!("an integer in {min}..={max}"), v)),
@@ -131,14 +134,11 @@ impl<'a> Body<'a> {
 
     /// Fails with [`ApiError::Unsupported`] when `field` is set to something other than what
     /// `is_default` accepts: a field that would change the image and that kairos does not do.
-    pub fn refuse_unless(
-        &self,
-        field: &str,
-        is_default: impl Fn(&Value) -> bool,
-        why: &str,
-    ) -> Result<(), ApiError> {
+    pub fn refuse_unless(&self, field: &str, is_default: impl Fn(&Value) -> bool, why: &str) -> Result<(), ApiError> {
         match self.get(field) {
-            Some(v) if !is_default(v) => Err(ApiError::unsupported(self.name(field), format!("{why}; got {}", shown(v)))),
+            Some(v) if !is_default(v) => {
+                Err(ApiError::unsupported(self.name(field), format!("{why}; got {}", shown(v))))
+            }
             _ => Ok(()),
         }
     }

@@ -107,13 +107,20 @@ impl Catalog {
 
     /// Rescans `--models-dir`.
     pub fn refresh_checkpoints(&mut self) {
-        self.checkpoints =
-            self.models_dir.as_deref().map(|d| walk(d, &["safetensors", "ckpt"], Some("model_index.json"))).unwrap_or_default();
+        self.checkpoints = self
+            .models_dir
+            .as_deref()
+            .map(|d| walk(d, &["safetensors", "ckpt"], Some("model_index.json")))
+            .unwrap_or_default();
     }
 
     /// Rescans `--vae-dir`.
     pub fn refresh_vaes(&mut self) {
-        self.vaes = self.vae_dir.as_deref().map(|d| walk(d, &["safetensors", "ckpt", "pt"], Some("config.json"))).unwrap_or_default();
+        self.vaes = self
+            .vae_dir
+            .as_deref()
+            .map(|d| walk(d, &["safetensors", "ckpt", "pt"], Some("config.json")))
+            .unwrap_or_default();
     }
 
     /// Rescans `--lora-dir`.
@@ -184,7 +191,8 @@ fn pick<'a>(
             if all.len() > 20 {
                 names.push("...");
             }
-            let available = if names.is_empty() { "none (is the folder given and filled?)".into() } else { names.join(", ") };
+            let available =
+                if names.is_empty() { "none (is the folder given and filled?)".into() } else { names.join(", ") };
             Err(ApiError::NotFound { field: field.into(), what, name: name.into(), available })
         }
         _ => Err(ApiError::field(

@@ -61,7 +61,11 @@ pub fn parse_schedule(field: &str, v: &Value) -> Result<NamedSchedule, ApiError>
                     return Err(ApiError::field(body.name(name), "needs 1 to 1001 numbers"));
                 }
                 list.iter()
-                    .map(|x| x.as_f64().filter(|x| x.is_finite()).ok_or_else(|| ApiError::field(body.name(name), "expected finite numbers")))
+                    .map(|x| {
+                        x.as_f64()
+                            .filter(|x| x.is_finite())
+                            .ok_or_else(|| ApiError::field(body.name(name), "expected finite numbers"))
+                    })
                     .collect::<Result<Vec<_>, _>>()
                     .map(Some)
             };
@@ -70,7 +74,12 @@ pub fn parse_schedule(field: &str, v: &Value) -> Result<NamedSchedule, ApiError>
                 let file: kairos_ays::ScheduleFile = serde_json::from_value(file.clone())
                     .map_err(|e| ApiError::field(body.name("file"), format!("not a kairos schedule file: {e}")))?;
                 file.sigmas_for(None).map_err(|e| ApiError::field(body.name("file"), e.to_string()))?;
-                return Ok(NamedSchedule { label: label.unwrap_or_else(|| "optimized".into()), kind: None, file: Some(file), sigmas: None });
+                return Ok(NamedSchedule {
+                    label: label.unwrap_or_else(|| "optimized".into()),
+                    kind: None,
+                    file: Some(file),
+                    sigmas: None,
+                });
             }
             if let Some(sigmas) = numbers("sigmas")? {
                 return Ok(NamedSchedule {
@@ -99,7 +108,10 @@ pub fn parse_schedule(field: &str, v: &Value) -> Result<NamedSchedule, ApiError>
                 None => Err(ApiError::field(field, "give a name, or one of sigmas, timesteps, file")),
             }
         }
-        other => Err(ApiError::field(field, format!("expected a schedule name or object, got {}", crate::body::type_name(other)))),
+        other => Err(ApiError::field(
+            field,
+            format!("expected a schedule name or object, got {}", crate::body::type_name(other)),
+        )),
     }
 }
 
@@ -184,18 +196,35 @@ pub fn parse(obj: &Map<String, Value>, ctx: &Context<'_>) -> Result<CompareSpec,
     let schedules = body.array("schedules")?.filter(|a| !a.is_empty()).ok_or_else(|| {
         ApiError::field("schedules", "give a list of schedules, e.g. [\"karras\", \"exponential\", \"ays\", \"gits\"]")
     })?;
-    let rows = schedules.iter().enumerate().map(|(i, v)| parse_schedule(&format!("schedules[{i}]"), v)).collect::<Result<Vec<_>, _>>()?;
+    let rows = schedules
+        .iter()
+        .enumerate()
+        .map(|(i, v)| parse_schedule(&format!("schedules[{i}]"), v))
+        .collect::<Result<Vec<_>, _>>()?;
     let columns = match body.get("steps") {
         Some(Value::Array(list)) if !list.is_empty() => list
             .iter()
-            .map(|v| v.as_u64().filter(|&s| (1..=1000).contains(&s)).map(|s| s as usize).ok_or_else(|| ApiError::field("steps", "expected step counts in 1..=1000")))
+            .map(|v| {
+                v.as_u64()
+                    .filter(|&s| (1..=1000).contains(&s))
+                    .map(|s| s as usize)
+                    .ok_or_else(|| ApiError::field("steps", "expected step counts in 1..=1000"))
+            })
             .collect::<Result<Vec<_>, _>>()?,
         Some(Value::Number(_)) => vec![body.int("steps", 1, 1000)?.unwrap_or(10) as usize],
         None => vec![10, 20],
-        Some(v) => return Err(ApiError::field("steps", format!("expected a list of step counts, got {}", crate::body::type_name(v)))),
+        Some(v) => {
+            return Err(ApiError::field(
+                "steps",
+                format!("expected a list of step counts, got {}", crate::body::type_name(v)),
+            ))
+        }
     };
     if rows.len() * columns.len() > MAX_CELLS {
-        return Err(ApiError::field("schedules", format!("{} x {} cells is above the limit of {MAX_CELLS}", rows.len(), columns.len())));
+        return Err(ApiError::field(
+            "schedules",
+            format!("{} x {} cells is above the limit of {MAX_CELLS}", rows.len(), columns.len()),
+        ));
     }
     let seed = match body.int("seed", i64::MIN, 1 << 53)? {
         Some(s) if s >= 0 => s as u64,
@@ -230,8 +259,16 @@ fn decode_png(bytes: &[u8]) -> Option<RgbImage> {
 }
 
 /// Colours of the σ curves, one per row.
-const PALETTE: [[u8; 3]; 8] =
-    [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75], [227, 119, 194], [127, 127, 127]];
+const PALETTE: [[u8; 3]; 8] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [127, 127, 127],
+];
 
 /// A canvas for the grid.
 struct Canvas {
@@ -248,9 +285,9 @@ impl Canvas {
             return;
         }
         let at = (y as usize * self.image.width + x as usize) * 3;
-        for c in 0..3 {
-            let old = self.image.data[at + c] as f32;
-            self.image.data[at + c] = (old + (rgb[c] as f32 - old) * alpha.clamp(0.0, 1.0)).round() as u8;
+        for (channel, &target) in self.image.data[at..at + 3].iter_mut().zip(&rgb) {
+            let old = *channel as f32;
+            *channel = (old + (target as f32 - old) * alpha.clamp(0.0, 1.0)).round() as u8;
         }
     }
 
@@ -336,7 +373,8 @@ pub fn assemble(spec: &CompareSpec, outputs: Vec<GenOutput>) -> Result<CompareOu
         }
     }
     // σ curves: x = step / steps of the largest step count, y = ln σ.
-    let (px, py, pw, ph) = ((grid_w + 10) as f32, (header_h + 10) as f32, (plot_w - 30) as f32, (height - header_h - 50) as f32);
+    let (px, py, pw, ph) =
+        ((grid_w + 10) as f32, (header_h + 10) as f32, (plot_w - 30) as f32, (height - header_h - 50) as f32);
     canvas.text(&font, "ln sigma vs. progress", px, 6.0, 15.0, [30, 30, 30]);
     canvas.line((px, py), (px, py + ph), [120, 120, 120]);
     canvas.line((px, py + ph), (px + pw, py + ph), [120, 120, 120]);
@@ -366,7 +404,8 @@ pub fn assemble(spec: &CompareSpec, outputs: Vec<GenOutput>) -> Result<CompareOu
         canvas.text(&font, &format!("{:.3}", lo.exp()), px + 4.0, py + ph - 16.0, 12.0, [90, 90, 90]);
         canvas.text(&font, &format!("{} steps", spec.columns[col]), px + pw - 60.0, py + ph + 6.0, 12.0, [90, 90, 90]);
     }
-    let grid = crate::worker::encode_plain_png(&canvas.image).ok_or_else(|| ApiError::Internal("grid PNG encoding failed".into()))?;
+    let grid = crate::worker::encode_plain_png(&canvas.image)
+        .ok_or_else(|| ApiError::Internal("grid PNG encoding failed".into()))?;
     let body = json!({
         "grid": base64::engine::general_purpose::STANDARD.encode(grid),
         "seed": spec.seed,

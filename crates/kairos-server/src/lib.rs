@@ -190,7 +190,9 @@ pub fn run(addr: &str, config: ServerConfig) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let models = read_count(&config);
-        eprintln!("kairos serve: http://{local}/ ({models} checkpoint(s); A1111 API at /sdapi/v1, OpenAPI at /openapi.json)");
+        eprintln!(
+            "kairos serve: http://{local}/ ({models} checkpoint(s); A1111 API at /sdapi/v1, OpenAPI at /openapi.json)"
+        );
         serve(listener, config).await
     })
 }
@@ -212,7 +214,9 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
         .and_then(|b| String::from_utf8(b).ok());
     let ok = given.as_deref().and_then(|g| g.split_once(':')).is_some_and(|(u, p)| {
-        app.config.auth.iter().any(|(user, pass)| constant_time_eq(user.as_bytes(), u.as_bytes()) & constant_time_eq(pass.as_bytes(), p.as_bytes()))
+        app.config.auth.iter().any(|(user, pass)| {
+            constant_time_eq(user.as_bytes(), u.as_bytes()) & constant_time_eq(pass.as_bytes(), p.as_bytes())
+        })
     });
     if ok {
         next.run(req).await
@@ -231,11 +235,8 @@ async fn cors(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
     let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_string);
     let allow = origin.filter(|o| allowed.iter().any(|a| a == "*" || a == o));
     let Some(origin) = allow else { return next.run(req).await };
-    let mut response = if req.method() == Method::OPTIONS {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        next.run(req).await
-    };
+    let mut response =
+        if req.method() == Method::OPTIONS { StatusCode::NO_CONTENT.into_response() } else { next.run(req).await };
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&origin) {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
@@ -298,7 +299,8 @@ async fn generate(app: Arc<App>, body: Result<Bytes, BytesRejection>, img2img: b
         return Err(ApiError::Internal("unexpected job output".into()));
     };
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut images: Vec<String> = if spec.send_images { out.pngs.iter().map(|p| b64.encode(p)).collect() } else { vec![] };
+    let mut images: Vec<String> =
+        if spec.send_images { out.pngs.iter().map(|p| b64.encode(p)).collect() } else { vec![] };
     if let Some(init) = &spec.include_init {
         images.push(init.split_once(";base64,").map_or(init.as_str(), |(_, d)| d).to_string());
     }
@@ -314,7 +316,10 @@ async fn img2img(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection
     generate(app, body, true).await
 }
 
-async fn progress(State(app): State<Arc<App>>, Query(q): Query<std::collections::HashMap<String, String>>) -> Json<Value> {
+async fn progress(
+    State(app): State<Arc<App>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Json<Value> {
     let running = app.jobs.running();
     let skip_image = q.get("skip_current_image").is_some_and(|v| v == "true" || v == "1");
     let pending = app.jobs.pending();
@@ -322,11 +327,21 @@ async fn progress(State(app): State<Arc<App>>, Query(q): Query<std::collections:
     let (progress, eta, state_job, step, steps, image, textinfo) = match &running {
         Some(r) => {
             let per_batch = if r.steps == 0 { 0.0 } else { r.step as f64 / r.steps as f64 };
-            let progress = if r.batches == 0 { 0.0 } else { ((r.batch as f64 + per_batch) / r.batches as f64).clamp(0.0, 1.0) };
+            let progress =
+                if r.batches == 0 { 0.0 } else { ((r.batch as f64 + per_batch) / r.batches as f64).clamp(0.0, 1.0) };
             let elapsed = r.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
             let eta = if progress > 0.0 { elapsed / progress - elapsed } else { app.jobs.last_seconds() };
-            let text = format!("{}: step {}/{} of batch {}/{}", r.phase, r.step, r.steps, r.batch + 1, r.batches.max(1));
-            (progress, eta, r.task_id.clone(), r.step, r.steps, if skip_image { None } else { r.preview.clone() }, Some(text))
+            let text =
+                format!("{}: step {}/{} of batch {}/{}", r.phase, r.step, r.steps, r.batch + 1, r.batches.max(1));
+            (
+                progress,
+                eta,
+                r.task_id.clone(),
+                r.step,
+                r.steps,
+                if skip_image { None } else { r.preview.clone() },
+                Some(text),
+            )
         }
         None => (0.0, 0.0, String::new(), 0, 0, None, None),
     };
@@ -376,7 +391,9 @@ async fn samplers() -> Json<Value> {
 }
 
 async fn schedulers() -> Json<Value> {
-    let mut list = vec![json!({ "name": "automatic", "label": "Automatic", "aliases": null, "default_rho": -1, "need_inner_model": false })];
+    let mut list = vec![
+        json!({ "name": "automatic", "label": "Automatic", "aliases": null, "default_rho": -1, "need_inner_model": false }),
+    ];
     for name in ScheduleKind::names() {
         if let Ok(kind) = ScheduleKind::from_name(name) {
             let rho = match kind {
@@ -385,7 +402,9 @@ async fn schedulers() -> Json<Value> {
                 _ => -1.0,
             };
             let label = schedule_label(&kind);
-            list.push(json!({ "name": name, "label": label, "aliases": null, "default_rho": rho, "need_inner_model": false }));
+            list.push(
+                json!({ "name": name, "label": label, "aliases": null, "default_rho": rho, "need_inner_model": false }),
+            );
         }
     }
     Json(Value::Array(list))
@@ -439,7 +458,10 @@ async fn get_options(State(app): State<Arc<App>>) -> Json<Value> {
     Json(Value::Object(options))
 }
 
-async fn set_options(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+async fn set_options(
+    State(app): State<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
     let update = json_body(body)?;
     options::validate(&update, "", &read(&app.catalog))?;
     write(&app.options).extend(update);
@@ -457,7 +479,9 @@ async fn cmd_flags(State(app): State<Arc<App>>) -> Json<Value> {
 
 async fn png_info(body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
     let obj = json_body(body)?;
-    let text = body::Body::new(&obj, "").string("image")?.ok_or_else(|| ApiError::field("image", "a base64 PNG is required"))?;
+    let text = body::Body::new(&obj, "")
+        .string("image")?
+        .ok_or_else(|| ApiError::field("image", "a base64 PNG is required"))?;
     let data = text.split_once(";base64,").map_or(text.as_str(), |(_, d)| d).trim();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data)

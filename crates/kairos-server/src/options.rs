@@ -63,14 +63,23 @@ pub fn validate(update: &Map<String, Value>, prefix: &str, catalog: &Catalog) ->
     if let Some(source) = body.string("randn_source")? {
         match source.as_str() {
             "GPU" | "CPU" => {}
-            "NV" => return Err(ApiError::unsupported(body.name("randn_source"), "NV (NVidia's CUDA noise) is not implemented; use GPU or CPU")),
+            "NV" => {
+                return Err(ApiError::unsupported(
+                    body.name("randn_source"),
+                    "NV (NVidia's CUDA noise) is not implemented; use GPU or CPU",
+                ))
+            }
             _ => return Err(ApiError::field(body.name("randn_source"), format!("`{source}`: accepted GPU, CPU"))),
         }
     }
     body.bool("sgm_noise_multiplier")?;
     body.number("eta_ancestral", 0.0, 10.0)?;
     body.int("show_progress_every_n_steps", -1, 1000)?;
-    body.refuse_unless("eta_noise_seed_delta", crate::body::is_off, "ENSD (a seed offset for ancestral noise) is not implemented")?;
+    body.refuse_unless(
+        "eta_noise_seed_delta",
+        crate::body::is_off,
+        "ENSD (a seed offset for ancestral noise) is not implemented",
+    )?;
     Ok(())
 }
 

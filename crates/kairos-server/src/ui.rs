@@ -2,7 +2,7 @@
 //! offline), talking to the A1111 API and kairos' endpoints of the same server.
 
 use axum::extract::Path;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 const INDEX: &str = include_str!("../assets/index.html");
@@ -21,8 +21,4 @@ pub async fn asset(Path(path): Path<String>) -> Response {
         "style.css" => ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE_CSS).into_response(),
         _ => crate::error::ApiError::NoRoute(format!("GET /ui/{path}")).into_response(),
     }
-    .into_response()
 }
-
-#[allow(unused)]
-const _: StatusCode = StatusCode::OK;

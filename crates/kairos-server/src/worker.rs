@@ -14,7 +14,9 @@ use kairos_models::autoencoders::LatentRgbFactors;
 use kairos_models::prompt::PromptOptions;
 use kairos_pipeline::infotext::Infotext;
 use kairos_pipeline::output::{save_png, OutputTarget};
-use kairos_pipeline::{LatentDecoder, ModelOptions, Preview, Progress, RgbImage, StableDiffusion, Taesd, Txt2ImgRequest};
+use kairos_pipeline::{
+    LatentDecoder, ModelOptions, Preview, Progress, RgbImage, StableDiffusion, Taesd, Txt2ImgRequest,
+};
 use tokio::sync::oneshot;
 
 use crate::a1111::GenSpec;
@@ -283,7 +285,10 @@ pub fn spawn(jobs: Arc<Jobs>, config: WorkerConfig) -> std::io::Result<()> {
         Some(path) => match Taesd::load(path, config.model_options.dtype, &config.model_options.device) {
             Ok(t) => Some(t),
             Err(e) => {
-                eprintln!("warning: TAESD {} not loaded ({e}); previews use the latent → RGB approximation", path.display());
+                eprintln!(
+                    "warning: TAESD {} not loaded ({e}); previews use the latent → RGB approximation",
+                    path.display()
+                );
                 None
             }
         },
@@ -307,7 +312,13 @@ impl Worker {
             self.jobs.skipped.store(false, Ordering::SeqCst);
             let started = Instant::now();
             *lock(&self.jobs.running) = Some((
-                Running { id: job.id, task_id: job.task_id.clone(), started: Some(started), phase: "starting", ..Running::default() },
+                Running {
+                    id: job.id,
+                    task_id: job.task_id.clone(),
+                    started: Some(started),
+                    phase: "starting",
+                    ..Running::default()
+                },
                 job.control.clone(),
             ));
             let control = job.control.clone();
@@ -316,7 +327,10 @@ impl Worker {
                 Work::Compare(spec) => self.compare(spec, &control).map(Output::Compare),
             }))
             .unwrap_or_else(|panic| {
-                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned());
                 Err(ApiError::Internal(format!("the job failed: {}", what.unwrap_or_else(|| "panic".into()))))
             });
             *lock(&self.jobs.running) = None;
@@ -369,7 +383,11 @@ impl Worker {
         let key = ModelKey {
             model: spec.model.path.clone(),
             vae: spec.vae.as_ref().map(|v| v.path.clone()),
-            loras: spec.loras.iter().map(|l| (l.path.clone(), l.text_encoder_strength.to_bits(), l.unet_strength.to_bits())).collect(),
+            loras: spec
+                .loras
+                .iter()
+                .map(|l| (l.path.clone(), l.text_encoder_strength.to_bits(), l.unet_strength.to_bits()))
+                .collect(),
             clip_skip: spec.clip_skip,
         };
         let jobs = self.jobs.clone();
@@ -423,7 +441,12 @@ static PNG_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// The PNG `kairos generate` would write for `image` with `parameters`: written with the same
 /// function (`save_png`) into the server's temporary folder, read back and removed.
-fn png_with_infotext(tmp: &std::path::Path, image: &RgbImage, seed: u64, parameters: &str) -> Result<Vec<u8>, ApiError> {
+fn png_with_infotext(
+    tmp: &std::path::Path,
+    image: &RgbImage,
+    seed: u64,
+    parameters: &str,
+) -> Result<Vec<u8>, ApiError> {
     let path = tmp.join(format!("{}.png", PNG_COUNTER.fetch_add(1, Ordering::Relaxed)));
     let written = save_png(&OutputTarget::File(path.clone()), 0, 1, seed, image, parameters)?;
     let bytes = std::fs::read(&written).map_err(|e| ApiError::Internal(format!("reading {}: {e}", written.display())));
@@ -450,7 +473,8 @@ fn run_generate(
             kairos_pipeline::txt2img::request_sigmas(&components, &full)?.len() - 1
         }
     };
-    let taesd = taesd.filter(|t| t.scale_factor() == sd.vae.scale_factor() && t.latent_channels() == sd.vae.latent_channels());
+    let taesd =
+        taesd.filter(|t| t.scale_factor() == sd.vae.scale_factor() && t.latent_channels() == sd.vae.latent_channels());
     let preview = match taesd {
         Some(t) => Preview::Decoder(t),
         None if sd.model_family.is_sdxl() => Preview::Linear(LatentRgbFactors::Sdxl),
@@ -464,7 +488,14 @@ fn run_generate(
         r.steps = run_steps;
         r.phase = "sampling";
     });
-    let mut out = GenOutput { pngs: vec![], seeds: vec![], infotexts: vec![], model_hash: model_hash.clone(), interrupted: false, sigmas: vec![] };
+    let mut out = GenOutput {
+        pngs: vec![],
+        seeds: vec![],
+        infotexts: vec![],
+        model_hash: model_hash.clone(),
+        interrupted: false,
+        sigmas: vec![],
+    };
     for batch in 0..batches {
         if control.cancel.load(Ordering::SeqCst) {
             out.interrupted = true;
@@ -473,15 +504,20 @@ fn run_generate(
         control.skip.store(false, Ordering::SeqCst);
         // Each batch as `txt2img` runs it inside one call: seed + batch · batch_size, its own
         // generator (so a skipped or interrupted batch leaves the others as they would be).
-        let one = Txt2ImgRequest { seed: req.seed.wrapping_add((batch * req.batch_size) as u64), batch_count: 1, ..req.clone() };
+        let one = Txt2ImgRequest {
+            seed: req.seed.wrapping_add((batch * req.batch_size) as u64),
+            batch_count: 1,
+            ..req.clone()
+        };
         let mut on_progress = |p: &Progress<'_>| {
             if control.cancel.load(Ordering::SeqCst) || control.skip.load(Ordering::SeqCst) {
                 return ControlFlow::Break(());
             }
             match p {
                 Progress::Step { step, steps, denoised, .. } => {
-                    let every = 1;
-                    let image = ((step + 1) % every == 0).then(|| render_preview(&preview, denoised)).flatten();
+                    let every = spec.preview_every;
+                    let due = every > 0 && (*step as i64 + 1) % every == 0;
+                    let image = due.then(|| render_preview(&preview, denoised)).flatten();
                     jobs.update(|r| {
                         if r.batches <= batches {
                             r.batch = batch;

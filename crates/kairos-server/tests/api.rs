@@ -121,7 +121,8 @@ fn txt2img_returns_pngs_with_infotext_and_a1111_info() {
     // Old combined labels and A1111 schedule labels.
     let r = server.post("/sdapi/v1/txt2img", &small(json!({"sampler_name": "DPM++ 2M Karras"})));
     assert!(info(&r)["infotexts"][0].as_str().unwrap().contains("Sampler: DPM++ 2M, Schedule type: Karras"));
-    let r = server.post("/sdapi/v1/txt2img", &small(json!({"sampler_name": "Euler a", "scheduler": "Align Your Steps"})));
+    let r =
+        server.post("/sdapi/v1/txt2img", &small(json!({"sampler_name": "Euler a", "scheduler": "Align Your Steps"})));
     assert!(info(&r)["infotexts"][0].as_str().unwrap().contains("Sampler: Euler a, Schedule type: Align Your Steps"));
     // override_settings: the CPU generator is recorded as A1111 does.
     let r = server.post("/sdapi/v1/txt2img", &small(json!({"override_settings": {"randn_source": "CPU"}})));
@@ -142,7 +143,9 @@ fn img2img_starts_from_the_image() {
     let init = png_b64(40, 30);
     let reply = server.post(
         "/sdapi/v1/img2img",
-        &small(json!({"init_images": [init], "denoising_strength": 0.5, "resize_mode": 1, "include_init_images": true})),
+        &small(
+            json!({"init_images": [init], "denoising_strength": 0.5, "resize_mode": 1, "include_init_images": true}),
+        ),
     );
     assert_eq!(reply.status, 200, "{}", reply.text());
     let body = reply.json();
@@ -153,7 +156,8 @@ fn img2img_starts_from_the_image() {
     assert_eq!(info(&reply)["denoising_strength"], 0.5);
     assert_eq!(body["parameters"]["init_images"], Value::Null);
     // Lower strength stays nearer the image: compare with full strength.
-    let strong = server.post("/sdapi/v1/img2img", &small(json!({"init_images": [init], "denoising_strength": 1.0}))).json();
+    let strong =
+        server.post("/sdapi/v1/img2img", &small(json!({"init_images": [init], "denoising_strength": 1.0}))).json();
     assert_ne!(strong["images"][0], body["images"][0]);
     for (extra, field, status) in [
         (json!({"init_images": []}), "init_images", 400),
@@ -227,7 +231,9 @@ fn progress_previews_interrupt_skip_and_the_full_queue() {
 
     // Skip drops the current batch and goes on with the next.
     let two = post_in_thread(&server, "/sdapi/v1/txt2img", small(json!({"steps": 300, "n_iter": 2})));
-    wait_until("batch 1 to run", || server.get("/sdapi/v1/progress").json()["state"]["sampling_step"].as_u64() > Some(1));
+    wait_until("batch 1 to run", || {
+        server.get("/sdapi/v1/progress").json()["state"]["sampling_step"].as_u64() > Some(1)
+    });
     assert_eq!(server.post("/sdapi/v1/skip", &json!({})).status, 200);
     let reply = two.join().unwrap();
     let info = info(&reply);
@@ -241,7 +247,9 @@ fn a_closed_connection_cancels_its_job() {
     let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
     let body = small(json!({"steps": 1000})).to_string();
     write!(stream, "POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    wait_until("the job to run", || server.get("/sdapi/v1/progress").json()["state"]["sampling_step"].as_u64() > Some(0));
+    wait_until("the job to run", || {
+        server.get("/sdapi/v1/progress").json()["state"]["sampling_step"].as_u64() > Some(0)
+    });
     drop(stream);
     // The worker is free again well before 1000 steps would have finished.
     let start = Instant::now();
@@ -258,9 +266,13 @@ fn options_switch_models_and_vaes_by_catalog_name_only() {
     config.vae_dir = Some(models.parent().unwrap().join("vae"));
     std::fs::create_dir_all(config.vae_dir.as_ref().unwrap()).unwrap();
     let server = start(config);
-    let set = server.post("/sdapi/v1/options", &json!({"sd_model_checkpoint": "other.safetensors", "CLIP_stop_at_last_layers": 2}));
+    let set = server
+        .post("/sdapi/v1/options", &json!({"sd_model_checkpoint": "other.safetensors", "CLIP_stop_at_last_layers": 2}));
     assert_eq!(set.status, 200, "{}", set.text());
-    assert!(server.get("/sdapi/v1/options").json()["sd_model_checkpoint"].as_str().unwrap().starts_with("other.safetensors"));
+    assert!(server.get("/sdapi/v1/options").json()["sd_model_checkpoint"]
+        .as_str()
+        .unwrap()
+        .starts_with("other.safetensors"));
     let r = server.post("/sdapi/v1/txt2img", &small(json!({})));
     let text = info(&r)["infotexts"][0].as_str().unwrap().to_string();
     assert!(text.contains("Model: other") && text.contains("Clip skip: 2"), "{text}");
@@ -272,7 +284,11 @@ fn options_switch_models_and_vaes_by_catalog_name_only() {
         assert_eq!(r.status, 404, "{name}");
         assert_eq!(r.json()["field"], "sd_model_checkpoint");
         let r = server.post("/sdapi/v1/txt2img", &small(json!({"override_settings": {"sd_model_checkpoint": name}})));
-        assert_eq!((r.status, r.json()["field"].clone()), (404, json!("override_settings.sd_model_checkpoint")), "{name}");
+        assert_eq!(
+            (r.status, r.json()["field"].clone()),
+            (404, json!("override_settings.sd_model_checkpoint")),
+            "{name}"
+        );
         let r = server.post("/sdapi/v1/options", &json!({"sd_vae": name}));
         assert_eq!((r.status, r.json()["field"].clone()), (404, json!("sd_vae")), "{name}");
     }
@@ -289,9 +305,10 @@ fn write_lora(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     use candle_core::{DType, Device, Tensor};
     std::fs::create_dir_all(dir).unwrap();
     let mut map = std::collections::HashMap::new();
-    for prefix in
-        ["lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q", "lora_te_text_model_encoder_layers_0_self_attn_q_proj"]
-    {
+    for prefix in [
+        "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q",
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+    ] {
         map.insert(format!("{prefix}.lora_down.weight"), Tensor::ones((2, 16), DType::F32, &Device::Cpu).unwrap());
         map.insert(format!("{prefix}.lora_up.weight"), Tensor::ones((16, 2), DType::F32, &Device::Cpu).unwrap());
     }
@@ -375,30 +392,78 @@ fn bad_requests_get_a_4xx_naming_the_field_and_the_server_keeps_answering() {
         ("POST", txt, small(json!({"scheduler": "wobbly"})).to_string().into_bytes(), 400, json!("scheduler")),
         ("POST", txt, small(json!({"prompt": "<lora::1>"})).to_string().into_bytes(), 400, json!("prompt")),
         ("POST", txt, small(json!({"override_settings": 3})).to_string().into_bytes(), 400, json!("override_settings")),
-        ("POST", txt, small(json!({"override_settings": {"sd_model_checkpoint": "../../etc/passwd"}})).to_string().into_bytes(), 404, json!("override_settings.sd_model_checkpoint")),
-        ("POST", txt, small(json!({"override_settings": {"CLIP_stop_at_last_layers": "x"}})).to_string().into_bytes(), 400, json!("override_settings.CLIP_stop_at_last_layers")),
+        (
+            "POST",
+            txt,
+            small(json!({"override_settings": {"sd_model_checkpoint": "../../etc/passwd"}})).to_string().into_bytes(),
+            404,
+            json!("override_settings.sd_model_checkpoint"),
+        ),
+        (
+            "POST",
+            txt,
+            small(json!({"override_settings": {"CLIP_stop_at_last_layers": "x"}})).to_string().into_bytes(),
+            400,
+            json!("override_settings.CLIP_stop_at_last_layers"),
+        ),
         ("POST", txt, small(json!({"enable_hr": true})).to_string().into_bytes(), 422, json!("enable_hr")),
         ("POST", txt, small(json!({"restore_faces": true})).to_string().into_bytes(), 422, json!("restore_faces")),
         ("POST", txt, small(json!({"subseed_strength": 0.5})).to_string().into_bytes(), 422, json!("subseed_strength")),
         ("POST", txt, small(json!({"styles": ["cinematic"]})).to_string().into_bytes(), 422, json!("styles")),
         ("POST", txt, small(json!({"script_name": "x/y/z plot"})).to_string().into_bytes(), 422, json!("script_name")),
-        ("POST", txt, small(json!({"alwayson_scripts": {"controlnet": {}}})).to_string().into_bytes(), 422, json!("alwayson_scripts")),
+        (
+            "POST",
+            txt,
+            small(json!({"alwayson_scripts": {"controlnet": {}}})).to_string().into_bytes(),
+            422,
+            json!("alwayson_scripts"),
+        ),
         ("POST", txt, small(json!({"tiling": true})).to_string().into_bytes(), 422, json!("tiling")),
         ("POST", txt, small(json!({"s_churn": 1.0})).to_string().into_bytes(), 422, json!("s_churn")),
         ("POST", "/sdapi/v1/img2img", small(json!({})).to_string().into_bytes(), 400, json!("init_images")),
         ("POST", "/sdapi/v1/png-info", json!({}).to_string().into_bytes(), 400, json!("image")),
         ("POST", "/sdapi/v1/png-info", json!({"image": "%%%"}).to_string().into_bytes(), 400, json!("image")),
         ("POST", "/sdapi/v1/png-info", json!({"image": "aGVsbG8="}).to_string().into_bytes(), 400, json!("image")),
-        ("POST", "/sdapi/v1/options", json!({"sd_model_checkpoint": 5}).to_string().into_bytes(), 400, json!("sd_model_checkpoint")),
+        (
+            "POST",
+            "/sdapi/v1/options",
+            json!({"sd_model_checkpoint": 5}).to_string().into_bytes(),
+            400,
+            json!("sd_model_checkpoint"),
+        ),
         ("POST", "/sdapi/v1/options", b"[]".to_vec(), 400, Value::Null),
         ("POST", "/v1/schedule", json!({"family": "sd9"}).to_string().into_bytes(), 400, json!("family")),
         ("POST", "/v1/schedule", json!({"schedule": "nope"}).to_string().into_bytes(), 400, json!("schedule")),
         ("POST", "/v1/schedule", json!({"steps": -1}).to_string().into_bytes(), 400, json!("steps")),
-        ("POST", "/v1/schedule", json!({"schedule": {"sigmas": [1, "a"]}}).to_string().into_bytes(), 400, json!("schedule.sigmas")),
-        ("POST", "/v1/schedule", json!({"schedule": {"file": {"format": "x"}}}).to_string().into_bytes(), 400, json!("schedule.file")),
+        (
+            "POST",
+            "/v1/schedule",
+            json!({"schedule": {"sigmas": [1, "a"]}}).to_string().into_bytes(),
+            400,
+            json!("schedule.sigmas"),
+        ),
+        (
+            "POST",
+            "/v1/schedule",
+            json!({"schedule": {"file": {"format": "x"}}}).to_string().into_bytes(),
+            400,
+            json!("schedule.file"),
+        ),
         ("POST", "/v1/compare", small(json!({})).to_string().into_bytes(), 400, json!("schedules")),
-        ("POST", "/v1/compare", small(json!({"schedules": ["karras"], "steps": [0]})).to_string().into_bytes(), 400, json!("steps")),
-        ("POST", "/v1/compare", small(json!({"schedules": vec!["karras"; 9], "steps": [1, 2, 3, 4, 5, 6, 7, 8]})).to_string().into_bytes(), 400, json!("schedules")),
+        (
+            "POST",
+            "/v1/compare",
+            small(json!({"schedules": ["karras"], "steps": [0]})).to_string().into_bytes(),
+            400,
+            json!("steps"),
+        ),
+        (
+            "POST",
+            "/v1/compare",
+            small(json!({"schedules": vec!["karras"; 9], "steps": [1, 2, 3, 4, 5, 6, 7, 8]})).to_string().into_bytes(),
+            400,
+            json!("schedules"),
+        ),
         ("GET", "/sdapi/v1/nope", vec![], 404, Value::Null),
         ("GET", "/../../etc/passwd", vec![], 404, Value::Null),
         ("GET", "/ui/../../etc/passwd", vec![], 404, Value::Null),
@@ -439,7 +504,9 @@ fn schedule_and_compare_endpoints() {
     assert_eq!(list[2]["schedule"], "mine");
     assert_eq!(many["family"], "sdxl");
 
-    let body = small(json!({"schedules": ["karras", "exponential", {"sigmas": [14.6, 3.0, 0.5, 0.0], "label": "list"}], "steps": [2, 3]}));
+    let body = small(
+        json!({"schedules": ["karras", "exponential", {"sigmas": [14.6, 3.0, 0.5, 0.0], "label": "list"}], "steps": [2, 3]}),
+    );
     let r = server.post("/v1/compare", &body);
     assert_eq!(r.status, 200, "{}", r.text());
     let c = r.json();
@@ -458,10 +525,15 @@ fn schedule_and_compare_endpoints() {
 fn sdxl_serves_through_the_same_api() {
     let dir = temp_dir("sdxl").join("models");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(fixture("kairos-models/tests/fixtures/sdxl/sdxl_base.safetensors"), dir.join("sdxl_base.safetensors")).unwrap();
+    std::fs::copy(
+        fixture("kairos-models/tests/fixtures/sdxl/sdxl_base.safetensors"),
+        dir.join("sdxl_base.safetensors"),
+    )
+    .unwrap();
     let mut options = kairos_pipeline::ModelOptions::default();
     options.load.hints.clip_head_dim = 8;
-    let server = start(kairos_server::ServerConfig { models_dir: Some(dir), model_options: options, ..Default::default() });
+    let server =
+        start(kairos_server::ServerConfig { models_dir: Some(dir), model_options: options, ..Default::default() });
     let r = server.post("/sdapi/v1/txt2img", &small(json!({"width": 32, "height": 32, "steps": 2})));
     assert_eq!(r.status, 200, "{}", r.text());
     let (w, h, _, text) = decode_png(r.json()["images"][0].as_str().unwrap());

@@ -29,14 +29,18 @@ pub fn temp_dir(name: &str) -> PathBuf {
 pub fn sd1_models(name: &str) -> PathBuf {
     let dir = temp_dir(name).join("models");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(fixture("kairos-pipeline/tests/fixtures/sd1_tiny.safetensors"), dir.join("sd1_tiny.safetensors")).unwrap();
+    std::fs::copy(fixture("kairos-pipeline/tests/fixtures/sd1_tiny.safetensors"), dir.join("sd1_tiny.safetensors"))
+        .unwrap();
     dir
 }
 
 /// The tiny SD1's loading hints (as `kairos generate --norm-num-groups 4 --clip-head-dim 8`).
 pub fn sd1_options() -> ModelOptions {
     ModelOptions {
-        load: LoadOptions { hints: ConfigHints { norm_num_groups: 4, clip_head_dim: 8, unet_heads: None }, ..Default::default() },
+        load: LoadOptions {
+            hints: ConfigHints { norm_num_groups: 4, clip_head_dim: 8, unet_heads: None },
+            ..Default::default()
+        },
         ..ModelOptions::default()
     }
 }
@@ -75,7 +79,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -134,9 +139,8 @@ fn parse_reply(bytes: &[u8]) -> Reply {
     let head = String::from_utf8_lossy(&bytes[..split]).into_owned();
     let mut lines = head.lines();
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
     let mut body = bytes[split + 4..].to_vec();
     let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     if chunked {
