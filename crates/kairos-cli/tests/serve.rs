@@ -26,10 +26,11 @@ impl Drop for Serve {
     }
 }
 
-fn serve(models: &Path) -> Serve {
+fn serve(models: &Path, extra: &[&str]) -> Serve {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kairos"))
         .args(["serve", "--listen", "127.0.0.1:0", "--norm-num-groups", "4", "--clip-head-dim", "8", "--models-dir"])
         .arg(models)
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -79,7 +80,7 @@ fn api_images_equal_generate_pngs() {
     let model = models.join("sd1_tiny.safetensors");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kairos-pipeline/tests/fixtures/sd1_tiny.safetensors");
     std::fs::copy(fixture, &model).unwrap();
-    let server = serve(&models);
+    let server = serve(&models, &[]);
 
     // kairos generate's conventions through A1111's settings: torch's CPU generator
     // (randn_source CPU) and the sqrt(1 + σ²) initial noise (sgm_noise_multiplier).
@@ -185,4 +186,35 @@ fn api_images_equal_generate_pngs() {
         assert!(pixels == want_pixels, "case {i}: pixels differ");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--api-auth` guards every route; a malformed value is a usage error, not a panic.
+#[test]
+fn api_auth_flag_guards_the_server() {
+    let dir = temp_dir("auth");
+    let server = serve(&dir, &["--api-auth", "alice:secret,bob:pw"]);
+    let get = |auth: Option<&str>| {
+        let mut stream = TcpStream::connect(&server.addr).unwrap();
+        let header = auth.map(|a| {
+            use base64::Engine;
+            format!("Authorization: Basic {}\r\n", base64::engine::general_purpose::STANDARD.encode(a))
+        });
+        write!(
+            stream,
+            "GET /sdapi/v1/samplers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}\r\n",
+            header.unwrap_or_default()
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text.split(' ').nth(1).unwrap().to_string()
+    };
+    assert_eq!(get(None), "401");
+    assert_eq!(get(Some("alice:wrong")), "401");
+    assert_eq!(get(Some("bob:pw")), "200");
+    for bad in ["nocolon", ","] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kairos")).args(["serve", "--api-auth", bad]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("--api-auth") && !stderr.contains("panicked"), "{stderr}");
+    }
 }

@@ -194,12 +194,12 @@ async function compare() {
   setBusy(true); setStatus("queued…", "busy");
   startPolling("bar2");
   try {
-    const [out, curves] = await Promise.all([
-      api("/v1/compare", body),
-      api("/v1/schedule", { schedules: chosen, steps: Math.max(...steps), family: "sd1" }),
-    ]);
+    const out = await api("/v1/compare", body);
     drawGrid(out);
-    drawCurves(curves);
+    // The σ curves the cells of the last column really sampled (the model's own family).
+    const last = out.columns.length - 1;
+    const curves = out.rows.map((label, i) => ({ schedule: label, sigmas: out.cells[i * out.columns.length + last].sigmas }));
+    drawCurves({ schedules: curves, steps: out.columns[last], family: $("model").selectedOptions[0]?.textContent || "" });
     const link = $("download");
     link.href = "data:image/png;base64," + out.grid; link.hidden = false;
     setStatus(`compared ${out.rows.length} schedules × ${out.columns.length} step counts · seed ${out.seed}`);

@@ -94,13 +94,18 @@ impl Default for ServerConfig {
 
 /// Parses `--api-auth user:pass[,user2:pass2]`.
 pub fn parse_auth(text: &str) -> Result<Vec<(String, String)>, String> {
-    text.split(',')
+    let pairs: Vec<(String, String)> = text
+        .split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|pair| match pair.trim().split_once(':') {
             Some((u, p)) if !u.is_empty() => Ok((u.to_string(), p.to_string())),
             _ => Err(format!("`{pair}` is not user:password")),
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    if pairs.is_empty() {
+        return Err("give at least one user:password".into());
+    }
+    Ok(pairs)
 }
 
 /// What the handlers share.
@@ -187,7 +192,9 @@ pub async fn serve(listener: tokio::net::TcpListener, config: ServerConfig) -> s
 pub fn run(addr: &str, config: ServerConfig) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr()?;
         let models = read_count(&config);
         eprintln!(

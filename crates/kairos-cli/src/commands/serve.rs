@@ -27,8 +27,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7860")]
     listen: String,
     /// HTTP basic auth on every route, UI included: user:pass[,user2:pass2].
-    #[arg(long, value_parser = kairos_server::parse_auth)]
-    api_auth: Option<Vec<(String, String)>>,
+    #[arg(long)]
+    api_auth: Option<String>,
     /// Jobs that may wait in the queue (one more runs); a full queue answers 503 with Retry-After.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     queue_size: u64,
@@ -54,6 +54,10 @@ pub struct ServeArgs {
 
 /// Runs `kairos serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let auth = match &args.api_auth {
+        Some(text) => kairos_server::parse_auth(text).map_err(|e| anyhow::anyhow!("--api-auth: {e}"))?,
+        None => Vec::new(),
+    };
     let config = ServerConfig {
         models_dir: args.models_dir,
         lora_dir: args.lora_dir,
@@ -61,7 +65,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         taesd: args.taesd,
         queue_size: args.queue_size as usize,
         max_pixels: args.max_pixels,
-        auth: args.api_auth.unwrap_or_default(),
+        auth,
         cors_allow_origins: args.cors_allow_origins,
         model_cache_bytes: args.model_cache_mb << 20,
         model_options: ModelOptions {
