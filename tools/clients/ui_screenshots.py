@@ -121,6 +121,7 @@ def main():
         d.wait("the image", f"return {status.split('return ')[1]}.startsWith('done')")
         assert d.js("return document.querySelectorAll('#gallery figure').length") == 1
         assert "Seed: 1234" in d.js("return document.getElementById('params').textContent")
+        time.sleep(0.5)  # the progress bar's reset transition
         d.shot(out("03-done.png"))
 
     def gallery_reuse():
@@ -139,6 +140,7 @@ def main():
         d.wait("the grid", "return document.querySelectorAll('.grid-table img').length === 12", timeout=180)
         assert d.js("return document.querySelectorAll('#curves polyline').length") == 4
         assert not d.js("return document.getElementById('download').hidden")
+        time.sleep(0.5)
         d.shot(out("05-compare.png"))
         grid = d.js("return document.getElementById('download').href")
         with open(out("05-compare-download.png"), "wb") as f:
