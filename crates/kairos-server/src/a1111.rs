@@ -29,6 +29,10 @@ use crate::options::{self, Settings};
 /// Largest side accepted, in pixels (the pixel budget `--max-pixels` applies too).
 pub const MAX_SIDE: i64 = 16384;
 
+/// Longest prompt accepted, in characters (A1111 encodes 75-token chunks one by one: an
+/// unbounded prompt would be an unbounded job).
+pub const MAX_PROMPT_CHARS: usize = 20_000;
+
 /// A generation request, checked and resolved, ready for the worker.
 #[derive(Debug, Clone)]
 pub struct GenSpec {
@@ -222,6 +226,14 @@ pub fn parse(obj: &Map<String, Value>, img2img: bool, ctx: &Context<'_>) -> Resu
 
     let prompt = body.string("prompt")?.unwrap_or_default();
     let negative_prompt = body.string("negative_prompt")?.unwrap_or_default();
+    for (field, text) in [("prompt", &prompt), ("negative_prompt", &negative_prompt)] {
+        if text.chars().count() > MAX_PROMPT_CHARS {
+            return Err(ApiError::field(
+                field,
+                format!("{} characters is above the limit of {MAX_PROMPT_CHARS}", text.chars().count()),
+            ));
+        }
+    }
     let seed = body.int("seed", i64::MIN, 1 << 53)?.unwrap_or(-1);
     let seed = if seed < 0 { random_seed() } else { seed as u64 };
     let (sampler, schedule) = sampler_and_schedule(&body)?;
