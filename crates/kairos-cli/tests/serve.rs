@@ -13,6 +13,9 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The tiny SD1's config hints.
+const TINY_SD1: [&str; 4] = ["--norm-num-groups", "4", "--clip-head-dim", "8"];
+
 /// A `kairos serve` process, killed on drop.
 struct Serve {
     child: Child,
@@ -28,7 +31,7 @@ impl Drop for Serve {
 
 fn serve(models: &Path, extra: &[&str]) -> Serve {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kairos"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--norm-num-groups", "4", "--clip-head-dim", "8", "--models-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--models-dir"])
         .arg(models)
         .args(extra)
         .stderr(Stdio::piped())
@@ -80,7 +83,7 @@ fn api_images_equal_generate_pngs() {
     let model = models.join("sd1_tiny.safetensors");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kairos-pipeline/tests/fixtures/sd1_tiny.safetensors");
     std::fs::copy(fixture, &model).unwrap();
-    let server = serve(&models, &[]);
+    let server = serve(&models, &TINY_SD1);
 
     // kairos generate's conventions through A1111's settings: torch's CPU generator
     // (randn_source CPU) and the sqrt(1 + σ²) initial noise (sgm_noise_multiplier).
@@ -217,4 +220,40 @@ fn api_auth_flag_guards_the_server() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains("--api-auth") && !stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// The SDXL ensemble of experts through the API (`refiner_checkpoint`, `refiner_switch_at`)
+/// equals `kairos generate --refiner --refiner-switch` on the tiny SDXL base and refiner.
+#[test]
+fn api_refiner_equals_generate_refiner() {
+    let dir = temp_dir("refiner");
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kairos-models/tests/fixtures/sdxl");
+    for name in ["sdxl_base.safetensors", "sdxl_refiner.safetensors"] {
+        std::fs::copy(fixtures.join(name), models.join(name)).unwrap();
+    }
+    let server = serve(&models, &["--clip-head-dim", "8"]);
+    let out = dir.join("generate.png");
+    let status = Command::new(env!("CARGO_BIN_EXE_kairos"))
+        .args(["generate", "--clip-head-dim", "8", "--model"])
+        .arg(models.join("sdxl_base.safetensors"))
+        .arg("--refiner")
+        .arg(models.join("sdxl_refiner.safetensors"))
+        .args(["--refiner-switch", "0.5", "-p", "a red cube", "--steps", "6", "--seed", "9", "-W", "32", "-H", "32"])
+        .args(["--sampler", "Euler", "--schedule", "karras", "--cfg-scale", "7", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let (want_pixels, want_text) = read_png(&std::fs::read(&out).unwrap());
+    let body = serde_json::json!({"prompt": "a red cube", "steps": 6, "seed": 9, "width": 32, "height": 32,
+        "sampler_name": "Euler", "scheduler": "Karras", "cfg_scale": 7,
+        "refiner_checkpoint": "sdxl_refiner", "refiner_switch_at": 0.5,
+        "override_settings": {"randn_source": "CPU", "sgm_noise_multiplier": true}});
+    let reply = post(&server.addr, "/sdapi/v1/txt2img", &body);
+    let (pixels, text) = read_png(&b64(reply["images"][0].as_str().unwrap()));
+    assert_eq!(text, want_text);
+    assert!(pixels == want_pixels, "pixels differ");
+    let _ = std::fs::remove_dir_all(&dir);
 }

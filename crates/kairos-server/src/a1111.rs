@@ -62,6 +62,9 @@ pub struct GenSpec {
     pub sampler_name: String,
     /// `show_progress_every_n_steps`: steps between live previews (0 or less: none).
     pub preview_every: i64,
+    /// SDXL ensemble of experts: the refiner and the fraction of the schedule the base runs
+    /// (`refiner_checkpoint`, `refiner_switch_at`), as `kairos generate --refiner`.
+    pub refiner: Option<(Entry, f64)>,
 }
 
 /// What the server's limits and current options are, for parsing.
@@ -195,11 +198,6 @@ fn refuse_unsupported(body: &Body<'_>, img2img: bool) -> Result<(), ApiError> {
     body.refuse_unless("tiling", is_off, "tiling (seamless) images are not implemented")?;
     body.refuse_unless("enable_hr", is_off, "hires fix is not implemented; run img2img on the result")?;
     body.refuse_unless("firstpass_image", is_off, "hires fix is not implemented")?;
-    body.refuse_unless(
-        "refiner_checkpoint",
-        is_off,
-        "the SDXL refiner is not served yet (use `kairos generate --refiner`)",
-    )?;
     body.refuse_unless("script_name", is_off, "scripts are not available on a kairos server")?;
     body.refuse_unless("alwayson_scripts", is_off, "scripts (ControlNet, ...) are not available on a kairos server")?;
     body.refuse_unless("s_churn", is_off, "churn is not exposed; use an ancestral sampler")?;
@@ -328,6 +326,20 @@ pub fn parse(obj: &Map<String, Value>, img2img: bool, ctx: &Context<'_>) -> Resu
         })?,
     };
     let vae = settings.vae.as_deref().map(|name| ctx.catalog.vae("sd_vae", name)).transpose()?.cloned();
+    let refiner = match body.string("refiner_checkpoint")?.filter(|n| !n.is_empty() && n != "None") {
+        Some(_) if img2img => {
+            return Err(ApiError::unsupported("refiner_checkpoint", "the refiner is served for txt2img only"));
+        }
+        Some(name) => {
+            let entry = ctx.catalog.checkpoint("refiner_checkpoint", &name)?.clone();
+            let switch = body.number("refiner_switch_at", 0.0, 1.0)?.unwrap_or(0.8);
+            if switch <= 0.0 || switch >= 1.0 {
+                return Err(ApiError::field("refiner_switch_at", format!("must be in (0, 1), got {switch}")));
+            }
+            Some((entry, switch))
+        }
+        None => None,
+    };
 
     let initial_noise = match schedule {
         ScheduleKind::Trailing | ScheduleKind::Linspace => InitialNoise::Sigma,
@@ -355,6 +367,7 @@ pub fn parse(obj: &Map<String, Value>, img2img: bool, ctx: &Context<'_>) -> Resu
         seeding: BatchSeeding::PerItem,
         initial_noise,
         init_image,
+        denoising_end: refiner.as_ref().map(|(_, switch)| *switch),
         ..Txt2ImgRequest::default()
     };
     let mut parameters = obj.clone();
@@ -388,6 +401,7 @@ pub fn parse(obj: &Map<String, Value>, img2img: bool, ctx: &Context<'_>) -> Resu
         send_images: body.bool("send_images")?.unwrap_or(true),
         include_init,
         preview_every: settings.preview_every,
+        refiner,
         task_id: body.string("force_task_id")?,
         parameters: Value::Object(parameters),
         sampler_name,

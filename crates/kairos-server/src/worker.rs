@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use base64::Engine;
 use kairos_models::autoencoders::LatentRgbFactors;
+use kairos_models::loading::ModelFamily;
 use kairos_models::prompt::PromptOptions;
 use kairos_pipeline::infotext::Infotext;
 use kairos_pipeline::output::{save_png, OutputTarget};
@@ -244,7 +245,7 @@ struct ModelKey {
 
 struct Cached {
     key: ModelKey,
-    sd: StableDiffusion,
+    sd: Arc<StableDiffusion>,
     bytes: u64,
 }
 
@@ -342,7 +343,7 @@ impl Worker {
 
     /// The model for `key`, from the cache or loaded (evicting the least recently used models
     /// until it fits the budget).
-    fn model(&mut self, key: ModelKey) -> Result<&StableDiffusion, ApiError> {
+    fn model(&mut self, key: ModelKey) -> Result<Arc<StableDiffusion>, ApiError> {
         if let Some(i) = self.cache.iter().position(|c| c.key == key) {
             let hit = self.cache.remove(i);
             self.cache.push(hit);
@@ -374,9 +375,9 @@ impl Worker {
                 }
                 e => ApiError::Internal(format!("loading {}: {e}", key.model.display())),
             })?;
-            self.cache.push(Cached { key, sd, bytes });
+            self.cache.push(Cached { key, sd: Arc::new(sd), bytes });
         }
-        self.cache.last().map(|c| &c.sd).ok_or_else(|| ApiError::Internal("model cache is empty".into()))
+        self.cache.last().map(|c| c.sd.clone()).ok_or_else(|| ApiError::Internal("model cache is empty".into()))
     }
 
     fn generate(&mut self, spec: &GenSpec, control: &Control) -> Result<GenOutput, ApiError> {
@@ -394,8 +395,27 @@ impl Worker {
         let tmp = self.tmp.clone();
         let taesd = self.taesd.take();
         let result = (|| {
-            let sd = self.model(key)?;
-            run_generate(sd, taesd.as_ref(), spec, control, &jobs, &tmp)
+            let sd = self.model(key.clone())?;
+            let refiner = match &spec.refiner {
+                None => None,
+                Some((entry, switch)) => {
+                    let refiner =
+                        self.model(ModelKey { model: entry.path.clone(), vae: None, loras: Vec::new(), ..key })?;
+                    if sd.model_family != ModelFamily::Sdxl || refiner.model_family != ModelFamily::SdxlRefiner {
+                        return Err(ApiError::field(
+                            "refiner_checkpoint",
+                            format!(
+                                "the refiner needs an SDXL base and an SDXL refiner; got {} and {}",
+                                sd.model_family.name(),
+                                refiner.model_family.name()
+                            ),
+                        ));
+                    }
+                    Some((refiner, *switch))
+                }
+            };
+            let refiner = refiner.as_ref().map(|(r, s)| (r.as_ref(), *s));
+            run_generate(&sd, refiner, taesd.as_ref(), spec, control, &jobs, &tmp)
         })();
         self.taesd = taesd;
         result
@@ -456,6 +476,7 @@ fn png_with_infotext(
 
 fn run_generate(
     sd: &StableDiffusion,
+    refiner: Option<(&StableDiffusion, f64)>,
     taesd: Option<&Taesd>,
     spec: &GenSpec,
     control: &Control,
@@ -534,7 +555,18 @@ fn run_generate(
             }
             ControlFlow::Continue(())
         };
-        let result = kairos_pipeline::txt2img(&components, &one, &mut on_progress);
+        let result = match refiner {
+            None => kairos_pipeline::txt2img(&components, &one, &mut on_progress),
+            // `kairos generate --refiner`: the base's latents at the switch, finished by the
+            // refiner, decoded by the refiner's VAE.
+            Some((rsd, switch)) => (|| {
+                let handoff = kairos_pipeline::txt2img_latents(&components, &one, &mut on_progress)?;
+                let mut out =
+                    kairos_pipeline::refine_latents(&rsd.components(), &one, switch, &handoff, &mut on_progress)?;
+                kairos_pipeline::decode_latents(&rsd.vae, &mut out, &mut on_progress)?;
+                Ok::<_, kairos_pipeline::PipelineError>(out)
+            })(),
+        };
         let run = match result {
             Ok(run) => run,
             Err(e) if e.is_cancelled() => {
@@ -558,6 +590,12 @@ fn run_generate(
             extra.push(("Timestep mode".into(), "fractional".into()));
             if !spec.lora_hashes.is_empty() {
                 extra.push(("Lora hashes".into(), spec.lora_hashes.join(", ")));
+            }
+            if let Some((entry, switch)) = &spec.refiner {
+                // A1111's refiner fields, as `kairos generate` writes them.
+                let hash = crate::catalog::short_hash(&entry.path).map(|h| format!(" [{h}]")).unwrap_or_default();
+                extra.push(("Refiner".into(), format!("{}{hash}", entry.stem())));
+                extra.push(("Refiner switch at".into(), switch.to_string()));
             }
             let info = Infotext {
                 prompt: spec.infotext_prompt.clone(),

@@ -533,18 +533,43 @@ fn schedule_and_compare_endpoints() {
 fn sdxl_serves_through_the_same_api() {
     let dir = temp_dir("sdxl").join("models");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        fixture("kairos-models/tests/fixtures/sdxl/sdxl_base.safetensors"),
-        dir.join("sdxl_base.safetensors"),
-    )
-    .unwrap();
+    let sdxl = "kairos-models/tests/fixtures/sdxl";
+    std::fs::copy(fixture(&format!("{sdxl}/sdxl_base.safetensors")), dir.join("sdxl_base.safetensors")).unwrap();
     let mut options = kairos_pipeline::ModelOptions::default();
     options.load.hints.clip_head_dim = 8;
-    let server =
-        start(kairos_server::ServerConfig { models_dir: Some(dir), model_options: options, ..Default::default() });
-    let r = server.post("/sdapi/v1/txt2img", &small(json!({"width": 32, "height": 32, "steps": 2})));
+    let config =
+        kairos_server::ServerConfig { models_dir: Some(dir.clone()), model_options: options, ..Default::default() };
+    let server = start(config);
+    let size = json!({"width": 32, "height": 32, "steps": 6});
+    let r = server.post("/sdapi/v1/txt2img", &small(size.clone()));
     assert_eq!(r.status, 200, "{}", r.text());
     let (w, h, _, text) = decode_png(r.json()["images"][0].as_str().unwrap());
     assert_eq!((w, h), (32, 32));
     assert!(text.unwrap().contains("Model: sdxl_base"));
+
+    // The refiner finishes the base's schedule (ensemble of experts, as `generate --refiner`).
+    std::fs::copy(fixture(&format!("{sdxl}/sdxl_refiner.safetensors")), dir.join("sdxl_refiner.safetensors")).unwrap();
+    assert_eq!(server.post("/sdapi/v1/refresh-checkpoints", &json!({})).status, 200);
+    let with = |extra: Value| {
+        let mut body = small(size.clone());
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let r = server
+        .post("/sdapi/v1/txt2img", &with(json!({"refiner_checkpoint": "sdxl_refiner", "refiner_switch_at": 0.5})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = info(&r)["infotexts"][0].as_str().unwrap().to_string();
+    assert!(text.contains(", Refiner: sdxl_refiner [") && text.ends_with("Refiner switch at: 0.5"), "{text}");
+    let base_only = server.post("/sdapi/v1/txt2img", &small(size.clone())).json();
+    assert_ne!(r.json()["images"][0], base_only["images"][0]);
+    for (extra, field, status) in [
+        (json!({"refiner_checkpoint": "nope"}), "refiner_checkpoint", 404),
+        (json!({"refiner_checkpoint": "sdxl_refiner", "refiner_switch_at": 1.0}), "refiner_switch_at", 400),
+        (json!({"refiner_checkpoint": "sdxl_base"}), "refiner_checkpoint", 400),
+        (json!({"refiner_checkpoint": "sdxl_refiner", "init_images": [png_b64(32, 32)]}), "refiner_checkpoint", 422),
+    ] {
+        let path = if extra.get("init_images").is_some() { "/sdapi/v1/img2img" } else { "/sdapi/v1/txt2img" };
+        let r = server.post(path, &with(extra.clone()));
+        assert_eq!((r.status, r.json()["field"].clone()), (status, json!(field)), "{extra}: {}", r.text());
+    }
 }
