@@ -160,6 +160,39 @@ impl Infotext {
     }
 }
 
+/// The SHA-256 of a file, as lowercase hex. A1111's model hash ("Model hash", "VAE hash") is
+/// its first 10 digits ([`short_hash`]).
+pub fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A1111's short hash of a single-file checkpoint or VAE: the first 10 hex digits of its
+/// SHA-256; `None` for a folder or an unreadable file.
+pub fn short_hash(path: &std::path::Path) -> Option<String> {
+    if !path.is_file() {
+        return None;
+    }
+    file_sha256(path).ok().map(|h| h[..10].to_string())
+}
+
+/// A1111's `addnet_hash_safetensors`, cut to its 12-digit short hash (the `Lora hashes`
+/// infotext entry): SHA-256 of the file after its safetensors header.
+pub fn lora_hash(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)?;
+    file.seek(SeekFrom::Start(u64::from_le_bytes(len).saturating_add(8)))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -227,15 +227,11 @@ pub fn cached_hash(path: &Path) -> Option<String> {
 /// The SHA-256 of a file (hex), cached by path, size and modification time; `None` for a
 /// folder or an unreadable file. A1111's model hash is its first 10 digits.
 pub fn sha256(path: &Path) -> Option<String> {
-    use sha2::Digest;
     if let Some(hash) = cached_hash(path) {
         return Some(hash);
     }
     let key = file_key(path)?;
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).ok()?;
-    let hash: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let hash = kairos_pipeline::infotext::file_sha256(path).ok()?;
     if let Ok(mut cache) = hash_cache().lock() {
         cache.insert(path.to_path_buf(), (key.0, key.1, hash.clone()));
     }
@@ -248,19 +244,10 @@ pub fn short_hash(path: &Path) -> Option<String> {
     sha256(path).map(|h| h[..10].to_string())
 }
 
-/// A1111's `addnet_hash_safetensors` cut to 12 digits (the `Lora hashes` infotext entry): the
-/// SHA-256 of the file after its safetensors header, as `kairos generate` writes it.
+/// A1111's LoRA short hash ([`kairos_pipeline::infotext::lora_hash`]) as an API error on failure.
 pub fn lora_hash(path: &Path) -> Result<String, ApiError> {
-    use sha2::Digest;
-    use std::io::{Read, Seek, SeekFrom};
-    let fail = |e: std::io::Error| ApiError::Internal(format!("cannot read the LoRA {}: {e}", path.display()));
-    let mut file = std::fs::File::open(path).map_err(fail)?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(fail)?;
-    file.seek(SeekFrom::Start(u64::from_le_bytes(len).saturating_add(8))).map_err(fail)?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(fail)?;
-    Ok(hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect())
+    kairos_pipeline::infotext::lora_hash(path)
+        .map_err(|e| ApiError::Internal(format!("cannot read the LoRA {}: {e}", path.display())))
 }
 
 #[cfg(test)]

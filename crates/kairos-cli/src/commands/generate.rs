@@ -13,7 +13,7 @@ use kairos_models::lcm::{lcm_timesteps, LcmOptions};
 use kairos_models::loading::ModelFamily;
 use kairos_models::lora::{extract_prompt_loras, resolve_lora, LoraSpec};
 use kairos_models::prompt::PromptOptions;
-use kairos_pipeline::infotext::Infotext;
+use kairos_pipeline::infotext::{lora_hash, short_hash, Infotext};
 use kairos_pipeline::output::{save_json_sidecar, save_png, OutputTarget};
 use kairos_pipeline::{
     decode_latents, refine_latents, txt2img_latents, InitImage, InitialNoise, LatentDecoder, LcmKind, LoraWeights,
@@ -283,18 +283,6 @@ fn download_repo(repo_id: &str) -> anyhow::Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-/// A1111's short hash of a single-file checkpoint: the first 10 hex digits of its SHA-256.
-fn short_hash(path: &Path) -> Option<String> {
-    use sha2::Digest;
-    if !path.is_file() {
-        return None;
-    }
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).ok()?;
-    Some(hasher.finalize().iter().take(5).map(|b| format!("{b:02x}")).collect())
-}
-
 /// Writes a step preview to `path`, through a temporary file so that viewers never see a
 /// half-written PNG.
 fn write_preview(path: &Path, preview: &Preview<'_>, denoised: &candle_core::Tensor) -> anyhow::Result<()> {
@@ -312,20 +300,6 @@ fn write_preview(path: &Path, preview: &Preview<'_>, denoised: &candle_core::Ten
     )
     .with_context(|| format!("writing the preview {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing the preview {}", path.display()))
-}
-
-/// A1111's `addnet_hash_safetensors`, cut to its 12-digit short hash (the `Lora hashes`
-/// infotext entry): SHA-256 of the file after its safetensors header.
-fn lora_hash(path: &Path) -> anyhow::Result<String> {
-    use sha2::Digest;
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).with_context(|| format!("{} is not a safetensors file", path.display()))?;
-    file.seek(SeekFrom::Start(u64::from_le_bytes(len).saturating_add(8)))?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect())
 }
 
 /// The LoRAs of a run: the prompt's tags (looked up in `--lora-dir`), then `--lora` files; and
@@ -548,7 +522,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         .iter()
         .map(|l| {
             let name = l.path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-            Ok(format!("{}: {}", name.replace([':', ','], "_"), lora_hash(&l.path)?))
+            let hash = lora_hash(&l.path).with_context(|| format!("cannot read the LoRA {}", l.path.display()))?;
+            Ok(format!("{}: {hash}", name.replace([':', ','], "_")))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut req = parse_request(&args, prompt)?;
