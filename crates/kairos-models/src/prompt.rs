@@ -351,6 +351,10 @@ pub fn encode_prompt(
     })
 }
 
+/// One chunk's ids `[1, 77]` → its embeddings `[1, 77, hidden]` and pooled vector (see
+/// [`encode_prompt_with`]).
+pub type ChunkEncoder<'a> = dyn FnMut(&Tensor) -> Result<(Tensor, Tensor), PromptError> + 'a;
+
 /// The chunking and emphasis of [`encode_prompt`] around any encoder: `encode` maps one chunk's
 /// ids `[1, 77]` to its embeddings `[1, 77, hidden]` and a pooled vector. SDXL runs it once per
 /// text encoder (A1111/Forge weight, chunk and pad each encoder's tokens on their own) with the
@@ -360,7 +364,7 @@ pub fn encode_prompt_with(
     prompt: &str,
     options: &PromptOptions,
     device: &candle_core::Device,
-    encode: &mut dyn FnMut(&Tensor) -> Result<(Tensor, Tensor), PromptError>,
+    encode: &mut ChunkEncoder<'_>,
 ) -> Result<(Tensor, Tensor), PromptError> {
     let tokenized = tokenize_prompt(tokenizer, prompt, options)?;
     let mut zs = Vec::with_capacity(tokenized.chunks.len());

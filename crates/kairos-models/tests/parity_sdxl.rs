@@ -281,7 +281,7 @@ fn sparse_checkpoint(name: &str, table: &serde_json::Map<String, serde_json::Val
         offset += bytes;
     }
     let mut text = serde_json::to_string(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let path = temp_dir(name).join("model.safetensors");

@@ -2,7 +2,7 @@
 //! embedding of its `text_time` embedding).
 
 use candle_core::Tensor;
-use kairos_models::prompt::{encode_prompt_with, PromptOptions};
+use kairos_models::prompt::{encode_prompt_with, ChunkEncoder, PromptOptions};
 use kairos_models::text_encoders::clip::{CLIPTextModel, CLIPTextModelWithProjection, CLIPTextTransformer};
 use kairos_models::tokenizer::{CLIPTokenizer, MODEL_MAX_LENGTH};
 
@@ -58,7 +58,7 @@ fn encode_with_syntax(
     tokenizer: &CLIPTokenizer,
     prompt: &str,
     device: &candle_core::Device,
-    encode: &mut dyn FnMut(&Tensor) -> Result<(Tensor, Tensor), kairos_models::prompt::PromptError>,
+    encode: &mut ChunkEncoder<'_>,
 ) -> Result<(Tensor, Tensor), PipelineError> {
     Ok(match syntax {
         PromptSyntax::A1111 => encode_prompt_with(tokenizer, prompt, options, device, encode)?,
