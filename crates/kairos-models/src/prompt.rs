@@ -40,6 +40,22 @@ use crate::tokenizer::{CLIPTokenizer, TokenizerError, BOS_TOKEN_ID, EOS_TOKEN_ID
 /// Tokens of the prompt in one chunk (A1111's `chunk_length`).
 pub const CHUNK_LENGTH: usize = 75;
 
+/// The longest prompt parsed or tokenized, in characters (the server's request limit too): 20,000
+/// characters is some 270 chunks of 75 tokens, far past any model's use, and bounds the parse,
+/// the token lists and the text-encoder passes a prompt can ask for.
+pub const MAX_PROMPT_CHARS: usize = 20_000;
+
+/// Refuses a prompt over [`MAX_PROMPT_CHARS`] before anything is allocated for it.
+pub fn check_prompt_length(text: &str) -> Result<(), PromptError> {
+    if text.len() > MAX_PROMPT_CHARS {
+        let chars = text.chars().count();
+        if chars > MAX_PROMPT_CHARS {
+            return Err(PromptError::TooLong { chars, limit: MAX_PROMPT_CHARS });
+        }
+    }
+    Ok(())
+}
+
 /// A1111's round-bracket multiplier.
 const ROUND_BRACKET_MULTIPLIER: f64 = 1.1;
 
@@ -51,6 +67,14 @@ pub enum PromptError {
     InvalidWeight {
         /// The characters between `:` and `)`.
         weight: String,
+    },
+    /// A prompt over [`MAX_PROMPT_CHARS`].
+    #[error("the prompt has {chars} characters, above the limit of {limit}; shorten it (a CLIP encoder reads 75 tokens a chunk)")]
+    TooLong {
+        /// Its length in characters.
+        chars: usize,
+        /// [`MAX_PROMPT_CHARS`].
+        limit: usize,
     },
     /// Tokenizing failed.
     #[error(transparent)]
@@ -131,6 +155,7 @@ fn re_break() -> &'static Regex {
 /// Splits a prompt into text pieces with attention weights and `BREAK`s (A1111's
 /// `parse_prompt_attention`); neighbouring pieces of equal weight are merged.
 pub fn parse_prompt_attention(text: &str) -> Result<Vec<PromptPart>, PromptError> {
+    check_prompt_length(text)?;
     let mut res: Vec<PromptPart> = Vec::new();
     let mut round_brackets: Vec<usize> = Vec::new();
     let mut square_brackets: Vec<usize> = Vec::new();
@@ -254,6 +279,7 @@ pub fn tokenize_prompt(
     prompt: &str,
     options: &PromptOptions,
 ) -> Result<TokenizedPrompt, PromptError> {
+    check_prompt_length(prompt)?;
     let parsed = match options.emphasis {
         Emphasis::None => vec![PromptPart::Text { text: prompt.to_string(), weight: 1.0 }],
         _ => parse_prompt_attention(prompt)?,

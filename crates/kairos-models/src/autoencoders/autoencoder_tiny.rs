@@ -463,8 +463,12 @@ fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
     let corrupt = |e: candle_core::Error| ModelError::Corrupt { path: path.to_path_buf(), reason: e.to_string() };
     match extension.as_str() {
-        "safetensors" => candle_core::safetensors::load(path, &Device::Cpu).map_err(corrupt),
+        "safetensors" => {
+            crate::loading::bounds::check_safetensors_file(path)?;
+            candle_core::safetensors::load(path, &Device::Cpu).map_err(corrupt)
+        }
         "pth" | "pt" | "ckpt" | "bin" => {
+            crate::loading::bounds::check_zip_file(path)?;
             Ok(candle_core::pickle::read_all(path).map_err(corrupt)?.into_iter().collect())
         }
         _ => Err(ModelError::UnknownExtension { path: path.to_path_buf(), extension }),

@@ -15,6 +15,7 @@
 //! `AutoencoderKL`, `text_encoder` as transformers' `CLIPTextModel` with the `text_model.` prefix
 //! (as in Hub files; transformers 5 dropped it from its own state dict).
 
+pub mod bounds;
 mod derive;
 mod folder;
 pub(crate) mod ldm;

@@ -52,6 +52,8 @@ impl OpenFile {
         }
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         if SAFETENSORS_EXT.contains(&ext.as_str()) {
+            // A lying header (a shape its data cannot hold) is refused before anything is mapped.
+            super::bounds::check_safetensors_file(path)?;
             // SAFETY: the map is read-only; the caller must not truncate or rewrite a checkpoint
             // while kairos has it open (the same contract as every mmap-based loader).
             let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| corrupt(path, e))?;
@@ -69,10 +71,24 @@ impl OpenFile {
 
     fn open_pickle(path: &Path) -> Result<Self, ModelError> {
         use candle_core::pickle::PthTensors;
+        // Entry sizes that lie about the archive, and shapes their storage cannot hold, are
+        // refused before the unpickler or a tensor read allocates for them.
+        let entry_sizes = super::bounds::check_zip_file(path)?;
         // Training checkpoints nest the weights under `state_dict`; exported ones are flat.
         let mut pth = PthTensors::new(path, None).map_err(|e| corrupt(path, e))?;
         if pth.tensor_infos().is_empty() {
             pth = PthTensors::new(path, Some("state_dict")).map_err(|e| corrupt(path, e))?;
+        }
+        for (name, ti) in pth.tensor_infos() {
+            super::bounds::check_pickled_tensor(
+                path,
+                name,
+                ti.layout.shape().dims(),
+                ti.dtype.size_in_bytes(),
+                ti.layout.start_offset(),
+                &ti.path,
+                &entry_sizes,
+            )?;
         }
         let tensors = pth
             .tensor_infos()

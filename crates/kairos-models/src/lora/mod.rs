@@ -60,6 +60,7 @@ impl LoraFile {
         if ext != "safetensors" {
             return Err(ModelError::UnknownExtension { path: path.to_path_buf(), extension: ext }.into());
         }
+        crate::loading::bounds::check_safetensors_file(path)?;
         let tensors = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| ModelError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
         let (layers, unparsed) = keys::group(tensors);
