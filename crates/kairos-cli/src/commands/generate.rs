@@ -115,6 +115,10 @@ pub struct GenerateArgs {
     /// when its size differs.
     #[arg(long)]
     init_image: Option<PathBuf>,
+    /// The largest --init-image accepted, in pixels (width x height), checked from the file's
+    /// header before it is decoded: a small file can declare a 100000x100000 image.
+    #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
+    max_image_pixels: u64,
     /// How --init-image is brought to -W x -H (A1111's modes, Pillow's Lanczos): just-resize
     /// (stretch), crop-and-resize (cover, centre, crop), resize-and-fill (fit, centre, fill the
     /// bands with the stretched edges).
@@ -363,8 +367,9 @@ fn load_init_image(
     path: &Path,
     width: Option<usize>,
     height: Option<usize>,
+    max_pixels: u64,
 ) -> anyhow::Result<(RgbImage, usize, usize)> {
-    let image = image::open(path).with_context(|| format!("reading the init image {}", path.display()))?.to_rgb8();
+    let image = read_image_bounded(path, max_pixels)?;
     let (iw, ih) = (image.width() as usize, image.height() as usize);
     let round = |v: usize| (v / 8 * 8).max(8);
     let (w, h) = (width.unwrap_or(round(iw)), height.unwrap_or(round(ih)));
@@ -375,6 +380,37 @@ fn load_init_image(
         );
     }
     Ok((RgbImage { width: iw, height: ih, data: image.into_raw() }, w, h))
+}
+
+/// The default `--max-image-pixels`: 64 megapixels (8192x8192), 256 MB as RGBA.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 8192 * 8192;
+
+/// Decodes an image file as RGB8 after checking the dimensions its header declares against
+/// `max_pixels`, so a lying header (a few hundred bytes claiming 100000x100000) is refused before
+/// the decoder allocates; the decode itself runs under an allocation limit of the same size.
+pub fn read_image_bounded(path: &Path, max_pixels: u64) -> anyhow::Result<image::RgbImage> {
+    let open = || -> anyhow::Result<image::io::Reader<std::io::BufReader<std::fs::File>>> {
+        image::io::Reader::open(path)
+            .and_then(|r| r.with_guessed_format())
+            .with_context(|| format!("reading the init image {}", path.display()))
+    };
+    let (w, h) = open()?
+        .into_dimensions()
+        .with_context(|| format!("reading the init image {}: not a PNG, JPEG or WebP image", path.display()))?;
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        anyhow::bail!(
+            "the init image {} declares {w}x{h} pixels ({pixels}), over the limit of {max_pixels}; pass a smaller \
+             image, or raise --max-image-pixels if it really is that large",
+            path.display()
+        );
+    }
+    let mut reader = open()?;
+    let mut limits = image::io::Limits::default();
+    // RGBA16 of the declared size plus the RGB8 copy, with room for the decoder's buffers.
+    limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(limits);
+    Ok(reader.decode().with_context(|| format!("reading the init image {}", path.display()))?.to_rgb8())
 }
 
 /// Fills what the user left open with the defaults for `lcm` models (lcm sampler, 4 steps,
@@ -429,7 +465,7 @@ fn parse_request(args: &GenerateArgs, prompt: String) -> anyhow::Result<Txt2ImgR
     };
     let (init_image, width, height) = match &args.init_image {
         Some(path) => {
-            let (image, width, height) = load_init_image(path, args.width, args.height)?;
+            let (image, width, height) = load_init_image(path, args.width, args.height, args.max_image_pixels)?;
             let init = InitImage {
                 image,
                 strength: args.denoise,
