@@ -500,7 +500,8 @@ async fn png_info(body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, Ap
 }
 
 /// The text chunks of a PNG (tEXt, zTXt, iTXt) by keyword.
-fn png_text_chunks(bytes: &[u8]) -> Result<Map<String, Value>, String> {
+#[doc(hidden)]
+pub fn png_text_chunks(bytes: &[u8]) -> Result<Map<String, Value>, String> {
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     let reader = decoder.read_info().map_err(|e| format!("not a PNG: {e}"))?;
     let info = reader.info();
