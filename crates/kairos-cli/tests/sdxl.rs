@@ -196,6 +196,20 @@ fn misused_sdxl_options_are_clear_errors() {
     fails(&["--model", &base, "--refiner", &refiner, "--refiner-switch", "1.5", "-o", &out], &["denoising_end"]);
     fails(&["--model", &base, "--original-size", "1024", "-o", &out], &["WIDTHxHEIGHT"]);
     fails(&["--model", &base, "--crop", "a,b", "-o", &out], &["TOP,LEFT"]);
+    // An SD VAE on an SDXL model, and an SDXL VAE on an SD1 model: the latents differ in scale.
+    let vae = |name: &str| {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kairos-models/tests/fixtures/vae").join(name);
+        p.to_string_lossy().into_owned()
+    };
+    fails(
+        &["--model", &base, "--vae", &vae("tiny"), "-o", &out],
+        &["does not fit this model: its scaling factor is 0.18215, the model needs 0.13025"],
+    );
+    let sd1 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../kairos-pipeline/tests/fixtures/sd1_tiny.safetensors");
+    fails(
+        &["--model", sd1.to_str().unwrap(), "--norm-num-groups", "4", "--vae", &vae("sdxl_tiny"), "-o", &out],
+        &["does not fit this model: its scaling factor is 0.13025, the model needs 0.18215"],
+    );
     assert!(!PathBuf::from(&out).exists(), "no image is written for a failed run");
 }
 
