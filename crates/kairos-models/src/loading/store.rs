@@ -70,14 +70,13 @@ impl OpenFile {
     }
 
     fn open_pickle(path: &Path) -> Result<Self, ModelError> {
-        use candle_core::pickle::PthTensors;
         // Entry sizes that lie about the archive, and shapes their storage cannot hold, are
         // refused before the unpickler or a tensor read allocates for them.
         let entry_sizes = super::bounds::check_zip_file(path)?;
         // Training checkpoints nest the weights under `state_dict`; exported ones are flat.
-        let mut pth = PthTensors::new(path, None).map_err(|e| corrupt(path, e))?;
+        let mut pth = unpickle(path, None)?;
         if pth.tensor_infos().is_empty() {
-            pth = PthTensors::new(path, Some("state_dict")).map_err(|e| corrupt(path, e))?;
+            pth = unpickle(path, Some("state_dict"))?;
         }
         for (name, ti) in pth.tensor_infos() {
             super::bounds::check_pickled_tensor(
@@ -107,12 +106,28 @@ impl OpenFile {
                     release_pages(view.data());
                 }
             }),
-            TensorFile::Pickle(p) => p
-                .get(name)
+            TensorFile::Pickle(p) => no_panic(|| p.get(name))
                 .and_then(|t| t.ok_or_else(|| candle_core::Error::Msg(format!("tensor `{name}` not in the archive")))),
         };
         t.map_err(|e| corrupt(&self.path, e))
     }
+}
+
+/// Runs candle's unpickler, whose malformed-input paths can panic (e.g. a `_rebuild_tensor_v2`
+/// call with too few arguments indexes past its tuple: fuzz/pickle_load), as an error.
+fn no_panic<T>(f: impl FnOnce() -> candle_core::Result<T>) -> candle_core::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("malformed pickle");
+        Err(candle_core::Error::Msg(format!("malformed pickle ({what})")))
+    })
+}
+
+fn unpickle(path: &Path, key: Option<&str>) -> Result<candle_core::pickle::PthTensors, ModelError> {
+    no_panic(|| candle_core::pickle::PthTensors::new(path, key)).map_err(|e| corrupt(path, e))
 }
 
 /// Drops the mapped pages wholly inside `bytes` from this process's resident set once a tensor
@@ -140,6 +155,11 @@ fn release_pages(_bytes: &[u8]) {}
 /// Reads the top-level `global_step` of a CompVis training checkpoint, if there is one.
 /// diffusers uses it to tell SD2-base (875000, epsilon) from SD2-v.
 fn read_global_step(path: &Path) -> Option<i64> {
+    // The unpickler's malformed-input panics (see `no_panic`) mean "no global_step".
+    std::panic::catch_unwind(|| read_global_step_inner(path)).ok().flatten()
+}
+
+fn read_global_step_inner(path: &Path) -> Option<i64> {
     use candle_core::pickle::{Object, Stack};
     let file = std::fs::File::open(path).ok()?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).ok()?;
