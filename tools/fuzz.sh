@@ -23,7 +23,7 @@ fi
 [ -d corpus ] || python3 ../tools/fuzz_corpus.py corpus
 cargo +nightly fuzz build -s "$san"
 mkdir -p logs
-: > logs/summary.txt
+echo "# $(date -u +%FT%TZ) tools/fuzz.sh $secs ${targets[*]}" >> logs/summary.txt
 status=0
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"

@@ -165,7 +165,11 @@ pub fn decode_image(field: &str, text: &str) -> Result<RgbImage, ApiError> {
     limits.max_alloc = Some(512 << 20);
     let mut reader = reader;
     reader.limits(limits);
-    let image = reader.decode().map_err(|e| ApiError::field(field, format!("not a PNG, JPEG or WebP image: {e}")))?;
+    // The image crate's decoders can panic on malformed input (a WebP lossless Huffman table
+    // overflowed an add: fuzz/init_image); that is a bad image, not a dead worker.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()))
+        .map_err(|_| ApiError::field(field, "not a PNG, JPEG or WebP image: the decoder failed on malformed data"))?;
+    let image = decoded.map_err(|e| ApiError::field(field, format!("not a PNG, JPEG or WebP image: {e}")))?;
     let rgb = image.to_rgb8();
     Ok(RgbImage { width: rgb.width() as usize, height: rgb.height() as usize, data: rgb.into_raw() })
 }

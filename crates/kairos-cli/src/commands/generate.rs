@@ -410,7 +410,12 @@ pub fn read_image_bounded(path: &Path, max_pixels: u64) -> anyhow::Result<image:
     // RGBA16 of the declared size plus the RGB8 copy, with room for the decoder's buffers.
     limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
     reader.limits(limits);
-    Ok(reader.decode().with_context(|| format!("reading the init image {}", path.display()))?.to_rgb8())
+    // The image crate's decoders can panic on malformed input (fuzz/init_image found one in WebP
+    // lossless); that is a bad file, reported as one.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode())).map_err(|_| {
+        anyhow::anyhow!("reading the init image {}: the decoder failed on malformed data", path.display())
+    })?;
+    Ok(decoded.with_context(|| format!("reading the init image {}", path.display()))?.to_rgb8())
 }
 
 /// Fills what the user left open with the defaults for `lcm` models (lcm sampler, 4 steps,
