@@ -28,6 +28,7 @@ status=0
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     echo "== $t ($secs s)"
+    touch "logs/$t.start"
     cmd=(cargo +nightly fuzz run -s "$san" "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb="$rss"
          -timeout=10 -print_final_stats=1)
     if ! "${cmd[@]}" > "logs/$t.log" 2>&1; then
@@ -36,8 +37,8 @@ for t in "${targets[@]}"; do
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "logs/$t.log" | grep -o '[0-9]*$' || echo '?')
     cov=$(grep -o 'cov: [0-9]*' "logs/$t.log" | tail -1 | grep -o '[0-9]*' || echo '?')
     ft=$(grep -o 'ft: [0-9]*' "logs/$t.log" | tail -1 | grep -o '[0-9]*' || echo '?')
-    found=$(find "artifacts/$t" -type f | wc -l)
-    line="$t: ${execs} executions, cov ${cov}, ft ${ft}, ${found} findings in artifacts/$t; ${cmd[*]}"
+    found=$(find "artifacts/$t" -type f -newer "logs/$t.start" | wc -l)
+    line="$t: ${execs} executions, cov ${cov}, ft ${ft}, ${found} new findings in artifacts/$t; ${cmd[*]}"
     echo "$line" | tee -a logs/summary.txt
 done
 exit $status

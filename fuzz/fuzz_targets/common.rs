@@ -14,3 +14,12 @@ pub fn as_file(name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&path, bytes).unwrap();
     path
 }
+
+/// libfuzzer-sys installs a panic hook that aborts, so even a panic kairos catches (candle's
+/// unpickler and the image decoders panic on some malformed input; kairos turns those into
+/// errors with `catch_unwind`) would count as a crash. Restores the default hook: a panic that
+/// escapes still reaches libfuzzer-sys's own `catch_unwind` and aborts as a finding.
+pub fn count_only_uncaught_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| drop(std::panic::take_hook()));
+}

@@ -8,6 +8,7 @@ use kairos_models::loading::{load, LoadOptions};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    common::count_only_uncaught_panics();
     let path = common::as_file("model.ckpt", data);
     let _ = load(&path, &LoadOptions::default());
 });
