@@ -430,7 +430,7 @@ impl ScheduleKind {
                 }
                 let ts: Vec<f64> = (0..n).rev().map(|i| (i * ratio + steps_offset) as f64).collect();
                 let max_t = (table.len() - 1) as f64;
-                append_zero(ts.iter().map(|&t| table_sigma(table, t.min(max_t))).collect())
+                append_zero(table_sigmas(table, ts.iter().map(|&t| t.min(max_t))))
             }
             Self::Trailing => {
                 let table = table(self, schedule)?;
@@ -438,13 +438,13 @@ impl ScheduleKind {
                 let ratio = total / n as f64;
                 // np.arange(N, 0, -ratio): N − i·ratio while positive, rounded half to even, − 1.
                 let ts: Vec<f64> = (0..n).map(|i| (total - i as f64 * ratio).round_ties_even() - 1.0).collect();
-                append_zero(ts.iter().map(|&t| table_sigma(table, t.max(0.0))).collect())
+                append_zero(table_sigmas(table, ts.iter().map(|&t| t.max(0.0))))
             }
             Self::Linspace => {
                 let table = table(self, schedule)?;
                 let max_t = (table.len() - 1) as f64;
                 let ts = np_linspace(0.0, max_t, n);
-                append_zero(ts.iter().rev().map(|&t| table_sigma(table, t)).collect())
+                append_zero(table_sigmas(table, ts.iter().rev().copied()))
             }
             Self::Sigmas(v) => v.clone(),
             Self::Timesteps(ts) => {
@@ -455,17 +455,17 @@ impl ScheduleKind {
                         return Err(ScheduleError::InvalidTimestep { index, value: t, max_t });
                     }
                 }
-                append_zero(ts.iter().map(|&t| table_sigma(table, t)).collect())
+                append_zero(table_sigmas(table, ts.iter().copied()))
             }
         };
         Sigmas::new(v)
     }
 }
 
-/// σ at a (possibly fractional) timestep: diffusers' `np.interp(t, arange(N), sigmas)`.
-fn table_sigma(table: &[f64], t: f64) -> f64 {
+/// σ at each (possibly fractional) timestep: diffusers' `np.interp(t, arange(N), sigmas)`.
+fn table_sigmas(table: &[f64], ts: impl Iterator<Item = f64>) -> Vec<f64> {
     let xp: Vec<f64> = (0..table.len()).map(|i| i as f64).collect();
-    np_interp(t, &xp, table)
+    ts.map(|t| np_interp(t, &xp, table)).collect()
 }
 
 fn append_zero(mut v: Vec<f64>) -> Vec<f64> {
