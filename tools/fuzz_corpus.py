@@ -170,6 +170,21 @@ def main():
     copy("schedule_lists", "crates/kairos-ays/tests/fixtures/ays_gaussian.json")
     put("schedule_lists", "sigmas.txt", "14.61,7.49,3.76,1.87,0.92,0.42,0.17,0.03,0")
     put("schedule_lists", "bad_sigmas.txt", "1,2,nan,inf,-1,0")
+    put("schedule_lists", "ays_sdxl_timesteps.txt", "999,845,730,587,443,310,193,116,53,13")
+    put("schedule_lists", "bad_timesteps.txt", "999,1000,500.5,-1")
+    # diffusers_folder: the first byte's high nibble picks the folder, its low nibble the file (their
+    # order in the target's FOLDERS).
+    folders = {
+        "loading/sd1_diffusers": ["model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+                                  "scheduler/scheduler_config.json", "tokenizer/vocab.json"],
+        "sdxl/base": ["model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json",
+                      "text_encoder_2/config.json", "scheduler/scheduler_config.json",
+                      "tokenizer/special_tokens_map.json", "tokenizer_2/tokenizer_config.json"],
+    }
+    for f, (folder, names) in enumerate(folders.items()):
+        for i, name in enumerate(names):
+            data = open(os.path.join(ROOT, "crates/kairos-models/tests/fixtures", folder, name), "rb").read()
+            put("diffusers_folder", folder.split("/")[-1] + "_" + name.replace("/", "_"), bytes([f * 16 + i]) + data)
     for f in ["toy_mixture.json", "anisotropic_mixture.json"]:
         copy("mixture_file", "crates/kairos-toy/tests/fixtures/" + f)
     put("mixture_file", "one.json", '{"weights":[1],"means":[[0,0]],"covariances":[[[1,0],[0,1]]],"sigma_min":0.01}')

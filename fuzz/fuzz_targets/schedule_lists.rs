@@ -1,11 +1,13 @@
 //! Schedule files (`kairos optimize` JSON, `--sigmas-file`) and `--sigmas`/`--timesteps` lists.
-//! Must hold: no panic; an accepted file yields valid sigmas for any step count.
+//! Must hold: no panic; an accepted file yields valid sigmas for any step count, and a list
+//! builds valid sigmas (or an error) as `--sigmas` and as `--timesteps` on SD1 and SDXL, whole
+//! and for img2img's denoise.
 #![no_main]
 #[path = "common.rs"]
 mod common;
 
 use kairos_ays::ScheduleFile;
-use kairos_schedule::Sigmas;
+use kairos_schedule::{Family, ScheduleKind, Sigmas, TablePrecision};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,7 +15,15 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         let values: Result<Vec<f64>, _> = text.split(',').map(|v| v.trim().parse::<f64>()).collect();
         if let Ok(values) = values {
-            let _ = Sigmas::new(values);
+            let _ = Sigmas::new(values.clone());
+            for family in [Family::Sd1, Family::Sdxl] {
+                let model = family.noise_schedule(TablePrecision::DiffusersF32);
+                for kind in [ScheduleKind::Sigmas(values.clone()), ScheduleKind::Timesteps(values.clone())] {
+                    for denoise in [1.0, 0.5, 0.01] {
+                        let _ = kind.build(&model, family, 10, denoise);
+                    }
+                }
+            }
         }
     }
     let path = common::as_file("schedule.json", data);
