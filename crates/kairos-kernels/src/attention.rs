@@ -15,7 +15,7 @@ use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::KernelError;
-use crate::op::{apply3, F32Op3, Input};
+use crate::op::{apply3, uninit, F32Op3, Input};
 use crate::scratch::Scratch;
 use crate::vecmath::{self, multiversion};
 
@@ -83,10 +83,11 @@ impl F32Op3 for AttentionOp {
         let s = l2.dims()[1];
         let heads = self.heads;
         let d = c / heads;
-        let mut out = vec![0f32; n * l * c];
-        if out.is_empty() || s == 0 {
-            return Ok((out, l1.shape().clone()));
+        if n * l * c == 0 || s == 0 {
+            return Ok((vec![0f32; n * l * c], l1.shape().clone()));
         }
+        // SAFETY: the jobs below write every row of every head (see `attend_rows`).
+        let mut out = unsafe { uninit(n * l * c) };
         let dims =
             Dims { s, c, d, dp: d.div_ceil(LANES) * LANES, sp: s.div_ceil(QK_COLS) * QK_COLS, scale: self.scale };
         // Per (sample, head): kᵀ as panels of d × QK_COLS keys (contiguous, so that the micro-kernel

@@ -6,7 +6,7 @@ use candle_core::{Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::error::KernelError;
-use crate::op::{apply1, F32Op1, Input};
+use crate::op::{apply1, uninit, F32Op1, Input};
 use crate::vecmath;
 
 const OP: &str = "kairos-geglu";
@@ -22,7 +22,8 @@ impl F32Op1 for GegluOp {
         let last = dims.last_mut().expect("rank checked by geglu()");
         let half = *last / 2;
         *last = half;
-        let mut out = vec![0f32; x.len() / 2];
+        // SAFETY: the rows below tile the output and `geglu` writes each whole.
+        let mut out = unsafe { uninit(x.len() / 2) };
         if half > 0 {
             out.par_chunks_mut(half).zip(x.par_chunks(2 * half)).for_each(|(dst, src)| vecmath::geglu(src, dst));
         }

@@ -12,6 +12,7 @@
 //!   keys, scores never leave L1), with AVX-512 micro-kernels; [`attention_heads`] reads and writes
 //!   heads interleaved as the projections produce them.
 //! - [`group_norm`]: GroupNorm with an optional fused SiLU, one pass per group.
+//! - [`layer_norm`]: LayerNorm over the last dimension, two vectorised passes per row.
 //! - [`linear`]: `x·Wᵀ + b` as one GEMM over all rows onto bias-filled output (candle's `Linear`
 //!   multiplies per batch and adds the bias in a second pass).
 //! - [`tokens_from_map`], [`map_from_tokens`]: a spatial transformer's `proj_in`/`proj_out` as
@@ -38,6 +39,7 @@ mod error;
 mod geglu;
 pub mod gemm_bf16;
 mod group_norm;
+mod layer_norm;
 mod linear;
 mod matmul;
 pub mod nn;
@@ -52,6 +54,7 @@ pub use conv2d::{conv2d, conv2d_plain, conv2d_winograd, Conv2dParams};
 pub use error::KernelError;
 pub use geglu::{geglu, geglu_plain};
 pub use group_norm::{group_norm, group_norm_plain};
+pub use layer_norm::{layer_norm, layer_norm_plain};
 pub use linear::{linear, linear_plain};
 pub use projection::{map_from_tokens, tokens_from_map};
 pub use winograd::WinogradTile;

@@ -177,10 +177,33 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<L
     Linear::new(vb.get((out_dim, in_dim), "weight")?, None)
 }
 
-/// `candle_nn::layer_norm` with its weights in the [`activation_dtype`].
-pub fn layer_norm<C: Into<LayerNormConfig>>(size: usize, config: C, vb: VarBuilder) -> Result<candle_nn::LayerNorm> {
+/// LayerNorm over the last dimension; see [`crate::layer_norm`] for the kernel and its fallback.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        crate::layer_norm(xs, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// `candle_nn::layer_norm` (mean removed, elementwise affine; weight initialised to 1, bias to 0
+/// when the builder creates them) returning the kernel-backed layer, with its weights in the
+/// [`activation_dtype`].
+pub fn layer_norm<C: Into<LayerNormConfig>>(size: usize, config: C, vb: VarBuilder) -> Result<LayerNorm> {
+    let config = config.into();
+    if !config.remove_mean || !config.affine {
+        candle_core::bail!("kairos LayerNorm: only the mean-removing, affine LayerNorm of SD's networks is built");
+    }
     let dtype = activation_dtype(vb.dtype(), vb.device());
-    candle_nn::layer_norm(size, config, vb.set_dtype(dtype))
+    let vb = vb.set_dtype(dtype);
+    let weight = vb.get_with_hints(size, "weight", candle_nn::Init::Const(1.))?;
+    let bias = vb.get_with_hints(size, "bias", candle_nn::Init::Const(0.))?;
+    Ok(LayerNorm { weight, bias, eps: config.eps })
 }
 
 /// `candle_nn::embedding` with its table in the [`activation_dtype`] (embeddings are looked up,

@@ -129,6 +129,20 @@ fn affine_act_generic(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) 
     }
 }
 
+/// `dst[i] = (src[i] − mean)·rstd·weight[i] + bias[i]` (all of equal length).
+#[inline(always)]
+fn normalize_affine_generic(src: &[f32], dst: &mut [f32], mean: f32, rstd: f32, weight: &[f32], bias: &[f32]) {
+    for (((d, &s), &w), &b) in dst.iter_mut().zip(src).zip(weight).zip(bias) {
+        *d = (s - mean) * rstd * w + b;
+    }
+}
+
+multiversion! {
+    /// A LayerNorm row: `dst = (src − mean)·rstd·weight + bias`.
+    pub(crate) fn normalize_affine(src: &[f32], dst: &mut [f32], mean: f32, rstd: f32, weight: &[f32], bias: &[f32])
+        -> () = normalize_affine_generic;
+}
+
 multiversion! {
     /// `dst = a·src + b`, followed by SiLU when `silu` (`src` and `dst` of equal length).
     pub(crate) fn affine_act(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) -> () = affine_act_generic;

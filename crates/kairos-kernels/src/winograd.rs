@@ -24,7 +24,7 @@ use candle_core::{Result, Shape};
 use rayon::prelude::*;
 
 use crate::matmul::{self, Mat, MatMut, Threads};
-use crate::op::{F32Op3, Input};
+use crate::op::{uninit, F32Op3, Input};
 use crate::scratch::Scratch;
 use crate::vecmath::multiversion;
 
@@ -147,10 +147,12 @@ fn convolve<const M: usize, const N: usize>(
     let nn = N * N;
     let (th, tw) = tile_grid(d.h, d.w, M);
     let plane = d.h * d.w;
-    let mut out = vec![0f32; d.n * d.co * plane];
-    if out.is_empty() {
-        return out;
+    if d.n * d.co * plane == 0 {
+        return Vec::new();
     }
+    // SAFETY: every tile row of every output plane is written by `output_band` below (all bands,
+    // all blocks of output channels), and its tiles cover the plane (edge tiles clipped).
+    let mut out = unsafe { uninit(d.n * d.co * plane) };
     let bands = d.n * th;
     let chunk_bands = (blocking.chunk_bytes / (4 * nn * tw * d.ci.max(d.co))).clamp(1, bands);
     // Equal blocks, rounded up to whole AVX-512 rows of the GEMM (a ragged last block of a few

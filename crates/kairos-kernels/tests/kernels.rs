@@ -11,7 +11,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use kairos_kernels::{
     attention, attention_heads, attention_plain, conv2d, conv2d_plain, conv2d_winograd, geglu, geglu_plain, group_norm,
-    group_norm_plain, linear, linear_plain, map_from_tokens, tokens_from_map, Conv2dParams, WinogradTile,
+    group_norm_plain, layer_norm, layer_norm_plain, linear, linear_plain, map_from_tokens, tokens_from_map, Conv2dParams, WinogradTile,
 };
 
 fn randn(seed: u64, shape: &[usize]) -> Tensor {
@@ -211,6 +211,37 @@ fn group_norm_matches_candle() {
         &group_norm_plain(&x, &w, &b, 4, 1e-5, false).unwrap(),
     );
     assert!(err < 1e-5, "3-D: {err}");
+}
+
+/// Rows of a transformer block's width (320 = 20 vectors), one with a ragged tail (77) and a
+/// tiny one, in the 3-D `[N, L, D]` shape, against candle's op and against f64. Inputs carry a
+/// common offset (candle's one-pass variance, Σx²/n − mean², loses digits to it; the two-pass
+/// one does not): the kernel must be within 1e-6 of f64 (a few ulp of O(1) outputs) and 5e-5 of
+/// candle (which measured 1.2e-5 off f64 here).
+#[test]
+fn layer_norm_matches_candle_and_f64() {
+    for (i, &(rows, d)) in [(6usize, 320usize), (5, 77), (1, 3)].iter().enumerate() {
+        let x = (randn(300 + i as u64, &[2, rows, d]) + 2.0).unwrap();
+        let w = randn(310 + i as u64, &[d]);
+        let b = randn(320 + i as u64, &[d]);
+        let got = layer_norm(&x, &w, &b, 1e-5).unwrap();
+        let want = layer_norm_plain(&x, &w, &b, 1e-5).unwrap();
+        let exact = {
+            let x = x.to_dtype(DType::F64).unwrap();
+            let centred = x.broadcast_sub(&x.mean_keepdim(2).unwrap()).unwrap();
+            let var = centred.sqr().unwrap().mean_keepdim(2).unwrap();
+            let normed = centred.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+            let (w, b) = (w.to_dtype(DType::F64).unwrap(), b.to_dtype(DType::F64).unwrap());
+            normed.broadcast_mul(&w).unwrap().broadcast_add(&b).unwrap().to_dtype(DType::F32).unwrap()
+        };
+        let (err, err64) = (max_abs_diff(&got, &want), max_abs_diff(&got, &exact));
+        println!("layer_norm case {i}: max abs err vs candle {err:e}, vs f64 {err64:e}");
+        // Against f64 to a few ulp; candle's one-pass variance is itself ~1e-5 off at offset 2.
+        assert!(err64 < 1e-6 && err < 5e-5, "case {i}: vs candle {err}, vs f64 {err64}");
+    }
+    let x = randn(330, &[1, 4, 8]);
+    let err = layer_norm(&x, &randn(331, &[6]), &randn(332, &[6]), 1e-5).unwrap_err().to_string();
+    assert!(err.contains("[.., 6]"), "{err}");
 }
 
 #[test]

@@ -8,8 +8,8 @@
 //! - Dropout is omitted (inference only).
 
 use candle_core::Tensor;
-use candle_nn::{LayerNorm, LayerNormConfig, Module, VarBuilder};
-use kairos_kernels::nn::Linear;
+use candle_nn::{LayerNormConfig, Module, VarBuilder};
+use kairos_kernels::nn::{LayerNorm, Linear};
 
 use crate::activations::GEGLU;
 use crate::attention_processor::{Attention, AttentionConfig};

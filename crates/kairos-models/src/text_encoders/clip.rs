@@ -21,8 +21,8 @@
 //!   that exist anyway), for clip skip and for SDXL's penultimate layer.
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
-use kairos_kernels::nn::Linear;
+use candle_nn::{Embedding, VarBuilder};
+use kairos_kernels::nn::{LayerNorm, Linear};
 use serde::Deserialize;
 
 use super::TextEncoderError;
