@@ -291,6 +291,9 @@ pub struct StableDiffusion {
     pub lcm: Option<LcmKind>,
     /// Where the networks run.
     pub device: Device,
+    /// The dtype the network weights are stored in ([`ModelOptions::dtype`]; the infotext's
+    /// `Dtype`).
+    pub dtype: DType,
 }
 
 /// The kairos-schedule prediction of the loader's detected type.
@@ -470,6 +473,7 @@ impl StableDiffusion {
             schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(opts.table_precision).with_quantize(quantize)),
             lcm,
             device: device.clone(),
+            dtype,
         })
     }
 
