@@ -221,7 +221,8 @@ fn cpuid() -> CpuId {
         let base_family = (eax >> 8) & 0xf;
         let base_model = (eax >> 4) & 0xf;
         family = if base_family == 0xf { base_family + ((eax >> 20) & 0xff) } else { base_family };
-        model = if base_family == 0x6 || base_family == 0xf { base_model | (((eax >> 16) & 0xf) << 4) } else { base_model };
+        model =
+            if base_family == 0x6 || base_family == 0xf { base_model | (((eax >> 16) & 0xf) << 4) } else { base_model };
     }
     // SAFETY: as above.
     let max_ext = unsafe { __cpuid(0x8000_0000) }.eax;
@@ -295,18 +296,16 @@ pub fn pick_with(device: &Device, machine: &Machine<'_>) -> AutoDtype {
     let cache_file = machine.cache_dir.as_ref().map(|d| d.join(CACHE_FILE));
     let mut file = cache_file.as_deref().map(read_cache).unwrap_or_default();
     let name = key.name();
-    let probed = |times: ProbeTimes, cached: bool, cache_error: Option<String>| {
-        AutoDtype {
-            dtype: times.faster(),
-            reason: AutoReason::Probed(Probed {
-                cpu: key.cpu.clone(),
-                threads: key.threads,
-                times,
-                cached,
-                cache_file: cache_file.clone(),
-                cache_error,
-            }),
-        }
+    let probed = |times: ProbeTimes, cached: bool, cache_error: Option<String>| AutoDtype {
+        dtype: times.faster(),
+        reason: AutoReason::Probed(Probed {
+            cpu: key.cpu.clone(),
+            threads: key.threads,
+            times,
+            cached,
+            cache_file: cache_file.clone(),
+            cache_error,
+        }),
     };
     if let Some(entry) = file.entries.get(&name).filter(|e| e.key == key && e.valid()) {
         return probed(ProbeTimes { f32_s: entry.f32_s, bf16_s: entry.bf16_s }, true, None);
@@ -350,10 +349,7 @@ struct CacheKey {
 impl CacheKey {
     /// The entry's name in the file.
     fn name(&self) -> String {
-        format!(
-            "{} | stepping {} | kairos {} | {} threads",
-            self.cpu, self.stepping, self.kairos, self.threads
-        )
+        format!("{} | stepping {} | kairos {} | {} threads", self.cpu, self.stepping, self.kairos, self.threads)
     }
 }
 
@@ -426,8 +422,7 @@ mod tests {
             calls.set(calls.get() + 1);
             Ok(times)
         };
-        let machine =
-            Machine { bf16_gemm, cpu: cpu(), threads, cache_dir: dir.map(Path::to_path_buf), probe: &probe };
+        let machine = Machine { bf16_gemm, cpu: cpu(), threads, cache_dir: dir.map(Path::to_path_buf), probe: &probe };
         pick_with(&Device::Cpu, &machine)
     }
 
@@ -453,7 +448,11 @@ mod tests {
         let AutoReason::Probed(p) = &second.reason else { panic!("{second:?}") };
         assert!(p.cached);
         assert_eq!(p.times, BF16_WINS);
-        assert!(second.summary().starts_with("dtype auto: bf16 (cached probe on Test CPU 9000"), "{}", second.summary());
+        assert!(
+            second.summary().starts_with("dtype auto: bf16 (cached probe on Test CPU 9000"),
+            "{}",
+            second.summary()
+        );
         assert_eq!(second.to_json()["reason"], "cached-probe");
 
         // Another thread count is another entry: probed, and both kept.
@@ -472,13 +471,8 @@ mod tests {
         let dir = temp_dir("corrupt");
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join(CACHE_FILE);
-        let bad: [&[u8]; 5] = [
-            b"{ not json",
-            b"",
-            b"\xff\xfe\x00garbage",
-            br#"{"entries": {"x": {"cpu": 3}}}"#,
-            br#"[1, 2, 3]"#,
-        ];
+        let bad: [&[u8]; 5] =
+            [b"{ not json", b"", b"\xff\xfe\x00garbage", br#"{"entries": {"x": {"cpu": 3}}}"#, br#"[1, 2, 3]"#];
         for (i, contents) in bad.iter().enumerate() {
             std::fs::write(&file, contents).unwrap();
             let calls = Cell::new(0);
