@@ -157,6 +157,15 @@ mod tests {
     }
 
     #[test]
+    fn probe_times_both_paths() {
+        let start = Instant::now();
+        let t = probe().unwrap();
+        assert!([t.f32_s, t.bf16_s].iter().all(|s| s.is_finite() && *s > 0.0), "{t:?}");
+        // 0.5 s on a loaded 2-core machine; a generous bound against a runaway loop only.
+        assert!(start.elapsed() < Duration::from_secs(30));
+    }
+
+    #[test]
     fn values_are_finite_and_bounded() {
         assert!(values(10_000, 7).iter().all(|v| v.is_finite() && v.abs() <= 1.0));
     }
