@@ -69,9 +69,9 @@ impl AutoDtype {
     pub fn summary(&self) -> String {
         let why = match &self.reason {
             AutoReason::Gpu => "a GPU: half precision, as diffusers runs".to_string(),
-            AutoReason::NoBf16Gemm => {
-                "this CPU has no AVX512-BF16, so bf16 weights would be widened to f32 per call".to_string()
-            }
+            AutoReason::NoBf16Gemm => "no bf16 GEMM here (no AVX512-BF16, or KAIROS_KERNELS=off), so bf16 \
+                                        weights would be widened to f32 per call"
+                .to_string(),
             AutoReason::ProbeFailed(e) => format!("the f32/bf16 probe failed: {e}"),
             AutoReason::Probed(p) => {
                 let figures = format!(
@@ -509,7 +509,11 @@ mod tests {
         assert_eq!(picked, AutoDtype { dtype: DType::F32, reason: AutoReason::NoBf16Gemm });
         assert_eq!(calls.get(), 0);
         assert!(!dir.exists(), "nothing cached");
-        assert!(picked.summary().starts_with("dtype auto: f32 (this CPU has no AVX512-BF16"));
+        assert!(
+            picked.summary().starts_with("dtype auto: f32 (no bf16 GEMM here (no AVX512-BF16"),
+            "{}",
+            picked.summary()
+        );
     }
 
     #[test]

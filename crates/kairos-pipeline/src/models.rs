@@ -61,7 +61,9 @@ pub struct ModelOptions {
     /// bf16 and f16 weights compute with float32 activations
     /// ([`kairos_kernels::nn::activation_dtype`]): bf16 convolutions and linear layers run the
     /// bf16 GEMM (bf16 inputs, f32 sums) where the CPU has AVX512-BF16; f16 weights are
-    /// widened to f32 per layer call. Elsewhere everything computes in this dtype.
+    /// widened to f32 per layer call. Elsewhere everything computes in this dtype. Which of f32
+    /// and bf16 is faster depends on the CPU: [`crate::dtype_auto`] measures it (the CLI's
+    /// `--dtype auto`).
     pub dtype: DType,
     /// Compute device.
     pub device: Device,
