@@ -303,6 +303,17 @@ fn generate_dtype_auto_picks_records_and_caches() {
             let (_, _, sidecar, stderr) = run("cached.png", &[], None);
             assert_eq!(sidecar["dtype_auto"]["reason"], "cached-probe", "{stderr}");
             assert!(stderr.contains(&format!("dtype auto: {picked} (cached probe on ")), "{stderr}");
+            // The cached times decide: a cache where bf16 won gives the `--dtype bf16` image.
+            let mut edited = cached.clone();
+            for entry in edited["entries"].as_object_mut().unwrap().values_mut() {
+                entry["f32_s"] = 0.2.into();
+                entry["bf16_s"] = 0.1.into();
+            }
+            std::fs::write(&file, edited.to_string()).unwrap();
+            let (bf16_auto, text, _, stderr) = run("cached-bf16.png", &[], None);
+            assert!(stderr.contains("dtype auto: bf16 (cached probe on "), "{stderr}");
+            assert!(text.contains(", Dtype: bf16"), "{text}");
+            assert_eq!(bf16_auto, run("bf16.png", &["--dtype", "bf16"], None).0);
             // A corrupt cache is probed over and rewritten, not an error.
             std::fs::write(&file, "{ not json").unwrap();
             let (_, _, sidecar, stderr) = run("corrupt.png", &[], None);
