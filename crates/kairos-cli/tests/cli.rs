@@ -5,8 +5,14 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// Runs kairos with `KAIROS_DTYPE=f32`, so that a run without `--dtype` is f32 as the fixtures
+/// are (`--dtype auto`, the default, could pick bf16 on a CPU with AVX512-BF16).
 fn kairos(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kairos")).args(args).output().expect("the kairos binary runs")
+    Command::new(env!("CARGO_BIN_EXE_kairos"))
+        .env("KAIROS_DTYPE", "f32")
+        .args(args)
+        .output()
+        .expect("the kairos binary runs")
 }
 
 /// Runs a command that must succeed and print exactly one JSON object.

@@ -4,8 +4,14 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+/// Runs kairos with `KAIROS_DTYPE=f32`, so that a run without `--dtype` is f32 as the fixtures
+/// are (`--dtype auto`, the default, could pick bf16 on a CPU with AVX512-BF16).
 fn kairos(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kairos")).args(args).output().expect("the kairos binary runs")
+    Command::new(env!("CARGO_BIN_EXE_kairos"))
+        .env("KAIROS_DTYPE", "f32")
+        .args(args)
+        .output()
+        .expect("the kairos binary runs")
 }
 
 fn tiny_sd1() -> String {
@@ -238,6 +244,89 @@ fn generate_low_memory_and_half_precision_weights() {
     println!("bf16: max pixel difference {max}, mean {mean:.3}");
     assert!(max <= 8 && mean <= 1.0, "bf16: max pixel difference {max}, mean {mean}");
     fails(&[&tiny_args(&model, &png("bad.png"))[..], &["--dtype", "f8"]].concat(), &["f8", "f32", "bf16"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--dtype auto` (the default when neither `--dtype` nor `KAIROS_DTYPE` is given) says on
+/// stderr what it picked, records it in the infotext and the JSON sidecar, gives the pixels of that
+/// dtype forced, and caches a probe in `KAIROS_CACHE_DIR` (read back by the next run; a corrupt
+/// file is probed over). `--dtype` and `KAIROS_DTYPE` skip it.
+#[test]
+fn generate_dtype_auto_picks_records_and_caches() {
+    let model = tiny_sd1();
+    let dir = temp_dir("dtype-auto");
+    let cache = dir.join("cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |name: &str, extra: &[&str], env_dtype: Option<&str>| {
+        let path = dir.join(name).to_string_lossy().into_owned();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kairos"));
+        cmd.env_remove("KAIROS_DTYPE").env("KAIROS_CACHE_DIR", &cache);
+        if let Some(d) = env_dtype {
+            cmd.env("KAIROS_DTYPE", d);
+        }
+        let out = cmd.args([&tiny_args(&model, &path)[..], &["--prompt", "a cat", "--json"], extra].concat()).output();
+        let out = out.expect("the kairos binary runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{extra:?}: {stderr}");
+        let sidecar: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(name).with_extension("json")).unwrap()).unwrap();
+        (image::open(&path).unwrap().to_rgb8().into_raw(), parameters_chunk(&path), sidecar, stderr)
+    };
+    let (pixels, text, sidecar, stderr) = run("auto.png", &[], None);
+    let line = stderr.lines().find(|l| l.starts_with("dtype auto: ")).unwrap_or_else(|| panic!("{stderr}"));
+    let picked = line["dtype auto: ".len()..].split(' ').next().unwrap().to_string();
+    assert!(picked == "f32" || picked == "bf16", "{line}");
+    assert!(text.contains(&format!(", Dtype: {picked}")), "{text}");
+    assert_eq!(sidecar["dtype"], picked.as_str());
+    assert_eq!(sidecar["dtype_auto"]["dtype"], picked.as_str(), "{sidecar}");
+    let reason = sidecar["dtype_auto"]["reason"].as_str().unwrap().to_string();
+    // The picked dtype forced gives the same image; forcing skips the probe and the cache.
+    let forced_cache_before = cache.exists();
+    let (forced, forced_text, forced_sidecar, forced_stderr) = run("forced.png", &["--dtype", &picked], None);
+    assert_eq!(forced, pixels, "auto ({picked}) and --dtype {picked} differ");
+    assert_eq!(forced_text, text);
+    assert!(!forced_stderr.contains("dtype auto"), "{forced_stderr}");
+    assert_eq!(forced_sidecar["dtype_auto"], serde_json::Value::Null);
+    assert_eq!(cache.exists(), forced_cache_before);
+    // KAIROS_DTYPE forces too, and --dtype beats it.
+    let (_, text, _, stderr) = run("env.png", &[], Some("f16"));
+    assert!(text.contains(", Dtype: f16") && !stderr.contains("dtype auto"), "{text}\n{stderr}");
+    let (_, text, _, _) = run("flag.png", &["--dtype", "f32"], Some("bf16"));
+    assert!(text.contains(", Dtype: f32"), "{text}");
+    match reason.as_str() {
+        "probe" => {
+            // Measured and cached: the next run reads the cache.
+            let file = cache.join("dtype.json");
+            let cached: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            assert_eq!(cached["entries"].as_object().unwrap().len(), 1, "{cached}");
+            assert!(line.contains("f32 ") && line.contains("bf16 ") && line.contains("cached in"), "{line}");
+            let (_, _, sidecar, stderr) = run("cached.png", &[], None);
+            assert_eq!(sidecar["dtype_auto"]["reason"], "cached-probe", "{stderr}");
+            assert!(stderr.contains(&format!("dtype auto: {picked} (cached probe on ")), "{stderr}");
+            // The cached times decide: a cache where bf16 won gives the `--dtype bf16` image.
+            let mut edited = cached.clone();
+            for entry in edited["entries"].as_object_mut().unwrap().values_mut() {
+                entry["f32_s"] = 0.2.into();
+                entry["bf16_s"] = 0.1.into();
+            }
+            std::fs::write(&file, edited.to_string()).unwrap();
+            let (bf16_auto, text, _, stderr) = run("cached-bf16.png", &[], None);
+            assert!(stderr.contains("dtype auto: bf16 (cached probe on "), "{stderr}");
+            assert!(text.contains(", Dtype: bf16"), "{text}");
+            assert_eq!(bf16_auto, run("bf16.png", &["--dtype", "bf16"], None).0);
+            // A corrupt cache is probed over and rewritten, not an error.
+            std::fs::write(&file, "{ not json").unwrap();
+            let (_, _, sidecar, stderr) = run("corrupt.png", &[], None);
+            assert_eq!(sidecar["dtype_auto"]["reason"], "probe", "{stderr}");
+            let _: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        }
+        // No AVX512-BF16 (or KAIROS_KERNELS=off): f32 without a probe, nothing cached.
+        "no-avx512-bf16" => {
+            assert_eq!(picked, "f32");
+            assert!(!cache.exists());
+        }
+        other => panic!("unexpected reason {other}: {sidecar}"),
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -38,6 +38,7 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
 /// Runs `kairos` with `args`; its stderr, whether it succeeded and its peak RSS in MiB.
 fn run_measured(args: &[&str]) -> (String, bool, u64) {
     let child = Command::new(env!("CARGO_BIN_EXE_kairos"))
+        .env("KAIROS_DTYPE", "f32")
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

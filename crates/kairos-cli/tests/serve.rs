@@ -31,6 +31,7 @@ impl Drop for Serve {
 
 fn serve(models: &Path, extra: &[&str]) -> Serve {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kairos"))
+        .env("KAIROS_DTYPE", "f32")
         .args(["serve", "--listen", "127.0.0.1:0", "--models-dir"])
         .arg(models)
         .args(extra)
@@ -173,6 +174,8 @@ fn api_images_equal_generate_pngs() {
     for (i, (kind, mut body, args)) in cases.into_iter().enumerate() {
         let out = dir.join(format!("generate-{i}.png"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kairos"));
+        // The same dtype as the server (KAIROS_DTYPE=f32 there too).
+        cmd.env("KAIROS_DTYPE", "f32");
         cmd.args(["generate", "--norm-num-groups", "4", "--clip-head-dim", "8", "--model"]).arg(&model).args(&args);
         if kind == "img2img" {
             cmd.arg("--init-image").arg(&init);
@@ -216,7 +219,11 @@ fn api_auth_flag_guards_the_server() {
     assert_eq!(get(Some("alice:wrong")), "401");
     assert_eq!(get(Some("bob:pw")), "200");
     for bad in ["nocolon", ","] {
-        let out = Command::new(env!("CARGO_BIN_EXE_kairos")).args(["serve", "--api-auth", bad]).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_kairos"))
+            .env("KAIROS_DTYPE", "f32")
+            .args(["serve", "--api-auth", bad])
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains("--api-auth") && !stderr.contains("panicked"), "{stderr}");
     }
@@ -236,6 +243,7 @@ fn api_refiner_equals_generate_refiner() {
     let server = serve(&models, &["--clip-head-dim", "8"]);
     let out = dir.join("generate.png");
     let status = Command::new(env!("CARGO_BIN_EXE_kairos"))
+        .env("KAIROS_DTYPE", "f32")
         .args(["generate", "--clip-head-dim", "8", "--model"])
         .arg(models.join("sdxl_base.safetensors"))
         .arg("--refiner")

@@ -6,8 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Runs kairos with `KAIROS_DTYPE=f32`, so that a run without `--dtype` is f32 as the fixtures
+/// are (`--dtype auto`, the default, could pick bf16 on a CPU with AVX512-BF16).
 fn kairos(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kairos")).args(args).output().expect("the kairos binary runs")
+    Command::new(env!("CARGO_BIN_EXE_kairos"))
+        .env("KAIROS_DTYPE", "f32")
+        .args(args)
+        .output()
+        .expect("the kairos binary runs")
 }
 
 fn tiny_vae() -> PathBuf {

@@ -24,6 +24,8 @@
 //! - [`nn`]: drop-in `Conv2d`, `Linear`, `GroupNorm`, `LayerNorm` and `Embedding` constructors
 //!   (same arguments and weight names as `candle_nn`) that route through the kernels, and the
 //!   precision rule for reduced-precision weights ([`nn::activation_dtype`]).
+//! - [`probe`]: a short timed comparison of the f32 and bf16 layer paths on this CPU (what
+//!   `--dtype auto` picks from).
 //!
 //! Setting the environment variable `KAIROS_KERNELS=off` sends every call to the plain path, for
 //! A/B timings on one binary; `KAIROS_WINOGRAD=off` keeps the kernels but convolves with im2col
@@ -44,6 +46,7 @@ mod linear;
 mod matmul;
 pub mod nn;
 mod op;
+pub mod probe;
 mod projection;
 mod scratch;
 mod vecmath;

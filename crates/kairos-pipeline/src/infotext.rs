@@ -83,6 +83,17 @@ fn cfg_text(v: f64) -> String {
     }
 }
 
+/// kairos' infotext key for the dtype the network weights were stored in (`f32`, `bf16`, `f16`):
+/// the pixels depend on it. A1111 writes no such field; Forge's `Diffusion in Low Bits` names
+/// its own UNet storage options (`Automatic`, `bnb-nf4`, `float8-e4m3fn`, ...), so a kairos
+/// dtype written there would set Forge's dropdown to a value it does not have.
+pub const DTYPE_KEY: &str = "Dtype";
+
+/// `(DTYPE_KEY, "bf16")`: the infotext pair for weights stored in `dtype`.
+pub fn dtype_field(dtype: candle_core::DType) -> (String, String) {
+    (DTYPE_KEY.to_string(), dtype.as_str().to_string())
+}
+
 /// The parameters of one image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Infotext {

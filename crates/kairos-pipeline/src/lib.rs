@@ -12,11 +12,13 @@
 //! - [`models`]: the real networks from a checkpoint ([`StableDiffusion::load`]).
 //! - [`resize`]: A1111's img2img resize modes over Pillow's Lanczos resampling.
 //! - [`infotext`] and [`output`]: A1111 infotext, PNG files that never overwrite.
+//! - [`dtype_auto`]: `--dtype auto`, the faster weight dtype for this machine (measured, cached).
 //!
 //! Every model sits behind a small trait, so the run is testable with fakes.
 
 pub mod conditioning;
 pub mod denoiser;
+pub mod dtype_auto;
 mod error;
 pub mod image;
 pub mod infotext;

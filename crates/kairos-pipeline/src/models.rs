@@ -61,7 +61,9 @@ pub struct ModelOptions {
     /// bf16 and f16 weights compute with float32 activations
     /// ([`kairos_kernels::nn::activation_dtype`]): bf16 convolutions and linear layers run the
     /// bf16 GEMM (bf16 inputs, f32 sums) where the CPU has AVX512-BF16; f16 weights are
-    /// widened to f32 per layer call. Elsewhere everything computes in this dtype.
+    /// widened to f32 per layer call. Elsewhere everything computes in this dtype. Which of f32
+    /// and bf16 is faster depends on the CPU: [`crate::dtype_auto`] measures it (the CLI's
+    /// `--dtype auto`).
     pub dtype: DType,
     /// Compute device.
     pub device: Device,
@@ -291,6 +293,9 @@ pub struct StableDiffusion {
     pub lcm: Option<LcmKind>,
     /// Where the networks run.
     pub device: Device,
+    /// The dtype the network weights are stored in ([`ModelOptions::dtype`]; the infotext's
+    /// `Dtype`).
+    pub dtype: DType,
 }
 
 /// The kairos-schedule prediction of the loader's detected type.
@@ -470,6 +475,7 @@ impl StableDiffusion {
             schedule: ModelSchedule::Discrete(DiscreteSchedule::sd(opts.table_precision).with_quantize(quantize)),
             lcm,
             device: device.clone(),
+            dtype,
         })
     }
 

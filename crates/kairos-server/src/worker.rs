@@ -588,6 +588,7 @@ fn run_generate(
                 .into_iter()
                 .collect();
             extra.push(("Timestep mode".into(), "fractional".into()));
+            extra.push(kairos_pipeline::infotext::dtype_field(sd.dtype));
             if !spec.lora_hashes.is_empty() {
                 extra.push(("Lora hashes".into(), spec.lora_hashes.join(", ")));
             }

@@ -51,8 +51,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "cpu")]
     device: super::DeviceArg,
     /// Dtype of the weights; for f16/bf16 the first UNet case's output is also compared with
-    /// the f32 UNet's (max abs / relative difference).
-    #[arg(long, value_enum, default_value_t)]
+    /// the f32 UNet's (max abs / relative difference). `auto` picks as `kairos generate` does
+    /// (the JSON report then has a `dtype_auto` record of the choice).
+    #[arg(long, value_enum, default_value = "f32")]
     dtype: super::DtypeArg,
     /// Also write the report as JSON to this file.
     #[arg(long)]
@@ -65,6 +66,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.config_dir {
         configs = configs.with_overrides(dir)?;
     }
+    let device = args.device.device()?;
+    let (dtype, auto) = args.dtype.resolve(&device);
     let opts = BenchOptions {
         family: args.family,
         configs,
@@ -76,8 +79,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         gemm_size: args.gemm,
         txt2img_steps: args.txt2img_steps,
         lcm_steps: args.lcm_steps,
-        dtype: args.dtype.dtype(),
-        device: args.device.device()?,
+        dtype,
+        device,
     };
     println!("{:<22} {:>10} {:>10} {:>10} {:>10}", "case", "min s", "mean s", "GFLOP", "GFLOP/s");
     let print = |c: &CaseResult| {
@@ -98,7 +101,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("peak RSS: {mib:.0} MiB");
     }
     if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        let mut json = serde_json::to_value(&report)?;
+        if let (Some(auto), Some(map)) = (&auto, json.as_object_mut()) {
+            map.insert("dtype_auto".into(), auto.to_json());
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

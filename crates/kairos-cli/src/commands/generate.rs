@@ -13,7 +13,7 @@ use kairos_models::lcm::{lcm_timesteps, LcmOptions};
 use kairos_models::loading::ModelFamily;
 use kairos_models::lora::{extract_prompt_loras, resolve_lora, LoraSpec};
 use kairos_models::prompt::PromptOptions;
-use kairos_pipeline::infotext::{lora_hash, short_hash, Infotext};
+use kairos_pipeline::infotext::{dtype_field, lora_hash, short_hash, Infotext};
 use kairos_pipeline::output::{save_json_sidecar, save_png, OutputTarget};
 use kairos_pipeline::{
     decode_latents, refine_latents, txt2img_latents, InitImage, InitialNoise, LatentDecoder, LcmKind, LoraWeights,
@@ -177,9 +177,10 @@ pub struct GenerateArgs {
     /// decoder file (madebyollin's taesd_decoder.pth/.safetensors) or whole-TAESD file.
     #[arg(long)]
     taesd: Option<PathBuf>,
-    /// Dtype of the network weights: f32, or f16/bf16 for half the memory (on the CPU they
-    /// compute slower than f32; see README "Precision and memory").
-    #[arg(long, value_enum, default_value_t)]
+    /// Dtype of the network weights: auto (the default) picks the faster of f32 and bf16 on this
+    /// CPU from a short probe cached in the user's cache directory (f16 on a GPU); f32, or
+    /// f16/bf16 for half the memory, force one (see README "Precision and memory").
+    #[arg(long, value_enum, default_value_t, env = "KAIROS_DTYPE")]
     dtype: super::DtypeArg,
     /// Compute device: cpu, cuda[:N] (a build with `--features cuda`) or metal[:N] (`--features
     /// metal`).
@@ -571,6 +572,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let prediction = args.prediction.as_deref().map(Prediction::from_name).transpose()?;
     let model_path = resolve_model(&args.model)?;
     let refiner_path = args.refiner.as_deref().map(resolve_model).transpose()?;
+    let device = args.device.device()?;
+    let (dtype, dtype_auto) = args.dtype.resolve(&device);
     let opts = ModelOptions {
         load: args.hints.load_options(),
         prediction,
@@ -594,8 +597,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             },
         },
         loras,
-        dtype: args.dtype.dtype(),
-        device: args.device.device()?,
+        dtype,
+        device,
         ..ModelOptions::default()
     };
     let load_start = Instant::now();
@@ -734,6 +737,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             .into_iter()
             .collect();
         extra.push(("Timestep mode".into(), format!("{:?}", args.timestep_mode).to_lowercase()));
+        extra.push(dtype_field(opts.dtype));
         if !lora_hashes.is_empty() {
             extra.push(("Lora hashes".into(), lora_hashes.join(", ")));
         }
@@ -784,6 +788,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 "rng": req.rng.name(),
                 "clip_skip": args.clip_skip,
                 "family": sd.family.name(),
+                "dtype": opts.dtype.as_str(),
+                "dtype_auto": dtype_auto.as_ref().map(|a| a.to_json()),
                 "vae": args.vae,
                 "init_image": args.init_image,
                 "denoise": req.init_image.as_ref().map(|init| init.strength),

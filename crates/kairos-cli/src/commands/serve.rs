@@ -42,8 +42,9 @@ pub struct ServeArgs {
     /// first; one model is always kept).
     #[arg(long, default_value_t = 16384)]
     model_cache_mb: u64,
-    /// Dtype of the network weights.
-    #[arg(long, value_enum, default_value_t)]
+    /// Dtype of the network weights: auto (the default) picks the faster of f32 and bf16 on this
+    /// CPU at start-up, from a short probe cached in the user's cache directory (f16 on a GPU).
+    #[arg(long, value_enum, default_value_t, env = "KAIROS_DTYPE")]
     dtype: super::DtypeArg,
     /// Compute device: cpu, cuda[:N] or metal[:N].
     #[arg(long, default_value = "cpu")]
@@ -58,6 +59,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(text) => kairos_server::parse_auth(text).map_err(|e| anyhow::anyhow!("--api-auth: {e}"))?,
         None => Vec::new(),
     };
+    let device = args.device.device()?;
+    let (dtype, _) = args.dtype.resolve(&device);
     let config = ServerConfig {
         models_dir: args.models_dir,
         lora_dir: args.lora_dir,
@@ -68,12 +71,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         auth,
         cors_allow_origins: args.cors_allow_origins,
         model_cache_bytes: args.model_cache_mb << 20,
-        model_options: ModelOptions {
-            load: args.hints.load_options(),
-            dtype: args.dtype.dtype(),
-            device: args.device.device()?,
-            ..ModelOptions::default()
-        },
+        model_options: ModelOptions { load: args.hints.load_options(), dtype, device, ..ModelOptions::default() },
     };
     kairos_server::run(&args.listen, config)?;
     Ok(())
