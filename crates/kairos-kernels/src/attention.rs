@@ -11,7 +11,7 @@
 //! `d` columns are read at a row stride of `heads·d` and written back the same way, which saves
 //! the four `[N, L, heads, d]` ↔ `[N, heads, L, d]` copies around every attention.
 
-use candle_core::{Result, Shape, Tensor};
+use candle_core::{DType, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::error::KernelError;
@@ -37,12 +37,21 @@ const QK_ROWS: usize = 6;
 struct AttentionOp {
     heads: usize,
     scale: f32,
+    /// Query row `i` attends to keys `0..=i` only (a text encoder's causal mask; `L = S`).
+    causal: bool,
     /// The job function: [`attend_rows`], or [`attend_rows_portable`] in a test.
     attend: AttendRows,
 }
 
 /// The signature of [`attend_rows`].
-type AttendRows = fn(&Dims, &[f32], usize, &[f32], &[f32], &mut [f32]);
+type AttendRows = fn(&Dims, &[f32], Rows, &[f32], &[f32], &mut [f32]);
+
+/// A job's query rows: `m` rows from row `first` of the sequence.
+#[derive(Clone, Copy)]
+struct Rows {
+    first: usize,
+    m: usize,
+}
 
 /// The output buffer, shared by the jobs, each of which writes its own rows × head columns.
 struct OutPtr(*mut f32);
@@ -73,6 +82,7 @@ struct Dims {
     /// `S` rounded up to whole `q·kᵀ` micro-kernel columns: the row stride of packed `kᵀ`.
     sp: usize,
     scale: f32,
+    causal: bool,
 }
 
 impl F32Op3 for AttentionOp {
@@ -89,7 +99,15 @@ impl F32Op3 for AttentionOp {
         // SAFETY: the jobs below write every row of every head (see `attend_rows`).
         let mut out = unsafe { uninit(n * l * c) };
         let dims =
-            Dims { s, c, d, dp: d.div_ceil(LANES) * LANES, sp: s.div_ceil(QK_COLS) * QK_COLS, scale: self.scale };
+            Dims {
+                s,
+                c,
+                d,
+                dp: d.div_ceil(LANES) * LANES,
+                sp: s.div_ceil(QK_COLS) * QK_COLS,
+                scale: self.scale,
+                causal: self.causal,
+            };
         // Per (sample, head): kᵀ as panels of d × QK_COLS keys (contiguous, so that the micro-kernel
         // reads no power-of-two strides) and v as S rows of dp columns, zero-padded (every
         // element is written, so the pool's leftovers never show).
@@ -126,7 +144,7 @@ impl F32Op3 for AttentionOp {
             let out_rows = unsafe { out_ptr.slice(offset, (m - 1) * c + d) };
             let kt = &kt[bh * d * dims.sp..][..d * dims.sp];
             let vp = &vp[bh * s * dims.dp..][..s * dims.dp];
-            (self.attend)(&dims, &q[offset..], m, kt, vp, out_rows);
+            (self.attend)(&dims, &q[offset..], Rows { first: r0, m }, kt, vp, out_rows);
         });
         Ok((out, l1.shape().clone()))
     }
@@ -134,7 +152,7 @@ impl F32Op3 for AttentionOp {
 
 /// One job: `m ≤ ROWS` query rows (row `i` at `q[i·c..i·c+d]`) of one head against its packed
 /// `kᵀ` and `v`, written to `out[i·c..i·c+d]`; with AVX-512 micro-kernels where the CPU has them.
-fn attend_rows(dims: &Dims, q: &[f32], m: usize, kt: &[f32], vp: &[f32], out: &mut [f32]) {
+fn attend_rows(dims: &Dims, q: &[f32], m: Rows, kt: &[f32], vp: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU supports AVX-512F (checked just above).
@@ -145,18 +163,19 @@ fn attend_rows(dims: &Dims, q: &[f32], m: usize, kt: &[f32], vp: &[f32], out: &m
 
 multiversion! {
     /// [`attend_rows`] with the portable micro-kernels (vectorised by the compiler for AVX2).
-    fn attend_rows_portable(dims: &Dims, q: &[f32], m: usize, kt: &[f32], vp: &[f32], out: &mut [f32]) -> ()
+    fn attend_rows_portable(dims: &Dims, q: &[f32], m: Rows, kt: &[f32], vp: &[f32], out: &mut [f32]) -> ()
         = attend_rows_portable_generic;
 }
 
 #[inline(always)]
-fn attend_rows_portable_generic(dims: &Dims, q: &[f32], m: usize, kt: &[f32], vp: &[f32], out: &mut [f32]) {
+fn attend_rows_portable_generic(dims: &Dims, q: &[f32], m: Rows, kt: &[f32], vp: &[f32], out: &mut [f32]) {
     attend_rows_generic::<Portable>(dims, q, m, kt, vp, out)
 }
 
 #[inline(always)]
-fn attend_rows_generic<K: MicroKernels>(dims: &Dims, q: &[f32], m: usize, kt: &[f32], vp: &[f32], out: &mut [f32]) {
-    let &Dims { s, c, d, dp, scale, .. } = dims;
+fn attend_rows_generic<K: MicroKernels>(dims: &Dims, q: &[f32], rows: Rows, kt: &[f32], vp: &[f32], out: &mut [f32]) {
+    let &Dims { s, c, d, dp, scale, causal, .. } = dims;
+    let Rows { first, m } = rows;
     // The scaled query rows, by groups of QK_ROWS rows stored transposed (d × QK_ROWS), zero
     // past m: padding rows score 0 and are never written out.
     let mut qb = vec![0f32; ROWS * d];
@@ -172,6 +191,10 @@ fn attend_rows_generic<K: MicroKernels>(dims: &Dims, q: &[f32], m: usize, kt: &[
     let mut row_sum = [0f32; ROWS];
     let qk_rows = m.div_ceil(QK_ROWS) * QK_ROWS;
     for j0 in (0..s).step_by(KEYS) {
+        if causal && j0 > first + m - 1 {
+            // Every later key is after every row of this job.
+            break;
+        }
         let nc = KEYS.min(s - j0);
         // The running maxima, raised to this block's as its scores are computed.
         let mut new_max = row_max;
@@ -181,10 +204,21 @@ fn attend_rows_generic<K: MicroKernels>(dims: &Dims, q: &[f32], m: usize, kt: &[
                 qk_tile::<K>(&qb[r * d..], d, &kt[(j0 + jc) * d..], scores, cols, &mut new_max[r..r + QK_ROWS]);
             }
         }
-        for (i, &new_max) in new_max.iter().enumerate().take(m) {
+        for (i, new_max) in new_max.iter_mut().enumerate().take(m) {
             let row = &mut scores[i * KEYS..][..nc];
+            // Causal: row first + i sees keys up to itself; the others weigh exactly 0.
+            let seen = if causal { (first + i + 1).saturating_sub(j0).min(nc) } else { nc };
+            if seen < nc {
+                row[seen..].fill(0.0);
+                if seen == 0 {
+                    continue;
+                }
+                // The block's maximum over the keys seen only (qk_tile took all of them).
+                *new_max = row_max[i].max(vecmath::max_generic(&row[..seen]));
+            }
+            let new_max = *new_max;
             // SAFETY: the caller runs on a CPU with K's instructions.
-            let sum = unsafe { K::exp_sub_sum(row, new_max) };
+            let sum = unsafe { K::exp_sub_sum(&mut row[..seen], new_max) };
             if new_max > row_max[i] {
                 // The rows' earlier terms were taken against a smaller maximum (e^-inf = 0 for
                 // the first block, whose sum and output are still 0).
@@ -290,7 +324,7 @@ impl MicroKernels for Portable {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Dims, MicroKernels, KEYS, LANES, QK_COLS, QK_ROWS};
+    use super::{Dims, MicroKernels, Rows, KEYS, LANES, QK_COLS, QK_ROWS};
     use crate::vecmath;
 
     /// AVX-512 intrinsics: the compiler vectorised [`super::Portable`]'s products over the
@@ -302,7 +336,7 @@ mod x86 {
     /// # Safety
     /// The CPU supports AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn attend_rows(dims: &Dims, q: &[f32], m: usize, kt: &[f32], vp: &[f32], out: &mut [f32]) {
+    pub(super) unsafe fn attend_rows(dims: &Dims, q: &[f32], m: Rows, kt: &[f32], vp: &[f32], out: &mut [f32]) {
         super::attend_rows_generic::<Avx512>(dims, q, m, kt, vp, out)
     }
 
@@ -490,6 +524,18 @@ pub fn attention_plain(query: &Tensor, key: &Tensor, value: &Tensor, scale: f64)
     candle_nn::ops::softmax_last_dim(&scores)?.matmul(value)
 }
 
+/// [`attention_plain`] with a causal mask (`L = S`; −∞ added to the scores above the diagonal),
+/// the softmax in f32.
+pub fn attention_plain_causal(query: &Tensor, key: &Tensor, value: &Tensor, scale: f64) -> Result<Tensor> {
+    let l = query.dim(D::Minus2)?;
+    let mask: Vec<f32> = (0..l * l).map(|i| if i % l > i / l { f32::NEG_INFINITY } else { 0.0 }).collect();
+    let mask = Tensor::from_vec(mask, (l, l), query.device())?.to_dtype(query.dtype())?;
+    let scores = (query * scale)?.matmul(&key.t()?)?.broadcast_add(&mask)?;
+    // The softmax in f32, as transformers' CLIP runs it for half-precision models.
+    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(query.dtype())?;
+    probs.matmul(value)
+}
+
 /// `softmax(query·keyᵀ·scale)·value` for `query` `[.., L, d]` and `key`/`value` `[.., S, d]` with
 /// equal leading dimensions (e.g. `[N, heads, L, d]`). f32 CPU tensors take the blocked kernel;
 /// anything else takes [`attention_plain`].
@@ -514,7 +560,7 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor, scale: f64) -> Re
         return attention_plain(query, key, value, scale);
     }
     let flat = |t: &Tensor| -> Result<Tensor> { t.flatten_to(rank - 3)?.contiguous() };
-    let op = AttentionOp { heads: 1, scale: scale as f32, attend: attend_rows };
+    let op = AttentionOp { heads: 1, scale: scale as f32, causal: false, attend: attend_rows };
     apply3(&flat(query)?, &flat(key)?, &flat(value)?, op)?.reshape(qd)
 }
 
@@ -523,13 +569,33 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor, scale: f64) -> Re
 /// with columns `h·d..(h+1)·d`. f32 CPU tensors take the blocked kernel without splitting the
 /// heads out; anything else splits them and takes [`attention_plain`].
 pub fn attention_heads(query: &Tensor, key: &Tensor, value: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
+    heads_attention(query, key, value, heads, scale, false)
+}
+
+/// [`attention_heads`] with a causal mask: query row `i` attends to keys `0..=i` (CLIP's text
+/// self-attention; `L = S`). Other devices and dtypes take [`attention_plain_causal`].
+pub fn attention_heads_causal(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    heads_attention(query, key, value, heads, scale, true)
+}
+
+fn heads_attention(query: &Tensor, key: &Tensor, value: &Tensor, heads: usize, scale: f64, causal: bool) -> Result<Tensor> {
     let (n, l, c) = query.dims3()?;
     let shape_ok = |t: &Tensor| t.rank() == 3 && t.dim(0).ok() == Some(n) && t.dim(2).ok() == Some(c);
-    if heads == 0 || c % heads != 0 || !shape_ok(key) || key.dims() != value.dims() {
+    let causal_ok = !causal || key.dim(1).ok() == Some(l);
+    if heads == 0 || c % heads != 0 || !shape_ok(key) || key.dims() != value.dims() || !causal_ok {
         return Err(KernelError::BadShape {
             op: OP,
             name: "query/key/value",
-            expected: format!("query [N, L, C] with C divisible by heads ({heads}) and two equal [{n}, S, {c}]"),
+            expected: format!(
+                "query [N, L, C] with C divisible by heads ({heads}) and two equal [{n}, S, {c}]{}",
+                if causal { " with S = L (causal)" } else { "" }
+            ),
             got: key.dims().to_vec(),
         }
         .into());
@@ -537,10 +603,11 @@ pub fn attention_heads(query: &Tensor, key: &Tensor, value: &Tensor, heads: usiz
     if !crate::kernel_applies([query, key, value]) {
         // [N, L, heads·d] -> [N, heads, L, d] and back.
         let split = |t: &Tensor| t.reshape((n, (), heads, c / heads))?.transpose(1, 2)?.contiguous();
-        let out = attention_plain(&split(query)?, &split(key)?, &split(value)?, scale)?;
+        let (q, k, v) = (split(query)?, split(key)?, split(value)?);
+        let out = if causal { attention_plain_causal(&q, &k, &v, scale)? } else { attention_plain(&q, &k, &v, scale)? };
         return out.transpose(1, 2)?.reshape((n, l, c));
     }
-    let op = AttentionOp { heads, scale: scale as f32, attend: attend_rows };
+    let op = AttentionOp { heads, scale: scale as f32, causal, attend: attend_rows };
     apply3(&query.contiguous()?, &key.contiguous()?, &value.contiguous()?, op)
 }
 
@@ -571,13 +638,19 @@ mod tests {
     }
 
     /// The portable micro-kernels (taken only on CPUs without AVX-512) against the plain path, on
-    /// each register tile shape (head widths 40, 80, 160 and 512) and several key blocks.
+    /// each register tile shape (head widths 40, 80, 160 and 512) and several key blocks, and
+    /// causal (CLIP's 77 tokens; 300 tokens: several query jobs and key blocks, skipped blocks).
     #[test]
     fn portable_kernels_match_plain() {
         let dev = candle_core::Device::Cpu;
-        for (l, s, heads, d) in
-            [(50usize, 300usize, 2usize, 40usize), (61, 77, 2, 80), (50, 270, 1, 160), (20, 100, 1, 512)]
-        {
+        for (l, s, heads, d, causal) in [
+            (50usize, 300usize, 2usize, 40usize, false),
+            (61, 77, 2, 80, false),
+            (50, 270, 1, 160, false),
+            (20, 100, 1, 512, false),
+            (77, 77, 2, 64, true),
+            (300, 300, 1, 40, true),
+        ] {
             let t = |len: usize, shape: (usize, usize, usize), f: f32| {
                 let data: Vec<f32> = (0..len).map(|i| ((i as f32 * 0.618 + f).fract() - 0.5) * 2.0).collect();
                 Tensor::from_vec(data, shape, &dev).unwrap()
@@ -588,15 +661,16 @@ mod tests {
                 t(2 * s * heads * d, (2, s, heads * d), 0.7),
             );
             let scale = (d as f64).powf(-0.5);
-            let op = AttentionOp { heads, scale: scale as f32, attend: attend_rows_portable };
+            let op = AttentionOp { heads, scale: scale as f32, causal, attend: attend_rows_portable };
             let got = apply3(&q, &k, &v, op).unwrap();
             let split =
                 |t: &Tensor| t.reshape((2, (), heads, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
-            let want = attention_plain(&split(&q), &split(&k), &split(&v), scale).unwrap();
+            let plain = if causal { attention_plain_causal } else { attention_plain };
+            let want = plain(&split(&q), &split(&k), &split(&v), scale).unwrap();
             let want = want.transpose(1, 2).unwrap().reshape((2, l, heads * d)).unwrap();
             let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             // Same sums in another order (and an exp within 2.5e-7 relative): f32 rounding only.
-            assert!(err < 1e-5, "l {l} s {s} d {d}: {err}");
+            assert!(err < 1e-5, "l {l} s {s} d {d} causal {causal}: {err}");
         }
     }
 }

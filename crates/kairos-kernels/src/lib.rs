@@ -18,6 +18,7 @@
 //! - [`tokens_from_map`], [`map_from_tokens`]: a spatial transformer's `proj_in`/`proj_out` as
 //!   GEMMs that read or write the `[N, C, H, W]` map in place (no permute copies) and add the
 //!   residual as they write.
+//! - [`activation`]: CLIP's quick GELU and exact GELU in one vectorised pass.
 //! - [`geglu`]: GEGLU's `value · gelu(gate)` in one pass, with a vectorised erf.
 //! - [`gemm_bf16`]: a GEMM with bf16 inputs and f32 accumulation on AVX512-BF16, used by
 //!   `Linear` and `Conv2d` layers whose weights are stored in bf16.
@@ -34,6 +35,7 @@
 //! GEMMs go through the `gemm` crate (the one candle uses), with its AVX-512 kernels enabled, by
 //! way of `matmul`, which gives each thread its own block of the output.
 
+mod activation;
 mod attention;
 mod bf16_layers;
 mod conv2d;
@@ -52,7 +54,8 @@ mod scratch;
 mod vecmath;
 mod winograd;
 
-pub use attention::{attention, attention_heads, attention_plain};
+pub use activation::{activation, activation_plain, Activation};
+pub use attention::{attention, attention_heads, attention_heads_causal, attention_plain, attention_plain_causal};
 pub use conv2d::{conv2d, conv2d_plain, conv2d_winograd, Conv2dParams};
 pub use error::KernelError;
 pub use geglu::{geglu, geglu_plain};

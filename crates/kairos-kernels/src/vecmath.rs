@@ -180,6 +180,26 @@ multiversion! {
     pub(crate) fn geglu(src: &[f32], dst: &mut [f32]) -> () = geglu_generic;
 }
 
+/// The activations of CLIP's MLP, elementwise.
+#[inline(always)]
+fn activate_generic(src: &[f32], dst: &mut [f32], quick_gelu: bool) {
+    if quick_gelu {
+        // OpenAI CLIP's `x·sigmoid(1.702·x)`.
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = x / (1.0 + exp(-1.702 * x));
+        }
+    } else {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+}
+
+multiversion! {
+    /// `dst = quick_gelu(src)` (`x·sigmoid(1.702·x)`) when `quick_gelu`, else the exact (erf) GELU.
+    pub(crate) fn activate(src: &[f32], dst: &mut [f32], quick_gelu: bool) -> () = activate_generic;
+}
+
 /// Sum and sum of squared deviations from `mean` of a row, accumulated in f32 lanes and
 /// returned in f64 (the caller adds rows of a group in f64). Four independent vectors of each
 /// accumulator, so that the additions do not wait on each other.

@@ -10,7 +10,8 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use kairos_kernels::{
-    attention, attention_heads, attention_plain, conv2d, conv2d_plain, conv2d_winograd, geglu, geglu_plain, group_norm,
+    activation, activation_plain, Activation,
+    attention, attention_heads, attention_heads_causal, attention_plain, attention_plain_causal, conv2d, conv2d_plain, conv2d_winograd, geglu, geglu_plain, group_norm,
     group_norm_plain, layer_norm, layer_norm_plain, linear, linear_plain, map_from_tokens, tokens_from_map, Conv2dParams, WinogradTile,
 };
 
@@ -218,6 +219,50 @@ fn group_norm_matches_candle() {
 /// common offset (candle's one-pass variance, Σx²/n − mean², loses digits to it; the two-pass
 /// one does not): the kernel must be within 1e-6 of f64 (a few ulp of O(1) outputs) and 5e-5 of
 /// candle (which measured 1.2e-5 off f64 here).
+/// Causal attention (CLIP's text self-attention) on heads interleaved, against the plain path
+/// with its −∞ mask: 77 tokens (one key block, ragged rows) and 200 (two key blocks, query jobs
+/// whose later blocks are skipped). Tolerance as for `attention_matches_candle`.
+#[test]
+fn attention_heads_causal_matches_masked_plain() {
+    for (i, &(l, heads, d)) in [(77usize, 12usize, 64usize), (200, 2, 40)].iter().enumerate() {
+        let (q, k, v) = (
+            randn(400 + i as u64, &[2, l, heads * d]),
+            randn(410 + i as u64, &[2, l, heads * d]),
+            randn(420 + i as u64, &[2, l, heads * d]),
+        );
+        let scale = (d as f64).powf(-0.5);
+        let got = attention_heads_causal(&q, &k, &v, heads, scale).unwrap();
+        let split = |t: &Tensor| t.reshape((2, l, heads, d)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let want = attention_plain_causal(&split(&q), &split(&k), &split(&v), scale).unwrap();
+        let want = want.transpose(1, 2).unwrap().reshape((2, l, heads * d)).unwrap();
+        let err = max_abs_diff(&got, &want);
+        println!("causal attention case {i}: max abs err {err:e}");
+        assert!(err < 1e-5, "case {i}: {err}");
+    }
+    let q = randn(430, &[1, 5, 8]);
+    let err = attention_heads_causal(&q, &randn(431, &[1, 6, 8]), &randn(432, &[1, 6, 8]), 2, 0.5).unwrap_err();
+    assert!(err.to_string().contains("S = L"), "{err}");
+}
+
+/// CLIP's MLP activations against candle's (quick GELU: scale, sigmoid, product; GELU: candle's
+/// erf), over the range pre-activations take plus large magnitudes (±40, where the sigmoid
+/// saturates). Tolerance: 1e-5 absolute, as for GEGLU (a few ulp at |x| = 8; the vectorised exp
+/// and erf are within 2.5e-7 relative and 2e-7 absolute), plus 1e-6 relative for the ±40 inputs.
+#[test]
+fn activations_match_candle() {
+    let x = (randn(500, &[3, 77, 130]) * 8.0).unwrap();
+    let x = Tensor::cat(&[&x.flatten_all().unwrap(), &Tensor::new(&[-40f32, 40.0, 0.0], &Device::Cpu).unwrap()], 0)
+        .unwrap();
+    for act in [Activation::QuickGelu, Activation::GeluErf] {
+        let got = activation(&x, act).unwrap();
+        let want = activation_plain(&x, act).unwrap();
+        let tol = ((want.abs().unwrap() * 1e-6).unwrap() + 1e-5).unwrap();
+        let excess = ((&got - &want).unwrap().abs().unwrap() - tol).unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        println!("{act:?}: max abs err {:e}", max_abs_diff(&got, &want));
+        assert!(excess <= 0.0, "{act:?}: error exceeds the tolerance by {excess}");
+    }
+}
+
 #[test]
 fn layer_norm_matches_candle_and_f64() {
     for (i, &(rows, d)) in [(6usize, 320usize), (5, 77), (1, 3)].iter().enumerate() {

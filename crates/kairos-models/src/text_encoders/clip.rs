@@ -45,10 +45,11 @@ pub enum HiddenAct {
 
 impl HiddenAct {
     fn forward(self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
-            Self::Gelu => xs.gelu_erf(),
-        }
+        let act = match self {
+            Self::QuickGelu => kairos_kernels::Activation::QuickGelu,
+            Self::Gelu => kairos_kernels::Activation::GeluErf,
+        };
+        kairos_kernels::activation(xs, act)
     }
 }
 
@@ -192,7 +193,6 @@ pub struct CLIPAttention {
     q_proj: Linear,
     out_proj: Linear,
     num_heads: usize,
-    head_dim: usize,
     scale: f64,
 }
 
@@ -207,35 +207,20 @@ impl CLIPAttention {
             q_proj: kairos_kernels::nn::linear(embed_dim, embed_dim, vb.pp("q_proj"))?,
             out_proj: kairos_kernels::nn::linear(embed_dim, embed_dim, vb.pp("out_proj"))?,
             num_heads: config.num_attention_heads,
-            head_dim,
             scale: (head_dim as f64).powf(-0.5),
         })
     }
 
-    /// `hidden_states` [batch, seq, hidden]; `attention_mask` [seq, seq], added to the scores.
-    pub fn forward(&self, hidden_states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        let (batch, seq_len, embed_dim) = hidden_states.dims3()?;
-        let heads = |t: Tensor| -> candle_core::Result<Tensor> {
-            // [batch, seq, hidden] → [batch, heads, seq, head_dim]
-            t.reshape((batch, seq_len, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
-        };
-        let queries = heads(self.q_proj.forward(hidden_states)?)?;
-        let keys = heads(self.k_proj.forward(hidden_states)?)?;
-        let values = heads(self.v_proj.forward(hidden_states)?)?;
-        let attn_output = attention(&queries, &keys, &values, attention_mask, self.scale)?;
-        // [batch, heads, seq, head_dim] → [batch, seq, hidden]
-        let attn_output = attn_output.transpose(1, 2)?.reshape((batch, seq_len, embed_dim))?;
+    /// `hidden_states` [batch, seq, hidden], with the causal mask (token i sees tokens ≤ i):
+    /// transformers' `eager_attention_forward`, softmax(q kᵀ · scale + mask) v, as one kernel on
+    /// the heads interleaved as the projections write them.
+    pub fn forward(&self, hidden_states: &Tensor) -> Result<Tensor> {
+        let queries = self.q_proj.forward(hidden_states)?;
+        let keys = self.k_proj.forward(hidden_states)?;
+        let values = self.v_proj.forward(hidden_states)?;
+        let attn_output = kairos_kernels::attention_heads_causal(&queries, &keys, &values, self.num_heads, self.scale)?;
         Ok(self.out_proj.forward(&attn_output)?)
     }
-}
-
-/// transformers' `eager_attention_forward`: softmax(q kᵀ · scale + mask) v, the softmax in f32.
-/// Kept in one function so that a fused kernel can replace it.
-fn attention(query: &Tensor, key: &Tensor, value: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    let attn_weights = (query.matmul(&key.t()?)? * scale)?.broadcast_add(mask)?; // [batch, heads, seq, seq]
-    let attn_weights =
-        candle_nn::ops::softmax_last_dim(&attn_weights.to_dtype(DType::F32)?)?.to_dtype(query.dtype())?;
-    Ok(attn_weights.matmul(value)?)
 }
 
 /// `CLIPMLP`: fc1, activation, fc2.
@@ -287,9 +272,9 @@ impl CLIPEncoderLayer {
     }
 
     /// [batch, seq, hidden] → [batch, seq, hidden].
-    pub fn forward(&self, hidden_states: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, hidden_states: &Tensor) -> Result<Tensor> {
         let residual = hidden_states;
-        let hidden_states = self.self_attn.forward(&self.layer_norm1.forward(hidden_states)?, attention_mask)?;
+        let hidden_states = self.self_attn.forward(&self.layer_norm1.forward(hidden_states)?)?;
         let hidden_states = (residual + hidden_states)?;
         let residual = &hidden_states;
         let mlp_out = self.mlp.forward(&self.layer_norm2.forward(&hidden_states)?)?;
@@ -314,12 +299,12 @@ impl CLIPEncoder {
 
     /// The input followed by every layer's output: `num_hidden_layers + 1` tensors, as
     /// transformers' `hidden_states`.
-    pub fn forward(&self, inputs_embeds: &Tensor, attention_mask: &Tensor) -> Result<Vec<Tensor>> {
+    pub fn forward(&self, inputs_embeds: &Tensor) -> Result<Vec<Tensor>> {
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         hidden_states.push(inputs_embeds.clone());
         for layer in &self.layers {
             let last = &hidden_states[hidden_states.len() - 1];
-            let next = layer.forward(last, attention_mask)?;
+            let next = layer.forward(last)?;
             hidden_states.push(next);
         }
         Ok(hidden_states)
@@ -387,8 +372,7 @@ impl CLIPTextTransformer {
         let (batch, seq_len) = (rows.len(), rows[0].len());
         let input_ids = input_ids.to_dtype(DType::U32)?;
         let inputs_embeds = self.embeddings.forward(&input_ids)?;
-        let mask = causal_mask(seq_len, inputs_embeds.dtype(), inputs_embeds.device())?;
-        let hidden_states = self.encoder.forward(&inputs_embeds, &mask)?;
+        let hidden_states = self.encoder.forward(&inputs_embeds)?;
         let last_hidden_state = self.final_layer_norm.forward(&hidden_states[hidden_states.len() - 1])?;
 
         let pooled_positions: Vec<u32> = rows
@@ -471,13 +455,6 @@ fn first_max_position(row: &[i64]) -> usize {
         }
     }
     best
-}
-
-/// [seq, seq] additive mask: 0 on and below the diagonal, −∞ above (token i sees tokens ≤ i).
-fn causal_mask(seq_len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> =
-        (0..seq_len).flat_map(|i| (0..seq_len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Ok(Tensor::from_vec(mask, (seq_len, seq_len), device)?.to_dtype(dtype)?)
 }
 
 /// `CLIPTextModel`: the text transformer under `text_model.`.
