@@ -41,9 +41,7 @@ fn all_entry_points(to: &dyn Fn(&Tensor) -> Tensor) -> Vec<(&'static str, Tensor
     let (x, w3, b) = (randn(1, &[2, 16, 9, 9]), randn(2, &[16, 16, 3, 3]), randn(3, &[16]));
     let p1 = Conv2dParams { padding: 1, stride: 1 };
     case("conv2d", &|c| conv2d(&c(&x), &c(&w3), Some(&c(&b)), p1).unwrap());
-    case("conv2d stride 2", &|c| {
-        conv2d(&c(&x), &c(&w3), None, Conv2dParams { padding: 1, stride: 2 }).unwrap()
-    });
+    case("conv2d stride 2", &|c| conv2d(&c(&x), &c(&w3), None, Conv2dParams { padding: 1, stride: 2 }).unwrap());
     case("conv2d_winograd", &|c| conv2d_winograd(&c(&x), &c(&w3), Some(&c(&b)), WinogradTile::F4).unwrap());
     let (q, k, v) = (randn(4, &[2, 2, 10, 8]), randn(5, &[2, 2, 7, 8]), randn(6, &[2, 2, 7, 8]));
     case("attention", &|c| attention(&c(&q), &c(&k), &c(&v), 0.35).unwrap());
