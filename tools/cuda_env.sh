@@ -29,6 +29,10 @@
 #                      0 never does it. The stub is always used for linking (`-lcuda`), as the
 #                      toolkit's lib64/stubs is.
 #   PYTHON             interpreter for the venv (default python3)
+#   KAIROS_CUDA_ROOT   use this CUDA 13 instead of the venv, as it is (no pip, no stub): a toolkit
+#                      install (/usr/local/cuda), or to run a binary built elsewhere on a GPU
+#                      machine whose PyTorch (cu130) holds the libraries:
+#                      KAIROS_CUDA_ROOT=$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')
 #
 # The linked binary needs the wheels' libraries (libcudart.so.13, libcublas.so.13, libcublasLt,
 # libcurand, libnvrtc) at run time: run it through this script (or after sourcing it), or point
@@ -55,6 +59,23 @@ _kairos_cuda_main() {
     repo="$(cd "$here/.." && pwd)" || return 1
     venv="${KAIROS_CUDA_VENV:-$repo/.venv-cuda}"
     py="${PYTHON:-python3}"
+
+    if [ -n "${KAIROS_CUDA_ROOT:-}" ]; then
+        # An existing CUDA 13, used as it is (nothing installed or written).
+        root="$KAIROS_CUDA_ROOT"
+        [ -d "$root" ] || { echo "cuda_env: KAIROS_CUDA_ROOT=$root is not a directory" >&2; return 1; }
+        local d libs=""
+        for d in "$root/lib64" "$root/lib" "$root/targets/x86_64-linux/lib"; do
+            [ -d "$d" ] && libs="${libs:+$libs:}$d"
+        done
+        export CUDA_HOME="$root" CUDA_PATH="$root" CUDA_ROOT="$root" CUDA_TOOLKIT_ROOT_DIR="$root"
+        export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+        [ -d "$root/bin" ] && export PATH="$root/bin:$PATH"
+        export LIBRARY_PATH="$libs${LIBRARY_PATH:+:$LIBRARY_PATH}"
+        export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-${CARGO_BUILD_JOBS:-1}}"
+        return 0
+    fi
 
     if [ ! -x "$venv/bin/python" ]; then
         echo "cuda_env: creating venv $venv" >&2
