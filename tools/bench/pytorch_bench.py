@@ -11,6 +11,10 @@ found there, as `kairos bench --config-dir` does.
 
     python3 tools/bench/pytorch_bench.py --threads 2 --resolutions 256,512 --batches 1,2
     python3 tools/bench/pytorch_bench.py --family sdxl --threads 2 --resolutions 768,1024 --batches 1,2
+
+--device cuda[:N] runs on an NVIDIA GPU (each case ends with torch.cuda.synchronize(), as kairos
+bench synchronizes its device); --dtype f16/bf16 casts the modules and inputs to that dtype (as
+`kairos bench --dtype` on a GPU, where activations are in the weights' dtype).
 """
 import argparse
 import json
@@ -91,6 +95,8 @@ def main():
     ap.add_argument("--lcm-steps", type=int, default=0, help="whole txt2img, LCMScheduler, guidance 1 (0 skips)")
     ap.add_argument("--gflop-from", help="kairos bench --json report, to print GFLOP/s with the same counts")
     ap.add_argument("--json", help="write the report here")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    ap.add_argument("--dtype", choices=["f32", "f16", "bf16"], default="f32", help="dtype of the weights and activations (the GEMM stays f32)")
     args = ap.parse_args()
 
     import diffusers
@@ -100,6 +106,22 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(device)
+        # f32 as candle computes it on the GPU (cuBLAS without TF32): cuDNN's convolutions would
+        # otherwise round their inputs to TF32 (PyTorch's default for cuDNN, not for matmul).
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def on(module):
+        """A module (or pipeline) on the device in the dtype."""
+        return module.to(device=device, dtype=dtype)
+
+    def randn(*shape):
+        return torch.randn(*shape).to(device=device, dtype=dtype)
     gflop = {}
     if args.gflop_from:
         gflop = {c["name"]: c["gflop"] for c in json.load(open(args.gflop_from))["cases"]}
@@ -107,7 +129,8 @@ def main():
     sdxl = args.family == "sdxl"
     resolutions = list(map(int, (args.resolutions or {"sd15": "256,512", "sdxl": "768,1024"}[args.family]).split(",")))
     cases = []
-    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
+    where = f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}" if cuda else f"threads {torch.get_num_threads()}"
+    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}, {where}, {args.dtype}")
     print(f"{'case':<22} {'min s':>10} {'mean s':>10} {'GFLOP':>10} {'GFLOP/s':>10}")
 
     def timed(name, fn, flop=None):
@@ -115,6 +138,8 @@ def main():
         for _ in range(max(1, args.repeats)):
             t0 = time.perf_counter()
             fn()
+            if cuda:
+                torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
         g = flop if flop is not None else gflop.get(name, float("nan"))
         c = dict(name=name, seconds_min=min(times), seconds_mean=sum(times) / len(times), gflop=g, gflops_per_s=g / min(times))
@@ -124,7 +149,7 @@ def main():
     with torch.inference_mode():
         if args.gemm:
             n = args.gemm
-            a, b = torch.ones(n, n), torch.full((n, n), 0.5)
+            a, b = torch.ones(n, n, device=device), torch.full((n, n), 0.5, device=device)
             timed(f"gemm f32 {n}x{n}", lambda: a @ b, 2 * n**3 / 1e9)
 
         components = args.components.split(",")
@@ -132,40 +157,40 @@ def main():
         if unknown:
             sys.exit(f"unknown component {sorted(unknown)}: use text-encoder, unet or vae")
         if "text-encoder" in components:
-            clip = CLIPTextModel(clip_config(cfg["text_encoder"])).eval()
-            ids = (torch.arange(2 * 77) * 7919 % clip.config.vocab_size).reshape(2, 77)
+            clip = on(CLIPTextModel(clip_config(cfg["text_encoder"])).eval())
+            ids = (torch.arange(2 * 77) * 7919 % clip.config.vocab_size).reshape(2, 77).to(device)
             timed("text_encoder b2", lambda: clip(ids))
             del clip
             if sdxl:
-                clip = CLIPTextModelWithProjection(clip_config(cfg["text_encoder_2"])).eval()
-                ids = (torch.arange(2 * 77) * 7919 % clip.config.vocab_size).reshape(2, 77)
+                clip = on(CLIPTextModelWithProjection(clip_config(cfg["text_encoder_2"])).eval())
+                ids = (torch.arange(2 * 77) * 7919 % clip.config.vocab_size).reshape(2, 77).to(device)
                 timed("text_encoder_2 b2", lambda: clip(ids))
                 del clip
 
         if "unet" in components:
-            unet = UNet2DConditionModel.from_config(cfg["unet"]).eval()
+            unet = on(UNet2DConditionModel.from_config(cfg["unet"]).eval())
             ctx_dim = unet.config.cross_attention_dim
             for res in resolutions:
                 for batch in map(int, args.batches.split(",")):
-                    sample = torch.randn(batch, unet.config.in_channels, res // 8, res // 8)
-                    context = torch.randn(batch, 77, ctx_dim)
+                    sample = randn(batch, unet.config.in_channels, res // 8, res // 8)
+                    context = randn(batch, 77, ctx_dim)
                     kwargs = {}
                     if unet.config.addition_embed_type == "text_time":
                         # A random pooled text embedding and a res² txt2img's size ids, as kairos bench.
                         width = unet.config.projection_class_embeddings_input_dim
                         pooled = min(cfg["text_encoder_2"]["projection_dim"] if sdxl else 1280, width)
                         n_ids = (width - pooled) // unet.config.addition_time_embed_dim
-                        ids = torch.tensor(([res, res, 0, 0, res, res] * 2)[:n_ids], dtype=torch.float32).repeat(batch, 1)
-                        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(batch, pooled), "time_ids": ids}
+                        ids = torch.tensor(([res, res, 0, 0, res, res] * 2)[:n_ids], dtype=dtype, device=device).repeat(batch, 1)
+                        kwargs["added_cond_kwargs"] = {"text_embeds": randn(batch, pooled), "time_ids": ids}
                     timed(f"unet b{batch} {res}", lambda: unet(sample, 500, context, **kwargs))
             del unet
 
         # The whole-run cases below reuse this VAE.
-        vae = AutoencoderKL.from_config(cfg["vae"]).eval() if "vae" in components or args.txt2img_steps or args.lcm_steps else None
+        vae = on(AutoencoderKL.from_config(cfg["vae"]).eval()) if "vae" in components or args.txt2img_steps or args.lcm_steps else None
         if "vae" in components:
             # SDXL: the largest resolution only, as kairos bench.
             for res in [max(resolutions)] if sdxl else resolutions:
-                z = torch.randn(1, vae.config.latent_channels, res // 8, res // 8)
+                z = randn(1, vae.config.latent_channels, res // 8, res // 8)
                 timed(f"vae_decode b1 {res}", lambda: vae.decode(z))
 
         # Whole runs at the largest resolution, as `kairos bench --txt2img-steps/--lcm-steps`.
@@ -202,6 +227,7 @@ def main():
                     scheduler=scheduler,
                     safety_checker=None, feature_extractor=None, requires_safety_checker=False,
                 )
+            pipe = on(pipe)
             pipe.set_progress_bar_config(disable=True)
             run = lambda steps, cfg_scale: pipe("a photo of a cat", height=res, width=res, num_inference_steps=steps, guidance_scale=cfg_scale, output_type="np")
             if args.txt2img_steps:
@@ -214,8 +240,12 @@ def main():
 
     rss = peak_rss_mib()
     print(f"threads: {torch.get_num_threads()}\npeak RSS: {rss:.0f} MiB")
+    report = dict(threads=torch.get_num_threads(), cases=cases, peak_rss_mib=rss, device=str(device), dtype=args.dtype)
+    if cuda:
+        report["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        print(f"peak GPU memory (allocated): {report['peak_gpu_mib']:.0f} MiB")
     if args.json:
-        json.dump(dict(threads=torch.get_num_threads(), cases=cases, peak_rss_mib=rss), open(args.json, "w"), indent=1)
+        json.dump(report, open(args.json, "w"), indent=1)
 
 
 if __name__ == "__main__":

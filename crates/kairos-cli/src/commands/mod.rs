@@ -92,8 +92,15 @@ impl DeviceArg {
             Self::Cpu => Device::Cpu,
             Self::Cuda(_) if !utils::cuda_is_available() => return Err(rebuild("cuda")),
             Self::Metal(_) if !utils::metal_is_available() => return Err(rebuild("metal")),
-            Self::Cuda(n) => Device::new_cuda(n)?,
-            Self::Metal(n) => Device::new_metal(n)?,
+            // No driver, the stub libcuda of tools/cuda_env.sh (CUDA_ERROR_STUB_LIBRARY), no GPU
+            // or a bad ordinal: candle's error says which; this says what was being opened.
+            Self::Cuda(n) => Device::new_cuda(n).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open CUDA GPU {n}: {e} (needs an NVIDIA GPU and a driver supporting the \
+                     CUDA version kairos was built with; `--device cpu` runs on the CPU)"
+                )
+            })?,
+            Self::Metal(n) => Device::new_metal(n).map_err(|e| anyhow::anyhow!("cannot open Metal GPU {n}: {e}"))?,
         })
     }
 }
