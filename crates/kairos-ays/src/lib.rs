@@ -64,7 +64,7 @@ mod toy;
 
 pub use data::{DataSource, TensorData};
 pub use error::AysError;
-pub use klub::{gaussian_klub, Estimate, KlubEstimator, KlubOptions};
+pub use klub::{gaussian_klub, Estimate, KlubEstimator, KlubOptions, Solver, SolverGroups, Span};
 pub use knots::{initial_knots, knots_of, loglinear_knots, sampler_sigmas, subdivide, Init};
 pub use mlp::{MlpConfig, MlpDenoiser, TrainOptions};
 pub use optimize::{Judge, Level, OnProgress, OptimizeOptions, Optimizer, Progress, StopReason, Sweep, DROP_Z};
