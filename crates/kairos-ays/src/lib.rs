@@ -67,7 +67,9 @@ pub use error::AysError;
 pub use klub::{gaussian_klub, Estimate, KlubEstimator, KlubOptions, Solver, SolverGroups, Span};
 pub use knots::{initial_knots, knots_of, loglinear_knots, sampler_sigmas, subdivide, Init};
 pub use mlp::{MlpConfig, MlpDenoiser, TrainOptions};
-pub use optimize::{Judge, Level, OnProgress, OptimizeOptions, Optimizer, Progress, StopReason, Sweep, DROP_Z};
+pub use optimize::{
+    Judge, Level, OnProgress, OptimizeOptions, Optimizer, Progress, Refinement, StopReason, Sweep, DROP_Z, REFINE_MOVES,
+};
 pub use schedule_file::{Objective, ScheduleFile, FORMAT, VERSION};
 pub use toy::{denoiser_distance, toy_quality, Quality};
 
