@@ -524,7 +524,8 @@ fn optimize_levels<'p>(
         levels
     };
     eprintln!();
-    eprintln!("optimized in {:.1} s", started.elapsed().as_secs_f64());
+    let what = if refinement.is_some() { "optimized and refined" } else { "optimized" };
+    eprintln!("{what} in {:.1} s", started.elapsed().as_secs_f64());
 
     let settings = serde_json::json!({
         "options": options, "init": init, "initial_knots": initial, "data": extra,
