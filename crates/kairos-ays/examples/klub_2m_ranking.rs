@@ -99,7 +99,8 @@ fn flow(m: &GaussianMixture, x: &[[f64; 2]], from: f64, to: f64) -> Points {
         let s0 = (l0 + (l1 - l0) * i as f64 / STEPS as f64).exp();
         let s1 = (l0 + (l1 - l0) * (i + 1) as f64 / STEPS as f64).exp();
         let k0 = slope(&x, s0);
-        let euler: Points = x.iter().zip(&k0).map(|(p, k)| [p[0] + (s1 - s0) * k[0], p[1] + (s1 - s0) * k[1]]).collect();
+        let euler: Points =
+            x.iter().zip(&k0).map(|(p, k)| [p[0] + (s1 - s0) * k[0], p[1] + (s1 - s0) * k[1]]).collect();
         let k1 = slope(&euler, s1);
         for ((p, a), b) in x.iter_mut().zip(&k0).zip(&k1) {
             p[0] += 0.5 * (s1 - s0) * (a[0] + b[0]);

@@ -335,7 +335,13 @@ impl<'a> KlubEstimator<'a> {
 
     /// Group values of one span: for group g with t_g ~ q, the mean over its `batch` rows of
     /// ||D(x_t, t_g) - D̂||² / t_g³ / q(t_g), for each solver's D̂ ([`Solver`]).
-    fn groups(&mut self, span: &Span, p: &Proposal, uniforms: &[(f64, f64)], noise: &Noise<'_>) -> Result<SolverGroups> {
+    fn groups(
+        &mut self,
+        span: &Span,
+        p: &Proposal,
+        uniforms: &[(f64, f64)],
+        noise: &Noise<'_>,
+    ) -> Result<SolverGroups> {
         let Noise { x0, z1, z2, z3 } = *noise;
         let batch = self.options.batch;
         let draws: Vec<Draw> = uniforms.iter().map(|&(a, b)| p.draw(a, b)).collect();

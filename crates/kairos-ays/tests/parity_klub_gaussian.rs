@@ -121,7 +121,13 @@ fn gaussian_klub_2m(k: f64, dims: usize, knots: &[f64]) -> f64 {
         let mut sum = 0.0;
         for j in 0..=m {
             let t = (a.ln() + j as f64 * h).exp();
-            let weight = if j == 0 || j == m { 1.0 } else if j % 2 == 1 { 4.0 } else { 2.0 };
+            let weight = if j == 0 || j == m {
+                1.0
+            } else if j % 2 == 1 {
+                4.0
+            } else {
+                2.0
+            };
             // dt = t d(ln t)
             sum += weight * integrand(t) * t;
         }
@@ -150,11 +156,14 @@ fn dpmpp_2m_klub_matches_closed_form_on_gaussian() {
         let (knots, _) = schedule(&fx, name);
         let want = gaussian_klub_2m(1.0, 2, &knots);
         let g = est.paired_solvers(&[Span::whole(&knots)], &mut ToyRng::new(11, Stream::Estimator)).unwrap();
-        let euler = est.paired(&[knots.clone()], &mut ToyRng::new(11, Stream::Estimator)).unwrap();
+        let euler = est.paired(std::slice::from_ref(&knots), &mut ToyRng::new(11, Stream::Estimator)).unwrap();
         assert_eq!(g[0].of(Solver::Euler), &euler[0][..], "{name}");
         let e = Estimate::of(g[0].of(Solver::Dpmpp2m));
         let z = (e.value - want).abs() / e.stderr;
-        eprintln!("{name}: 2M KLUB {e:?} vs quadrature {want} ({z:.2} standard errors); Euler {}", schedule(&fx, name).1);
+        eprintln!(
+            "{name}: 2M KLUB {e:?} vs quadrature {want} ({z:.2} standard errors); Euler {}",
+            schedule(&fx, name).1
+        );
         assert!(z < 4.0, "{name}: {e:?} vs {want}");
     }
 }
@@ -175,8 +184,7 @@ fn refinement_follows_the_score_below_the_klub_ceiling() {
     let options = OptimizeOptions { search, eval: search, seed: 5, ..Default::default() };
     let mut opt = Optimizer::new(klub, options, "gaussian").unwrap();
     let target = optimum.clone();
-    let mut pull =
-        move |k: &[f64]| Ok(k.iter().zip(&target).map(|(a, b)| (a.ln() - b.ln()).powi(2)).sum::<f64>());
+    let mut pull = move |k: &[f64]| Ok(k.iter().zip(&target).map(|(a, b)| (a.ln() - b.ln()).powi(2)).sum::<f64>());
     let r = opt.refine(&start, &mut pull, &[karras], 2).unwrap();
     eprintln!("{r:?}");
     assert!(r.moves > 0 && r.score < r.initial_score, "{r:?}");

@@ -147,7 +147,8 @@ fn optimized_schedule_file_round_trips_into_generate() {
     let file = dir.join("ays.json").to_string_lossy().into_owned();
     let opt = ["schedule", "optimize", "--steps", "6", "--t-samples", "32", "--eval-t-samples", "64"];
     // No judge-guided refinement: its judged sampler runs would only slow this file test down.
-    let out = kairos(&[&opt[..], &["--max-sweeps", "2", "--refine-sweeps", "0", "--compare", "", "--out", &file]].concat());
+    let out =
+        kairos(&[&opt[..], &["--max-sweeps", "2", "--refine-sweeps", "0", "--compare", "", "--out", &file]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let printed = kairos(&["schedule", "--sigmas-file", &file, "--steps", "3", "--json"]);
