@@ -172,6 +172,92 @@ impl Proposal {
     }
 }
 
+/// How a sampler uses the denoiser over a step [a, b] of its schedule: the KLUB measures
+/// E ∫_a^b ||D(x_t, t) − D̂(t)||² / t³ dt for the solver's stand-in D̂ of the true denoiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Solver {
+    /// D̂ = D(x_b, b) held over the step: stochastic DDIM / k-diffusion `euler_ancestral`
+    /// (paper Eq. 9; `euler` is its deterministic counterpart).
+    Euler,
+    /// DPM-Solver++(2M), k-diffusion `sample_dpmpp_2m`: D̂ is the linear extrapolation in
+    /// λ = −ln σ of the step's and the previous step's denoised values,
+    /// D̂(t) = D_b + ln(b/t) / ln(c/b) · (D_b − D_c) with c the knot above b (at the midpoint
+    /// λ_b + h/2 this is k-diffusion's `denoised_d`). The first step (no previous value) and
+    /// the schedule's last step (to σ = 0, which 2M takes first-order) hold D_b as Euler does.
+    Dpmpp2m,
+}
+
+impl Solver {
+    /// The solver called `name` (k-diffusion names): `euler` or `dpmpp_2m`.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name.to_ascii_lowercase().replace('-', "_").as_str() {
+            "euler" => Ok(Self::Euler),
+            "dpmpp_2m" => Ok(Self::Dpmpp2m),
+            _ => Err(AysError::option("solver", name, "euler or dpmpp_2m")),
+        }
+    }
+
+    /// The k-diffusion name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Euler => "euler",
+            Self::Dpmpp2m => "dpmpp_2m",
+        }
+    }
+}
+
+/// A stretch of a schedule whose KLUB is estimated: its intervals, and for
+/// [`Solver::Dpmpp2m`] where it sits in the whole schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    /// The stretch's knots, descending.
+    pub knots: Vec<f64>,
+    /// The schedule's knot just above `knots[0]`, if any: where DPM-Solver++(2M) took the
+    /// previous denoised value of the stretch's first step. `None` for a stretch that starts
+    /// at σ_max (its first step is first-order).
+    pub above: Option<f64>,
+    /// Whether the stretch's last interval is the schedule's last step (first-order in 2M).
+    pub last: bool,
+}
+
+impl Span {
+    /// A whole schedule.
+    pub fn whole(knots: &[f64]) -> Self {
+        Self { knots: knots.to_vec(), above: None, last: true }
+    }
+
+    /// The intervals `from..to` of the schedule `knots` (interval j from knots[j] down to
+    /// knots[j + 1]).
+    pub fn of(knots: &[f64], from: usize, to: usize) -> Self {
+        Self {
+            knots: knots[from..=to].to_vec(),
+            above: from.checked_sub(1).map(|j| knots[j]),
+            last: to + 1 == knots.len(),
+        }
+    }
+}
+
+/// The per-group estimates of one span under each solver's stand-in (see
+/// [`KlubEstimator::paired_solvers`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SolverGroups {
+    /// [`Solver::Euler`]: the paper's KLUB.
+    pub euler: Vec<f64>,
+    /// [`Solver::Dpmpp2m`].
+    pub dpmpp_2m: Vec<f64>,
+}
+
+impl SolverGroups {
+    /// The groups of `solver`.
+    pub fn of(&self, solver: Solver) -> &[f64] {
+        match solver {
+            Solver::Euler => &self.euler,
+            Solver::Dpmpp2m => &self.dpmpp_2m,
+        }
+    }
+}
+
 /// The Monte Carlo KLUB of schedules for one denoiser and data source.
 pub struct KlubEstimator<'a> {
     denoiser: &'a mut dyn Denoiser,
@@ -210,8 +296,25 @@ impl<'a> KlubEstimator<'a> {
     /// unbiased estimates of its KLUB: [`Estimate::of`] gives value and error,
     /// [`Estimate::difference`] the paired difference of two spans.
     pub fn paired(&mut self, spans: &[Vec<f64>], rng: &mut ToyRng) -> Result<Vec<Vec<f64>>> {
-        let proposals =
-            spans.iter().map(|s| Ok(Proposal::new(ascending(s)?, self.options.c))).collect::<Result<Vec<_>>>()?;
+        let spans: Vec<Span> = spans.iter().map(|k| Span::whole(k)).collect();
+        Ok(self.draw(&spans, false, rng)?.into_iter().map(|g| g.euler).collect())
+    }
+
+    /// [`Self::paired`] under both solvers' stand-ins at once, on spans that may be stretches
+    /// of a schedule. The 2M bound costs one more denoiser call per interval (at the knot
+    /// above it, on x_c ~ p(x_c | x_b) from the forward process, as the paper draws x_b). The
+    /// extra noise is drawn after the rest, so for whole schedules the Euler groups equal
+    /// [`Self::paired`]'s from the same `rng`.
+    pub fn paired_solvers(&mut self, spans: &[Span], rng: &mut ToyRng) -> Result<Vec<SolverGroups>> {
+        self.draw(spans, true, rng)
+    }
+
+    /// The shared draws, then each span's groups (the 2M ones only if `dpmpp_2m`).
+    fn draw(&mut self, spans: &[Span], dpmpp_2m: bool, rng: &mut ToyRng) -> Result<Vec<SolverGroups>> {
+        let proposals = spans
+            .iter()
+            .map(|s| Ok(Proposal::new(ascending(&s.knots)?, self.options.c)))
+            .collect::<Result<Vec<_>>>()?;
         let KlubOptions { t_samples, batch, .. } = self.options;
         let x0 = self.data.sample(t_samples * batch, rng)?;
         if x0.rank() == 0 || x0.dim(0)? != t_samples * batch {
@@ -224,19 +327,22 @@ impl<'a> KlubEstimator<'a> {
         let z1 = normal_like(&x0, rng)?;
         let z2 = normal_like(&x0, rng)?;
         let uniforms: Vec<(f64, f64)> = (0..t_samples).map(|_| (rng.uniform(), rng.uniform())).collect();
-        proposals.iter().map(|p| self.groups(p, &uniforms, &x0, &z1, &z2)).collect()
+        // Drawn last, so Euler-only estimates keep the draws they had before the 2M bound.
+        let z3 = if dpmpp_2m { Some(normal_like(&x0, rng)?) } else { None };
+        let noise = Noise { x0: &x0, z1: &z1, z2: &z2, z3: z3.as_ref() };
+        spans.iter().zip(&proposals).map(|(s, p)| self.groups(s, p, &uniforms, &noise)).collect()
     }
 
-    /// Group values of one proposal: for group g with t_g ~ q, the mean over its `batch` rows of
-    /// ||D(x_t, t_g) - D(x_up, up_g)||² / t_g³ / q(t_g).
+    /// Group values of one span: for group g with t_g ~ q, the mean over its `batch` rows of
+    /// ||D(x_t, t_g) - D̂||² / t_g³ / q(t_g), for each solver's D̂ ([`Solver`]).
     fn groups(
         &mut self,
+        span: &Span,
         p: &Proposal,
         uniforms: &[(f64, f64)],
-        x0: &Tensor,
-        z1: &Tensor,
-        z2: &Tensor,
-    ) -> Result<Vec<f64>> {
+        noise: &Noise<'_>,
+    ) -> Result<SolverGroups> {
+        let Noise { x0, z1, z2, z3 } = *noise;
         let batch = self.options.batch;
         let draws: Vec<Draw> = uniforms.iter().map(|&(a, b)| p.draw(a, b)).collect();
         let per_row = |f: &dyn Fn(&Draw) -> f64| {
@@ -252,8 +358,10 @@ impl<'a> KlubEstimator<'a> {
         }
         let d_t = Tensor::cat(&d_t, 0)?;
 
-        // One call per distinct upper knot, on the rows whose interval ends there.
+        // One call per distinct upper knot, on the rows whose interval ends there (and for 2M
+        // one at the knot above it, on x_c = x_up + sqrt(c² − up²) z3).
         let mut sq = vec![0.0; draws.len() * batch];
+        let mut sq_2m = if z3.is_some() { vec![0.0; draws.len() * batch] } else { Vec::new() };
         for upper in 1..p.knots.len() {
             let rows: Vec<u32> = draws
                 .iter()
@@ -264,27 +372,64 @@ impl<'a> KlubEstimator<'a> {
             if rows.is_empty() {
                 continue;
             }
+            let up = p.knots[upper];
             let idx = Tensor::from_vec(rows.clone(), rows.len(), x0.device())?;
-            let d_up = self.denoiser.denoise(&x_up.index_select(&idx, 0)?, p.knots[upper])?.denoised;
-            let diff = (d_t.index_select(&idx, 0)? - d_up)?;
+            let x_b = x_up.index_select(&idx, 0)?;
+            let d_up = self.denoiser.denoise(&x_b, up)?.denoised;
+            let d_here = d_t.index_select(&idx, 0)?;
+            let diff = (&d_here - &d_up)?;
             for (r, v) in rows.iter().zip(row_sq_norms(&diff)?) {
                 sq[*r as usize] = v;
             }
-        }
-        Ok(draws
-            .iter()
-            .enumerate()
-            .map(|(g, d)| {
-                // q(t) = 0 only at t = up (a rounding edge), where x_up = x_t at the same σ and
-                // the integrand is 0 too.
-                if d.q <= 0.0 {
-                    return 0.0;
+            let Some(z3) = z3 else { continue };
+            // The previous step's knot: the next one up in the span, or the one above it; none
+            // on the schedule's first step, and the last step is first-order.
+            let above = p.knots.get(upper + 1).copied().or(span.above);
+            let first_order = above.is_none() || (span.last && upper == 1);
+            let values = match above {
+                Some(c) if !first_order => {
+                    let x_c = (&x_b + (z3.index_select(&idx, 0)? * (c * c - up * up).sqrt())?)?;
+                    let d_c = self.denoiser.denoise(&x_c, c)?.denoised;
+                    // D̂(t) = D_b + w(t) (D_b − D_c), w = ln(b/t) / ln(c/b), per row.
+                    let w: Vec<f64> =
+                        rows.iter().map(|&r| (up / draws[r as usize / batch].t).ln() / (c / up).ln()).collect();
+                    let slope = (&d_up - d_c)?;
+                    let extrapolated = (&d_up + slope.broadcast_mul(&row_scale(&w, &slope)?)?)?;
+                    row_sq_norms(&(d_here - extrapolated)?)?
                 }
-                let mean_sq = sq[g * batch..(g + 1) * batch].iter().sum::<f64>() / batch as f64;
-                mean_sq / d.t.powi(3) / d.q
-            })
-            .collect())
+                _ => row_sq_norms(&diff)?,
+            };
+            for (r, v) in rows.iter().zip(values) {
+                sq_2m[*r as usize] = v;
+            }
+        }
+        let weigh = |sq: &[f64]| -> Vec<f64> {
+            draws
+                .iter()
+                .enumerate()
+                .map(|(g, d)| {
+                    // q(t) = 0 only at t = up (a rounding edge), where x_up = x_t at the same σ
+                    // and the integrand is 0 too.
+                    if d.q <= 0.0 || sq.is_empty() {
+                        return 0.0;
+                    }
+                    let mean_sq = sq[g * batch..(g + 1) * batch].iter().sum::<f64>() / batch as f64;
+                    mean_sq / d.t.powi(3) / d.q
+                })
+                .collect()
+        };
+        Ok(SolverGroups { euler: weigh(&sq), dpmpp_2m: weigh(&sq_2m) })
     }
+}
+
+/// The random numbers shared by every span of one paired estimate.
+#[derive(Clone, Copy)]
+struct Noise<'n> {
+    x0: &'n Tensor,
+    z1: &'n Tensor,
+    z2: &'n Tensor,
+    /// For x_c, only when the 2M stand-in is estimated.
+    z3: Option<&'n Tensor>,
 }
 
 #[cfg(test)]

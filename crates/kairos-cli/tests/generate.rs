@@ -152,7 +152,9 @@ fn optimized_schedule_file_round_trips_into_generate() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("ays.json").to_string_lossy().into_owned();
     let opt = ["schedule", "optimize", "--steps", "6", "--t-samples", "32", "--eval-t-samples", "64"];
-    let out = kairos(&[&opt[..], &["--max-sweeps", "2", "--compare", "", "--out", &file]].concat());
+    // No judge-guided refinement: its judged sampler runs would only slow this file test down.
+    let out =
+        kairos(&[&opt[..], &["--max-sweeps", "2", "--refine-sweeps", "0", "--compare", "", "--out", &file]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let printed = kairos(&["schedule", "--sigmas-file", &file, "--steps", "3", "--json"]);

@@ -141,6 +141,16 @@ pub struct OptimizeArgs {
     /// Sweeps without a better judged score before the first level stops.
     #[arg(long, default_value_t = 3)]
     judge_patience: usize,
+    /// Toy world with --judge kl: after the KLUB descent, this many sweeps of judge-guided
+    /// refinement (0: none). Each knot tries small moves; one is kept when it lowers the worst
+    /// sampler's judged KL relative to the best --refine-against schedule for that sampler,
+    /// while the KLUB stays below every --refine-against schedule's.
+    #[arg(long, default_value_t = 2)]
+    refine_sweeps: usize,
+    /// The hand-crafted schedules the refinement measures against (KL per sampler, and the
+    /// KLUB ceiling).
+    #[arg(long, value_delimiter = ',', default_value = "karras,exponential")]
+    refine_against: Vec<String>,
     /// Where to write the schedule file (other levels go beside it as <stem>.<steps>.json).
     #[arg(long, default_value = "ays_schedule.json")]
     out: PathBuf,
@@ -235,10 +245,12 @@ fn run_toy(args: &OptimizeArgs, kinds: &[ScheduleKind]) -> anyhow::Result<()> {
     };
     let mut data: GaussianMixture = toy.mixture.clone();
     let mixture = toy.mixture.clone();
-    // Two handles on one denoiser: the optimizer's estimator holds one, the judge the other.
-    type Pair<'m> = (Box<dyn Denoiser + 'm>, Box<dyn Denoiser + 'm>, String);
-    let (mut denoiser, mut judged, model_id): Pair<'_> = match args.denoiser.as_str() {
+    // Three handles on one denoiser: the optimizer's estimator holds one, the judge and the
+    // refinement's score one each.
+    type Handles<'m> = (Box<dyn Denoiser + 'm>, Box<dyn Denoiser + 'm>, Box<dyn Denoiser + 'm>, String);
+    let (mut denoiser, mut judged, mut refined, model_id): Handles<'_> = match args.denoiser.as_str() {
         "exact" => (
+            Box::new(ExactDenoiser::new(&mixture)),
             Box::new(ExactDenoiser::new(&mixture)),
             Box::new(ExactDenoiser::new(&mixture)),
             format!("toy:{}:exact", toy.name),
@@ -250,7 +262,7 @@ fn run_toy(args: &OptimizeArgs, kinds: &[ScheduleKind]) -> anyhow::Result<()> {
                 "toy:{}:mlp(hidden {}, {} train steps, seed {})",
                 toy.name, args.mlp_hidden, args.mlp_train_steps, args.seed
             );
-            (Box::new(net.clone()), Box::new(net), id)
+            (Box::new(net.clone()), Box::new(net.clone()), Box::new(net), id)
         }
         other => bail!("unknown --denoiser `{other}`; accepted: exact, mlp"),
     };
@@ -268,8 +280,36 @@ fn run_toy(args: &OptimizeArgs, kinds: &[ScheduleKind]) -> anyhow::Result<()> {
     };
     let mut by_figure = figure.map(|f| move |knots: &[f64]| score(f, knots));
     let judge: Option<&mut Judge<'_>> = by_figure.as_mut().map(|j| j as &mut Judge<'_>);
+    // The refinement's score: the worst sampler's judged KL over the best reference schedule's
+    // for that sampler (below 1: better than every reference for every sampler).
+    let against = args
+        .refine_against
+        .iter()
+        .filter(|n| !n.is_empty())
+        .map(|n| Ok(knots_of(&ScheduleKind::from_name(n)?, model, family, levels_steps(args))?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let refine = args.judge == "kl" && args.refine_sweeps > 0 && !against.is_empty();
+    let kl_of = |d: &mut dyn Denoiser, knots: &[f64]| -> kairos_ays::Result<Vec<f64>> {
+        samplers
+            .iter()
+            .map(|s| Ok(toy_quality(&world, d, s, &sampler_sigmas(knots), args.points, &judge_seeds)?.kl.mean))
+            .collect()
+    };
+    let best_reference: Vec<f64> = if refine {
+        let kls = against.iter().map(|k| kl_of(refined.as_mut(), k)).collect::<kairos_ays::Result<Vec<_>>>()?;
+        (0..samplers.len()).map(|s| kls.iter().map(|k| k[s]).fold(f64::INFINITY, f64::min)).collect()
+    } else {
+        Vec::new()
+    };
+    let mut worst_ratio = |knots: &[f64]| -> kairos_ays::Result<f64> {
+        let kl = kl_of(refined.as_mut(), knots)?;
+        // The KL estimate can dip to 0 or below near the truth; a floor keeps the ratio finite.
+        Ok(kl.iter().zip(&best_reference).map(|(k, r)| k / r.max(1e-3)).fold(f64::NEG_INFINITY, f64::max))
+    };
+    let refinement = refine.then_some(Refine { score: &mut worst_ratio, ceiling: against, sweeps: args.refine_sweeps });
     let extra = serde_json::json!({ "mixture": toy.name, "judge": args.judge });
-    let levels = optimize_levels(args, denoiser.as_mut(), &mut data, family, model, &model_id, extra, judge)?;
+    let levels =
+        optimize_levels(args, denoiser.as_mut(), &mut data, family, model, &model_id, extra, judge, refinement)?;
     if kinds.is_empty() {
         return Ok(());
     }
@@ -338,7 +378,7 @@ fn run_model(args: &OptimizeArgs, path: &Path, kinds: &[ScheduleKind]) -> anyhow
     let model_id = format!("{} (cfg {}, prompt {:?})", path.display(), args.cfg_scale, args.prompt);
     let extra = serde_json::json!({ "x0": source, "size": args.size, "prompt": args.prompt,
         "negative_prompt": args.negative_prompt, "cfg_scale": args.cfg_scale });
-    let levels = optimize_levels(args, &mut denoiser, &mut data, family, &model, &model_id, extra, None)?;
+    let levels = optimize_levels(args, &mut denoiser, &mut data, family, &model, &model_id, extra, None, None)?;
     if kinds.is_empty() {
         return Ok(());
     }
@@ -420,7 +460,21 @@ fn eval_options(args: &OptimizeArgs) -> KlubOptions {
     KlubOptions { t_samples: args.eval_t_samples, ..search_options(args) }
 }
 
-/// Runs the optimizer (all levels), writes one schedule file per level and prints them.
+/// Steps of the last (written) level.
+fn levels_steps(args: &OptimizeArgs) -> usize {
+    args.steps << args.subdivisions
+}
+
+/// Judge-guided refinement of the last level ([`Optimizer::refine`]).
+struct Refine<'r> {
+    score: &'r mut Judge<'r>,
+    /// Knots of the reference schedules, whose KLUB the refined one stays below.
+    ceiling: Vec<Vec<f64>>,
+    sweeps: usize,
+}
+
+/// Runs the optimizer (all levels) and the refinement, writes one schedule file per level and
+/// prints them. A refinement replaces the last level's knots and KLUB with its own.
 #[allow(clippy::too_many_arguments)]
 fn optimize_levels<'p>(
     args: &OptimizeArgs,
@@ -431,6 +485,7 @@ fn optimize_levels<'p>(
     model_id: &str,
     extra: serde_json::Value,
     judge: Option<&'p mut Judge<'p>>,
+    refine: Option<Refine<'_>>,
 ) -> anyhow::Result<Vec<Level>> {
     let init = Init::from_name(&args.init)?;
     let search = search_options(args);
@@ -446,6 +501,7 @@ fn optimize_levels<'p>(
     };
     let initial = initial_knots(init, model, family, args.steps)?;
     let started = std::time::Instant::now();
+    let mut refinement = None;
     let levels = {
         let klub = KlubEstimator::new(denoiser, data, search)?;
         let mut bar = progress_line;
@@ -456,15 +512,27 @@ fn optimize_levels<'p>(
         if let Some(judge) = judge {
             opt = opt.with_judge(judge);
         }
-        opt.run(&initial)?
+        let mut levels = opt.run(&initial)?;
+        if let Some(r) = refine {
+            eprintln!();
+            eprintln!("optimized in {:.1} s; refining by the judge", started.elapsed().as_secs_f64());
+            let last = levels.last_mut().expect("at least one level");
+            let done = opt.refine(&last.knots, r.score, &r.ceiling, r.sweeps)?;
+            (last.knots, last.klub) = (done.knots.clone(), done.klub);
+            refinement = Some(done);
+        }
+        levels
     };
     eprintln!();
-    eprintln!("optimized in {:.1} s", started.elapsed().as_secs_f64());
+    let what = if refinement.is_some() { "optimized and refined" } else { "optimized" };
+    eprintln!("{what} in {:.1} s", started.elapsed().as_secs_f64());
 
     let settings = serde_json::json!({
         "options": options, "init": init, "initial_knots": initial, "data": extra,
         "levels": levels.iter().map(|l| serde_json::json!({
             "steps": l.steps, "sweeps": l.sweeps.len(), "kept": l.kept, "stop": l.stop, "initial_klub": l.initial_klub, "klub": l.klub })).collect::<Vec<_>>(),
+        "refinement": refinement.as_ref().map(|r| serde_json::json!({ "against": args.refine_against,
+            "initial_score": r.initial_score, "score": r.score, "sweeps": r.sweeps, "moves": r.moves })),
     });
     let last = levels.len() - 1;
     for (i, level) in levels.iter().enumerate() {
@@ -492,6 +560,16 @@ fn optimize_levels<'p>(
         );
         println!("  knots: {}", level.knots.iter().map(|k| format!("{k:.4}")).collect::<Vec<_>>().join(" "));
         report_kept(level);
+        if let Some(r) = refinement.as_ref().filter(|_| i == last) {
+            println!(
+                "  refined by the judge: worst sampler's KL / best of {} {:.3} → {:.3} ({} moves, {} sweeps)",
+                args.refine_against.join(","),
+                r.initial_score,
+                r.score,
+                r.moves,
+                r.sweeps
+            );
+        }
     }
     Ok(levels)
 }
