@@ -1,6 +1,11 @@
 //! `C = alpha·A·B (+ C)` with both operands rounded to bf16 (nearest-even) and f32 accumulation,
-//! on AVX512-BF16 dot products (`vdpbf16ps`), or AMX-BF16 tiles (`tdpbf16ps`) with
-//! `KAIROS_AMX=on` (experimental: a NaN seen in one pipeline run is not explained yet).
+//! on AMX-BF16 tiles (`tdpbf16ps`) where the CPU has them and Linux grants the tile state
+//! (`KAIROS_AMX=off` skips them, for A/B timings), else AVX512-BF16 dot products (`vdpbf16ps`).
+//!
+//! (AMX was opt-in for a while after an empty-prompt encode gave NaN with it; the NaN came from
+//! A1111's emphasis rescale `z·mean(z)/mean(z)`, 0/0 when a zero-bias final LayerNorm's output
+//! happens to sum to exactly 0 in f32, which either kernel's rounding can hit; fixed in the
+//! prompt code by 01f8470. The AMX kernel matches the scalar one within f32 summation order.)
 //!
 //! Both operands are packed first ([`PackedA`], [`PackedB`]): pairs of consecutive `k` values are
 //! stored as one `u32` (the even `k` in the low half, as both instructions pair them); `A` row by
@@ -308,7 +313,7 @@ impl Kernel {
     }
 }
 
-/// Which instruction set the GEMM runs on this CPU: `"amx-bf16"` (with `KAIROS_AMX=on`),
+/// Which instruction set the GEMM runs on this CPU: `"amx-bf16"` (unless `KAIROS_AMX=off`),
 /// `"avx512-bf16"` or `"scalar"`.
 pub fn kernel_name() -> &'static str {
     match Kernel::get() {
@@ -327,6 +332,21 @@ pub fn kernel_name() -> &'static str {
 /// Panics if the operands' depths differ or `c` is too short: callers size them from the same
 /// shapes (a mismatch is a bug in kairos, not bad input).
 pub fn gemm(a: &PackedA, b: &PackedB, c: &mut [f32], ldc: usize, alpha: f32, accumulate: bool, parallel: bool) {
+    gemm_with(Kernel::get(), a, b, c, ldc, alpha, accumulate, parallel);
+}
+
+/// [`gemm`] on `kernel` (which must run on this CPU).
+#[allow(clippy::too_many_arguments)]
+fn gemm_with(
+    kernel: Kernel,
+    a: &PackedA,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    alpha: f32,
+    accumulate: bool,
+    parallel: bool,
+) {
     let (m, n) = (a.m, b.n);
     assert_eq!(a.k, b.k, "bf16 gemm: A is {}×{} but B is {}×{}", a.m, a.k, b.k, b.n);
     if m == 0 || n == 0 {
@@ -340,7 +360,6 @@ pub fn gemm(a: &PackedA, b: &PackedB, c: &mut [f32], ldc: usize, alpha: f32, acc
         }
         return;
     }
-    let kernel = Kernel::get();
     let mr = kernel.rows();
     let (tiles_m, tiles_n) = (m.div_ceil(MC), n.div_ceil(NC));
     let out = OutPtr(c.as_mut_ptr());
@@ -520,16 +539,17 @@ mod amx {
 
     use super::{Panels, Tile, BLOCK, NR, PAIR_ALIGN, ROW_ALIGN};
 
-    /// Whether AMX-BF16 runs here: `KAIROS_AMX=on`, the CPU has it (CPUID), and Linux grants this
-    /// process the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`).
+    /// Whether the GEMM runs on AMX: [`available`], unless `KAIROS_AMX=off` (read once).
     pub(super) fn enabled() -> bool {
         static ENABLED: OnceLock<bool> = OnceLock::new();
-        *ENABLED.get_or_init(|| {
-            // Opt-in: an encode of SD1.5's empty prompt through the AMX kernel gave NaN (the
-            // cause is not found yet; the AVX512-BF16 kernel gives the f32 result).
-            if !std::env::var("KAIROS_AMX").is_ok_and(|v| v == "on") {
-                return false;
-            }
+        *ENABLED.get_or_init(|| !std::env::var("KAIROS_AMX").is_ok_and(|v| v == "off") && available())
+    }
+
+    /// Whether AMX-BF16 can run here: the CPU has it (CPUID) and Linux grants this process the
+    /// tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), checked once.
+    pub(super) fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
             // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
             let cpu = std::arch::x86_64::__cpuid(0).eax >= 7 && {
                 let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
@@ -661,5 +681,147 @@ mod tests {
         assert!(MatRef::row_major(&v, 2, 3).is_some());
         assert!(MatRef::row_major(&v, 3, 3).is_none());
         assert!(MatRef::new(&v, 3, 2, 1, 3).is_some());
+    }
+
+    /// `n` values in [-1, 1) from a fixed xorshift stream.
+    fn uniform(seed: u64, n: usize) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// The packers leave every padding entry (rows past `M`, columns past `N`, pairs past `K`)
+    /// zero: the kernels read whole blocks and rely on it (a NaN there would survive 0·NaN).
+    #[test]
+    fn packing_pads_with_zeros() {
+        let (m, n, k) = (77, 45, 37);
+        let a = vec![f32::NAN; m * k];
+        let b = vec![f32::NAN; k * n];
+        let pa = PackedA::new(MatRef::row_major(&a, m, k).unwrap());
+        let pb = PackedB::new(MatRef::row_major(&b, k, n).unwrap());
+        let nan_pair = |x: u32| (x & 0xFFFF) != 0 && (x >> 16) != 0;
+        let half_pair = |x: u32| (x & 0xFFFF) != 0 && (x >> 16) == 0;
+        // Every value is NaN, so a pair is NaN, half (the odd K's last pair) or padding.
+        for (idx, &x) in pa.data.iter().enumerate() {
+            let (row, pair) = (
+                (idx / (BLOCK * pa.pairs)) * BLOCK + idx % (BLOCK * BLOCK) / BLOCK,
+                (idx / (BLOCK * BLOCK)) % (pa.pairs / BLOCK) * BLOCK + idx % BLOCK,
+            );
+            let inside = row < m && pair < k.div_ceil(2);
+            let want_half = inside && pair == k / 2;
+            assert!(
+                if !inside {
+                    x == 0
+                } else if want_half {
+                    half_pair(x)
+                } else {
+                    nan_pair(x)
+                },
+                "A ({row}, {pair}): {x:#x}"
+            );
+        }
+        for (idx, &x) in pb.data.iter().enumerate() {
+            let pairs = pb.data.len() / (n.div_ceil(NR) * NR);
+            let (col, pair) = ((idx / (pairs * NR)) * NR + idx % NR, (idx / NR) % pairs);
+            let inside = col < n && pair < k.div_ceil(2);
+            let want_half = inside && pair == k / 2;
+            assert!(
+                if !inside {
+                    x == 0
+                } else if want_half {
+                    half_pair(x)
+                } else {
+                    nan_pair(x)
+                },
+                "B ({pair}, {col}): {x:#x}"
+            );
+        }
+    }
+
+    /// The AMX kernel against the scalar one and an f64 reference on the bf16-rounded inputs, on
+    /// the text encoder's ragged shapes (77 and 154 rows: not multiples of the 32-row block;
+    /// K = 768 and 3072: several cache blocks; N not a multiple of 32 too), overwriting a `C`
+    /// filled with NaN, accumulating onto a bias, and with alpha ≠ 1 (the buffered path), on one
+    /// thread and on the rayon pool. Skipped (passes with a note) where AMX does not run.
+    ///
+    /// Tolerance: both kernels multiply bf16 pairs exactly in f32 (8 × 8 significant bits) and
+    /// differ only in the order of the f32 additions, so each lies within the recursive-summation
+    /// bound (K + 1)·2⁻²⁴·(Σ|aₖbₖ| + |C|) of the exact sum (γ_n for n = K terms plus C, to first
+    /// order); a wrong index or a missing block is off by O(|aₖbₖ|), far above it.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_matches_scalar_on_ragged_shapes() {
+        if !amx::available() {
+            println!("note: AMX-BF16 does not run here (CPU or OS permission); test skipped");
+            return;
+        }
+        let round = |x: f32| f32::from_bits((x.bf16_bits() as u32) << 16) as f64;
+        for (case, &(m, n, k)) in
+            [(77usize, 768usize, 768usize), (154, 200, 3072), (77, 45, 37), (33, 100, 530)].iter().enumerate()
+        {
+            let a: Vec<f32> = uniform(1 + case as u64, m * k).iter().map(|x| 4.0 * x).collect();
+            let b = uniform(100 + case as u64, k * n);
+            let bias = uniform(200 + case as u64, n);
+            let ldc = n + 5;
+            let pa = PackedA::new(MatRef::row_major(&a, m, k).unwrap());
+            let pb = PackedB::new(MatRef::row_major(&b, k, n).unwrap());
+            // Σₖ aₖbₖ and Σₖ|aₖbₖ| in f64 on the rounded inputs (exact products).
+            let reference: Vec<(f64, f64)> = (0..m * n)
+                .map(|ij| {
+                    let (i, j) = (ij / n, ij % n);
+                    (0..k).fold((0.0, 0.0), |(s, t), kk| {
+                        let p = round(a[i * k + kk]) * round(b[kk * n + j]);
+                        (s + p, t + p.abs())
+                    })
+                })
+                .collect();
+            for (accumulate, alpha, parallel) in
+                [(false, 1.0f32, true), (true, 1.0, true), (true, -0.75, false), (false, 0.5, false)]
+            {
+                let c0: Vec<f32> = (0..m * ldc)
+                    .map(|i| if accumulate { bias[(i % ldc) % n] } else { f32::from_bits(0x7FC0_1234) })
+                    .collect();
+                let run = |kernel| {
+                    let mut c = c0.clone();
+                    gemm_with(kernel, &pa, &pb, &mut c, ldc, alpha, accumulate, parallel);
+                    c
+                };
+                let (got, scalar) = (run(Kernel::Amx), run(Kernel::Scalar));
+                let label = format!("case {case} {m}x{n}x{k} accumulate={accumulate} alpha={alpha}");
+                let mut worst = 0f64;
+                for i in 0..m {
+                    // The padding columns between rows are untouched.
+                    for j in n..ldc {
+                        assert_eq!(
+                            got[i * ldc + j].to_bits(),
+                            c0[i * ldc + j].to_bits(),
+                            "{label}: ({i}, {j}) written"
+                        );
+                    }
+                    for j in 0..n {
+                        let (exact, magnitude) = reference[i * n + j];
+                        let base = if accumulate { c0[i * ldc + j] as f64 } else { 0.0 };
+                        let want = base + alpha as f64 * exact;
+                        let bound =
+                            (k + 1) as f64 * 2f64.powi(-24) * (alpha.abs() as f64 * magnitude + base.abs()) * 1.01;
+                        for (name, c) in [("amx", &got), ("scalar", &scalar)] {
+                            let x = c[i * ldc + j] as f64;
+                            assert!(
+                                (x - want).abs() <= bound,
+                                "{label} {name} ({i}, {j}): {x} vs {want} (bound {bound:e})"
+                            );
+                        }
+                        worst = worst.max((got[i * ldc + j] as f64 - want).abs() / bound);
+                    }
+                }
+                println!("{label}: worst AMX error {worst:.3} of the bound");
+            }
+        }
     }
 }

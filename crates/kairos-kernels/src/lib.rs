@@ -20,7 +20,7 @@
 //!   residual as they write.
 //! - [`activation`]: CLIP's quick GELU and exact GELU in one vectorised pass.
 //! - [`geglu`]: GEGLU's `value · gelu(gate)` in one pass, with a vectorised erf.
-//! - [`gemm_bf16`]: a GEMM with bf16 inputs and f32 accumulation on AVX512-BF16, used by
+//! - [`gemm_bf16`]: a GEMM with bf16 inputs and f32 accumulation on AMX-BF16 or AVX512-BF16, used by
 //!   `Linear` and `Conv2d` layers whose weights are stored in bf16.
 //! - [`nn`]: drop-in `Conv2d`, `Linear`, `GroupNorm`, `LayerNorm` and `Embedding` constructors
 //!   (same arguments and weight names as `candle_nn`) that route through the kernels, and the

@@ -178,3 +178,29 @@ fn bf16_layers_match_f32_on_rounded_values() {
         assert!(err < 1e-5, "case {i}: {err}");
     }
 }
+
+/// The shapes of SD1.5's text encoder (77 or 154 token rows, not multiples of the AMX kernel's
+/// 32, K = 768 or 3072 spanning several cache blocks, N = 768 / 3072), with `C` poisoned with NaN
+/// where the GEMM overwrites it and holding a bias where it accumulates, whichever kernel runs.
+#[test]
+fn gemm_clip_shapes_overwrite_nan_poisoned_c() {
+    println!("kernel: {}", gemm_bf16::kernel_name());
+    for (case, &(m, n, k)) in [(77usize, 768usize, 768usize), (154, 96, 3072), (154, 40, 768)].iter().enumerate() {
+        let a: Vec<f32> = randn(300 + case as u64, m * k).iter().map(|x| 4.0 * x).collect();
+        let b = randn(400 + case as u64, k * n);
+        let pa = PackedA::new(MatRef::row_major(&a, m, k).unwrap());
+        let pb = PackedB::new(MatRef::row_major(&b, k, n).unwrap());
+        let bias = randn(500 + case as u64, n);
+        for accumulate in [false, true] {
+            let c0: Vec<f32> =
+                (0..m * n).map(|i| if accumulate { bias[i % n] } else { f32::from_bits(0x7FC0_0001) }).collect();
+            let mut c = c0.clone();
+            gemm_bf16::gemm(&pa, &pb, &mut c, n, 1.0, accumulate, true);
+            let base = if accumulate { c0.clone() } else { vec![0.0; m * n] };
+            let nans = c.iter().filter(|x| !x.is_finite()).count();
+            assert_eq!(nans, 0, "case {case} {m}x{n}x{k} accumulate={accumulate}: {nans} non-finite outputs");
+            let label = format!("clip case {case} {m}x{n}x{k} accumulate={accumulate}");
+            check(&label, (m, n, k), |i, kk| a[i * k + kk], |kk, j| b[kk * n + j], 1.0, &base, &c, n);
+        }
+    }
+}

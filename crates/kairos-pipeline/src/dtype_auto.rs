@@ -6,7 +6,8 @@
 //! - Otherwise the faster of f32 and bf16 by [`kairos_kernels::probe`], a measured comparison of
 //!   the two layer paths (well under a second), cached per CPU in `dtype.json` in the user's
 //!   cache directory ([`cache_dir`]), keyed by the CPU's name and cpuid family/model/stepping,
-//!   the kairos version and the thread count. A cache file that cannot be read or parsed is
+//!   the kairos version, the thread count and the bf16 GEMM's kernel (AMX or AVX512-BF16,
+//!   [`kairos_kernels::gemm_bf16::kernel_name`]). A cache file that cannot be read or parsed is
 //!   ignored (the probe runs again and rewrites it); one that cannot be written only costs the
 //!   next run a probe.
 //!
@@ -292,6 +293,7 @@ pub fn pick_with(device: &Device, machine: &Machine<'_>) -> AutoDtype {
         stepping: machine.cpu.stepping,
         kairos: env!("CARGO_PKG_VERSION").to_string(),
         threads: machine.threads,
+        bf16_kernel: kairos_kernels::gemm_bf16::kernel_name().to_string(),
     };
     let cache_file = machine.cache_dir.as_ref().map(|d| d.join(CACHE_FILE));
     let mut file = cache_file.as_deref().map(read_cache).unwrap_or_default();
@@ -344,12 +346,19 @@ struct CacheKey {
     stepping: u32,
     kairos: String,
     threads: usize,
+    /// The bf16 GEMM's kernel (`amx-bf16` or `avx512-bf16`: `KAIROS_AMX=off` changes the answer);
+    /// empty in files written before it was recorded, so those entries are probed again.
+    #[serde(default)]
+    bf16_kernel: String,
 }
 
 impl CacheKey {
     /// The entry's name in the file.
     fn name(&self) -> String {
-        format!("{} | stepping {} | kairos {} | {} threads", self.cpu, self.stepping, self.kairos, self.threads)
+        format!(
+            "{} | stepping {} | kairos {} | {} threads | {}",
+            self.cpu, self.stepping, self.kairos, self.threads, self.bf16_kernel
+        )
     }
 }
 
