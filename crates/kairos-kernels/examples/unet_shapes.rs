@@ -58,7 +58,9 @@ fn main() -> Result<()> {
         bench(&format!("geglu plain {tokens}x{inner}"), 0.0, || kairos_kernels::geglu_plain(&x))?;
     }
     // Self-attention at each level, and cross-attention to the 77 prompt tokens.
-    for (tokens, keys, d) in [(4096, 4096, 40), (1024, 1024, 80), (256, 256, 160), (4096, 77, 40), (1024, 77, 80), (256, 77, 160)] {
+    for (tokens, keys, d) in
+        [(4096, 4096, 40), (1024, 1024, 80), (256, 256, 160), (4096, 77, 40), (1024, 77, 80), (256, 77, 160)]
+    {
         let q = Tensor::randn(0f32, 1., (2, 8, tokens, d), &dev)?;
         let kv = Tensor::randn(0f32, 1., (2, 8, keys, d), &dev)?;
         let flops = 2.0 * 2.0 * 16.0 * (tokens * keys * d) as f64;

@@ -98,16 +98,15 @@ impl F32Op3 for AttentionOp {
         }
         // SAFETY: the jobs below write every row of every head (see `attend_rows`).
         let mut out = unsafe { uninit(n * l * c) };
-        let dims =
-            Dims {
-                s,
-                c,
-                d,
-                dp: d.div_ceil(LANES) * LANES,
-                sp: s.div_ceil(QK_COLS) * QK_COLS,
-                scale: self.scale,
-                causal: self.causal,
-            };
+        let dims = Dims {
+            s,
+            c,
+            d,
+            dp: d.div_ceil(LANES) * LANES,
+            sp: s.div_ceil(QK_COLS) * QK_COLS,
+            scale: self.scale,
+            causal: self.causal,
+        };
         // Per (sample, head): kᵀ as panels of d × QK_COLS keys (contiguous, so that the micro-kernel
         // reads no power-of-two strides) and v as S rows of dp columns, zero-padded (every
         // element is written, so the pool's leftovers never show).
@@ -584,7 +583,14 @@ pub fn attention_heads_causal(
     heads_attention(query, key, value, heads, scale, true)
 }
 
-fn heads_attention(query: &Tensor, key: &Tensor, value: &Tensor, heads: usize, scale: f64, causal: bool) -> Result<Tensor> {
+fn heads_attention(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Result<Tensor> {
     let (n, l, c) = query.dims3()?;
     let shape_ok = |t: &Tensor| t.rank() == 3 && t.dim(0).ok() == Some(n) && t.dim(2).ok() == Some(c);
     let causal_ok = !causal || key.dim(1).ok() == Some(l);

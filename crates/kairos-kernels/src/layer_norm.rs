@@ -24,9 +24,8 @@ impl F32Op3 for LayerNormOp {
         let d = weight.len();
         // SAFETY: the rows below tile the output and each is written whole.
         let mut out = unsafe { uninit(x.len()) };
-        if d > 0 {
-            // Rows of a few hundred to a few thousand values: enough per job to amortise rayon.
-            let rows_per_job = (4096 / d).max(1);
+        // Rows of a few hundred to a few thousand values: enough per job to amortise rayon.
+        if let Some(rows_per_job) = 4096usize.checked_div(d).map(|r| r.max(1)) {
             out.par_chunks_mut(rows_per_job * d).zip(x.par_chunks(rows_per_job * d)).for_each(|(dst, src)| {
                 for (dst, src) in dst.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
                     let mean = (vecmath::sums(src, 0.0)[0] / d as f64) as f32;

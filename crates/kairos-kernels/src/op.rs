@@ -83,6 +83,7 @@ pub(crate) fn filled<'a>(count: usize, chunk: usize, fill: impl Fn(usize) -> Fil
 ///
 /// # Safety
 /// Every element must be written before it is read, and before the vector is returned.
+#[allow(clippy::uninit_vec)] // the point of this function; its callers write every element
 pub(crate) unsafe fn uninit(len: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
     // SAFETY: the capacity is `len`, and the caller writes every element before any is read (as

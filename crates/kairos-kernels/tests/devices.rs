@@ -15,8 +15,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use kairos_kernels::{
-    attention, attention_heads, attention_plain, conv2d, conv2d_plain, conv2d_winograd, geglu, geglu_plain, group_norm,
-    group_norm_plain, linear, linear_plain, map_from_tokens, nn, tokens_from_map, Conv2dParams, WinogradTile,
+    activation, attention, attention_heads, attention_heads_causal, attention_plain, conv2d, conv2d_plain,
+    conv2d_winograd, geglu, geglu_plain, group_norm, group_norm_plain, linear, linear_plain, map_from_tokens, nn,
+    tokens_from_map, Activation, Conv2dParams, WinogradTile,
 };
 
 fn randn(seed: u64, shape: &[usize]) -> Tensor {
@@ -30,11 +31,14 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
+/// A conversion of the inputs (to another dtype or device, or none).
+type Convert<'a> = &'a dyn Fn(&Tensor) -> Tensor;
+
 /// Every public entry point and `nn` layer on `to(x)` inputs, beside the CPU f32 kernels' result
 /// on the same values: `(name, on the converted inputs, f32 CPU kernel)`.
-fn all_entry_points(to: &dyn Fn(&Tensor) -> Tensor) -> Vec<(&'static str, Tensor, Tensor)> {
+fn all_entry_points(to: Convert<'_>) -> Vec<(&'static str, Tensor, Tensor)> {
     let mut out = Vec::new();
-    let mut case = |name, f: &dyn Fn(&dyn Fn(&Tensor) -> Tensor) -> Tensor| {
+    let mut case = |name, f: &dyn Fn(Convert<'_>) -> Tensor| {
         let id = |t: &Tensor| t.clone();
         out.push((name, f(to), f(&id)));
     };
@@ -47,7 +51,11 @@ fn all_entry_points(to: &dyn Fn(&Tensor) -> Tensor) -> Vec<(&'static str, Tensor
     case("attention", &|c| attention(&c(&q), &c(&k), &c(&v), 0.35).unwrap());
     let (qh, kh, vh) = (randn(7, &[2, 10, 16]), randn(8, &[2, 7, 16]), randn(9, &[2, 7, 16]));
     case("attention_heads", &|c| attention_heads(&c(&qh), &c(&kh), &c(&vh), 2, 0.35).unwrap());
+    let (qc, kc, vc) = (randn(15, &[2, 9, 16]), randn(16, &[2, 9, 16]), randn(17, &[2, 9, 16]));
+    case("attention_heads_causal", &|c| attention_heads_causal(&c(&qc), &c(&kc), &c(&vc), 2, 0.35).unwrap());
     case("group_norm silu", &|c| group_norm(&c(&x), &c(&b), &c(&b), 4, 1e-5, true).unwrap());
+    case("quick gelu", &|c| activation(&c(&x), Activation::QuickGelu).unwrap());
+    case("gelu", &|c| activation(&c(&x), Activation::GeluErf).unwrap());
     let (tok, wl) = (randn(10, &[2, 5, 16]), randn(11, &[12, 16]));
     case("linear", &|c| linear(&c(&tok), &c(&wl), Some(&c(&b.narrow(0, 0, 12).unwrap()))).unwrap());
     case("geglu", &|c| geglu(&c(&randn(12, &[2, 5, 24]))).unwrap());

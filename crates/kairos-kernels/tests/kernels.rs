@@ -10,9 +10,10 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use kairos_kernels::{
-    activation, activation_plain, Activation,
-    attention, attention_heads, attention_heads_causal, attention_plain, attention_plain_causal, conv2d, conv2d_plain, conv2d_winograd, geglu, geglu_plain, group_norm,
-    group_norm_plain, layer_norm, layer_norm_plain, linear, linear_plain, map_from_tokens, tokens_from_map, Conv2dParams, WinogradTile,
+    activation, activation_plain, attention, attention_heads, attention_heads_causal, attention_plain,
+    attention_plain_causal, conv2d, conv2d_plain, conv2d_winograd, geglu, geglu_plain, group_norm, group_norm_plain,
+    layer_norm, layer_norm_plain, linear, linear_plain, map_from_tokens, tokens_from_map, Activation, Conv2dParams,
+    WinogradTile,
 };
 
 fn randn(seed: u64, shape: &[usize]) -> Tensor {
@@ -257,7 +258,8 @@ fn activations_match_candle() {
         let got = activation(&x, act).unwrap();
         let want = activation_plain(&x, act).unwrap();
         let tol = ((want.abs().unwrap() * 1e-6).unwrap() + 1e-5).unwrap();
-        let excess = ((&got - &want).unwrap().abs().unwrap() - tol).unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let excess =
+            ((&got - &want).unwrap().abs().unwrap() - tol).unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         println!("{act:?}: max abs err {:e}", max_abs_diff(&got, &want));
         assert!(excess <= 0.0, "{act:?}: error exceeds the tolerance by {excess}");
     }
