@@ -2,18 +2,7 @@
 //! and checks every result is finite and bit-identical to the first (the blocking, and so the
 //! summation order, does not depend on the thread). `cargo run --release --example amx_stress [secs]`
 use kairos_kernels::gemm_bf16::{self, MatRef, PackedA, PackedB};
-
-fn uniform(seed: u64, n: usize) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
+use kairos_kernels::uniform;
 
 fn main() {
     let secs: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20.0);

@@ -666,6 +666,7 @@ mod amx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uniform;
 
     #[test]
     fn rounding_is_nearest_even() {
@@ -683,19 +684,6 @@ mod tests {
         assert!(MatRef::new(&v, 3, 2, 1, 3).is_some());
     }
 
-    /// `n` values in [-1, 1) from a fixed xorshift stream.
-    fn uniform(seed: u64, n: usize) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
     /// The packers leave every padding entry (rows past `M`, columns past `N`, pairs past `K`)
     /// zero: the kernels read whole blocks and rely on it (a NaN there would survive 0·NaN).
     #[test]
@@ -705,42 +693,26 @@ mod tests {
         let b = vec![f32::NAN; k * n];
         let pa = PackedA::new(MatRef::row_major(&a, m, k).unwrap());
         let pb = PackedB::new(MatRef::row_major(&b, k, n).unwrap());
-        let nan_pair = |x: u32| (x & 0xFFFF) != 0 && (x >> 16) != 0;
-        let half_pair = |x: u32| (x & 0xFFFF) != 0 && (x >> 16) == 0;
-        // Every value is NaN, so a pair is NaN, half (the odd K's last pair) or padding.
+        // Every value is NaN, so a packed pair inside the matrix is two NaNs, or a half pair
+        // (the odd K's last: high half zero); padding is zero.
+        let expected = |x: u32, inside: bool, half: bool| match (inside, half) {
+            (false, _) => x == 0,
+            (true, true) => (x & 0xFFFF) != 0 && (x >> 16) == 0,
+            (true, false) => (x & 0xFFFF) != 0 && (x >> 16) != 0,
+        };
         for (idx, &x) in pa.data.iter().enumerate() {
             let (row, pair) = (
                 (idx / (BLOCK * pa.pairs)) * BLOCK + idx % (BLOCK * BLOCK) / BLOCK,
                 (idx / (BLOCK * BLOCK)) % (pa.pairs / BLOCK) * BLOCK + idx % BLOCK,
             );
             let inside = row < m && pair < k.div_ceil(2);
-            let want_half = inside && pair == k / 2;
-            assert!(
-                if !inside {
-                    x == 0
-                } else if want_half {
-                    half_pair(x)
-                } else {
-                    nan_pair(x)
-                },
-                "A ({row}, {pair}): {x:#x}"
-            );
+            assert!(expected(x, inside, pair == k / 2), "A ({row}, {pair}): {x:#x}");
         }
         for (idx, &x) in pb.data.iter().enumerate() {
             let pairs = pb.data.len() / (n.div_ceil(NR) * NR);
             let (col, pair) = ((idx / (pairs * NR)) * NR + idx % NR, (idx / NR) % pairs);
             let inside = col < n && pair < k.div_ceil(2);
-            let want_half = inside && pair == k / 2;
-            assert!(
-                if !inside {
-                    x == 0
-                } else if want_half {
-                    half_pair(x)
-                } else {
-                    nan_pair(x)
-                },
-                "B ({pair}, {col}): {x:#x}"
-            );
+            assert!(expected(x, inside, pair == k / 2), "B ({pair}, {col}): {x:#x}");
         }
     }
 

@@ -65,6 +65,21 @@ pub use linear::{linear, linear_plain};
 pub use projection::{map_from_tokens, tokens_from_map};
 pub use winograd::WinogradTile;
 
+/// `n` deterministic values in [-1, 1) from a xorshift stream of `seed`: the dtype probe's inputs
+/// and the kernels' test and example data (candle's CPU RNG is not seedable). Never NaN or
+/// denormal, which would change what a timing measures.
+pub fn uniform(seed: u64, n: usize) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
 /// An f32 tensor on the CPU: what the f32 kernels compute on.
 pub(crate) fn f32_cpu(t: &candle_core::Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == candle_core::DType::F32

@@ -45,23 +45,9 @@ impl ProbeTimes {
     }
 }
 
-/// Deterministic values in about [-1, 1) (a xorshift; the timing does not depend on them, but
-/// denormals or NaNs would).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-        })
-        .collect()
-}
-
 fn tensor(shape: &[usize], seed: u64, scale: f32) -> Result<Tensor> {
     let n = shape.iter().product();
-    let v: Vec<f32> = values(n, seed).into_iter().map(|x| x * scale).collect();
+    let v: Vec<f32> = crate::uniform(seed, n).into_iter().map(|x| x * scale).collect();
     Tensor::from_vec(v, shape, &Device::Cpu)
 }
 
@@ -167,6 +153,6 @@ mod tests {
 
     #[test]
     fn values_are_finite_and_bounded() {
-        assert!(values(10_000, 7).iter().all(|v| v.is_finite() && v.abs() <= 1.0));
+        assert!(crate::uniform(7, 10_000).iter().all(|v| v.is_finite() && v.abs() <= 1.0));
     }
 }

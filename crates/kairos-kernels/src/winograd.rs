@@ -439,20 +439,9 @@ mod tests {
     #[test]
     fn blocking_does_not_change_the_result() {
         let d = Dims { n: 2, ci: 24, co: 40, h: 11, w: 37 };
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut rand = |len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-                })
-                .collect()
-        };
-        let x = rand(d.n * d.ci * d.h * d.w);
-        let w = rand(d.co * d.ci * 9);
-        let bias = rand(d.co);
+        let x = crate::uniform(1, d.n * d.ci * d.h * d.w);
+        let w = crate::uniform(2, d.co * d.ci * 9);
+        let bias = crate::uniform(3, d.co);
         let tiny = Blocking { chunk_bytes: 1, weight_block_bytes: 1 };
         for (want, got) in [
             (convolve(&F4, &x, &w, &bias, d, BLOCKING), convolve(&F4, &x, &w, &bias, d, tiny)),

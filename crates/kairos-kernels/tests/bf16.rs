@@ -7,11 +7,9 @@
 //! 8e-3·Σ|aₖbₖ| (Σ|aₖbₖ| + |C| when accumulating onto C) — the error a bf16 path is expected to have, and what a wrong index or missing
 //! term (O(|aₖbₖ|) per element) exceeds.
 
-mod common;
-
-use common::uniform as randn;
 use half::bf16;
 use kairos_kernels::gemm_bf16::{self, MatRef, PackedA, PackedB};
+use kairos_kernels::uniform as randn;
 
 fn round(x: f32) -> f64 {
     bf16::from_f32(x).to_f64()

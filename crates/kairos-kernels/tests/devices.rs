@@ -8,8 +8,6 @@
 //! would fail in its input check). On a GPU, `cargo test -p kairos-kernels --features cuda --test
 //! devices` also runs every entry point on CUDA tensors against the CPU kernels.
 
-mod common;
-
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -21,7 +19,7 @@ use kairos_kernels::{
 };
 
 fn randn(seed: u64, shape: &[usize]) -> Tensor {
-    Tensor::from_vec(common::uniform(seed, shape.iter().product()), shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(kairos_kernels::uniform(seed, shape.iter().product()), shape, &Device::Cpu).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {

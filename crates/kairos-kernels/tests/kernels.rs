@@ -6,8 +6,6 @@
 //! are 1e-5 absolute on O(1) outputs (about 100 ulp), well under any real discrepancy (a wrong
 //! index or missing term moves outputs by O(0.1)).
 
-mod common;
-
 use candle_core::{DType, Device, Tensor};
 use kairos_kernels::{
     activation, activation_plain, attention, attention_heads, attention_heads_causal, attention_plain,
@@ -17,7 +15,7 @@ use kairos_kernels::{
 };
 
 fn randn(seed: u64, shape: &[usize]) -> Tensor {
-    Tensor::from_vec(common::uniform(seed, shape.iter().product()), shape, &Device::Cpu).unwrap()
+    Tensor::from_vec(kairos_kernels::uniform(seed, shape.iter().product()), shape, &Device::Cpu).unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
