@@ -4,15 +4,18 @@ use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::{var_builder::SimpleBackend, Init, VarBuilder};
 
 /// Every tensor is uniform in ±1/√fan_in (fan_in = the product of all dims but the first), a
-/// stream keyed on the seed and the tensor's name; `Init::Const` hints (norm weights and biases)
-/// are honoured. Activations then stay O(1), so no NaN, infinity or denormal slows a kernel down.
+/// stream keyed on the seed and the tensor's name, except that a 1-D tensor with an
+/// `Init::Const` hint (norm weights 1, biases 0) takes the constant. Matrices and kernels are
+/// always drawn: `VarBuilder::get`'s default hint is `Const(0)`, which would leave every linear
+/// weight read through it zero. Activations stay O(1), so no NaN, infinity or denormal slows a
+/// kernel down.
 struct SeededWeights {
     seed: u64,
 }
 
 impl SimpleBackend for SeededWeights {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        if let Init::Const(c) = h {
+        if let (Init::Const(c), 1) = (h, s.rank()) {
             return Tensor::full(c as f32, s, dev)?.to_dtype(dtype);
         }
         let dims = s.dims();
