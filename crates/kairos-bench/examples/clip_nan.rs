@@ -21,8 +21,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let f32_out = CLIPTextModel::new(seeded_var_builder(0, DType::F32, &dev).pp("text_encoder"), &cfg)?
         .forward(&ids)?
         .last_hidden_state;
-    let clip = CLIPTextModel::new(seeded_var_builder(0, DType::BF16, &dev).pp("text_encoder"), &cfg)?;
-    println!("kernel: {}", kairos_kernels::gemm_bf16::kernel_name());
+    let bf16_out = CLIPTextModel::new(seeded_var_builder(0, DType::BF16, &dev).pp("text_encoder"), &cfg)?
+        .forward(&ids)?
+        .last_hidden_state;
+    let values = bf16_out.flatten_all()?.to_vec1::<f32>()?;
+    let diff = (&bf16_out - &f32_out)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    println!(
+        "kernel: {}; bf16 output finite: {}; max |bf16 - f32| {diff:e} (max |f32| {:e})",
+        kairos_kernels::gemm_bf16::kernel_name(),
+        values.iter().all(|x| x.is_finite()),
+        f32_out.abs()?.max_all()?.to_scalar::<f32>()?
+    );
     // A1111's "Original" emphasis before 01f8470: z · mean(z) / mean(z) on every chunk, NaN when
     // mean(z) is exactly 0 (which a zero-bias final LayerNorm puts at rounding level).
     let empty = ids.narrow(0, 0, 1)?;
