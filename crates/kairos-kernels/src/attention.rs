@@ -14,6 +14,7 @@
 use candle_core::{DType, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::attention_bf16::AttentionBf16Op;
 use crate::error::KernelError;
 use crate::op::{apply3, uninit, F32Op3, Input};
 use crate::scratch::Scratch;
@@ -54,7 +55,7 @@ struct Rows {
 }
 
 /// The output buffer, shared by the jobs, each of which writes its own rows × head columns.
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: the jobs write disjoint elements (see the use below) and the buffer outlives them.
 unsafe impl Sync for OutPtr {}
 
@@ -65,7 +66,7 @@ impl OutPtr {
     /// `offset + len` must lie inside the buffer and no one else may access those elements while
     /// the slice lives.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+    pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
         std::slice::from_raw_parts_mut(self.0.add(offset), len)
     }
 }
@@ -583,6 +584,20 @@ pub fn attention_heads_causal(
     heads_attention(query, key, value, heads, scale, true)
 }
 
+/// [`attention_heads`] (or, with `causal`, [`attention_heads_causal`]) with bf16 operands, as
+/// bf16 models run it: see [`crate::attention_bf16`]. Where no fast bf16 kernel runs
+/// ([`crate::gemm_bf16::available`]) it is the f32 kernel.
+pub fn attention_heads_bf16(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Result<Tensor> {
+    heads_attention_in(query, key, value, heads, scale, causal, crate::gemm_bf16::available())
+}
+
 fn heads_attention(
     query: &Tensor,
     key: &Tensor,
@@ -590,6 +605,18 @@ fn heads_attention(
     heads: usize,
     scale: f64,
     causal: bool,
+) -> Result<Tensor> {
+    heads_attention_in(query, key, value, heads, scale, causal, false)
+}
+
+fn heads_attention_in(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+    bf16: bool,
 ) -> Result<Tensor> {
     let (n, l, c) = query.dims3()?;
     let shape_ok = |t: &Tensor| t.rank() == 3 && t.dim(0).ok() == Some(n) && t.dim(2).ok() == Some(c);
@@ -613,8 +640,11 @@ fn heads_attention(
         let out = if causal { attention_plain_causal(&q, &k, &v, scale)? } else { attention_plain(&q, &k, &v, scale)? };
         return out.transpose(1, 2)?.reshape((n, l, c));
     }
-    let op = AttentionOp { heads, scale: scale as f32, causal, attend: attend_rows };
-    apply3(&query.contiguous()?, &key.contiguous()?, &value.contiguous()?, op)
+    let (q, k, v) = (query.contiguous()?, key.contiguous()?, value.contiguous()?);
+    if bf16 {
+        return apply3(&q, &k, &v, AttentionBf16Op { heads, scale: scale as f32, causal });
+    }
+    apply3(&q, &k, &v, AttentionOp { heads, scale: scale as f32, causal, attend: attend_rows })
 }
 
 #[cfg(test)]

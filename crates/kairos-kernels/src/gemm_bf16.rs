@@ -52,9 +52,56 @@ pub fn available() -> bool {
 pub trait Element: Copy + Send + Sync {
     /// The bf16 bit pattern nearest to `self`.
     fn bf16_bits(self) -> u16;
+
+    /// `dst[q]` = the pair `src[2q]`, `src[2q + 1]` (`src.len() == 2·dst.len()`).
+    #[inline(always)]
+    fn pairs_of(src: &[Self], dst: &mut [u32]) {
+        // A plain loop the compiler vectorises.
+        for (d, x) in dst.iter_mut().zip(src.chunks_exact(2)) {
+            *d = x[0].bf16_bits() as u32 | ((x[1].bf16_bits() as u32) << 16);
+        }
+    }
+
+    /// `dst[q]` = the pair `lo[q]`, `hi[q]` (all three of equal length): two rows of a
+    /// row-major `B` into one row of pairs.
+    #[inline(always)]
+    fn interleave(lo: &[Self], hi: &[Self], dst: &mut [u32]) {
+        for ((v, &x), &y) in dst.iter_mut().zip(lo).zip(hi) {
+            *v = x.bf16_bits() as u32 | ((y.bf16_bits() as u32) << 16);
+        }
+    }
 }
 
 impl Element for f32 {
+    /// With AVX512-BF16, `vcvtne2ps2bf16` rounds 32 values at a time (nearest-even, as
+    /// [`Element::bf16_bits`]; it also flushes f32 subnormals, below 1.2e-38, to zero, as the
+    /// bf16 dot products treat them anyway). Packing activations is a pass over them per GEMM.
+    #[inline(always)]
+    fn pairs_of(src: &[f32], dst: &mut [u32]) {
+        #[cfg(target_arch = "x86_64")]
+        if available() {
+            // SAFETY: AVX512-BF16 and AVX512F are present (`available`).
+            return unsafe { x86::f32_pairs(src, dst) };
+        }
+        for (d, x) in dst.iter_mut().zip(src.chunks_exact(2)) {
+            *d = x[0].bf16_bits() as u32 | ((x[1].bf16_bits() as u32) << 16);
+        }
+    }
+
+    /// With AVX512-BF16: one `vcvtne2ps2bf16` and a lane permutation per 16 pairs (as
+    /// [`Self::pairs_of`]).
+    #[inline(always)]
+    fn interleave(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
+        #[cfg(target_arch = "x86_64")]
+        if available() && dst.len() % 16 == 0 {
+            // SAFETY: AVX512-BF16 and AVX512F are present (`available`); whole vectors.
+            return unsafe { x86::f32_interleave(lo, hi, dst) };
+        }
+        for ((v, &x), &y) in dst.iter_mut().zip(lo).zip(hi) {
+            *v = x.bf16_bits() as u32 | ((y.bf16_bits() as u32) << 16);
+        }
+    }
+
     #[inline(always)]
     fn bf16_bits(self) -> u16 {
         // Round to nearest even on the bit pattern (vectorises, unlike a call per element);
@@ -115,11 +162,7 @@ impl<'a, T: Element> MatRef<'a, T> {
     fn pairs_into(&self, i: usize, p0: usize, dst: &mut [u32]) {
         let (j0, j1) = (2 * p0, 2 * (p0 + dst.len()));
         if self.cs == 1 && i < self.rows && j1 <= self.cols {
-            // Contiguous and inside: a plain loop the compiler vectorises.
-            let src = &self.data[i * self.rs + j0..i * self.rs + j1];
-            for (d, x) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *d = x[0].bf16_bits() as u32 | ((x[1].bf16_bits() as u32) << 16);
-            }
+            T::pairs_of(&self.data[i * self.rs + j0..i * self.rs + j1], dst);
         } else {
             for (q, d) in dst.iter_mut().enumerate() {
                 *d = self.pair(i, p0 + q);
@@ -152,7 +195,7 @@ fn padded(rows: usize, k: usize, row_align: usize) -> (usize, usize) {
 /// contiguous; a row-major `A` would put a tile's rows a whole row apart, all in one cache set),
 /// blocks ordered along `k` then down the rows; rows padded to [`ROW_ALIGN`] and pairs to
 /// [`PAIR_ALIGN`] with zeros (the kernels read whole blocks).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PackedA {
     m: usize,
     k: usize,
@@ -167,19 +210,52 @@ const BLOCK: usize = 16;
 impl PackedA {
     /// Packs `a` (`M × K`), rounding each element to bf16.
     pub fn new<T: Element>(a: MatRef<'_, T>) -> Self {
+        let mut packed = Self::default();
+        packed.fill(a, true);
+        packed
+    }
+
+    /// Packs `a` into this buffer on the calling thread, reusing its allocation: for callers
+    /// that pack many small operands inside their own parallel loop (attention's query blocks).
+    pub fn repack<T: Element>(&mut self, a: MatRef<'_, T>) {
+        self.fill(a, false);
+    }
+
+    fn fill<T: Element>(&mut self, a: MatRef<'_, T>, parallel: bool) {
         let (rows, pairs) = padded(a.rows, a.cols, ROW_ALIGN);
-        let mut data = vec![0u32; rows * pairs];
-        if pairs > 0 {
-            data.par_chunks_mut(BLOCK * pairs).enumerate().for_each(|(rb, dst)| {
-                for r in 0..BLOCK.min(a.rows.saturating_sub(rb * BLOCK)) {
-                    let i = rb * BLOCK + r;
-                    for (pb, block) in dst.chunks_mut(BLOCK * BLOCK).enumerate() {
-                        a.pairs_into(i, pb * BLOCK, &mut block[r * BLOCK..][..BLOCK]);
+        // Every element is written below (padding rows and pairs as zeros), so the buffer is not
+        // zeroed first (a memset of each GEMM's whole packed activations).
+        self.data.clear();
+        self.data.reserve(rows * pairs);
+        // SAFETY: within the capacity just reserved; `pack_rows` writes all rows × pairs
+        // elements (each of the rows/16 chunks, every 16-pair block of each of its 16 rows)
+        // before any is read.
+        #[allow(clippy::uninit_vec)]
+        unsafe {
+            self.data.set_len(rows * pairs)
+        };
+        (self.m, self.k, self.pairs) = (a.rows, a.cols, pairs);
+        if pairs == 0 {
+            return;
+        }
+        let pack_rows = |(rb, dst): (usize, &mut [u32])| {
+            for r in 0..BLOCK {
+                let i = rb * BLOCK + r;
+                for (pb, block) in dst.chunks_mut(BLOCK * BLOCK).enumerate() {
+                    let row = &mut block[r * BLOCK..][..BLOCK];
+                    if i < a.rows {
+                        a.pairs_into(i, pb * BLOCK, row);
+                    } else {
+                        row.fill(0);
                     }
                 }
-            });
+            }
+        };
+        if parallel {
+            self.data.par_chunks_mut(BLOCK * pairs).enumerate().for_each(pack_rows);
+        } else {
+            self.data.chunks_mut(BLOCK * pairs).enumerate().for_each(pack_rows);
         }
-        Self { m: a.rows, k: a.cols, pairs, data }
     }
 
     /// Rows (`M`).
@@ -212,7 +288,14 @@ impl PackedB {
     pub fn new<T: Element>(b: MatRef<'_, T>) -> Self {
         let bt = b.t();
         let (cols, pairs) = padded(bt.rows, bt.cols, NR);
-        let mut data = vec![0u32; cols * pairs];
+        // Every element is written below (padding as zeros): no memset of the buffer first.
+        let mut data = Vec::with_capacity(cols * pairs);
+        // SAFETY: within the capacity; each panel's loop below writes all of its pairs × NR
+        // elements (`pair` and `interleave` give zeros past the matrix) before any is read.
+        #[allow(clippy::uninit_vec)]
+        unsafe {
+            data.set_len(cols * pairs)
+        };
         if pairs > 0 {
             data.par_chunks_mut(pairs * NR).enumerate().for_each(|(panel, dst)| {
                 let col0 = panel * NR;
@@ -231,9 +314,7 @@ impl PackedB {
                         if inside && k0 + 1 < bt.cols {
                             let lo = &bt.data[k0 * bt.cs + col0..][..NR];
                             let hi = &bt.data[(k0 + 1) * bt.cs + col0..][..NR];
-                            for ((v, &x), &y) in d.iter_mut().zip(lo).zip(hi) {
-                                *v = x.bf16_bits() as u32 | ((y.bf16_bits() as u32) << 16);
-                            }
+                            T::interleave(lo, hi, d);
                         } else {
                             for (j, v) in d.iter_mut().enumerate() {
                                 *v = bt.pair(col0 + j, p);
@@ -488,6 +569,65 @@ mod x86 {
         }
     }
 
+    /// [`super::Element::pairs_of`] for f32: 32 values per `vcvtne2ps2bf16`, the tail through masks.
+    ///
+    /// # Safety
+    /// The CPU supports AVX512-BF16 and AVX512F; `src.len() == 2·dst.len()`.
+    #[target_feature(enable = "avx512bf16,avx512f")]
+    pub(super) unsafe fn f32_pairs(src: &[f32], dst: &mut [u32]) {
+        debug_assert_eq!(src.len(), 2 * dst.len());
+        let n = dst.len();
+        let mut q = 0;
+        // SAFETY (both loops): pairs q..q+16 read src[2q..2q+32] and write dst[q..q+16], inside
+        // both slices (full vectors while q + 16 ≤ n, masked to the remaining pairs after).
+        while q + 16 <= n {
+            unsafe {
+                let lo = _mm512_loadu_ps(src.as_ptr().add(2 * q));
+                let hi = _mm512_loadu_ps(src.as_ptr().add(2 * q + 16));
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(dst.as_mut_ptr().add(q).cast(), v);
+            }
+            q += 16;
+        }
+        if q < n {
+            let rest = n - q;
+            let (m_lo, m_hi) = (
+                (1u32 << (2 * rest).min(16)).wrapping_sub(1) as __mmask16,
+                if 2 * rest > 16 { ((1u32 << (2 * rest - 16)) - 1) as __mmask16 } else { 0 },
+            );
+            unsafe {
+                let lo = _mm512_maskz_loadu_ps(m_lo, src.as_ptr().add(2 * q));
+                let hi = _mm512_maskz_loadu_ps(m_hi, src.as_ptr().add(2 * q + 16));
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_mask_storeu_epi32(dst.as_mut_ptr().add(q).cast(), ((1u32 << rest) - 1) as __mmask16, v);
+            }
+        }
+    }
+
+    /// [`super::Element::interleave`] for f32, 16 pairs per vector.
+    ///
+    /// # Safety
+    /// The CPU supports AVX512-BF16 and AVX512F; `lo`, `hi` and `dst` have one length, a
+    /// multiple of 16.
+    #[target_feature(enable = "avx512bf16,avx512f,avx512bw")]
+    pub(super) unsafe fn f32_interleave(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
+        debug_assert!(lo.len() == dst.len() && hi.len() == dst.len() && dst.len() % 16 == 0);
+        // Lanes 0..16 of the conversion hold lo's bf16 values, 16..32 hi's: pair them up.
+        let index = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
+            1, 16, 0,
+        );
+        for q in (0..dst.len()).step_by(16) {
+            // SAFETY: q + 16 ≤ len for all three slices.
+            unsafe {
+                let converted =
+                    _mm512_cvtne2ps_pbh(_mm512_loadu_ps(hi.as_ptr().add(q)), _mm512_loadu_ps(lo.as_ptr().add(q)));
+                let pairs = _mm512_permutexvar_epi16(index, std::mem::transmute::<__m512bh, __m512i>(converted));
+                _mm512_storeu_si512(dst.as_mut_ptr().add(q).cast(), pairs);
+            }
+        }
+    }
+
     /// The AVX512-BF16 kernel: `MR × 2` accumulators, `A` broadcast one `u32` at a time.
     ///
     /// # Safety
@@ -674,6 +814,43 @@ mod tests {
             assert_eq!(x.bf16_bits(), bf16::from_f32(x).to_bits(), "{x}");
         }
         assert!(bf16::from_bits(f32::NAN.bf16_bits()).is_nan());
+    }
+
+    /// The vectorised pair packing (`vcvtne2ps2bf16` where the CPU has it) against
+    /// `bf16_bits` element by element, for every tail length around whole vectors, on ties,
+    /// infinities and a NaN (subnormals excepted: the instruction flushes them, documented).
+    #[test]
+    fn pairs_of_matches_bf16_bits() {
+        let specials =
+            [1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -2.5, f32::INFINITY, f32::NEG_INFINITY, 3.4e38, 0.0, -0.0];
+        for pairs in 0..40 {
+            let src: Vec<f32> = uniform(7 + pairs as u64, 2 * pairs)
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| if i % 5 == 0 { specials[i % specials.len()] } else { 1e3 * x })
+                .collect();
+            let mut got = vec![0u32; pairs];
+            f32::pairs_of(&src, &mut got);
+            for (q, &g) in got.iter().enumerate() {
+                let want = src[2 * q].bf16_bits() as u32 | ((src[2 * q + 1].bf16_bits() as u32) << 16);
+                assert_eq!(g, want, "{pairs} pairs, pair {q}: {} {}", src[2 * q], src[2 * q + 1]);
+            }
+        }
+        for len in [16usize, 32, 48] {
+            let (lo, hi) = (uniform(60 + len as u64, len), uniform(61 + len as u64, len));
+            let mut got = vec![0u32; len];
+            f32::interleave(&lo, &hi, &mut got);
+            for q in 0..len {
+                assert_eq!(
+                    got[q],
+                    lo[q].bf16_bits() as u32 | ((hi[q].bf16_bits() as u32) << 16),
+                    "interleave {len}: {q}"
+                );
+            }
+        }
+        let mut nan = [0u32; 1];
+        f32::pairs_of(&[f32::NAN, 1.0], &mut nan);
+        assert!(bf16::from_bits(nan[0] as u16).is_nan());
     }
 
     #[test]

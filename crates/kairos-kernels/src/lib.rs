@@ -37,6 +37,7 @@
 
 mod activation;
 mod attention;
+mod attention_bf16;
 mod bf16_layers;
 mod conv2d;
 mod error;
@@ -55,7 +56,9 @@ mod vecmath;
 mod winograd;
 
 pub use activation::{activation, activation_plain, Activation};
-pub use attention::{attention, attention_heads, attention_heads_causal, attention_plain, attention_plain_causal};
+pub use attention::{
+    attention, attention_heads, attention_heads_bf16, attention_heads_causal, attention_plain, attention_plain_causal,
+};
 pub use conv2d::{conv2d, conv2d_plain, conv2d_winograd, Conv2dParams};
 pub use error::KernelError;
 pub use geglu::{geglu, geglu_plain};

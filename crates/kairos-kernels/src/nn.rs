@@ -152,6 +152,12 @@ impl Linear {
     pub fn matrix(&self) -> Option<(Tensor, Option<&Tensor>)> {
         self.bf16.is_none().then(|| (self.inner.weight().clone(), self.inner.bias()))
     }
+
+    /// Whether the layer runs the bf16 GEMM: the attention around such projections takes bf16
+    /// operands too ([`crate::attention_heads_bf16`]), as a bf16 model does on other engines.
+    pub fn runs_bf16(&self) -> bool {
+        self.bf16.is_some()
+    }
 }
 
 impl Module for Linear {

@@ -114,6 +114,19 @@ pub(crate) fn exp_sub_sum_generic(row: &mut [f32], shift: f32) -> f32 {
     sum
 }
 
+/// [`exp_sub_sum_generic`] shifted by the row's own maximum: softmax of a whole row without the
+/// division; returns the sum.
+#[inline(always)]
+fn exp_max_sum_generic(row: &mut [f32]) -> f32 {
+    let max = max_generic(row);
+    exp_sub_sum_generic(row, max)
+}
+
+multiversion! {
+    /// See [`exp_max_sum_generic`] (`row` non-empty).
+    pub(crate) fn exp_max_sum(row: &mut [f32]) -> f32 = exp_max_sum_generic;
+}
+
 /// `dst = a·src + b`, then SiLU (`y·sigmoid(y)`) when `silu`.
 #[inline(always)]
 fn affine_act_generic(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) {

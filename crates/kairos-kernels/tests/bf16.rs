@@ -202,3 +202,74 @@ fn gemm_clip_shapes_overwrite_nan_poisoned_c() {
         }
     }
 }
+
+/// Attention with bf16 operands against f64 on the bf16-rounded q, k and v, heads interleaved:
+/// SD1.5's head widths (40, 80, 160), SDXL's 64, the VAE's single 512-wide head, cross-attention
+/// to 77 keys, query counts that are not multiples of the 32-row job, and CLIP's causal case.
+///
+/// Tolerance: the scores are f32 sums of exact bf16 products (error ~d·2⁻²⁴ of Σ|qk|, under
+/// 1e-5 here) and the unnormalised probabilities p are rounded to bf16 (relative error ≤ 2⁻⁸, the unit roundoff of 8 significant bits)
+/// before p·v; dividing by the f32 sum of the unrounded p leaves each output within
+/// 2⁻⁸·Σp|v|/Σp of the reference, so the bound is 1.1·2⁻⁸·Σp|v|/Σp + 1e-6·max|v|. A wrong key,
+/// head or row moves an output by O(|v|).
+#[test]
+fn attention_bf16_matches_f64_on_rounded_values() {
+    use candle_core::{Device, Tensor};
+    let round32 = |x: f32| bf16::from_f32(x).to_f32();
+    for (case, &(l, s, heads, d, causal)) in [
+        (100usize, 100usize, 2usize, 40usize, false),
+        (61, 77, 2, 80, false),
+        (33, 64, 1, 160, false),
+        (70, 150, 3, 64, false),
+        (20, 100, 1, 512, false),
+        (77, 77, 12, 64, true),
+        (40, 40, 2, 40, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let c = heads * d;
+        let (q, k, v) = (
+            randn(500 + case as u64, 2 * l * c),
+            randn(510 + case as u64, 2 * s * c),
+            randn(520 + case as u64, 2 * s * c),
+        );
+        let tensor = |x: &[f32], rows| Tensor::from_slice(x, (2, rows, c), &Device::Cpu).unwrap();
+        let scale = (d as f64).powf(-0.5);
+        let got =
+            kairos_kernels::attention_heads_bf16(&tensor(&q, l), &tensor(&k, s), &tensor(&v, s), heads, scale, causal)
+                .unwrap();
+        let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+        if !gemm_bf16::available() {
+            println!("note: no fast bf16 kernel here; attention_heads_bf16 is the f32 kernel");
+        }
+        let mut worst = 0f64;
+        for (b, h, i) in (0..2).flat_map(|b| (0..heads).flat_map(move |h| (0..l).map(move |i| (b, h, i)))) {
+            let at = |x: &[f32], rows: usize, r: usize, j: usize| round32(x[(b * rows + r) * c + h * d + j]) as f64;
+            let keys = if causal { i + 1 } else { s };
+            let scores: Vec<f64> =
+                (0..keys).map(|r| scale * (0..d).map(|j| at(&q, l, i, j) * at(&k, s, r, j)).sum::<f64>()).collect();
+            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let p: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+            let sum: f64 = p.iter().sum();
+            let vmax = (0..keys)
+                .flat_map(|r| (0..d).map(move |j| (r, j)))
+                .map(|(r, j)| at(&v, s, r, j).abs())
+                .fold(0.0, f64::max);
+            for j in 0..d {
+                let want = (0..keys).map(|r| p[r] * at(&v, s, r, j)).sum::<f64>() / sum;
+                let spread = (0..keys).map(|r| p[r] * at(&v, s, r, j).abs()).sum::<f64>() / sum;
+                let bound = 1.1 * 2f64.powi(-8) * spread + 1e-6 * vmax;
+                let x = got[(b * l + i) * c + h * d + j] as f64;
+                assert!(
+                    (x - want).abs() <= bound,
+                    "case {case} (b {b}, head {h}, row {i}, col {j}): {x} vs {want} (bound {bound:e})"
+                );
+                worst = worst.max((x - want).abs() / bound);
+            }
+        }
+        println!(
+            "attention bf16 case {case} ({l}×{s}, {heads}×{d}, causal {causal}): worst error {worst:.3} of the bound"
+        );
+    }
+}

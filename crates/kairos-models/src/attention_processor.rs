@@ -9,7 +9,9 @@
 //!   `out_dim`, `context_pre_only`, attention masks, processors other than the default.
 //! - The attention itself is [`kairos_kernels::attention_heads`], which reads the heads where the
 //!   projections put them (`[N, L, heads·d]`) instead of splitting them out into copies; only the
-//!   upcast of reduced-precision attention takes [`scaled_dot_product_attention`].
+//!   upcast of reduced-precision attention takes [`scaled_dot_product_attention`]. Around bf16
+//!   projections (a bf16 model on the CPU) it is [`kairos_kernels::attention_heads_bf16`], bf16
+//!   operands with f32 sums, unless the model upcasts its attention.
 //! - Dropout is omitted (inference only).
 
 use candle_core::{DType, Tensor};
@@ -163,6 +165,9 @@ impl Attention {
                 |t: Tensor| t.reshape((batch_size, (), heads, inner_dim / heads))?.transpose(1, 2)?.contiguous();
             let out = scaled_dot_product_attention(&split(query)?, &split(key)?, &split(value)?, self.scale, true)?;
             out.transpose(1, 2)?.reshape((batch_size, (), inner_dim))?
+        } else if self.to_q.runs_bf16() && !self.upcast {
+            // bf16 projections: bf16 attention operands (an upcast model keeps f32 scores).
+            kairos_kernels::attention_heads_bf16(&query, &key, &value, self.heads, self.scale, false)?
         } else {
             kairos_kernels::attention_heads(&query, &key, &value, self.heads, self.scale)?
         };

@@ -213,12 +213,16 @@ impl CLIPAttention {
 
     /// `hidden_states` [batch, seq, hidden], with the causal mask (token i sees tokens ≤ i):
     /// transformers' `eager_attention_forward`, softmax(q kᵀ · scale + mask) v, as one kernel on
-    /// the heads interleaved as the projections write them.
+    /// the heads interleaved as the projections write them (bf16 operands in a bf16 model).
     pub fn forward(&self, hidden_states: &Tensor) -> Result<Tensor> {
         let queries = self.q_proj.forward(hidden_states)?;
         let keys = self.k_proj.forward(hidden_states)?;
         let values = self.v_proj.forward(hidden_states)?;
-        let attn_output = kairos_kernels::attention_heads_causal(&queries, &keys, &values, self.num_heads, self.scale)?;
+        let attn_output = if self.q_proj.runs_bf16() {
+            kairos_kernels::attention_heads_bf16(&queries, &keys, &values, self.num_heads, self.scale, true)?
+        } else {
+            kairos_kernels::attention_heads_causal(&queries, &keys, &values, self.num_heads, self.scale)?
+        };
         Ok(self.out_proj.forward(&attn_output)?)
     }
 }

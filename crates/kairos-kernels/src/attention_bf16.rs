@@ -1,0 +1,100 @@
+//! Multi-head attention with bf16 operands: `q·kᵀ` and `p·v` run on [`crate::gemm_bf16`]
+//! (AMX tiles where the CPU has them) with q, k, v and the unnormalised probabilities `p`
+//! rounded to bf16 and every sum in f32; the scores, their maximum, the exponentials and the
+//! normalisation stay f32. This is the precision PyTorch's and OpenVINO's bf16 attention run in;
+//! the layers of a bf16 model take it (see `kairos_kernels::nn`), f32 models keep the f32 kernel.
+//!
+//! Each job takes [`ROWS`] query rows of one head: their scores against all `S` keys
+//! (`ROWS × S` f32, 512 KiB at S = 4096: in L2), a softmax over each row without the division,
+//! then `p·v` and the division folded into the copy to the output. `kᵀ` and `v` are packed once
+//! per (sample, head).
+
+use std::cell::RefCell;
+
+use candle_core::{Result, Shape};
+use rayon::prelude::*;
+
+use crate::attention::OutPtr;
+use crate::gemm_bf16::{self, MatRef, PackedA, PackedB};
+use crate::op::{uninit, F32Op3, Input};
+use crate::vecmath;
+
+/// Query rows per job: one AMX block of `C` rows.
+const ROWS: usize = 32;
+
+/// The CPU kernel: `q` `[N, L, heads·d]`, `k` and `v` `[N, S, heads·d]`, contiguous f32.
+pub(crate) struct AttentionBf16Op {
+    pub heads: usize,
+    pub scale: f32,
+    /// Query row `i` attends to keys `0..=i` only (`L = S`).
+    pub causal: bool,
+}
+
+/// A job's buffers, kept per thread between jobs and calls.
+#[derive(Default)]
+struct Buffers {
+    q: PackedA,
+    p: PackedA,
+    scores: Vec<f32>,
+    out: Vec<f32>,
+}
+
+thread_local! {
+    static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
+}
+
+impl F32Op3 for AttentionBf16Op {
+    const NAME: &'static str = "kairos-attention-bf16";
+
+    fn run(&self, (q, l1): Input<'_>, (k, l2): Input<'_>, (v, _l3): Input<'_>) -> Result<(Vec<f32>, Shape)> {
+        let (n, l, c) = l1.shape().dims3()?;
+        let s = l2.dims()[1];
+        let (heads, scale, causal) = (self.heads, self.scale, self.causal);
+        let d = c / heads;
+        if n * l * c == 0 || s == 0 {
+            return Ok((vec![0f32; n * l * c], l1.shape().clone()));
+        }
+        fn view(data: &[f32], offset: usize, (rows, cols, rs, cs): (usize, usize, usize, usize)) -> MatRef<'_, f32> {
+            MatRef::new(&data[offset..], rows, cols, rs, cs).expect("kᵀ/v view inside the sample")
+        }
+        let head = |bh: usize| (bh / heads) * s * c + (bh % heads) * d;
+        // kᵀ (d × S: element (i, j) is key j's column i) and v (S × d), per (sample, head).
+        let packed: Vec<(PackedB, PackedB)> = (0..n * heads)
+            .into_par_iter()
+            .map(|bh| (PackedB::new(view(k, head(bh), (d, s, 1, c))), PackedB::new(view(v, head(bh), (s, d, c, 1)))))
+            .collect();
+        // SAFETY: the jobs below write every row of every head.
+        let mut out = unsafe { uninit(n * l * c) };
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let blocks = l.div_ceil(ROWS);
+        (0..n * heads * blocks).into_par_iter().for_each(|job| {
+            let (bh, r0) = (job / blocks, job % blocks * ROWS);
+            let m = ROWS.min(l - r0);
+            let offset = ((bh / heads) * l + r0) * c + (bh % heads) * d;
+            let (kt, vp) = &packed[bh];
+            BUFFERS.with_borrow_mut(|buf| {
+                buf.q.repack(MatRef::new(&q[offset..], m, d, c, 1).expect("query rows inside q"));
+                buf.scores.resize(m * s, 0.0);
+                gemm_bf16::gemm(&buf.q, kt, &mut buf.scores, s, scale, false, false);
+                let mut sums = [0f32; ROWS];
+                for (i, row) in buf.scores.chunks_mut(s).enumerate() {
+                    // Causal: keys past the row's own position get probability 0.
+                    let seen = if causal { r0 + i + 1 } else { s };
+                    row[seen..].fill(0.0);
+                    sums[i] = vecmath::exp_max_sum(&mut row[..seen]);
+                }
+                buf.p.repack(MatRef::row_major(&buf.scores, m, s).expect("m × S scores"));
+                buf.out.resize(m * d, 0.0);
+                gemm_bf16::gemm(&buf.p, vp, &mut buf.out, d, 1.0, false, false);
+                for (i, (row, sum)) in buf.out.chunks(d).zip(sums).enumerate() {
+                    // SAFETY: row r0 + i of sample bh / heads, columns of head bh % heads: inside
+                    // out, and written by this job only.
+                    let dst = unsafe { out_ptr.slice(offset + i * c, d) };
+                    let inv = 1.0 / sum;
+                    dst.iter_mut().zip(row).for_each(|(o, &x)| *o = x * inv);
+                }
+            });
+        });
+        Ok((out, l1.shape().clone()))
+    }
+}
