@@ -26,9 +26,13 @@ use rayon::prelude::*;
 const MR: usize = 8;
 /// Columns of `B` per panel (and of `C` per micro-kernel call): two 16-lane vectors.
 const NR: usize = 32;
-/// `k` pairs per cache block: a `B` panel block is `KC·NR·4` = 32 KiB (stays in L1/L2 while
-/// the `A` rows of a task stream past it).
-const KC: usize = 256;
+/// `k` pairs per cache block (`B` panel blocks of `KC·NR·4` bytes, in L2). The AMX kernel keeps
+/// `C` in its tiles across a block and loads and stores it once per block, which cost more than
+/// the blocks' streaming from L2: at the SD1.5 UNet's shapes (`examples/bf16_shapes.rs`, 2 cores
+/// with AMX, three alternating runs) 2048 pairs (every layer's whole depth in one block) ran its
+/// 3×3 convolutions at 1.01–1.19 TFLOP/s against 0.81–0.93 with 256 (512: 0.90–1.07), and 4096²
+/// at 1.07–1.13 against 0.80–0.81.
+const KC: usize = 2048;
 /// Rows and columns of `C` per parallel task (a task's `A` blocks stay in L2); multiples of
 /// both kernels' blocks.
 const MC: usize = 96;
