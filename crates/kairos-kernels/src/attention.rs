@@ -150,6 +150,17 @@ impl F32Op3 for AttentionOp {
     }
 }
 
+/// Replaces a non-empty `row` by `e^(row − max(row))` and returns the sum: a softmax without the
+/// division (the bf16 attention's rows), on the AVX-512 exp where the CPU has it.
+pub(crate) fn exp_max_sum(row: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { x86::exp_max_sum(row) };
+    }
+    vecmath::exp_max_sum(row)
+}
+
 /// One job: `m ≤ ROWS` query rows (row `i` at `q[i·c..i·c+d]`) of one head against its packed
 /// `kᵀ` and `v`, written to `out[i·c..i·c+d]`; with AVX-512 micro-kernels where the CPU has them.
 fn attend_rows(dims: &Dims, q: &[f32], m: Rows, kt: &[f32], vp: &[f32], out: &mut [f32]) {
@@ -330,6 +341,17 @@ mod x86 {
     /// AVX-512 intrinsics: the compiler vectorised [`super::Portable`]'s products over the
     /// wrong loop for some tile shapes (gathers instead of broadcasts, 10× slower at d = 40).
     pub(super) struct Avx512;
+
+    /// [`super::exp_max_sum`] with [`exp16`].
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_max_sum(row: &mut [f32]) -> f32 {
+        let max = vecmath::max_generic(row);
+        // SAFETY: AVX-512F (the caller's contract).
+        unsafe { <Avx512 as MicroKernels>::exp_sub_sum(row, max) }
+    }
 
     /// [`super::attend_rows`] compiled for AVX-512 with [`Avx512`]'s micro-kernels.
     ///

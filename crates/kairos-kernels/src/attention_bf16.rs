@@ -14,10 +14,9 @@ use std::cell::RefCell;
 use candle_core::{Result, Shape};
 use rayon::prelude::*;
 
-use crate::attention::OutPtr;
+use crate::attention::{exp_max_sum, OutPtr};
 use crate::gemm_bf16::{self, MatRef, PackedA, PackedB};
 use crate::op::{uninit, F32Op3, Input};
-use crate::vecmath;
 
 /// Query rows per job: one AMX block of `C` rows.
 const ROWS: usize = 32;
@@ -81,7 +80,7 @@ impl F32Op3 for AttentionBf16Op {
                     // Causal: keys past the row's own position get probability 0.
                     let seen = if causal { r0 + i + 1 } else { s };
                     row[seen..].fill(0.0);
-                    sums[i] = vecmath::exp_max_sum(&mut row[..seen]);
+                    sums[i] = exp_max_sum(&mut row[..seen]);
                 }
                 buf.p.repack(MatRef::row_major(&buf.scores, m, s).expect("m × S scores"));
                 buf.out.resize(m * d, 0.0);

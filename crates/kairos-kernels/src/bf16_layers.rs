@@ -8,7 +8,7 @@ use candle_core::{DType, Result, Shape, Tensor};
 
 use crate::conv2d::{im2col_conv, Conv2dParams};
 use crate::gemm_bf16::{self, MatRef, PackedA, PackedB};
-use crate::op::{apply1, filled, F32Op1, Fill, Input};
+use crate::op::{apply1, filled, uninit, F32Op1, Fill, Input};
 
 const LINEAR: &str = "kairos-linear-bf16";
 const CONV: &str = "kairos-conv2d-bf16";
@@ -73,7 +73,8 @@ impl F32Op1 for LinearBf16 {
         let a = MatRef::row_major(x, m, k).ok_or_else(|| candle_core::Error::Msg(format!("{LINEAR}: input size")))?;
         let mut out = match self.bias.as_deref() {
             Some(bias) => filled(m, n, |_| Fill::Copy(bias)),
-            None => vec![0f32; m * n],
+            // SAFETY: the GEMM below overwrites all of C (accumulate is false without a bias).
+            None => unsafe { uninit(m * n) },
         };
         gemm_bf16::gemm(&PackedA::new(a), &self.weight, &mut out, n, 1.0, self.bias.is_some(), true);
         let mut dims = layout.shape().dims().to_vec();

@@ -123,7 +123,7 @@ fn exp_max_sum_generic(row: &mut [f32]) -> f32 {
 }
 
 multiversion! {
-    /// See [`exp_max_sum_generic`] (`row` non-empty).
+    /// See [`exp_max_sum_generic`] (`row` non-empty); the attention kernels' fallback.
     pub(crate) fn exp_max_sum(row: &mut [f32]) -> f32 = exp_max_sum_generic;
 }
 
