@@ -776,14 +776,18 @@ mod amx {
                 asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
             }
             let (a0, a1) = (a.as_ptr(), a.as_ptr().add(row_blocks));
+            // Each load comes just before the first product that reads it: tile registers are
+            // not renamed, so a load waits for the products still reading its register, and
+            // four loads ahead of four products serialised every step's load latency with its
+            // compute (interleaved: 3×3 convolutions and 4096² 12–20 % faster, bf16_shapes).
             for s in (0..kc).step_by(PAIR_ALIGN) {
                 asm!(
                     "tileloadd tmm4, [{a0} + {sa}]",
-                    "tileloadd tmm5, [{a1} + {sa}]",
                     "tileloadd tmm6, [{b} + {sb}]",
-                    "tileloadd tmm7, [{b} + {sb} + 64]",
                     "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{b} + {sb} + 64]",
                     "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {sa}]",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     a0 = in(reg) a0.add(s * BLOCK), a1 = in(reg) a1.add(s * BLOCK), sa = in(reg) a_stride,
