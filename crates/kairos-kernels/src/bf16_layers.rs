@@ -123,16 +123,18 @@ impl F32Op1 for Conv2dBf16 {
         let (_, kh, kw) = self.kernel;
         let co = self.weight.rows();
         let depth = ci * kh * kw;
+        // The columns are packed for the GEMM straight from the input, segment by segment,
+        // without the f32 im2col matrix in between (one pass over the columns instead of three).
         let (out, shape) = im2col_conv(
             x,
             (n, ci, h, wd),
             (co, kh, kw),
             self.params,
             self.bias.as_deref(),
-            |rhs, pixels, plane_out, dst| {
-                let view = MatRef::row_major(rhs, depth, pixels)
-                    .ok_or_else(|| candle_core::Error::Msg(format!("{CONV}: input size")))?;
-                gemm_bf16::gemm(&self.weight, &PackedB::new(view), dst, plane_out, 1.0, true, true);
+            false,
+            |tile, _, plane_out, dst| {
+                let columns = PackedB::from_rows(depth, tile.pixels, |k, j0, seg| tile.segment(k, j0, seg));
+                gemm_bf16::gemm(&self.weight, &columns, dst, plane_out, 1.0, true, true);
                 Ok(())
             },
         )?;

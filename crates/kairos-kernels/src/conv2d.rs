@@ -41,8 +41,15 @@ impl F32Op3 for Conv2dOp {
         let (n, ci, h, wd) = l1.shape().dims4()?;
         let (co, _, kh, kw) = l2.shape().dims4()?;
         let depth = ci * kh * kw;
-        let (out, shape) =
-            im2col_conv(x, (n, ci, h, wd), (co, kh, kw), self.params, Some(bias), |rhs, pixels, plane_out, dst| {
+        let (out, shape) = im2col_conv(
+            x,
+            (n, ci, h, wd),
+            (co, kh, kw),
+            self.params,
+            Some(bias),
+            true,
+            |tile, rhs, plane_out, dst| {
+                let (rhs, pixels) = (rhs.expect("materialised"), tile.pixels);
                 // SAFETY: dst starts at the tile's first pixel of output channel 0 and holds the
                 // tile's rows of every channel (row stride plane_out); lhs is w, Co×depth
                 // row-major; rhs is depth×pixels row-major.
@@ -51,23 +58,26 @@ impl F32Op3 for Conv2dOp {
                     matmul::gemm(co, pixels, depth, MatMut::rows(dst, plane_out), lhs, rhs, true, Threads::All);
                 }
                 Ok(())
-            })?;
+            },
+        )?;
         Ok((out, shape))
     }
 }
 
 /// The im2col walk of the convolution kernels (f32 here, bf16 in `bf16_layers`): the output
 /// `[N, Co, Ho, Wo]` starts from `bias`, then for each sample and each tile of output rows the
-/// `[Ci·kh·kw, rows·Wo]` column matrix (the input itself for a 1×1 stride-1 convolution) goes to
-/// `gemm(rhs, pixels, plane_out, dst)`, which accumulates W · rhs into `dst`: the output from the
-/// tile's first pixel of channel 0 on, rows `plane_out` apart.
+/// `[Ci·kh·kw, rows·Wo]` column matrix of the tile ([`ColTile`]; with `materialize` also written
+/// out as a row-major f32 matrix, the input itself for a 1×1 stride-1 convolution) goes to
+/// `gemm(tile, matrix, plane_out, dst)`, which accumulates W · columns into `dst`: the output
+/// from the tile's first pixel of channel 0 on, rows `plane_out` apart.
 pub(crate) fn im2col_conv(
     x: &[f32],
     (n, ci, h, wd): (usize, usize, usize, usize),
     (co, kh, kw): (usize, usize, usize),
     params: Conv2dParams,
     bias: Option<&[f32]>,
-    mut gemm: impl FnMut(&[f32], usize, usize, &mut [f32]) -> Result<()>,
+    materialize: bool,
+    mut gemm: impl FnMut(&ColTile<'_>, Option<&[f32]>, usize, &mut [f32]) -> Result<()>,
 ) -> Result<(Vec<f32>, Shape)> {
     let Conv2dParams { padding, stride } = params;
     let ho = (h + 2 * padding - kh) / stride + 1;
@@ -80,62 +90,90 @@ pub(crate) fn im2col_conv(
     let direct = kh == 1 && kw == 1 && stride == 1 && padding == 0;
     let tile_rows = if direct { ho } else { (TILE_BYTES / (4 * depth * wo)).clamp(1, ho) };
     // Every element of a tile's columns is written before the GEMM reads it.
-    let mut col = Scratch::take(if direct { 0 } else { depth * tile_rows * wo });
+    let mut col = Scratch::take(if direct || !materialize { 0 } else { depth * tile_rows * wo });
     for b in 0..n {
         let x_b = &x[b * ci * plane_in..(b + 1) * ci * plane_in];
         let out_b = &mut out[b * co * plane_out..(b + 1) * co * plane_out];
         for r0 in (0..ho).step_by(tile_rows) {
             let rows = tile_rows.min(ho - r0);
-            let pixels = rows * wo;
-            let rhs = if direct {
-                x_b
-            } else {
-                let col = &mut col[..depth * pixels];
-                col.par_chunks_mut(kh * kw * pixels).enumerate().for_each(|(c, col_c)| {
-                    let x_c = &x_b[c * plane_in..(c + 1) * plane_in];
-                    for (k, dst) in col_c.chunks_mut(pixels).enumerate() {
-                        im2col_row(x_c, dst, (h, wd), (k / kw, k % kw), r0, wo, padding, stride);
-                    }
-                });
-                &col[..]
+            let tile = ColTile { x_b, h, w: wd, kh, kw, padding, stride, r0, wo, pixels: rows * wo, direct };
+            let matrix = match (materialize, direct) {
+                (false, _) => None,
+                (true, true) => Some(x_b),
+                (true, false) => {
+                    let col = &mut col[..depth * tile.pixels];
+                    col.par_chunks_mut(tile.pixels).enumerate().for_each(|(k, dst)| tile.segment(k, 0, dst));
+                    Some(&col[..])
+                }
             };
-            gemm(rhs, pixels, plane_out, &mut out_b[r0 * wo..])?;
+            gemm(&tile, matrix, plane_out, &mut out_b[r0 * wo..])?;
         }
     }
     Ok((out, Shape::from((n, co, ho, wo))))
 }
 
-/// One im2col row: for kernel offset `(ky, kx)`, the input pixels that output rows `r0..` read,
-/// zero where they fall in the padding. `dst` holds `rows × wo` values.
-#[allow(clippy::too_many_arguments)]
-fn im2col_row(
-    x_c: &[f32],
-    dst: &mut [f32],
-    (h, w): (usize, usize),
-    (ky, kx): (usize, usize),
-    r0: usize,
-    wo: usize,
+/// The im2col matrix `[Ci·kh·kw, pixels]` of one tile of output rows (`r0..`, `pixels / Wo` of
+/// them) of one sample, read by segments instead of written out: row `k` is input channel
+/// `k / (kh·kw)` at kernel offset `(k / kw % kh, k % kw)`, column `p` output pixel `(r0 + p / Wo,
+/// p % Wo)`.
+pub(crate) struct ColTile<'a> {
+    x_b: &'a [f32],
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
     padding: usize,
     stride: usize,
-) {
-    for (r, dst_row) in dst.chunks_mut(wo).enumerate() {
-        // Input row iy = (r0 + r)·stride + ky - padding, checked against [0, h).
-        let iy = (r0 + r) * stride + ky;
-        if iy < padding || iy - padding >= h {
-            dst_row.fill(0.0);
-            continue;
+    r0: usize,
+    wo: usize,
+    /// Columns of the matrix.
+    pub pixels: usize,
+    /// A 1×1 stride-1 unpadded convolution: the matrix is the input itself.
+    direct: bool,
+}
+
+impl ColTile<'_> {
+    /// Elements `(k, j0..j0 + dst.len())` of the matrix (inside it).
+    pub fn segment(&self, k: usize, j0: usize, dst: &mut [f32]) {
+        if self.direct {
+            dst.copy_from_slice(&self.x_b[k * self.pixels + j0..][..dst.len()]);
+            return;
+        }
+        let taps = self.kh * self.kw;
+        let (c, ky, kx) = (k / taps, k % taps / self.kw, k % self.kw);
+        let x_c = &self.x_b[c * self.h * self.w..][..self.h * self.w];
+        let mut t = 0;
+        while t < dst.len() {
+            // The part of the segment in one output row.
+            let (oy, ox0) = (self.r0 + (j0 + t) / self.wo, (j0 + t) % self.wo);
+            let len = (self.wo - ox0).min(dst.len() - t);
+            self.span(x_c, &mut dst[t..t + len], (ky, kx), oy, ox0);
+            t += len;
+        }
+    }
+
+    /// The input pixels that output row `oy`, columns `ox0..ox0 + dst.len()`, read at kernel
+    /// offset `(ky, kx)`, zero where they fall in the padding.
+    fn span(&self, x_c: &[f32], dst: &mut [f32], (ky, kx): (usize, usize), oy: usize, ox0: usize) {
+        let (padding, stride, w) = (self.padding, self.stride, self.w);
+        // Input row iy = oy·stride + ky - padding, checked against [0, h).
+        let iy = oy * stride + ky;
+        if iy < padding || iy - padding >= self.h {
+            dst.fill(0.0);
+            return;
         }
         let src = &x_c[(iy - padding) * w..(iy - padding + 1) * w];
         if stride == 1 {
             // Output columns whose input column ox + kx - padding lies inside [0, w).
-            let lo = padding.saturating_sub(kx).min(wo);
-            let hi = (w + padding).saturating_sub(kx).clamp(lo, wo);
-            dst_row[..lo].fill(0.0);
-            dst_row[lo..hi].copy_from_slice(&src[lo + kx - padding..hi + kx - padding]);
-            dst_row[hi..].fill(0.0);
+            let len = dst.len();
+            let lo = padding.saturating_sub(kx).saturating_sub(ox0).min(len);
+            let hi = (w + padding).saturating_sub(kx).saturating_sub(ox0).clamp(lo, len);
+            dst[..lo].fill(0.0);
+            dst[lo..hi].copy_from_slice(&src[ox0 + lo + kx - padding..ox0 + hi + kx - padding]);
+            dst[hi..].fill(0.0);
         } else {
-            for (ox, d) in dst_row.iter_mut().enumerate() {
-                let ix = ox * stride + kx;
+            for (i, d) in dst.iter_mut().enumerate() {
+                let ix = (ox0 + i) * stride + kx;
                 *d = if ix < padding || ix - padding >= w { 0.0 } else { src[ix - padding] };
             }
         }

@@ -331,6 +331,40 @@ impl PackedB {
         Self { n: b.cols, k: b.rows, data }
     }
 
+    /// Packs the `k × n` matrix whose row segments `row(i, j0, dst)` writes (elements
+    /// `(i, j0..j0 + dst.len())`, inside the matrix), rounding each element to bf16: for a
+    /// right operand that is computed rather than stored (a convolution's im2col columns).
+    pub fn from_rows(k: usize, n: usize, row: impl Fn(usize, usize, &mut [f32]) + Sync) -> Self {
+        let (cols, pairs) = padded(n, k, NR);
+        let mut data = Vec::with_capacity(cols * pairs);
+        // SAFETY: within the capacity; each panel's loop below writes all of its pairs × NR
+        // elements (the padding pairs as zeros) before any is read.
+        #[allow(clippy::uninit_vec)]
+        unsafe {
+            data.set_len(cols * pairs)
+        };
+        if pairs > 0 {
+            data.par_chunks_mut(pairs * NR).enumerate().for_each(|(panel, dst)| {
+                let col0 = panel * NR;
+                let width = NR.min(n - col0);
+                // Columns past n stay zero in both.
+                let (mut lo, mut hi) = ([0f32; NR], [0f32; NR]);
+                let (inside, padding) = dst.split_at_mut(k.div_ceil(2) * NR);
+                for (p, d) in inside.chunks_mut(NR).enumerate() {
+                    row(2 * p, col0, &mut lo[..width]);
+                    if 2 * p + 1 < k {
+                        row(2 * p + 1, col0, &mut hi[..width]);
+                    } else {
+                        hi = [0.0; NR];
+                    }
+                    f32::interleave(&lo, &hi, d);
+                }
+                padding.fill(0);
+            });
+        }
+        Self { n, k, data }
+    }
+
     /// Columns (`N`).
     pub fn cols(&self) -> usize {
         self.n

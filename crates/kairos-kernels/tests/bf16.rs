@@ -152,7 +152,8 @@ fn bf16_layers_match_f32_on_rounded_values() {
         assert!(err < 1e-5, "{err}");
     }
     // 1×1, 3×3 pad 1, 3×3 stride 2 pad 1 convolutions, and the VAE's small ends (4 channels in or
-    // out of a 1×1 or 3×3, 3 channels out).
+    // out of a 1×1 or 3×3, 3 channels out; 3 in: an odd im2col depth, 27), on 37-pixel rows (the
+    // packed im2col panels of 32 columns straddle output rows), and a 3×3 without padding.
     for (i, &(ci, co, k, padding, stride)) in [
         (8usize, 5usize, 1usize, 0usize, 1usize),
         (32, 9, 3, 1, 1),
@@ -160,6 +161,8 @@ fn bf16_layers_match_f32_on_rounded_values() {
         (4, 4, 1, 0, 1),
         (4, 40, 3, 1, 1),
         (40, 3, 3, 1, 1),
+        (3, 6, 3, 1, 1),
+        (5, 4, 3, 0, 1),
     ]
     .iter()
     .enumerate()
