@@ -97,7 +97,7 @@ impl Element for f32 {
     #[inline(always)]
     fn interleave(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
         #[cfg(target_arch = "x86_64")]
-        if available() && dst.len() % 16 == 0 {
+        if available() && dst.len().is_multiple_of(16) {
             // SAFETY: AVX512-BF16 and AVX512F are present (`available`); whole vectors.
             return unsafe { x86::f32_interleave(lo, hi, dst) };
         }
@@ -649,7 +649,7 @@ mod x86 {
     /// multiple of 16.
     #[target_feature(enable = "avx512bf16,avx512f,avx512bw")]
     pub(super) unsafe fn f32_interleave(lo: &[f32], hi: &[f32], dst: &mut [u32]) {
-        debug_assert!(lo.len() == dst.len() && hi.len() == dst.len() && dst.len() % 16 == 0);
+        debug_assert!(lo.len() == dst.len() && hi.len() == dst.len() && dst.len().is_multiple_of(16));
         // Lanes 0..16 of the conversion hold lo's bf16 values, 16..32 hi's: pair them up.
         let index = _mm512_set_epi16(
             31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
