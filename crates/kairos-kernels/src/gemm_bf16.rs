@@ -479,51 +479,120 @@ fn gemm_with(
         }
         return;
     }
-    let mr = kernel.rows();
     let (tiles_m, tiles_n) = (m.div_ceil(MC), n.div_ceil(NC));
     let out = OutPtr(c.as_mut_ptr());
     let task = |t: usize| {
         let (tm, tn) = (t / tiles_n, t % tiles_n);
         let (m0, n0) = (tm * MC, tn * NC);
-        let (m1, n1) = ((m0 + MC).min(m), (n0 + NC).min(n));
-        for k0 in (0..pairs).step_by(KC) {
-            let kc = KC.min(pairs - k0);
-            for j in (n0..n1).step_by(NR) {
-                let b_block = &b.data[(j / NR) * pairs * NR + k0 * NR..][..kc * NR];
-                for i in (m0..m1).step_by(mr) {
-                    // Rows i..i+mr of A from pair k0 on (the padding keeps them inside): row r
-                    // (< mr) and pair q (< kc) at ((r/16)·pairs + q/16)·256 + (r%16)·16 + q%16.
-                    let start = ((i / BLOCK) * pairs + k0) * BLOCK + (i % BLOCK) * BLOCK;
-                    let a_block = &a.data[start..];
-                    let tile = Tile {
-                        c: out.at(i * ldc + j),
-                        ldc,
-                        rows: mr.min(m1 - i),
-                        cols: NR.min(n1 - j),
-                        alpha,
-                        overwrite: k0 == 0 && !accumulate,
-                    };
-                    let panels = Panels { a: a_block, row_blocks: BLOCK * pairs, b: b_block, kc };
-                    // SAFETY: (i, j) is inside C and the tile's rows × cols block lies within it
-                    // (checked against c.len() above); tasks own disjoint (m0..m1, n0..n1) blocks.
-                    unsafe {
-                        match kernel {
-                            #[cfg(target_arch = "x86_64")]
-                            Kernel::Amx => amx::micro_kernel(panels, tile),
-                            #[cfg(target_arch = "x86_64")]
-                            Kernel::Avx512 => x86::micro_kernel(panels, tile),
-                            Kernel::Scalar => micro_kernel_scalar(panels, tile),
-                        }
-                    }
-                }
-            }
-        }
+        let block = Block { rows: m0..(m0 + MC).min(m), cols: n0..(n0 + NC).min(n), origin: (0, 0) };
+        // SAFETY: the block lies inside C (checked against c.len() above); tasks own disjoint
+        // blocks.
+        unsafe { gemm_region(kernel, a, b, block, out, ldc, alpha, accumulate) }
     };
     let tasks = tiles_m * tiles_n;
     if parallel && tasks > 1 {
         (0..tasks).into_par_iter().for_each(task);
     } else {
         (0..tasks).for_each(task);
+    }
+}
+
+/// `C = alpha·A·B`, or `C += alpha·A·B` when `accumulate`, for rows `rows` of `A` and columns
+/// `cols` of `B` only, on the calling thread: `c` holds just that block of `C` (element
+/// `(i − rows.start, j − cols.start)` at that row times `ldc` plus that column). `rows.start`
+/// must be a multiple of 32 and `cols.start` of 32 (whole kernel blocks and `B` panels): for
+/// callers that consume each block of a product while it is in cache (GEGLU's gating).
+///
+/// Panics on a block outside the operands, a misaligned start, or `c` too short.
+pub fn gemm_block(
+    a: &PackedA,
+    b: &PackedB,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    c: &mut [f32],
+    ldc: usize,
+    alpha: f32,
+    accumulate: bool,
+) {
+    assert_eq!(a.k, b.k, "bf16 gemm: A is {}×{} but B is {}×{}", a.m, a.k, b.k, b.n);
+    assert!(
+        rows.start <= rows.end && rows.end <= a.m && cols.start <= cols.end && cols.end <= b.n,
+        "bf16 gemm_block: block outside the operands"
+    );
+    assert!(rows.start % ROW_ALIGN == 0 && cols.start % NR == 0, "bf16 gemm_block: misaligned block start");
+    let (m, n) = (rows.len(), cols.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "bf16 gemm_block: C too short for {m}×{n} (ldc {ldc})");
+    if a.pairs == 0 {
+        if !accumulate {
+            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
+        }
+        return;
+    }
+    let block = Block { origin: (rows.start, cols.start), rows, cols };
+    // SAFETY: c holds the block (checked above).
+    unsafe { gemm_region(Kernel::get(), a, b, block, OutPtr(c.as_mut_ptr()), ldc, alpha, accumulate) }
+}
+
+/// Rows and columns of `C` one call computes, and the element `origin` that `out` points at.
+struct Block {
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    origin: (usize, usize),
+}
+
+/// The blocked loops over one block of `C`, on the calling thread.
+///
+/// # Safety
+/// `out` points at element `origin` of a `C` (row stride `ldc`) that holds the whole block, which
+/// no one else accesses during the call; the block lies inside the operands; `a.pairs > 0`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_region(
+    kernel: Kernel,
+    a: &PackedA,
+    b: &PackedB,
+    block: Block,
+    out: OutPtr,
+    ldc: usize,
+    alpha: f32,
+    accumulate: bool,
+) {
+    let (pairs, mr) = (a.pairs, kernel.rows());
+    let Block { rows: std::ops::Range { start: m0, end: m1 }, cols: std::ops::Range { start: n0, end: n1 }, origin } =
+        block;
+    for k0 in (0..pairs).step_by(KC) {
+        let kc = KC.min(pairs - k0);
+        for j in (n0..n1).step_by(NR) {
+            let b_block = &b.data[(j / NR) * pairs * NR + k0 * NR..][..kc * NR];
+            for i in (m0..m1).step_by(mr) {
+                // Rows i..i+mr of A from pair k0 on (the padding keeps them inside): row r
+                // (< mr) and pair q (< kc) at ((r/16)·pairs + q/16)·256 + (r%16)·16 + q%16.
+                let start = ((i / BLOCK) * pairs + k0) * BLOCK + (i % BLOCK) * BLOCK;
+                let a_block = &a.data[start..];
+                let tile = Tile {
+                    c: out.at((i - origin.0) * ldc + j - origin.1),
+                    ldc,
+                    rows: mr.min(m1 - i),
+                    cols: NR.min(n1 - j),
+                    alpha,
+                    overwrite: k0 == 0 && !accumulate,
+                };
+                let panels = Panels { a: a_block, row_blocks: BLOCK * pairs, b: b_block, kc };
+                // SAFETY: (i, j) is inside the block and the tile's rows × cols within it (the
+                // caller's contract).
+                unsafe {
+                    match kernel {
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Amx => amx::micro_kernel(panels, tile),
+                        #[cfg(target_arch = "x86_64")]
+                        Kernel::Avx512 => x86::micro_kernel(panels, tile),
+                        Kernel::Scalar => micro_kernel_scalar(panels, tile),
+                    }
+                }
+            }
+        }
     }
 }
 

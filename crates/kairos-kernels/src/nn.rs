@@ -153,6 +153,18 @@ impl Linear {
         self.bf16.is_none().then(|| (self.inner.weight().clone(), self.inner.bias()))
     }
 
+    /// GEGLU's gating of the layer's output (`value · gelu(gate)` on its two halves,
+    /// [`crate::geglu`]); a bf16 layer computes and gates it block by block without writing the
+    /// projection out.
+    pub fn forward_geglu(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(bf16) = &self.bf16 {
+            if let Some(out) = bf16.forward_geglu(xs)? {
+                return Ok(out);
+            }
+        }
+        crate::geglu(&self.forward(xs)?)
+    }
+
     /// Whether the layer runs the bf16 GEMM: the attention around such projections takes bf16
     /// operands too ([`crate::attention_heads_bf16`]), as a bf16 model does on other engines.
     pub fn runs_bf16(&self) -> bool {

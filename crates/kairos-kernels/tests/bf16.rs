@@ -151,6 +151,26 @@ fn bf16_layers_match_f32_on_rounded_values() {
         println!("linear bias={}: {err:.2e}", bias.is_some());
         assert!(err < 1e-5, "{err}");
     }
+    // GEGLU on a bf16 projection (blocked and gated in L1 where the halves are whole blocks of
+    // 64 columns: 2 × 128 here, over 2 × 50 rows, not a multiple of the 64-row block; 2 × 40
+    // takes the unfused path) against gelu-gating the rounded f32 projection.
+    for (i, &(half, with_bias)) in [(128usize, true), (128, false), (40, true)].iter().enumerate() {
+        let (x, w, b) =
+            (t(40 + i as u64, &[2, 50, 48]), t(41 + i as u64, &[2 * half, 48]), t(42 + i as u64, &[2 * half]));
+        let bias = with_bias.then_some(&b);
+        let layer =
+            Linear::new(w.to_dtype(DType::BF16).unwrap(), bias.map(|b| b.to_dtype(DType::BF16).unwrap())).unwrap();
+        let got = layer.forward_geglu(&x).unwrap();
+        let proj = rounded(&x).broadcast_matmul(&rounded(&w).t().unwrap()).unwrap();
+        let proj = match bias {
+            Some(b) => proj.broadcast_add(&rounded(b)).unwrap(),
+            None => proj,
+        };
+        let want = kairos_kernels::geglu_plain(&proj).unwrap();
+        let err = rel_err(&got, &want);
+        println!("geglu case {i} (half {half}, bias {with_bias}): {err:.2e}");
+        assert!(err < 1e-5, "geglu case {i}: {err}");
+    }
     // 1×1, 3×3 pad 1, 3×3 stride 2 pad 1 convolutions, and the VAE's small ends (4 channels in or
     // out of a 1×1 or 3×3, 3 channels out; 3 in: an odd im2col depth, 27), on 37-pixel rows (the
     // packed im2col panels of 32 columns straddle output rows), and a 3×3 without padding.

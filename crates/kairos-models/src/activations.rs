@@ -5,7 +5,7 @@
 //!   `gelu`, `relu`); `GELU`, `ApproximateGELU`, `SwiGLU` and the NPU fused path are absent.
 
 use candle_core::Tensor;
-use candle_nn::{Module, VarBuilder};
+use candle_nn::VarBuilder;
 use kairos_kernels::nn::Linear;
 
 use crate::error::{ModelError, Result};
@@ -65,6 +65,6 @@ impl GEGLU {
 
     /// `[.., dim_in]` → `[.., dim_out]`.
     pub fn forward(&self, hidden_states: &Tensor) -> Result<Tensor> {
-        Ok(kairos_kernels::geglu(&self.proj.forward(hidden_states)?)?)
+        Ok(self.proj.forward_geglu(hidden_states)?)
     }
 }
