@@ -73,7 +73,10 @@ impl LinearBf16 {
     /// start on a GEMM panel (`n` not a multiple of 32): then project and gate separately.
     pub fn forward_geglu(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let cols = self.weight.cols();
-        if cols % 2 != 0 || !(cols / 2).is_multiple_of(GEGLU_COLS) || x.dims().last() != Some(&self.weight.depth()) {
+        if !cols.is_multiple_of(2)
+            || !(cols / 2).is_multiple_of(GEGLU_COLS)
+            || x.dims().last() != Some(&self.weight.depth())
+        {
             return Ok(None);
         }
         apply1(&x.to_dtype(DType::F32)?.contiguous()?, &Geglu(self)).map(Some)

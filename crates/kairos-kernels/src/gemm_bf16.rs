@@ -504,6 +504,7 @@ fn gemm_with(
 /// callers that consume each block of a product while it is in cache (GEGLU's gating).
 ///
 /// Panics on a block outside the operands, a misaligned start, or `c` too short.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_block(
     a: &PackedA,
     b: &PackedB,
