@@ -520,7 +520,10 @@ pub fn gemm_block(
         rows.start <= rows.end && rows.end <= a.m && cols.start <= cols.end && cols.end <= b.n,
         "bf16 gemm_block: block outside the operands"
     );
-    assert!(rows.start % ROW_ALIGN == 0 && cols.start % NR == 0, "bf16 gemm_block: misaligned block start");
+    assert!(
+        rows.start.is_multiple_of(ROW_ALIGN) && cols.start.is_multiple_of(NR),
+        "bf16 gemm_block: misaligned block start"
+    );
     let (m, n) = (rows.len(), cols.len());
     if m == 0 || n == 0 {
         return;
