@@ -222,7 +222,7 @@ impl F32Op1 for Conv2dBf16 {
             self.bias.as_deref(),
             false,
             |tile, _, plane_out, dst| {
-                let columns = PackedB::from_rows(depth, tile.pixels, |k, j0, seg| tile.segment(k, j0, seg));
+                let columns = PackedB::from_rows(depth, tile.pixels, tile);
                 gemm_bf16::gemm(&self.weight, &columns, dst, plane_out, 1.0, true, true);
                 Ok(())
             },

@@ -9,6 +9,7 @@ use candle_core::{DType, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::KernelError;
+use crate::gemm_bf16::RowSegments;
 use crate::matmul::{self, Mat, MatMut, Threads};
 use crate::op::{apply3, filled, F32Op3, Fill, Input};
 use crate::scratch::Scratch;
@@ -102,7 +103,7 @@ pub(crate) fn im2col_conv(
                 (true, true) => Some(x_b),
                 (true, false) => {
                     let col = &mut col[..depth * tile.pixels];
-                    col.par_chunks_mut(tile.pixels).enumerate().for_each(|(k, dst)| tile.segment(k, 0, dst));
+                    col.par_chunks_mut(tile.pixels).enumerate().for_each(|(k, dst)| tile.fill(k, 0, dst));
                     Some(&col[..])
                 }
             };
@@ -132,9 +133,36 @@ pub(crate) struct ColTile<'a> {
     direct: bool,
 }
 
+impl RowSegments for ColTile<'_> {
+    /// Where the segment lies in one output row and reads no padding (most of a large
+    /// convolution's columns), the input itself; else [`ColTile::fill`] into `buf`.
+    fn segment<'a>(&'a self, k: usize, j0: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        let len = buf.len();
+        if self.direct {
+            return &self.x_b[k * self.pixels + j0..][..len];
+        }
+        let taps = self.kh * self.kw;
+        let (c, ky, kx) = (k / taps, k % taps / self.kw, k % self.kw);
+        let (oy, ox0) = (self.r0 + j0 / self.wo, j0 % self.wo);
+        let (iy, ix0) = (oy * self.stride + ky, ox0 + kx);
+        let inside = self.stride == 1
+            && ox0 + len <= self.wo
+            && iy >= self.padding
+            && iy - self.padding < self.h
+            && ix0 >= self.padding
+            && ix0 - self.padding + len <= self.w;
+        if inside {
+            let offset = (c * self.h + iy - self.padding) * self.w + ix0 - self.padding;
+            return &self.x_b[offset..][..len];
+        }
+        self.fill(k, j0, buf);
+        buf
+    }
+}
+
 impl ColTile<'_> {
-    /// Elements `(k, j0..j0 + dst.len())` of the matrix (inside it).
-    pub fn segment(&self, k: usize, j0: usize, dst: &mut [f32]) {
+    /// Writes elements `(k, j0..j0 + dst.len())` of the matrix (inside it) into `dst`.
+    pub fn fill(&self, k: usize, j0: usize, dst: &mut [f32]) {
         if self.direct {
             dst.copy_from_slice(&self.x_b[k * self.pixels + j0..][..dst.len()]);
             return;

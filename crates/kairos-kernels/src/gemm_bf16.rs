@@ -331,10 +331,10 @@ impl PackedB {
         Self { n: b.cols, k: b.rows, data }
     }
 
-    /// Packs the `k × n` matrix whose row segments `row(i, j0, dst)` writes (elements
-    /// `(i, j0..j0 + dst.len())`, inside the matrix), rounding each element to bf16: for a
-    /// right operand that is computed rather than stored (a convolution's im2col columns).
-    pub fn from_rows(k: usize, n: usize, row: impl Fn(usize, usize, &mut [f32]) + Sync) -> Self {
+    /// Packs the `k × n` matrix `rows` describes ([`RowSegments`]), rounding each element to
+    /// bf16: for a right operand that is computed rather than stored (a convolution's im2col
+    /// columns).
+    pub fn from_rows(k: usize, n: usize, rows: &impl RowSegments) -> Self {
         let (cols, pairs) = padded(n, k, NR);
         let mut data = Vec::with_capacity(cols * pairs);
         // SAFETY: within the capacity; each panel's loop below writes all of its pairs × NR
@@ -347,17 +347,24 @@ impl PackedB {
             data.par_chunks_mut(pairs * NR).enumerate().for_each(|(panel, dst)| {
                 let col0 = panel * NR;
                 let width = NR.min(n - col0);
-                // Columns past n stay zero in both.
-                let (mut lo, mut hi) = ([0f32; NR], [0f32; NR]);
+                let (mut lo_buf, mut hi_buf) = ([0f32; NR], [0f32; NR]);
                 let (inside, padding) = dst.split_at_mut(k.div_ceil(2) * NR);
                 for (p, d) in inside.chunks_mut(NR).enumerate() {
-                    row(2 * p, col0, &mut lo[..width]);
-                    if 2 * p + 1 < k {
-                        row(2 * p + 1, col0, &mut hi[..width]);
+                    if width == NR && 2 * p + 1 < k {
+                        let lo = rows.segment(2 * p, col0, &mut lo_buf);
+                        let hi = rows.segment(2 * p + 1, col0, &mut hi_buf);
+                        f32::interleave(lo, hi, d);
                     } else {
-                        hi = [0.0; NR];
+                        // The last panel (zero past n) or the odd k's last row (zero partner):
+                        // through NR-wide buffers whose tails stay zero.
+                        let mut scratch = [0f32; NR];
+                        let (mut lo, mut hi) = ([0f32; NR], [0f32; NR]);
+                        lo[..width].copy_from_slice(rows.segment(2 * p, col0, &mut scratch[..width]));
+                        if 2 * p + 1 < k {
+                            hi[..width].copy_from_slice(rows.segment(2 * p + 1, col0, &mut scratch[..width]));
+                        }
+                        f32::interleave(&lo, &hi, d);
                     }
-                    f32::interleave(&lo, &hi, d);
                 }
                 padding.fill(0);
             });
@@ -379,6 +386,13 @@ impl PackedB {
     pub fn bytes(&self) -> usize {
         self.data.len() * 4
     }
+}
+
+/// A matrix read by row segments, for [`PackedB::from_rows`].
+pub trait RowSegments: Sync {
+    /// Elements `(i, j0..j0 + buf.len())` (inside the matrix): a slice of memory the matrix
+    /// already lies in where it can, else `buf` filled with them.
+    fn segment<'a>(&'a self, i: usize, j0: usize, buf: &'a mut [f32]) -> &'a [f32];
 }
 
 /// A raw output pointer shared by tasks that write disjoint blocks.
