@@ -344,29 +344,39 @@ impl PackedB {
             data.set_len(cols * pairs)
         };
         if pairs > 0 {
-            data.par_chunks_mut(pairs * NR).enumerate().for_each(|(panel, dst)| {
-                let col0 = panel * NR;
-                let width = NR.min(n - col0);
+            // Groups of panels, each group walking the rows once: consecutive segments of a row
+            // are consecutive in memory (an im2col row is a shifted input row), where one
+            // panel at a time would visit every input channel's page for each 32 columns.
+            // Enough groups for every thread to have several (small maps have few panels).
+            let group_len = (cols / NR / (4 * rayon::current_num_threads())).clamp(1, PANEL_GROUP);
+            data.par_chunks_mut(group_len * pairs * NR).enumerate().for_each(|(group, dst)| {
                 let (mut lo_buf, mut hi_buf) = ([0f32; NR], [0f32; NR]);
-                let (inside, padding) = dst.split_at_mut(k.div_ceil(2) * NR);
-                for (p, d) in inside.chunks_mut(NR).enumerate() {
-                    if width == NR && 2 * p + 1 < k {
-                        let lo = rows.segment(2 * p, col0, &mut lo_buf);
-                        let hi = rows.segment(2 * p + 1, col0, &mut hi_buf);
-                        f32::interleave(lo, hi, d);
-                    } else {
-                        // The last panel (zero past n) or the odd k's last row (zero partner):
-                        // through NR-wide buffers whose tails stay zero.
-                        let mut scratch = [0f32; NR];
-                        let (mut lo, mut hi) = ([0f32; NR], [0f32; NR]);
-                        lo[..width].copy_from_slice(rows.segment(2 * p, col0, &mut scratch[..width]));
-                        if 2 * p + 1 < k {
-                            hi[..width].copy_from_slice(rows.segment(2 * p + 1, col0, &mut scratch[..width]));
+                let inside = k.div_ceil(2);
+                for p in 0..inside {
+                    for (g, panel) in dst.chunks_mut(pairs * NR).enumerate() {
+                        let col0 = (group * group_len + g) * NR;
+                        let width = NR.min(n - col0);
+                        let d = &mut panel[p * NR..][..NR];
+                        if width == NR && 2 * p + 1 < k {
+                            let lo = rows.segment(2 * p, col0, &mut lo_buf);
+                            let hi = rows.segment(2 * p + 1, col0, &mut hi_buf);
+                            f32::interleave(lo, hi, d);
+                        } else {
+                            // The last panel (zero past n) or the odd k's last row (zero
+                            // partner): through NR-wide buffers whose tails stay zero.
+                            let mut scratch = [0f32; NR];
+                            let (mut lo, mut hi) = ([0f32; NR], [0f32; NR]);
+                            lo[..width].copy_from_slice(rows.segment(2 * p, col0, &mut scratch[..width]));
+                            if 2 * p + 1 < k {
+                                hi[..width].copy_from_slice(rows.segment(2 * p + 1, col0, &mut scratch[..width]));
+                            }
+                            f32::interleave(&lo, &hi, d);
                         }
-                        f32::interleave(&lo, &hi, d);
                     }
                 }
-                padding.fill(0);
+                for panel in dst.chunks_mut(pairs * NR) {
+                    panel[inside * NR..].fill(0);
+                }
             });
         }
         Self { n, k, data }
@@ -387,6 +397,9 @@ impl PackedB {
         self.data.len() * 4
     }
 }
+
+/// Panels [`PackedB::from_rows`] packs together at most (256 columns).
+const PANEL_GROUP: usize = 8;
 
 /// A matrix read by row segments, for [`PackedB::from_rows`].
 pub trait RowSegments: Sync {
