@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""Side-by-side OpenVINO numbers for `kairos bench`: the same random SD1.5 (or SDXL) networks as
+"""Side-by-side OpenVINO numbers for `kairos bench`: the same random SD1.5 networks as
 pytorch_bench.py (its configs and seeds), converted in-process with `openvino.convert_model` and
 compiled for the CPU with --threads inference threads and the LATENCY hint, as FastSD CPU and
 optimum-intel run them. Same case names and FLOP counts as the other two tools.
 
-    python3 tools/bench/openvino_bench.py --components unet --resolutions 512 --batches 2 --gemm 0
+    python3 tools/bench/openvino_bench.py --components unet --resolutions 512 --batches 2
     python3 tools/bench/openvino_bench.py --precision f32 --components unet --resolutions 512 --batches 2
-    python3 tools/bench/openvino_bench.py --components text-encoder --batches 2 --gemm 0
-    python3 tools/bench/openvino_bench.py --resolutions 512 --batches 2 --gemm 0 --txt2img-steps 20
+    python3 tools/bench/openvino_bench.py --components text-encoder --batches 2
+    python3 tools/bench/openvino_bench.py --components text-encoder --resolutions 512 --txt2img-steps 20
 
 --precision default leaves OpenVINO's INFERENCE_PRECISION_HINT alone (bf16 on CPUs with
 AVX512-BF16 or AMX, f32 elsewhere; the run prints which); f32 / bf16 force it.
@@ -19,6 +19,7 @@ DPMSolverMultistepScheduler with Karras sigmas (DPM++ 2M Karras, as the other tw
 import argparse
 import collections
 import json
+import pathlib
 import sys
 import time
 
@@ -26,12 +27,12 @@ import numpy as np
 import openvino as ov
 import torch
 
-from pytorch_bench import clip_config, configs, peak_rss_mib
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from pytorch_bench import clip_config, configs, peak_rss_mib  # noqa: E402  (the sibling tool's configs)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", choices=["sd15", "sdxl"], default="sd15")
     ap.add_argument("--config-dir", help="unet.json, vae.json, text_encoder.json replacing the presets (as kairos bench --config-dir)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resolutions", default="512")
@@ -49,8 +50,6 @@ def main():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    if args.family == "sdxl" and args.txt2img_steps:
-        sys.exit("--txt2img-steps: SD1.5 only (the SDXL pipeline's added conditioning is not wired here)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     core = ov.Core()
@@ -68,7 +67,7 @@ def main():
     gflop = {}
     if args.gflop_from:
         gflop = {c["name"]: c["gflop"] for c in json.load(open(args.gflop_from))["cases"]}
-    cfg = configs(args.family, args.config_dir)
+    cfg = configs("sd15", args.config_dir)
     resolutions = list(map(int, args.resolutions.split(",")))
     batches = list(map(int, args.batches.split(",")))
     cases = []
@@ -119,8 +118,6 @@ def main():
     del clip
 
     unet_module = UNet2DConditionModel.from_config(cfg["unet"]).eval()
-    if args.family == "sdxl":
-        sys.exit("--family sdxl: the UNet's added conditioning is not wired here; use pytorch_bench.py")
     unets = {}
 
     def unet_for(batch, res):
