@@ -591,7 +591,7 @@ pub fn attention(query: &Tensor, key: &Tensor, value: &Tensor, scale: f64) -> Re
 /// with columns `h·d..(h+1)·d`. f32 CPU tensors take the blocked kernel without splitting the
 /// heads out; anything else splits them and takes [`attention_plain`].
 pub fn attention_heads(query: &Tensor, key: &Tensor, value: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
-    heads_attention(query, key, value, heads, scale, false)
+    heads_attention(query, key, value, heads, scale, false, false)
 }
 
 /// [`attention_heads`] with a causal mask: query row `i` attends to keys `0..=i` (CLIP's text
@@ -603,7 +603,7 @@ pub fn attention_heads_causal(
     heads: usize,
     scale: f64,
 ) -> Result<Tensor> {
-    heads_attention(query, key, value, heads, scale, true)
+    heads_attention(query, key, value, heads, scale, true, false)
 }
 
 /// [`attention_heads`] (or, with `causal`, [`attention_heads_causal`]) with bf16 operands, as
@@ -617,21 +617,12 @@ pub fn attention_heads_bf16(
     scale: f64,
     causal: bool,
 ) -> Result<Tensor> {
-    heads_attention_in(query, key, value, heads, scale, causal, crate::gemm_bf16::available())
+    heads_attention(query, key, value, heads, scale, causal, crate::gemm_bf16::available())
 }
 
+/// The kernels' shared entry: shape checks, the plain path for other devices and dtypes, then
+/// the f32 kernel or, with `bf16`, the bf16 one.
 fn heads_attention(
-    query: &Tensor,
-    key: &Tensor,
-    value: &Tensor,
-    heads: usize,
-    scale: f64,
-    causal: bool,
-) -> Result<Tensor> {
-    heads_attention_in(query, key, value, heads, scale, causal, false)
-}
-
-fn heads_attention_in(
     query: &Tensor,
     key: &Tensor,
     value: &Tensor,
