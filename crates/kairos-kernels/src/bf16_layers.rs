@@ -69,8 +69,9 @@ impl LinearBf16 {
     /// GEGLU's gating of the layer's output, `value · gelu(gate)` on its two halves, in one
     /// pass: each block of rows × columns of both halves is computed into a buffer in L1 and
     /// gated from there, so the projection's `[.., 2n]` output is never written out (a 320 →
-    /// 2560 projection of SD1.5's 8192 tokens is 84 MB of f32). `None` where the halves do not
-    /// start on a GEMM panel (`n` not a multiple of 32): then project and gate separately.
+    /// 2560 projection of SD1.5's 8192 tokens is 84 MB of f32). `None` where the halves are not
+    /// whole blocks (`n` not a multiple of 64) or `x` is not `[.., in]`: then project (which
+    /// reports a bad input) and gate separately.
     pub fn forward_geglu(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let cols = self.weight.cols();
         if !cols.is_multiple_of(2)
