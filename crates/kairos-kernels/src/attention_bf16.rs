@@ -42,6 +42,13 @@ thread_local! {
     static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
 }
 
+/// Makes `buf` at least `len` long (the GEMMs overwrite what they use).
+fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
+
 impl F32Op3 for AttentionBf16Op {
     const NAME: &'static str = "kairos-attention-bf16";
 
@@ -73,19 +80,23 @@ impl F32Op3 for AttentionBf16Op {
             let (kt, vp) = &packed[bh];
             BUFFERS.with_borrow_mut(|buf| {
                 buf.q.repack(MatRef::new(&q[offset..], m, d, c, 1).expect("query rows inside q"));
-                buf.scores.resize(m * s, 0.0);
-                gemm_bf16::gemm(&buf.q, kt, &mut buf.scores, s, scale, false, false);
+                // Grown, never shrunk: self- and cross-attention alternate between S = 4096 and
+                // 77, and growing back would zero the whole buffer for every job.
+                grow(&mut buf.scores, m * s);
+                let scores = &mut buf.scores[..m * s];
+                gemm_bf16::gemm(&buf.q, kt, scores, s, scale, false, false);
                 let mut sums = [0f32; ROWS];
-                for (i, row) in buf.scores.chunks_mut(s).enumerate() {
+                for (i, row) in scores.chunks_mut(s).enumerate() {
                     // Causal: keys past the row's own position get probability 0.
                     let seen = if causal { r0 + i + 1 } else { s };
                     row[seen..].fill(0.0);
                     sums[i] = exp_max_sum(&mut row[..seen]);
                 }
-                buf.p.repack(MatRef::row_major(&buf.scores, m, s).expect("m × S scores"));
-                buf.out.resize(m * d, 0.0);
-                gemm_bf16::gemm(&buf.p, vp, &mut buf.out, d, 1.0, false, false);
-                for (i, (row, sum)) in buf.out.chunks(d).zip(sums).enumerate() {
+                buf.p.repack(MatRef::row_major(scores, m, s).expect("m × S scores"));
+                grow(&mut buf.out, m * d);
+                let rows_out = &mut buf.out[..m * d];
+                gemm_bf16::gemm(&buf.p, vp, rows_out, d, 1.0, false, false);
+                for (i, (row, sum)) in rows_out.chunks(d).zip(sums).enumerate() {
                     // SAFETY: row r0 + i of sample bh / heads, columns of head bh % heads: inside
                     // out, and written by this job only.
                     let dst = unsafe { out_ptr.slice(offset + i * c, d) };
