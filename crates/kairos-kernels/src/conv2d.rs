@@ -141,8 +141,7 @@ impl RowSegments for ColTile<'_> {
         if self.direct {
             return &self.x_b[k * self.pixels + j0..][..len];
         }
-        let taps = self.kh * self.kw;
-        let (c, ky, kx) = (k / taps, k % taps / self.kw, k % self.kw);
+        let (c, ky, kx) = self.tap(k);
         let (oy, ox0) = (self.r0 + j0 / self.wo, j0 % self.wo);
         let (iy, ix0) = (oy * self.stride + ky, ox0 + kx);
         let inside = self.stride == 1
@@ -161,14 +160,19 @@ impl RowSegments for ColTile<'_> {
 }
 
 impl ColTile<'_> {
+    /// Row `k`'s input channel and kernel offset `(c, ky, kx)`.
+    fn tap(&self, k: usize) -> (usize, usize, usize) {
+        let taps = self.kh * self.kw;
+        (k / taps, k % taps / self.kw, k % self.kw)
+    }
+
     /// Writes elements `(k, j0..j0 + dst.len())` of the matrix (inside it) into `dst`.
     pub fn fill(&self, k: usize, j0: usize, dst: &mut [f32]) {
         if self.direct {
             dst.copy_from_slice(&self.x_b[k * self.pixels + j0..][..dst.len()]);
             return;
         }
-        let taps = self.kh * self.kw;
-        let (c, ky, kx) = (k / taps, k % taps / self.kw, k % self.kw);
+        let (c, ky, kx) = self.tap(k);
         let x_c = &self.x_b[c * self.h * self.w..][..self.h * self.w];
         let mut t = 0;
         while t < dst.len() {

@@ -60,19 +60,30 @@ pub trait Element: Copy + Send + Sync {
     /// `dst[q]` = the pair `src[2q]`, `src[2q + 1]` (`src.len() == 2·dst.len()`).
     #[inline(always)]
     fn pairs_of(src: &[Self], dst: &mut [u32]) {
-        // A plain loop the compiler vectorises.
-        for (d, x) in dst.iter_mut().zip(src.chunks_exact(2)) {
-            *d = x[0].bf16_bits() as u32 | ((x[1].bf16_bits() as u32) << 16);
-        }
+        pairs_scalar(src, dst);
     }
 
     /// `dst[q]` = the pair `lo[q]`, `hi[q]` (all three of equal length): two rows of a
     /// row-major `B` into one row of pairs.
     #[inline(always)]
     fn interleave(lo: &[Self], hi: &[Self], dst: &mut [u32]) {
-        for ((v, &x), &y) in dst.iter_mut().zip(lo).zip(hi) {
-            *v = x.bf16_bits() as u32 | ((y.bf16_bits() as u32) << 16);
-        }
+        interleave_scalar(lo, hi, dst);
+    }
+}
+
+/// [`Element::pairs_of`] one element at a time (a plain loop the compiler vectorises).
+#[inline(always)]
+fn pairs_scalar<T: Element>(src: &[T], dst: &mut [u32]) {
+    for (d, x) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *d = x[0].bf16_bits() as u32 | ((x[1].bf16_bits() as u32) << 16);
+    }
+}
+
+/// [`Element::interleave`] one element at a time.
+#[inline(always)]
+fn interleave_scalar<T: Element>(lo: &[T], hi: &[T], dst: &mut [u32]) {
+    for ((v, &x), &y) in dst.iter_mut().zip(lo).zip(hi) {
+        *v = x.bf16_bits() as u32 | ((y.bf16_bits() as u32) << 16);
     }
 }
 
@@ -87,9 +98,7 @@ impl Element for f32 {
             // SAFETY: AVX512-BF16 and AVX512F are present (`available`).
             return unsafe { x86::f32_pairs(src, dst) };
         }
-        for (d, x) in dst.iter_mut().zip(src.chunks_exact(2)) {
-            *d = x[0].bf16_bits() as u32 | ((x[1].bf16_bits() as u32) << 16);
-        }
+        pairs_scalar(src, dst);
     }
 
     /// With AVX512-BF16: one `vcvtne2ps2bf16` and a lane permutation per 16 pairs (as
@@ -101,9 +110,7 @@ impl Element for f32 {
             // SAFETY: AVX512-BF16 and AVX512F are present (`available`); whole vectors.
             return unsafe { x86::f32_interleave(lo, hi, dst) };
         }
-        for ((v, &x), &y) in dst.iter_mut().zip(lo).zip(hi) {
-            *v = x.bf16_bits() as u32 | ((y.bf16_bits() as u32) << 16);
-        }
+        interleave_scalar(lo, hi, dst);
     }
 
     #[inline(always)]
