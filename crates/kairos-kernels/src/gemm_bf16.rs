@@ -506,13 +506,6 @@ fn gemm_with(
         return;
     }
     assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "bf16 gemm: C too short for {m}×{n} (ldc {ldc})");
-    let pairs = a.pairs;
-    if pairs == 0 {
-        if !accumulate {
-            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
-        }
-        return;
-    }
     let (tiles_m, tiles_n) = (m.div_ceil(MC), n.div_ceil(NC));
     let out = OutPtr(c.as_mut_ptr());
     let task = |t: usize| {
@@ -563,12 +556,6 @@ pub fn gemm_block(
         return;
     }
     assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "bf16 gemm_block: C too short for {m}×{n} (ldc {ldc})");
-    if a.pairs == 0 {
-        if !accumulate {
-            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
-        }
-        return;
-    }
     let block = Block { origin: (rows.start, cols.start), rows, cols };
     // SAFETY: c holds the block (checked above).
     unsafe { gemm_region(Kernel::get(), a, b, block, OutPtr(c.as_mut_ptr()), ldc, alpha, accumulate) }
@@ -585,7 +572,7 @@ struct Block {
 ///
 /// # Safety
 /// `out` points at element `origin` of a `C` (row stride `ldc`) that holds the whole block, which
-/// no one else accesses during the call; the block lies inside the operands; `a.pairs > 0`.
+/// no one else accesses during the call; the block lies inside the operands.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_region(
     kernel: Kernel,
@@ -600,6 +587,17 @@ unsafe fn gemm_region(
     let (pairs, mr) = (a.pairs, kernel.rows());
     let Block { rows: std::ops::Range { start: m0, end: m1 }, cols: std::ops::Range { start: n0, end: n1 }, origin } =
         block;
+    if pairs == 0 {
+        // K = 0: the product is zero.
+        if !accumulate {
+            for i in m0..m1 {
+                // SAFETY: row i's columns n0..n1 lie inside the block (the caller's contract).
+                unsafe { std::slice::from_raw_parts_mut(out.at((i - origin.0) * ldc + n0 - origin.1), n1 - n0) }
+                    .fill(0.0);
+            }
+        }
+        return;
+    }
     for k0 in (0..pairs).step_by(KC) {
         let kc = KC.min(pairs - k0);
         for j in (n0..n1).step_by(NR) {
@@ -1003,6 +1001,31 @@ mod tests {
         let mut nan = [0u32; 1];
         f32::pairs_of(&[f32::NAN, 1.0], &mut nan);
         assert!(bf16::from_bits(nan[0] as u16).is_nan());
+    }
+
+    /// A depth of 0: the product is zero, so overwriting writes zeros over `C`'s block (and no
+    /// further) and accumulating leaves `C` as it was, through `gemm` and `gemm_block`.
+    #[test]
+    fn zero_depth_writes_zeros_or_nothing() {
+        let (m, n, ldc) = (40usize, 35usize, 37usize);
+        let (pa, pb) = (
+            PackedA::new(MatRef::row_major(&[0f32; 0], m, 0).unwrap()),
+            PackedB::new(MatRef::row_major(&[0f32; 0], 0, n).unwrap()),
+        );
+        for accumulate in [false, true] {
+            let mut c = vec![7f32; m * ldc];
+            gemm(&pa, &pb, &mut c, ldc, 1.0, accumulate, true);
+            for (i, &x) in c.iter().enumerate() {
+                let want = if !accumulate && i % ldc < n { 0.0 } else { 7.0 };
+                assert_eq!(x, want, "gemm accumulate={accumulate} element {i}");
+            }
+            let mut c = vec![7f32; 8 * ldc];
+            gemm_block(&pa, &pb, 32..40, 32..35, &mut c, ldc, 1.0, accumulate);
+            for (i, &x) in c.iter().enumerate() {
+                let want = if !accumulate && i % ldc < 3 { 0.0 } else { 7.0 };
+                assert_eq!(x, want, "gemm_block accumulate={accumulate} element {i}");
+            }
+        }
     }
 
     #[test]
