@@ -212,11 +212,55 @@ pub struct PackedA {
     k: usize,
     /// Padded `k` pairs per row.
     pairs: usize,
-    data: Vec<u32>,
+    data: Lines,
 }
 
 /// Rows (and pairs) of an `A` block.
 const BLOCK: usize = 16;
+
+/// One 64-byte line of packed pairs.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u32; 16]);
+
+/// Packed pairs on 64-byte boundaries: an AMX tile row is 64 bytes, and tile loads whose rows
+/// straddle two cache lines (where the allocator leaves a `Vec<u32>`: 16 bytes past a page for
+/// large blocks) ran 2.7× slower in L1 (`examples/amx_probe.rs`).
+#[derive(Debug, Clone, Default)]
+struct Lines(Vec<Line>);
+
+impl Lines {
+    /// Resizes to `len` pairs (a multiple of 16), reusing the allocation, without initialising
+    /// them.
+    ///
+    /// # Safety
+    /// The caller writes every element before reading it.
+    unsafe fn set_len_uninit(&mut self, len: usize) {
+        assert!(len.is_multiple_of(16));
+        self.0.clear();
+        self.0.reserve(len / 16);
+        // SAFETY: within the capacity just reserved; the caller initialises the elements.
+        #[allow(clippy::uninit_vec)]
+        unsafe {
+            self.0.set_len(len / 16)
+        };
+    }
+}
+
+impl std::ops::Deref for Lines {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        // SAFETY: a `Line` is 16 `u32`s with no padding.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len() * 16) }
+    }
+}
+
+impl std::ops::DerefMut for Lines {
+    fn deref_mut(&mut self) -> &mut [u32] {
+        // SAFETY: as in `deref`.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len() * 16) }
+    }
+}
 
 impl PackedA {
     /// Packs `a` (`M × K`), rounding each element to bf16.
@@ -236,15 +280,9 @@ impl PackedA {
         let (rows, pairs) = padded(a.rows, a.cols, ROW_ALIGN);
         // Every element is written below (padding rows and pairs as zeros), so the buffer is not
         // zeroed first (a memset of each GEMM's whole packed activations).
-        self.data.clear();
-        self.data.reserve(rows * pairs);
-        // SAFETY: within the capacity just reserved; `pack_rows` writes all rows × pairs
-        // elements (each of the rows/16 chunks, every 16-pair block of each of its 16 rows)
-        // before any is read.
-        #[allow(clippy::uninit_vec)]
-        unsafe {
-            self.data.set_len(rows * pairs)
-        };
+        // SAFETY: `pack_rows` writes all rows × pairs elements (each of the rows/16 chunks, every
+        // 16-pair block of each of its 16 rows) before any is read.
+        unsafe { self.data.set_len_uninit(rows * pairs) };
         (self.m, self.k, self.pairs) = (a.rows, a.cols, pairs);
         if pairs == 0 {
             return;
@@ -291,7 +329,7 @@ impl PackedA {
 pub struct PackedB {
     n: usize,
     k: usize,
-    data: Vec<u32>,
+    data: Lines,
 }
 
 impl PackedB {
@@ -300,13 +338,10 @@ impl PackedB {
         let bt = b.t();
         let (cols, pairs) = padded(bt.rows, bt.cols, NR);
         // Every element is written below (padding as zeros): no memset of the buffer first.
-        let mut data = Vec::with_capacity(cols * pairs);
-        // SAFETY: within the capacity; each panel's loop below writes all of its pairs × NR
-        // elements (`pair` and `interleave` give zeros past the matrix) before any is read.
-        #[allow(clippy::uninit_vec)]
-        unsafe {
-            data.set_len(cols * pairs)
-        };
+        let mut data = Lines::default();
+        // SAFETY: each panel's loop below writes all of its pairs × NR elements (`pair` and
+        // `interleave` give zeros past the matrix) before any is read.
+        unsafe { data.set_len_uninit(cols * pairs) };
         if pairs > 0 {
             data.par_chunks_mut(pairs * NR).enumerate().for_each(|(panel, dst)| {
                 let col0 = panel * NR;
@@ -343,13 +378,10 @@ impl PackedB {
     /// columns).
     pub fn from_rows(k: usize, n: usize, rows: &impl RowSegments) -> Self {
         let (cols, pairs) = padded(n, k, NR);
-        let mut data = Vec::with_capacity(cols * pairs);
-        // SAFETY: within the capacity; each panel's loop below writes all of its pairs × NR
-        // elements (the padding pairs as zeros) before any is read.
-        #[allow(clippy::uninit_vec)]
-        unsafe {
-            data.set_len(cols * pairs)
-        };
+        let mut data = Lines::default();
+        // SAFETY: each panel's loop below writes all of its pairs × NR elements (the padding
+        // pairs as zeros) before any is read.
+        unsafe { data.set_len_uninit(cols * pairs) };
         if pairs > 0 {
             // Groups of panels, each group walking the rows once: consecutive segments of a row
             // are consecutive in memory (an im2col row is a shifted input row), where one
@@ -878,6 +910,10 @@ mod amx {
         static CONFIGURED: Cell<bool> = const { Cell::new(false) };
     }
 
+    /// A 32×32 block of `C` on 64-byte boundaries, like the operands.
+    #[repr(C, align(64))]
+    struct TileBuf([f32; 32 * NR]);
+
     /// The 32×32 kernel.
     ///
     /// # Safety
@@ -893,11 +929,14 @@ mod amx {
             unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
             CONFIGURED.set(true);
         }
-        let direct = tile.rows == 32 && tile.cols == 32 && tile.alpha == 1.0;
+        // Tiles of C straight from and to C only where its rows lie on 64-byte boundaries, as
+        // the operands do (else the aligned buffer: 4096² 1.87 against 1.63 TFLOP/s, bf16_shapes).
+        let aligned = (tile.c as usize).is_multiple_of(64) && tile.ldc.is_multiple_of(16);
+        let direct = tile.rows == 32 && tile.cols == 32 && tile.alpha == 1.0 && aligned;
         // A partial tile goes through this buffer, which the tile stores below fill entirely;
         // it is not zeroed first (a 4 KiB memset per call cost more than the products of a
         // short depth, e.g. attention's q·kᵀ).
-        let mut buf = std::mem::MaybeUninit::<[f32; 32 * NR]>::uninit();
+        let mut buf = std::mem::MaybeUninit::<TileBuf>::uninit();
         let (c, ldc) = if direct { (tile.c, tile.ldc) } else { (buf.as_mut_ptr().cast::<f32>(), NR) };
         let c_stride = ldc * 4;
         let (a_stride, b_stride) = (BLOCK * 4, NR * 4);
@@ -948,7 +987,7 @@ mod amx {
         }
         if !direct {
             // SAFETY: the four tile stores wrote all 32 × 32 values of buf; the caller's contract.
-            unsafe { tile.store(buf.assume_init_ref()) }
+            unsafe { tile.store(&buf.assume_init_ref().0) }
         }
     }
 }
@@ -1045,6 +1084,8 @@ mod tests {
         let b = vec![f32::NAN; k * n];
         let pa = PackedA::new(MatRef::row_major(&a, m, k).unwrap());
         let pb = PackedB::new(MatRef::row_major(&b, k, n).unwrap());
+        // Tile rows start on cache lines.
+        assert!(pa.data.as_ptr().addr().is_multiple_of(64) && pb.data.as_ptr().addr().is_multiple_of(64));
         // Every value is NaN, so a packed pair inside the matrix is two NaNs, or a half pair
         // (the odd K's last: high half zero); padding is zero.
         let expected = |x: u32, inside: bool, half: bool| match (inside, half) {
@@ -1092,7 +1133,6 @@ mod tests {
             let a: Vec<f32> = uniform(1 + case as u64, m * k).iter().map(|x| 4.0 * x).collect();
             let b = uniform(100 + case as u64, k * n);
             let bias = uniform(200 + case as u64, n);
-            let ldc = n + 5;
             let pa = PackedA::new(MatRef::row_major(&a, m, k).unwrap());
             let pb = PackedB::new(MatRef::row_major(&b, k, n).unwrap());
             // Σₖ aₖbₖ and Σₖ|aₖbₖ| in f64 on the rounded inputs (exact products).
@@ -1105,19 +1145,30 @@ mod tests {
                     })
                 })
                 .collect();
-            for (accumulate, alpha, parallel) in
-                [(false, 1.0f32, true), (true, 1.0, true), (true, -0.75, false), (false, 0.5, false)]
-            {
+            // C on 64-byte rows (whole tiles straight to and from C) and off them (through the
+            // kernel's buffer).
+            for (aligned, accumulate, alpha, parallel) in [
+                (false, false, 1.0f32, true),
+                (true, false, 1.0, true),
+                (false, true, 1.0, true),
+                (true, true, 1.0, false),
+                (false, true, -0.75, false),
+                (true, false, 0.5, false),
+            ] {
+                let ldc = if aligned { n.next_multiple_of(16) + 16 } else { n + 5 };
                 let c0: Vec<f32> = (0..m * ldc)
                     .map(|i| if accumulate { bias[(i % ldc) % n] } else { f32::from_bits(0x7FC0_1234) })
                     .collect();
                 let run = |kernel| {
-                    let mut c = c0.clone();
-                    gemm_with(kernel, &pa, &pb, &mut c, ldc, alpha, accumulate, parallel);
-                    c
+                    let mut buf = vec![0f32; c0.len() + 16];
+                    let at = buf.as_ptr().align_offset(64) + usize::from(!aligned);
+                    let c = &mut buf[at..][..c0.len()];
+                    c.copy_from_slice(&c0);
+                    gemm_with(kernel, &pa, &pb, c, ldc, alpha, accumulate, parallel);
+                    c.to_vec()
                 };
                 let (got, scalar) = (run(Kernel::Amx), run(Kernel::Scalar));
-                let label = format!("case {case} {m}x{n}x{k} accumulate={accumulate} alpha={alpha}");
+                let label = format!("case {case} {m}x{n}x{k} aligned={aligned} accumulate={accumulate} alpha={alpha}");
                 let mut worst = 0f64;
                 for i in 0..m {
                     // The padding columns between rows are untouched.
