@@ -693,6 +693,11 @@ impl Tile {
     /// # Safety
     /// The tile describes writable memory.
     unsafe fn store(self, acc: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F is present; the caller's contract.
+            return unsafe { x86::store(self, acc) };
+        }
         for r in 0..self.rows {
             for j in 0..self.cols {
                 let s = self.alpha * acc[r * NR + j];
@@ -741,6 +746,31 @@ mod x86 {
                 std::mem::transmute::<__m512i, __m512bh>(a),
                 std::mem::transmute::<__m512i, __m512bh>(b),
             )
+        }
+    }
+
+    /// [`Tile::store`] in 16-lane vectors, masked past the tile's columns (the same products and
+    /// sums: the scalar loop ran at a few % of a bf16 UNet call, through the AMX kernel's buffer).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F; the tile describes writable memory; `acc` holds `tile.rows`
+    /// rows of `NR`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn store(tile: Tile, acc: &[f32]) {
+        assert!(acc.len() >= tile.rows * NR && tile.cols <= NR);
+        let alpha = _mm512_set1_ps(tile.alpha);
+        for r in 0..tile.rows {
+            for j in (0..tile.cols).step_by(16) {
+                let mask: __mmask16 = if tile.cols - j >= 16 { !0 } else { (1 << (tile.cols - j)) - 1 };
+                // SAFETY: acc row r holds NR ≥ j + 16 values; the masked lanes of dst are inside
+                // the tile (the caller's contract).
+                unsafe {
+                    let s = _mm512_mul_ps(_mm512_loadu_ps(acc.as_ptr().add(r * NR + j)), alpha);
+                    let dst = tile.c.add(r * tile.ldc + j);
+                    let v = if tile.overwrite { s } else { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), s) };
+                    _mm512_mask_storeu_ps(dst, mask, v);
+                }
+            }
         }
     }
 
