@@ -150,15 +150,16 @@ impl F32Op3 for AttentionOp {
     }
 }
 
-/// Replaces a non-empty `row` by `e^(row − max(row))` and returns the sum: a softmax without the
-/// division (the bf16 attention's rows), on the AVX-512 exp where the CPU has it.
-pub(crate) fn exp_max_sum(row: &mut [f32]) -> f32 {
+/// Replaces a non-empty `row` by `e^(scale·(row − max(row)))` (`scale > 0`) and returns the sum:
+/// a softmax of the scaled row without the division (the bf16 attention's unscaled scores), on
+/// the AVX-512 exp where the CPU has it.
+pub(crate) fn exp_max_sum(row: &mut [f32], scale: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU supports AVX-512F (checked just above).
-        return unsafe { x86::exp_max_sum(row) };
+        return unsafe { x86::exp_max_sum(row, scale) };
     }
-    vecmath::exp_max_sum(row)
+    vecmath::exp_max_sum(row, scale)
 }
 
 /// One job: `m ≤ ROWS` query rows (row `i` at `q[i·c..i·c+d]`) of one head against its packed
@@ -229,7 +230,7 @@ fn attend_rows_generic<K: MicroKernels>(dims: &Dims, q: &[f32], rows: Rows, kt: 
             }
             let new_max = *new_max;
             // SAFETY: the caller runs on a CPU with K's instructions.
-            let sum = unsafe { K::exp_sub_sum(&mut row[..seen], new_max) };
+            let sum = unsafe { K::exp_sub_sum(&mut row[..seen], 1.0, new_max) };
             if new_max > row_max[i] {
                 // The rows' earlier terms were taken against a smaller maximum (e^-inf = 0 for
                 // the first block, whose sum and output are still 0).
@@ -270,11 +271,12 @@ trait MicroKernels {
         acc: *mut f32,
     );
 
-    /// Replaces `row` by `e^(row - shift)` and returns the sum of the new values.
+    /// Replaces `row` by `e^(scale·row − shift)` and returns the sum of the new values (exactly
+    /// `e^(row − shift)` for `scale = 1`).
     ///
     /// # Safety
     /// The instructions used run here.
-    unsafe fn exp_sub_sum(row: &mut [f32], shift: f32) -> f32;
+    unsafe fn exp_sub_sum(row: &mut [f32], scale: f32, shift: f32) -> f32;
 }
 
 /// Plain loops over fixed-size arrays, which the compiler vectorises.
@@ -282,8 +284,8 @@ struct Portable;
 
 impl MicroKernels for Portable {
     #[inline(always)]
-    unsafe fn exp_sub_sum(row: &mut [f32], shift: f32) -> f32 {
-        vecmath::exp_sub_sum_generic(row, shift)
+    unsafe fn exp_sub_sum(row: &mut [f32], scale: f32, shift: f32) -> f32 {
+        vecmath::exp_sub_sum_generic(row, scale, shift)
     }
 
     #[inline(always)]
@@ -347,10 +349,10 @@ mod x86 {
     /// # Safety
     /// The CPU supports AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn exp_max_sum(row: &mut [f32]) -> f32 {
+    pub(super) unsafe fn exp_max_sum(row: &mut [f32], scale: f32) -> f32 {
         let max = vecmath::max_generic(row);
         // SAFETY: AVX-512F (the caller's contract).
-        unsafe { <Avx512 as MicroKernels>::exp_sub_sum(row, max) }
+        unsafe { <Avx512 as MicroKernels>::exp_sub_sum(row, scale, scale * max) }
     }
 
     /// [`super::attend_rows`] compiled for AVX-512 with [`Avx512`]'s micro-kernels.
@@ -389,22 +391,23 @@ mod x86 {
 
     impl MicroKernels for Avx512 {
         #[inline(always)]
-        unsafe fn exp_sub_sum(row: &mut [f32], shift: f32) -> f32 {
+        unsafe fn exp_sub_sum(row: &mut [f32], scale: f32, shift: f32) -> f32 {
             // SAFETY (all blocks): the caller's contract (AVX-512F); loads and stores stay inside
             // `row` (the tail through a mask of its length).
             unsafe {
-                let shift = _mm512_set1_ps(shift);
+                // scale·x − shift in one rounding: x − shift exactly when scale = 1.
+                let (scale, shift) = (_mm512_set1_ps(scale), _mm512_set1_ps(shift));
                 let mut sum = _mm512_setzero_ps();
                 let mut chunks = row.chunks_exact_mut(LANES);
                 for chunk in &mut chunks {
-                    let y = exp16(_mm512_sub_ps(_mm512_loadu_ps(chunk.as_ptr()), shift));
+                    let y = exp16(_mm512_fmsub_ps(_mm512_loadu_ps(chunk.as_ptr()), scale, shift));
                     _mm512_storeu_ps(chunk.as_mut_ptr(), y);
                     sum = _mm512_add_ps(sum, y);
                 }
                 let tail = chunks.into_remainder();
                 if !tail.is_empty() {
                     let mask: __mmask16 = (1u32 << tail.len()).wrapping_sub(1) as __mmask16;
-                    let y = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, tail.as_ptr()), shift));
+                    let y = exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(mask, tail.as_ptr()), scale, shift));
                     _mm512_mask_storeu_ps(tail.as_mut_ptr(), mask, y);
                     sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(mask, y));
                 }
@@ -654,7 +657,8 @@ fn heads_attention(
         return out.transpose(1, 2)?.reshape((n, l, c));
     }
     let (q, k, v) = (query.contiguous()?, key.contiguous()?, value.contiguous()?);
-    if bf16 {
+    // The bf16 kernel scales in the exponent, shifted by the scaled maximum: a positive scale.
+    if bf16 && scale > 0.0 {
         return apply3(&q, &k, &v, AttentionBf16Op { heads, scale: scale as f32, causal });
     }
     apply3(&q, &k, &v, AttentionOp { heads, scale: scale as f32, causal, attend: attend_rows })
@@ -674,7 +678,7 @@ mod tests {
         let xs: Vec<f32> = (0..=100_003).map(|i| -87.0 + 87.0 * i as f32 / 100_003.0).collect();
         let mut row = xs.clone();
         // SAFETY: AVX-512F is checked above.
-        let sum = unsafe { <x86::Avx512 as MicroKernels>::exp_sub_sum(&mut row, 0.0) };
+        let sum = unsafe { <x86::Avx512 as MicroKernels>::exp_sub_sum(&mut row, 1.0, 0.0) };
         let mut worst = 0f64;
         for (&x, &y) in xs.iter().zip(&row) {
             let want = (x as f64).exp();

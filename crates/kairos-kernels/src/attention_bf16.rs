@@ -82,15 +82,18 @@ impl F32Op3 for AttentionBf16Op {
                 buf.q.repack(MatRef::new(&q[offset..], m, d, c, 1).expect("query rows inside q"));
                 // Grown, never shrunk: self- and cross-attention alternate between S = 4096 and
                 // 77, and growing back would zero the whole buffer for every job.
-                grow(&mut buf.scores, m * s);
-                let scores = &mut buf.scores[..m * s];
-                gemm_bf16::gemm(&buf.q, kt, scores, s, scale, false, false);
+                // On 64-byte rows where S allows (the AMX kernel's tiles then go straight to them),
+                // unscaled: the scale is applied in the exponent.
+                grow(&mut buf.scores, m * s + 16);
+                let at = buf.scores.as_ptr().align_offset(64).min(16);
+                let scores = &mut buf.scores[at..][..m * s];
+                gemm_bf16::gemm(&buf.q, kt, scores, s, 1.0, false, false);
                 let mut sums = [0f32; ROWS];
                 for (i, row) in scores.chunks_mut(s).enumerate() {
                     // Causal: keys past the row's own position get probability 0.
                     let seen = if causal { r0 + i + 1 } else { s };
                     row[seen..].fill(0.0);
-                    sums[i] = exp_max_sum(&mut row[..seen]);
+                    sums[i] = exp_max_sum(&mut row[..seen], scale);
                 }
                 buf.p.repack(MatRef::row_major(scores, m, s).expect("m × S scores"));
                 grow(&mut buf.out, m * d);
