@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use crate::attention_bf16::AttentionBf16Op;
 use crate::error::KernelError;
+use crate::gemm_bf16::PairRow;
 use crate::op::{apply3, uninit, F32Op3, Input};
 use crate::scratch::Scratch;
 use crate::vecmath::{self, multiversion};
@@ -150,16 +151,20 @@ impl F32Op3 for AttentionOp {
     }
 }
 
-/// Replaces a non-empty `row` by `e^(scale·(row − max(row)))` (`scale > 0`) and returns the sum:
-/// a softmax of the scaled row without the division (the bf16 attention's unscaled scores), on
-/// the AVX-512 exp where the CPU has it.
-pub(crate) fn exp_max_sum(row: &mut [f32], scale: f32) -> f32 {
+/// Writes `p = e^(scale·(row − max(row)))` (`scale > 0`, `row` non-empty) into `dst` as bf16
+/// pairs, zero past `row`, and returns the f32 sum of the unrounded `p`: the bf16 attention's
+/// softmax without the division, rounded for `p·v` as it is computed (no f32 pass over the
+/// probabilities between the exponentials and the packing). `row` is left unspecified.
+pub(crate) fn exp_max_pairs(row: &mut [f32], scale: f32, dst: PairRow<'_>) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU supports AVX-512F (checked just above).
-        return unsafe { x86::exp_max_sum(row, scale) };
+    if crate::gemm_bf16::available() {
+        // SAFETY: the CPU supports AVX512-BF16 and AVX-512F (checked just above).
+        return unsafe { x86::exp_max_pairs(row, scale, dst) };
     }
-    vecmath::exp_max_sum(row, scale)
+    let max = vecmath::max_generic(row);
+    row.iter_mut().for_each(|x| *x = vecmath::exp(scale * (*x - max)));
+    dst.fill(row);
+    row.iter().sum()
 }
 
 /// One job: `m ≤ ROWS` query rows (row `i` at `q[i·c..i·c+d]`) of one head against its packed
@@ -230,7 +235,7 @@ fn attend_rows_generic<K: MicroKernels>(dims: &Dims, q: &[f32], rows: Rows, kt: 
             }
             let new_max = *new_max;
             // SAFETY: the caller runs on a CPU with K's instructions.
-            let sum = unsafe { K::exp_sub_sum(&mut row[..seen], 1.0, new_max) };
+            let sum = unsafe { K::exp_sub_sum(&mut row[..seen], new_max) };
             if new_max > row_max[i] {
                 // The rows' earlier terms were taken against a smaller maximum (e^-inf = 0 for
                 // the first block, whose sum and output are still 0).
@@ -271,12 +276,11 @@ trait MicroKernels {
         acc: *mut f32,
     );
 
-    /// Replaces `row` by `e^(scale·row − shift)` and returns the sum of the new values (exactly
-    /// `e^(row − shift)` for `scale = 1`).
+    /// Replaces `row` by `e^(row - shift)` and returns the sum of the new values.
     ///
     /// # Safety
     /// The instructions used run here.
-    unsafe fn exp_sub_sum(row: &mut [f32], scale: f32, shift: f32) -> f32;
+    unsafe fn exp_sub_sum(row: &mut [f32], shift: f32) -> f32;
 }
 
 /// Plain loops over fixed-size arrays, which the compiler vectorises.
@@ -284,8 +288,8 @@ struct Portable;
 
 impl MicroKernels for Portable {
     #[inline(always)]
-    unsafe fn exp_sub_sum(row: &mut [f32], scale: f32, shift: f32) -> f32 {
-        vecmath::exp_sub_sum_generic(row, scale, shift)
+    unsafe fn exp_sub_sum(row: &mut [f32], shift: f32) -> f32 {
+        vecmath::exp_sub_sum_generic(row, shift)
     }
 
     #[inline(always)]
@@ -337,22 +341,44 @@ impl MicroKernels for Portable {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Dims, MicroKernels, Rows, KEYS, LANES, QK_COLS, QK_ROWS};
+    use super::{Dims, MicroKernels, PairRow, Rows, KEYS, LANES, QK_COLS, QK_ROWS};
     use crate::vecmath;
 
     /// AVX-512 intrinsics: the compiler vectorised [`super::Portable`]'s products over the
     /// wrong loop for some tile shapes (gathers instead of broadcasts, 10× slower at d = 40).
     pub(super) struct Avx512;
 
-    /// [`super::exp_max_sum`] with [`exp16`].
+    /// [`super::exp_max_pairs`] with [`exp16`], 32 values per `vcvtne2ps2bf16`.
     ///
     /// # Safety
-    /// The CPU supports AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn exp_max_sum(row: &mut [f32], scale: f32) -> f32 {
+    /// The CPU supports AVX512-BF16 and AVX-512F.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn exp_max_pairs(row: &mut [f32], scale: f32, mut dst: PairRow<'_>) -> f32 {
+        let n = row.len();
         let max = vecmath::max_generic(row);
-        // SAFETY: AVX-512F (the caller's contract).
-        unsafe { <Avx512 as MicroKernels>::exp_sub_sum(row, scale, scale * max) }
+        // SAFETY (all blocks): AVX-512F and AVX512-BF16 (the caller's contract); loads stay
+        // inside `row` (masked to its length), stores inside the chunk.
+        unsafe {
+            // scale·x − scale·max in one rounding.
+            let (scale, shift) = (_mm512_set1_ps(scale), _mm512_set1_ps(scale * max));
+            let exp_at = |j: usize| -> __m512 {
+                let len = n.saturating_sub(j).min(LANES);
+                if len == LANES {
+                    return exp16(_mm512_fmsub_ps(_mm512_loadu_ps(row.as_ptr().add(j)), scale, shift));
+                }
+                let mask = ((1u32 << len) - 1) as __mmask16;
+                let y = exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(mask, row.as_ptr().add(j.min(n))), scale, shift));
+                _mm512_maskz_mov_ps(mask, y)
+            };
+            let mut sum = _mm512_setzero_ps();
+            for (c, chunk) in dst.chunks().enumerate() {
+                let (lo, hi) = (exp_at(32 * c), exp_at(32 * c + LANES));
+                sum = _mm512_add_ps(sum, _mm512_add_ps(lo, hi));
+                // Values 32c.. as pairs (2q, 2q + 1): lo's in the low half, as PackedA reads them.
+                _mm512_storeu_si512(chunk.as_mut_ptr().cast(), std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+            }
+            _mm512_reduce_add_ps(sum)
+        }
     }
 
     /// [`super::attend_rows`] compiled for AVX-512 with [`Avx512`]'s micro-kernels.
@@ -391,23 +417,22 @@ mod x86 {
 
     impl MicroKernels for Avx512 {
         #[inline(always)]
-        unsafe fn exp_sub_sum(row: &mut [f32], scale: f32, shift: f32) -> f32 {
+        unsafe fn exp_sub_sum(row: &mut [f32], shift: f32) -> f32 {
             // SAFETY (all blocks): the caller's contract (AVX-512F); loads and stores stay inside
             // `row` (the tail through a mask of its length).
             unsafe {
-                // scale·x − shift in one rounding: x − shift exactly when scale = 1.
-                let (scale, shift) = (_mm512_set1_ps(scale), _mm512_set1_ps(shift));
+                let shift = _mm512_set1_ps(shift);
                 let mut sum = _mm512_setzero_ps();
                 let mut chunks = row.chunks_exact_mut(LANES);
                 for chunk in &mut chunks {
-                    let y = exp16(_mm512_fmsub_ps(_mm512_loadu_ps(chunk.as_ptr()), scale, shift));
+                    let y = exp16(_mm512_sub_ps(_mm512_loadu_ps(chunk.as_ptr()), shift));
                     _mm512_storeu_ps(chunk.as_mut_ptr(), y);
                     sum = _mm512_add_ps(sum, y);
                 }
                 let tail = chunks.into_remainder();
                 if !tail.is_empty() {
                     let mask: __mmask16 = (1u32 << tail.len()).wrapping_sub(1) as __mmask16;
-                    let y = exp16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(mask, tail.as_ptr()), scale, shift));
+                    let y = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, tail.as_ptr()), shift));
                     _mm512_mask_storeu_ps(tail.as_mut_ptr(), mask, y);
                     sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(mask, y));
                 }
@@ -678,7 +703,7 @@ mod tests {
         let xs: Vec<f32> = (0..=100_003).map(|i| -87.0 + 87.0 * i as f32 / 100_003.0).collect();
         let mut row = xs.clone();
         // SAFETY: AVX-512F is checked above.
-        let sum = unsafe { <x86::Avx512 as MicroKernels>::exp_sub_sum(&mut row, 1.0, 0.0) };
+        let sum = unsafe { <x86::Avx512 as MicroKernels>::exp_sub_sum(&mut row, 0.0) };
         let mut worst = 0f64;
         for (&x, &y) in xs.iter().zip(&row) {
             let want = (x as f64).exp();

@@ -307,6 +307,30 @@ impl PackedA {
         }
     }
 
+    /// Packs an `m × k` matrix row by row into this buffer on the calling thread, reusing its
+    /// allocation: `row(i, dst)` writes row `i` through `dst` (every chunk of it), for producers
+    /// that round as they compute (the bf16 attention's probabilities).
+    pub fn repack_rows(&mut self, m: usize, k: usize, mut row: impl FnMut(usize, PairRow<'_>)) {
+        let (rows, pairs) = padded(m, k, ROW_ALIGN);
+        // SAFETY: every element is written below: rows < m by `row` (all chunks, its contract),
+        // the padding rows as zeros.
+        unsafe { self.data.set_len_uninit(rows * pairs) };
+        (self.m, self.k, self.pairs) = (m, k, pairs);
+        if pairs == 0 {
+            return;
+        }
+        for (rb, blocks) in self.data.chunks_mut(BLOCK * pairs).enumerate() {
+            for r in 0..BLOCK {
+                let dst = PairRow { blocks: &mut *blocks, r };
+                if rb * BLOCK + r < m {
+                    row(rb * BLOCK + r, dst);
+                } else {
+                    dst.fill(&[]);
+                }
+            }
+        }
+    }
+
     /// Rows (`M`).
     pub fn rows(&self) -> usize {
         self.m
@@ -320,6 +344,34 @@ impl PackedA {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len() * 4
+    }
+}
+
+/// One row of a [`PackedA`] being filled ([`PackedA::repack_rows`]).
+pub struct PairRow<'a> {
+    /// The row's 16-row block of the packed matrix.
+    blocks: &'a mut [u32],
+    /// The row within it.
+    r: usize,
+}
+
+impl PairRow<'_> {
+    /// The row's pairs, 16 per chunk, in order: the value pairs `(2q, 2q + 1)` as bf16 bits (the
+    /// even one in the low half), then zeros to the padded width.
+    pub fn chunks(&mut self) -> impl Iterator<Item = &mut [u32]> + '_ {
+        let r = self.r;
+        self.blocks.chunks_exact_mut(BLOCK * BLOCK).map(move |block| &mut block[r * BLOCK..][..BLOCK])
+    }
+
+    /// Writes the row from `values`, rounded to bf16, zero past them.
+    pub fn fill(mut self, values: &[f32]) {
+        let at = |j: usize| values.get(j).map_or(0, |x| x.bf16_bits() as u32);
+        for (c, chunk) in self.chunks().enumerate() {
+            for (q, d) in chunk.iter_mut().enumerate() {
+                let j = 2 * (BLOCK * c + q);
+                *d = at(j) | (at(j + 1) << 16);
+            }
+        }
     }
 }
 

@@ -93,38 +93,25 @@ pub(crate) fn max_generic(row: &[f32]) -> f32 {
     m.into_iter().chain(tail.iter().copied()).fold(f32::NEG_INFINITY, f32::max)
 }
 
-/// Replaces `row` by `e^(scale·row − shift)` (exactly `e^(row − shift)` for `scale = 1`) and
-/// returns the sum of the new values: softmax without the final division, which the caller folds
-/// into a later, smaller product (`shift` is the row's scaled running maximum, see `attention`).
+/// Replaces `row` by `e^(row - shift)` and returns the sum of the new values: softmax without the
+/// final division, which the caller folds into a later, smaller product (`shift` is the row's
+/// running maximum, see `attention`).
 #[inline(always)]
-pub(crate) fn exp_sub_sum_generic(row: &mut [f32], scale: f32, shift: f32) -> f32 {
+pub(crate) fn exp_sub_sum_generic(row: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
         for (a, x) in acc.iter_mut().zip(chunk.iter_mut()) {
-            *x = exp(*x * scale - shift);
+            *x = exp(*x - shift);
             *a += *x;
         }
     }
     let mut sum = acc.iter().sum::<f32>();
     for x in chunks.into_remainder() {
-        *x = exp(*x * scale - shift);
+        *x = exp(*x - shift);
         sum += *x;
     }
     sum
-}
-
-/// [`exp_sub_sum_generic`] shifted by the row's own scaled maximum (`scale > 0`): softmax of a
-/// whole scaled row without the division; returns the sum.
-#[inline(always)]
-fn exp_max_sum_generic(row: &mut [f32], scale: f32) -> f32 {
-    let max = max_generic(row);
-    exp_sub_sum_generic(row, scale, scale * max)
-}
-
-multiversion! {
-    /// See [`exp_max_sum_generic`] (`row` non-empty); the attention kernels' fallback.
-    pub(crate) fn exp_max_sum(row: &mut [f32], scale: f32) -> f32 = exp_max_sum_generic;
 }
 
 /// `dst = a·src + b`, then SiLU (`y·sigmoid(y)`) when `silu`.
@@ -270,7 +257,7 @@ mod tests {
         let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let want: Vec<f64> = row.iter().map(|&x| ((x - max) as f64).exp()).collect();
         assert_eq!(max_generic(&row), max);
-        let sum = exp_sub_sum_generic(&mut row, 1.0, max);
+        let sum = exp_sub_sum_generic(&mut row, max);
         for (g, w) in row.iter().zip(&want) {
             assert!((*g as f64 - w).abs() < 2.4e-7 * w.max(1e-30), "{g} vs {w}");
         }
