@@ -1,7 +1,9 @@
 //! What bounds the AMX micro-kernel, on one core: its step (two `A` and two `B` tile loads, four
 //! `tdpbf16ps`) with the operands on and off 64-byte boundaries, the products alone, and the step
 //! streaming its operands from ever larger footprints (L1, L2, beyond):
-//! `cargo run --profile bench-cpu -p kairos-kernels --example amx_probe`.
+//! `cargo run --profile bench-cpu -p kairos-kernels --example amx_probe`. The step is written out
+//! here, as in `gemm_bf16`'s kernel, because that kernel is private and only ever sees aligned
+//! operands, which is what this probe varies.
 //!
 //! On the AMX Xeon of 2026-12-07 (48 KiB L1d, 2 MiB L2 per core): 2.6–2.9 TFLOP/s aligned against
 //! 1.0 with rows straddling two cache lines, 3.3 for the products alone; 2.0 from 64–256 KiB per
