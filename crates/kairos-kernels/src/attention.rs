@@ -375,7 +375,10 @@ mod x86 {
                 let (lo, hi) = (exp_at(32 * c), exp_at(32 * c + LANES));
                 sum = _mm512_add_ps(sum, _mm512_add_ps(lo, hi));
                 // Values 32c.. as pairs (2q, 2q + 1): lo's in the low half, as PackedA reads them.
-                _mm512_storeu_si512(chunk.as_mut_ptr().cast(), std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+                _mm512_storeu_si512(
+                    chunk.as_mut_ptr().cast(),
+                    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)),
+                );
             }
             _mm512_reduce_add_ps(sum)
         }

@@ -1196,7 +1196,8 @@ mod tests {
 
     /// The AMX kernel against the scalar one and an f64 reference on the bf16-rounded inputs, on
     /// the text encoder's ragged shapes (77 and 154 rows: not multiples of the 32-row block;
-    /// K = 768 and 3072: several cache blocks; N not a multiple of 32 too), overwriting a `C`
+    /// K = 768 and 3072: several cache blocks; N not a multiple of 32 too), 330 rows split into
+    /// three row tasks (128 + 128 + 74), overwriting a `C`
     /// filled with NaN, accumulating onto a bias, and with alpha ≠ 1 (the buffered path), on one
     /// thread and on the rayon pool. Skipped (passes with a note) where AMX does not run.
     ///
@@ -1213,7 +1214,9 @@ mod tests {
         }
         let round = |x: f32| f32::from_bits((x.bf16_bits() as u32) << 16) as f64;
         for (case, &(m, n, k)) in
-            [(77usize, 768usize, 768usize), (154, 200, 3072), (77, 45, 37), (33, 100, 530)].iter().enumerate()
+            [(77usize, 768usize, 768usize), (154, 200, 3072), (77, 45, 37), (33, 100, 530), (330, 45, 70)]
+                .iter()
+                .enumerate()
         {
             let a: Vec<f32> = uniform(1 + case as u64, m * k).iter().map(|x| 4.0 * x).collect();
             let b = uniform(100 + case as u64, k * n);
