@@ -8,6 +8,8 @@ use candle_core::{DType, Result, Shape, Tensor};
 
 use crate::attention::OutPtr;
 use crate::conv2d::{im2col_conv, Conv2dParams};
+#[cfg(target_arch = "x86_64")]
+use crate::conv_direct::DirectConv;
 use crate::gemm_bf16::{self, MatRef, PackedA, PackedB};
 use crate::op::{apply1, filled, uninit, F32Op1, Fill, Input};
 use crate::vecmath;
@@ -175,16 +177,25 @@ impl F32Op1 for LinearBf16 {
     }
 }
 
-/// A convolution (one group, dilation 1) with `W` `[Co, Ci, kh, kw]` packed as the GEMM's left
-/// operand `[Co, Ci·kh·kw]`; the input (or its im2col tile) is the right operand, so the GEMM
-/// writes NCHW rows directly.
+/// A convolution (one group, dilation 1) with a bf16 weight packed once: for the direct AMX
+/// kernel where it applies ([`DirectConv`]: 3×3, stride 1, padding 1), else as the GEMM's left
+/// operand `[Co, Ci·kh·kw]` with the input's im2col columns as the right one (the GEMM writes NCHW
+/// rows directly).
 #[derive(Debug, Clone)]
 pub(crate) struct Conv2dBf16 {
-    weight: Arc<PackedA>,
+    weight: ConvWeight,
     bias: Option<Arc<[f32]>>,
     /// `(Ci, kh, kw)`.
     kernel: (usize, usize, usize),
     params: Conv2dParams,
+}
+
+/// A [`Conv2dBf16`]'s packed weight.
+#[derive(Debug, Clone)]
+enum ConvWeight {
+    Im2col(Arc<PackedA>),
+    #[cfg(target_arch = "x86_64")]
+    Direct(Arc<DirectConv>),
 }
 
 impl Conv2dBf16 {
@@ -195,7 +206,15 @@ impl Conv2dBf16 {
         let view = MatRef::row_major(&values, co, ci * kh * kw).ok_or_else(|| {
             candle_core::Error::Msg(format!("{CONV}: weight has {} values, not {co}×{ci}×{kh}×{kw}", values.len()))
         })?;
-        Ok(Self { weight: Arc::new(PackedA::new(view)), bias: f32_values(bias)?, kernel: (ci, kh, kw), params })
+        #[cfg(target_arch = "x86_64")]
+        let weight = if DirectConv::applies(ci, (kh, kw), params) {
+            ConvWeight::Direct(Arc::new(DirectConv::new(&values, co, ci)))
+        } else {
+            ConvWeight::Im2col(Arc::new(PackedA::new(view)))
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let weight = ConvWeight::Im2col(Arc::new(PackedA::new(view)));
+        Ok(Self { weight, bias: f32_values(bias)?, kernel: (ci, kh, kw), params })
     }
 
     /// Applies the convolution to `x` `[N, Ci, H, W]` (any float dtype; computed from f32),
@@ -211,7 +230,15 @@ impl F32Op1 for Conv2dBf16 {
     fn run(&self, (x, layout): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let (n, ci, h, wd) = layout.shape().dims4()?;
         let (_, kh, kw) = self.kernel;
-        let co = self.weight.rows();
+        let weight = match &self.weight {
+            ConvWeight::Im2col(weight) => weight,
+            #[cfg(target_arch = "x86_64")]
+            ConvWeight::Direct(conv) => {
+                let out = conv.run(x, (n, h, wd), self.bias.as_deref());
+                return Ok((out, Shape::from((n, conv.out_channels(), h, wd))));
+            }
+        };
+        let co = weight.rows();
         let depth = ci * kh * kw;
         // The columns are packed for the GEMM straight from the input, segment by segment,
         // without the f32 im2col matrix in between (one pass over the columns instead of three).
@@ -224,7 +251,7 @@ impl F32Op1 for Conv2dBf16 {
             false,
             |tile, _, plane_out, dst| {
                 let columns = PackedB::from_rows(depth, tile.pixels, tile);
-                gemm_bf16::gemm(&self.weight, &columns, dst, plane_out, 1.0, true, true);
+                gemm_bf16::gemm(weight, &columns, dst, plane_out, 1.0, true, true);
                 Ok(())
             },
         )?;

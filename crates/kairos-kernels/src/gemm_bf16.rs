@@ -227,7 +227,7 @@ struct Line([u32; 16]);
 /// straddle two cache lines (where the allocator leaves a `Vec<u32>`: 16 bytes past a page for
 /// large blocks) ran 2.7× slower in L1 (`examples/amx_probe.rs`).
 #[derive(Debug, Clone, Default)]
-struct Lines(Vec<Line>);
+pub(crate) struct Lines(Vec<Line>);
 
 impl Lines {
     /// Resizes to `len` pairs (a multiple of 16), reusing the allocation, without initialising
@@ -235,7 +235,7 @@ impl Lines {
     ///
     /// # Safety
     /// The caller writes every element before reading it.
-    unsafe fn set_len_uninit(&mut self, len: usize) {
+    pub(crate) unsafe fn set_len_uninit(&mut self, len: usize) {
         assert!(len.is_multiple_of(16));
         self.0.clear();
         self.0.reserve(len / 16);
@@ -648,6 +648,45 @@ pub fn gemm_block(
     unsafe { gemm_region(Kernel::get(), a, b, block, OutPtr(c.as_mut_ptr()), ldc, alpha, accumulate) }
 }
 
+/// A 32×32 block of f32 on 64-byte boundaries (row stride 32), like the packed operands: the
+/// AMX kernel's block of `C`.
+#[repr(C, align(64))]
+pub(crate) struct Block32(pub(crate) [f32; 32 * NR]);
+
+/// Whether [`amx_block`] runs here: AMX-BF16 granted and not turned off (`KAIROS_AMX=off`).
+pub(crate) fn amx_enabled() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return amx::enabled();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// One 32×32 block of a product whose left operand is read in place rather than packed (the
+/// direct convolution's shifted input rows), into `out` (rows of `a`, columns `32·panel..` of
+/// `b`), overwritten: step `(a_offset, b_offset)` multiplies the 16 × 64-byte tiles that many
+/// bytes past `a[0]` and `a[1]` (rows `a_stride` bytes apart) with the panel's 16 pair rows that
+/// many bytes into it.
+///
+/// # Safety
+/// [`amx_enabled`]; every step's `A` tiles are readable memory of bf16 pairs; every `b_offset`
+/// is a multiple of `64·32` bytes at most `(pairs − 16)·128` of `b`'s padded depth.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn amx_block(
+    a: [*const u32; 2],
+    a_stride: usize,
+    b: &PackedB,
+    panel: usize,
+    steps: impl Iterator<Item = (usize, usize)>,
+    out: &mut Block32,
+) {
+    let panel_len = b.k.div_ceil(2).div_ceil(PAIR_ALIGN) * PAIR_ALIGN * NR;
+    assert!(panel < b.n.div_ceil(NR), "bf16 amx_block: panel {panel} outside B");
+    let operands = amx::Operands { a, a_stride, b: b.data[panel * panel_len..].as_ptr() };
+    let tile = Tile { c: out.0.as_mut_ptr(), ldc: NR, rows: 32, cols: NR, alpha: 1.0, overwrite: true };
+    // SAFETY: the caller's contract; out is a whole aligned 32×32 block.
+    unsafe { amx::block_kernel(operands, steps, tile) }
+}
+
 /// Rows and columns of `C` one call computes, and the element `origin` that `out` points at.
 struct Block {
     rows: std::ops::Range<usize>,
@@ -937,7 +976,7 @@ mod amx {
     use std::cell::Cell;
     use std::sync::OnceLock;
 
-    use super::{Panels, Tile, BLOCK, NR, PAIR_ALIGN, ROW_ALIGN};
+    use super::{Block32, Panels, Tile, BLOCK, NR, PAIR_ALIGN, ROW_ALIGN};
 
     /// Whether the GEMM runs on AMX: [`available`], unless `KAIROS_AMX=off` (read once).
     pub(super) fn enabled() -> bool {
@@ -995,10 +1034,6 @@ mod amx {
         static CONFIGURED: Cell<bool> = const { Cell::new(false) };
     }
 
-    /// A 32×32 block of `C` on 64-byte boundaries, like the operands.
-    #[repr(C, align(64))]
-    struct TileBuf([f32; 32 * NR]);
-
     /// The 32×32 kernel.
     ///
     /// # Safety
@@ -1009,6 +1044,31 @@ mod amx {
         const _: () = assert!(ROW_ALIGN == 32 && NR == 32 && PAIR_ALIGN == 16);
         let Panels { a, row_blocks, b, kc } = panels;
         assert!(kc % PAIR_ALIGN == 0 && a.len() >= row_blocks + kc * BLOCK && b.len() >= kc * NR);
+        // Step s reads the 16×16 blocks at pair s of both row blocks and rows s..s+16 of the panel.
+        let operands =
+            Operands { a: [a.as_ptr(), a.as_ptr().wrapping_add(row_blocks)], a_stride: BLOCK * 4, b: b.as_ptr() };
+        let steps = (0..kc).step_by(PAIR_ALIGN).map(|s| (s * BLOCK * 4, s * NR * 4));
+        // SAFETY: every step's tiles lie inside a and b (asserted above); the caller's contract.
+        unsafe { block_kernel(operands, steps, tile) }
+    }
+
+    /// Where [`block_kernel`] reads: the first row of each 16-row `A` tile (`a_stride` bytes
+    /// between rows) and the `B` panel (rows of `NR` pairs).
+    #[derive(Clone, Copy)]
+    pub(crate) struct Operands {
+        pub a: [*const u32; 2],
+        pub a_stride: usize,
+        pub b: *const u32,
+    }
+
+    /// A 32×32 block of `C` over the given steps: each `(a_offset, b_offset)` (bytes) multiplies
+    /// the two `A` tiles (16 rows × 64 bytes) that far into `operands.a` with the two `B` tiles
+    /// (16 rows of the panel's 32 pairs) that far into `operands.b`, accumulating in f32.
+    ///
+    /// # Safety
+    /// [`enabled`] returned true; every step's tiles are readable; `tile` describes writable
+    /// memory of `C`.
+    pub(crate) unsafe fn block_kernel(operands: Operands, steps: impl Iterator<Item = (usize, usize)>, tile: Tile) {
         if !CONFIGURED.get() {
             // SAFETY: CONFIG is a valid palette-1 configuration; AMX is enabled (caller).
             unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
@@ -1021,10 +1081,12 @@ mod amx {
         // A partial tile goes through this buffer, which the tile stores below fill entirely;
         // it is not zeroed first (a 4 KiB memset per call cost more than the products of a
         // short depth, e.g. attention's q·kᵀ).
-        let mut buf = std::mem::MaybeUninit::<TileBuf>::uninit();
+        let mut buf = std::mem::MaybeUninit::<Block32>::uninit();
         let (c, ldc) = if direct { (tile.c, tile.ldc) } else { (buf.as_mut_ptr().cast::<f32>(), NR) };
         let c_stride = ldc * 4;
-        let (a_stride, b_stride) = (BLOCK * 4, NR * 4);
+        let (a_stride, b_stride) = (operands.a_stride, NR * 4);
+        let [a0, a1] = operands.a.map(|p| p.cast::<u8>());
+        let b = operands.b.cast::<u8>();
         // SAFETY: every tile load/store touches 16 rows × 64 bytes inside the operands or the
         // C block (rows 0..32 and columns 0..32 of c, row stride ldc), per the contract.
         unsafe {
@@ -1041,12 +1103,11 @@ mod amx {
             } else {
                 asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
             }
-            let (a0, a1) = (a.as_ptr(), a.as_ptr().add(row_blocks));
             // Each load comes just before the first product that reads it: tile registers are
             // not renamed, so a load waits for the products still reading its register, and
             // four loads ahead of four products serialised every step's load latency with its
             // compute (interleaved: 3×3 convolutions and 4096² 12–20 % faster, bf16_shapes).
-            for s in (0..kc).step_by(PAIR_ALIGN) {
+            for (a_offset, b_offset) in steps {
                 asm!(
                     "tileloadd tmm4, [{a0} + {sa}]",
                     "tileloadd tmm6, [{b} + {sb}]",
@@ -1056,8 +1117,8 @@ mod amx {
                     "tileloadd tmm5, [{a1} + {sa}]",
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
-                    a0 = in(reg) a0.add(s * BLOCK), a1 = in(reg) a1.add(s * BLOCK), sa = in(reg) a_stride,
-                    b = in(reg) b.as_ptr().add(s * NR), sb = in(reg) b_stride,
+                    a0 = in(reg) a0.add(a_offset), a1 = in(reg) a1.add(a_offset), sa = in(reg) a_stride,
+                    b = in(reg) b.add(b_offset), sb = in(reg) b_stride,
                     options(nostack, readonly),
                 );
             }

@@ -30,7 +30,9 @@
 //!
 //! Setting the environment variable `KAIROS_KERNELS=off` sends every call to the plain path, for
 //! A/B timings on one binary; `KAIROS_WINOGRAD=off` keeps the kernels but convolves with im2col
-//! only, and `KAIROS_WINOGRAD=f2` picks the smaller, more accurate Winograd tile.
+//! only, and `KAIROS_WINOGRAD=f2` picks the smaller, more accurate Winograd tile;
+//! `KAIROS_CONV_DIRECT=off` packs bf16 3×3 convolutions for im2col instead of the direct AMX
+//! kernel (read when a layer is built).
 //!
 //! GEMMs go through the `gemm` crate (the one candle uses), with its AVX-512 kernels enabled, by
 //! way of `matmul`, which gives each thread its own block of the output.
@@ -40,6 +42,8 @@ mod attention;
 mod attention_bf16;
 mod bf16_layers;
 mod conv2d;
+#[cfg(target_arch = "x86_64")]
+mod conv_direct;
 mod error;
 mod geglu;
 pub mod gemm_bf16;

@@ -66,7 +66,9 @@ impl Family {
     /// The family's training noise schedule; `precision` applies to the discrete table.
     pub fn noise_schedule(self, precision: TablePrecision) -> ModelSchedule {
         match self {
-            Self::Sd1 | Self::Sd2Base | Self::Sd2 | Self::Sdxl => ModelSchedule::Discrete(DiscreteSchedule::sd(precision)),
+            Self::Sd1 | Self::Sd2Base | Self::Sd2 | Self::Sdxl => {
+                ModelSchedule::Discrete(DiscreteSchedule::sd(precision))
+            }
             Self::Svd => ModelSchedule::Edm(EdmSchedule::SVD),
         }
     }

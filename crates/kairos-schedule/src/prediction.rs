@@ -31,7 +31,8 @@ pub struct Scalings {
 
 impl Prediction {
     /// Accepted names: diffusers' `prediction_type` values and short forms.
-    pub const NAMES: [&'static str; 8] = ["epsilon", "eps", "v_prediction", "v", "sample", "x0", "edm", "v_prediction_edm"];
+    pub const NAMES: [&'static str; 8] =
+        ["epsilon", "eps", "v_prediction", "v", "sample", "x0", "edm", "v_prediction_edm"];
 
     /// Parses a prediction type name (case-insensitive).
     pub fn from_name(name: &str) -> Result<Self, ScheduleError> {

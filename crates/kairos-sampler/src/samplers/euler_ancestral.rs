@@ -34,7 +34,12 @@ pub(super) fn sample(ctx: &mut SampleCtx<'_>, mut x: Tensor, sigmas: &[f64], o: 
 /// x = denoised + sigma_down * (x - uncond_denoised) / sigma, plus `sigma_up` noise (drawn when
 /// `eta > 0` and `s_noise > 0`); the last step to sigma 0 returns `denoised`. ComfyUI's alpha
 /// factors are 1 for eps models and are left out.
-pub(super) fn sample_cfg_pp(ctx: &mut SampleCtx<'_>, x: Tensor, sigmas: &[f64], o: &AncestralOptions) -> Result<Tensor> {
+pub(super) fn sample_cfg_pp(
+    ctx: &mut SampleCtx<'_>,
+    x: Tensor,
+    sigmas: &[f64],
+    o: &AncestralOptions,
+) -> Result<Tensor> {
     cfg_pp(ctx, x, sigmas, o, "euler_ancestral_cfg_pp")
 }
 

@@ -196,7 +196,10 @@ const REGISTRY: &[Entry] = &[
         name: "dpmpp_2m_sde_heun",
         aliases: &["DPM++ 2M SDE Heun"],
         make: || {
-            Sampler::Dpmpp2mSde(Dpmpp2mSdeOptions { noise: AncestralOptions::default(), solver_type: SdeSolverType::Heun })
+            Sampler::Dpmpp2mSde(Dpmpp2mSdeOptions {
+                noise: AncestralOptions::default(),
+                solver_type: SdeSolverType::Heun,
+            })
         },
     },
     Entry {
@@ -205,11 +208,7 @@ const REGISTRY: &[Entry] = &[
         make: || Sampler::Dpmpp3mSde(AncestralOptions::default()),
     },
     Entry { name: "lms", aliases: &["LMS"], make: || Sampler::Lms(LmsOptions::default()) },
-    Entry {
-        name: "ddim",
-        aliases: &["DDIM"],
-        make: || Sampler::Ddim(AncestralOptions { eta: 0.0, s_noise: 1.0 }),
-    },
+    Entry { name: "ddim", aliases: &["DDIM"], make: || Sampler::Ddim(AncestralOptions { eta: 0.0, s_noise: 1.0 }) },
     Entry { name: "lcm", aliases: &["LCM"], make: || Sampler::Lcm },
     Entry { name: "tcd", aliases: &["TCD"], make: || Sampler::Tcd(TcdOptions::default()) },
     Entry { name: "uni_pc", aliases: &["UniPC"], make: || Sampler::UniPc(UniPcVariant::Bh1) },

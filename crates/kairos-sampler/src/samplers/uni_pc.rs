@@ -120,9 +120,7 @@ fn update(
 fn solve(a: &[Vec<f64>], b: &[f64], n: usize) -> Result<Vec<f64>> {
     let mut m: Vec<Vec<f64>> = (0..n).map(|i| a[i][..n].iter().copied().chain([b[i]]).collect()).collect();
     for col in 0..n {
-        let pivot = (col..n)
-            .max_by(|&p, &q| m[p][col].abs().total_cmp(&m[q][col].abs()))
-            .unwrap_or(col);
+        let pivot = (col..n).max_by(|&p, &q| m[p][col].abs().total_cmp(&m[q][col].abs())).unwrap_or(col);
         if m[pivot][col] == 0.0 || !m[pivot][col].is_finite() {
             return Err(SamplerError::InvalidSigmas(
                 "uni_pc: singular order conditions (repeated or non-finite log-sigma steps)".into(),
