@@ -8,10 +8,9 @@ use candle_core::{DType, Result, Shape, Tensor};
 
 use crate::attention::OutPtr;
 use crate::conv2d::{im2col_conv, Conv2dParams};
-#[cfg(target_arch = "x86_64")]
-use crate::conv_direct::DirectConv;
+use crate::conv_direct::{DirectConv, Source, Target};
 use crate::gemm_bf16::{self, MatRef, PackedA, PackedB};
-use crate::op::{apply1, filled, uninit, F32Op1, Fill, Input};
+use crate::op::{apply1, apply2, filled, uninit, F32Op1, F32Op2, Fill, Input};
 use crate::vecmath;
 use rayon::prelude::*;
 
@@ -194,7 +193,6 @@ pub(crate) struct Conv2dBf16 {
 #[derive(Debug, Clone)]
 enum ConvWeight {
     Im2col(Arc<PackedA>),
-    #[cfg(target_arch = "x86_64")]
     Direct(Arc<DirectConv>),
 }
 
@@ -206,21 +204,102 @@ impl Conv2dBf16 {
         let view = MatRef::row_major(&values, co, ci * kh * kw).ok_or_else(|| {
             candle_core::Error::Msg(format!("{CONV}: weight has {} values, not {co}×{ci}×{kh}×{kw}", values.len()))
         })?;
-        #[cfg(target_arch = "x86_64")]
         let weight = if DirectConv::applies(ci, (kh, kw), params) {
-            ConvWeight::Direct(Arc::new(DirectConv::new(&values, co, ci)))
+            ConvWeight::Direct(Arc::new(DirectConv::new(&values, co, ci, kh)))
         } else {
             ConvWeight::Im2col(Arc::new(PackedA::new(view)))
         };
-        #[cfg(not(target_arch = "x86_64"))]
-        let weight = ConvWeight::Im2col(Arc::new(PackedA::new(view)));
         Ok(Self { weight, bias: f32_values(bias)?, kernel: (ci, kh, kw), params })
     }
 
     /// Applies the convolution to `x` `[N, Ci, H, W]` (any float dtype; computed from f32),
     /// giving f32. The caller has checked the shapes ([`crate::conv2d`]'s checks).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        apply1(&x.to_dtype(DType::F32)?.contiguous()?, self)
+        apply1(&f32_contiguous(x)?, self)
+    }
+
+    /// The direct kernel, where the layer is packed for it (else `None`).
+    fn direct(&self) -> Option<&DirectConv> {
+        match &self.weight {
+            ConvWeight::Direct(conv) => Some(conv),
+            ConvWeight::Im2col(_) => None,
+        }
+    }
+
+    /// `forward(x) + residual` with the add in the direct kernel's stores; `None` where the layer
+    /// is packed for im2col. The caller has checked the shapes (`residual` is the output's).
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Option<Tensor>> {
+        let Some(conv) = self.direct() else { return Ok(None) };
+        let (n, _, h, w) = x.dims4()?;
+        let call =
+            DirectCall { conv, bias: self.bias.as_deref(), dims: (n, h, w), tokens_in: false, tokens_out: false };
+        apply2(&f32_contiguous(x)?, &f32_contiguous(residual)?, &call).map(Some)
+    }
+
+    /// A 1×1 convolution of the map `x` `[N, Ci, H, W]` written as tokens `[N, H·W, Co]`
+    /// (`proj_in`), or of tokens `[N, H·W, Ci]` laid out as `residual`'s `H × W` map written as
+    /// that map plus `residual` (`proj_out`); `None` where the direct kernel does not run it.
+    /// The caller has checked the shapes.
+    pub fn forward_tokens(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Option<Tensor>> {
+        let Some(conv) = self.direct().filter(|_| self.kernel.1 == 1) else { return Ok(None) };
+        let bias = self.bias.as_deref();
+        match residual {
+            None => {
+                let (n, _, h, w) = x.dims4()?;
+                let call = DirectCall { conv, bias, dims: (n, h, w), tokens_in: false, tokens_out: true };
+                apply1(&f32_contiguous(x)?, &call).map(Some)
+            }
+            Some(residual) => {
+                let (n, _, h, w) = residual.dims4()?;
+                let call = DirectCall { conv, bias, dims: (n, h, w), tokens_in: true, tokens_out: false };
+                apply2(&f32_contiguous(x)?, &f32_contiguous(residual)?, &call).map(Some)
+            }
+        }
+    }
+}
+
+/// `x` as contiguous f32 (the layers compute from f32 whatever the activations' dtype).
+fn f32_contiguous(x: &Tensor) -> Result<Tensor> {
+    x.to_dtype(DType::F32)?.contiguous()
+}
+
+/// One call of the direct kernel: `n` samples of `h × w` pixels, read from a map or tokens and
+/// written as a map (plus the op's second input as residual, if any) or tokens.
+struct DirectCall<'a> {
+    conv: &'a DirectConv,
+    bias: Option<&'a [f32]>,
+    dims: (usize, usize, usize),
+    tokens_in: bool,
+    tokens_out: bool,
+}
+
+impl DirectCall<'_> {
+    fn run(&self, x: &[f32], residual: Option<&[f32]>) -> (Vec<f32>, Shape) {
+        let (n, h, w) = self.dims;
+        let co = self.conv.out_channels();
+        let source = if self.tokens_in { Source::Tokens(x) } else { Source::Map(x) };
+        let (target, shape) = if self.tokens_out {
+            (Target::Tokens, Shape::from((n, h * w, co)))
+        } else {
+            (Target::Map { residual }, Shape::from((n, co, h, w)))
+        };
+        (self.conv.run(source, self.dims, self.bias, target), shape)
+    }
+}
+
+impl F32Op1 for DirectCall<'_> {
+    const NAME: &'static str = CONV;
+
+    fn run(&self, (x, _): Input<'_>) -> Result<(Vec<f32>, Shape)> {
+        Ok(DirectCall::run(self, x, None))
+    }
+}
+
+impl F32Op2 for DirectCall<'_> {
+    const NAME: &'static str = CONV;
+
+    fn run(&self, (x, _): Input<'_>, (residual, _): Input<'_>) -> Result<(Vec<f32>, Shape)> {
+        Ok(DirectCall::run(self, x, Some(residual)))
     }
 }
 
@@ -232,10 +311,15 @@ impl F32Op1 for Conv2dBf16 {
         let (_, kh, kw) = self.kernel;
         let weight = match &self.weight {
             ConvWeight::Im2col(weight) => weight,
-            #[cfg(target_arch = "x86_64")]
             ConvWeight::Direct(conv) => {
-                let out = conv.run(x, (n, h, wd), self.bias.as_deref());
-                return Ok((out, Shape::from((n, conv.out_channels(), h, wd))));
+                let call = DirectCall {
+                    conv,
+                    bias: self.bias.as_deref(),
+                    dims: (n, h, wd),
+                    tokens_in: false,
+                    tokens_out: false,
+                };
+                return Ok(DirectCall::run(&call, x, None));
             }
         };
         let co = weight.rows();

@@ -42,7 +42,6 @@ mod attention;
 mod attention_bf16;
 mod bf16_layers;
 mod conv2d;
-#[cfg(target_arch = "x86_64")]
 mod conv_direct;
 mod error;
 mod geglu;

@@ -64,18 +64,91 @@ impl Conv2d {
         Ok(Self { inner, bf16 })
     }
 
-    /// A 1×1, stride-1, unpadded convolution's weight as a `[out, in]` matrix, and its bias, for
-    /// kernels that fuse the layer with its neighbours ([`crate::tokens_from_map`],
-    /// [`crate::map_from_tokens`]); `None` for other convolutions and bf16-packed weights.
-    pub fn matrix(&self) -> Option<(Tensor, Option<&Tensor>)> {
+    /// A 1×1, stride-1, unpadded convolution's weight as a `[out, in]` matrix, and its bias, in
+    /// the dtype of `xs`, for the f32 kernels that fuse the layer with its neighbours
+    /// ([`crate::tokens_from_map`], [`crate::map_from_tokens`]); `None` for other convolutions and
+    /// bf16-packed or converted weights.
+    fn matrix(&self, xs: &Tensor) -> Option<(Tensor, Option<&Tensor>)> {
         let cfg = self.inner.config();
         let (co, ci, kh, kw) = self.inner.weight().dims4().ok()?;
         let pointwise = (kh, kw, cfg.stride, cfg.padding, cfg.groups, cfg.dilation) == (1, 1, 1, 0, 1, 1);
         if !pointwise || self.bf16.is_some() {
             return None;
         }
-        Some((self.inner.weight().reshape((co, ci)).ok()?, self.inner.bias()))
+        let (weight, bias) = (self.inner.weight().reshape((co, ci)).ok()?, self.inner.bias());
+        same_dtype(weight, bias, xs)
     }
+
+    /// `self.forward(xs) + residual`, the add done by the bf16 direct kernel's stores where it
+    /// runs the layer (a ResNet block's `conv2` plus its shortcut: one pass less over the map).
+    pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if let Some(bf16) = &self.bf16 {
+            let params = Conv2dParams { padding: self.inner.config().padding, stride: self.inner.config().stride };
+            crate::conv2d::check_shapes(xs, self.inner.weight(), params)?;
+            let (n, _, h, w) = xs.dims4()?;
+            // The direct kernel keeps the size (3×3 padding 1, 1×1 padding 0, stride 1).
+            if residual.dims() == [n, self.inner.weight().dim(0)?, h, w] {
+                if let Some(out) = bf16.forward_residual(xs, residual)? {
+                    return Ok(out);
+                }
+            }
+        }
+        self.forward(xs)? + residual
+    }
+
+    /// A spatial transformer's `proj_in` as a 1×1 convolution: the map `xs` `[N, Ci, H, W]` to
+    /// tokens `[N, H·W, Co]` without a permute pass (the bf16 direct kernel writes tokens, f32
+    /// weights take [`crate::tokens_from_map`]); other layers convolve and permute.
+    pub fn forward_tokens(&self, xs: &Tensor) -> Result<Tensor> {
+        if let Some(bf16) = &self.bf16 {
+            crate::conv2d::check_shapes(xs, self.inner.weight(), Conv2dParams { padding: 0, stride: 1 })?;
+            if let Some(out) = bf16.forward_tokens(xs, None)? {
+                return Ok(out);
+            }
+        }
+        if let Some((weight, bias)) = self.matrix(xs) {
+            return crate::tokens_from_map(xs, &weight, bias);
+        }
+        map_to_tokens(&self.forward(xs)?)
+    }
+
+    /// A spatial transformer's `proj_out` as a 1×1 convolution plus its residual: `tokens`
+    /// `[N, H·W, Ci]` laid out as `residual`'s `H × W` map `[N, Co, H, W]`, convolved and added
+    /// to it, without a permute pass (the bf16 direct kernel reads tokens, f32 weights take
+    /// [`crate::map_from_tokens`]); other layers permute, convolve and add.
+    pub fn forward_from_tokens(&self, tokens: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let (n, co, h, w) = residual.dims4()?;
+        if let Some(bf16) = &self.bf16 {
+            let (wco, ci, ..) = self.inner.weight().dims4()?;
+            if tokens.dims() == [n, h * w, ci] && wco == co {
+                if let Some(out) = bf16.forward_tokens(tokens, Some(residual))? {
+                    return Ok(out);
+                }
+            }
+        }
+        if let Some((weight, bias)) = self.matrix(tokens) {
+            return crate::map_from_tokens(tokens, &weight, bias, residual);
+        }
+        self.forward(&tokens_to_map(tokens, h, w)?)? + residual
+    }
+}
+
+/// `weight` and `bias` if both have the dtype of `xs` (the fused f32 kernels take one dtype).
+fn same_dtype<'a>(weight: Tensor, bias: Option<&'a Tensor>, xs: &Tensor) -> Option<(Tensor, Option<&'a Tensor>)> {
+    let dtype = xs.dtype();
+    (weight.dtype() == dtype && bias.is_none_or(|b| b.dtype() == dtype)).then_some((weight, bias))
+}
+
+/// `[N, C, H, W]` → `[N, H·W, C]` (a permute copy).
+fn map_to_tokens(xs: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = xs.dims4()?;
+    xs.permute((0, 2, 3, 1))?.reshape((n, h * w, c))
+}
+
+/// `[N, H·W, C]` → `[N, C, H, W]` (a permute copy).
+fn tokens_to_map(xs: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (n, _, c) = xs.dims3()?;
+    xs.reshape((n, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()
 }
 
 /// A zero-stride tensor with `w`'s shape and dtype (one element of memory), so that a layer whose
@@ -147,10 +220,36 @@ impl Linear {
         }
     }
 
-    /// The `[out, in]` weight and the bias, for kernels that fuse the layer with its neighbours
-    /// ([`crate::tokens_from_map`], [`crate::map_from_tokens`]); `None` for bf16-packed weights.
-    pub fn matrix(&self) -> Option<(Tensor, Option<&Tensor>)> {
-        self.bf16.is_none().then(|| (self.inner.weight().clone(), self.inner.bias()))
+    /// The `[out, in]` weight and the bias in the dtype of `xs`, for the f32 kernels that fuse the
+    /// layer with its neighbours; `None` for bf16-packed or converted weights.
+    fn matrix(&self, xs: &Tensor) -> Option<(Tensor, Option<&Tensor>)> {
+        if self.bf16.is_some() {
+            return None;
+        }
+        same_dtype(self.inner.weight().clone(), self.inner.bias(), xs)
+    }
+
+    /// A spatial transformer's linear `proj_in`: the map `xs` `[N, Ci, H, W]` to tokens
+    /// `[N, H·W, Co]`, with f32 weights in one pass ([`crate::tokens_from_map`]), otherwise
+    /// permuted and projected.
+    pub fn forward_tokens(&self, xs: &Tensor) -> Result<Tensor> {
+        match self.matrix(xs) {
+            Some((weight, bias)) => crate::tokens_from_map(xs, &weight, bias),
+            None => self.forward(&map_to_tokens(xs)?),
+        }
+    }
+
+    /// A spatial transformer's linear `proj_out` plus its residual: `tokens` `[N, H·W, Ci]`
+    /// projected, laid out as `residual`'s map `[N, Co, H, W]` and added to it, with f32
+    /// weights in one pass ([`crate::map_from_tokens`]), otherwise projected, permuted and added.
+    pub fn forward_from_tokens(&self, tokens: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        match self.matrix(tokens) {
+            Some((weight, bias)) => crate::map_from_tokens(tokens, &weight, bias, residual),
+            None => {
+                let (_, _, h, w) = residual.dims4()?;
+                tokens_to_map(&self.forward(tokens)?, h, w)? + residual
+            }
+        }
     }
 
     /// GEGLU's gating of the layer's output (`value · gelu(gate)` on its two halves,

@@ -1,8 +1,8 @@
-//! The `CustomOp1`/`CustomOp3` plumbing the f32 kernels share: each kernel states what it computes
-//! from one or three contiguous f32 inputs ([`F32Op1`], [`F32Op3`]), and [`apply1`]/[`apply3`] run
-//! it through candle.
+//! The `CustomOp1`/`CustomOp2`/`CustomOp3` plumbing the f32 kernels share: each kernel states what
+//! it computes from one, two or three contiguous f32 inputs ([`F32Op1`], [`F32Op2`], [`F32Op3`]),
+//! and [`apply1`]/[`apply2`]/[`apply3`] run it through candle.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::f32_slice;
@@ -21,6 +21,19 @@ pub(crate) trait F32Op1: Send + Sync {
 /// `op` on `x` (made contiguous by the caller), without a backward pass.
 pub(crate) fn apply1<T: F32Op1>(x: &Tensor, op: &T) -> Result<Tensor> {
     x.apply_op1_no_bwd(&Op1(op))
+}
+
+/// A CPU kernel on two contiguous f32 tensors.
+pub(crate) trait F32Op2: Send + Sync {
+    /// The op's name, in candle's op lists and in errors.
+    const NAME: &'static str;
+    /// The output's data and shape.
+    fn run(&self, a: Input<'_>, b: Input<'_>) -> Result<(Vec<f32>, Shape)>;
+}
+
+/// `op` on `a`, `b` (each made contiguous by the caller), without a backward pass.
+pub(crate) fn apply2<T: F32Op2>(a: &Tensor, b: &Tensor, op: &T) -> Result<Tensor> {
+    a.apply_op2_no_bwd(b, &Op2(op))
 }
 
 /// A CPU kernel on three contiguous f32 tensors.
@@ -102,6 +115,20 @@ impl<T: F32Op1> CustomOp1 for Op1<'_, T> {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (out, shape) = self.0.run((f32_slice(T::NAME, storage, layout)?, layout))?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+struct Op2<'a, T>(&'a T);
+
+impl<T: F32Op2> CustomOp2 for Op2<'_, T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let a = (f32_slice(T::NAME, s1, l1)?, l1);
+        let (out, shape) = self.0.run(a, (f32_slice(T::NAME, s2, l2)?, l2))?;
         Ok((CpuStorage::F32(out), shape))
     }
 }

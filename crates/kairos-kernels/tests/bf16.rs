@@ -173,10 +173,12 @@ fn bf16_layers_match_f32_on_rounded_values() {
     }
     // 1×1, 3×3 pad 1, 3×3 stride 2 pad 1 convolutions, and the VAE's small ends (4 channels in or
     // out of a 1×1 or 3×3, 3 channels out; 3 in: an odd im2col depth, 27), on 37-pixel rows (the
-    // packed im2col panels of 32 columns straddle output rows), and a 3×3 without padding.
+    // packed im2col panels of 32 columns straddle output rows), and a 3×3 without padding; with
+    // 32 or 64 input channels, 3×3 pad 1 and 1×1 take the direct kernel on AMX.
     for (i, &(ci, co, k, padding, stride)) in [
         (8usize, 5usize, 1usize, 0usize, 1usize),
         (32, 9, 3, 1, 1),
+        (64, 40, 1, 0, 1),
         (6, 7, 3, 1, 2),
         (4, 4, 1, 0, 1),
         (4, 40, 3, 1, 1),
@@ -191,12 +193,29 @@ fn bf16_layers_match_f32_on_rounded_values() {
         let cfg = candle_nn::Conv2dConfig { padding, stride, ..Default::default() };
         let inner =
             candle_nn::Conv2d::new(w.to_dtype(DType::BF16).unwrap(), Some(b.to_dtype(DType::BF16).unwrap()), cfg);
-        let got = Conv2d::new(inner).unwrap().forward(&x).unwrap();
+        let layer = Conv2d::new(inner).unwrap();
+        let got = layer.forward(&x).unwrap();
         let want =
             conv2d_plain(&rounded(&x), &rounded(&w), Some(&rounded(&b)), Conv2dParams { padding, stride }).unwrap();
         let err = rel_err(&got, &want);
         println!("conv2d case {i}: {err:.2e}");
         assert!(err < 1e-5, "case {i}: {err}");
+        // The fused forms: plus a residual, and (1×1) from a map to tokens and back onto a residual.
+        let residual = t(50 + i as u64, want.dims());
+        let err = rel_err(&layer.forward_residual(&x, &residual).unwrap(), &(&want + &residual).unwrap());
+        assert!(err < 1e-5, "case {i} + residual: {err}");
+        if k == 1 {
+            let (n, _, h, wd) = want.dims4().unwrap();
+            let tokens = |m: &Tensor| {
+                let c = m.dim(1).unwrap();
+                m.permute((0, 2, 3, 1)).unwrap().reshape((n, h * wd, c)).unwrap()
+            };
+            let err = rel_err(&layer.forward_tokens(&x).unwrap(), &tokens(&want));
+            assert!(err < 1e-5, "case {i} to tokens: {err}");
+            let err =
+                rel_err(&layer.forward_from_tokens(&tokens(&x), &residual).unwrap(), &(&want + &residual).unwrap());
+            assert!(err < 1e-5, "case {i} from tokens: {err}");
+        }
     }
 }
 

@@ -199,12 +199,12 @@ impl ResnetBlock2D {
             }
         };
 
-        let hidden_states = self.conv2.forward(&hidden_states)?;
         let input_tensor = match &self.conv_shortcut {
             Some(conv) => conv.forward(input_tensor)?,
             None => input_tensor.clone(),
         };
-        let output = (input_tensor + hidden_states)?;
+        // shortcut + conv2(h), the add in conv2's stores where a fused kernel runs it.
+        let output = self.conv2.forward_residual(&hidden_states, &input_tensor)?;
         Ok(if self.output_scale_factor == 1.0 { output } else { (output / self.output_scale_factor)? })
     }
 }

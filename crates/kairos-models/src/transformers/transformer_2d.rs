@@ -52,21 +52,21 @@ impl Projection {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    /// The map `[N, C, H, W]` to projected tokens `[N, H·W, C']` (no permute pass where a fused
+    /// kernel runs the layer).
+    fn map_to_tokens(&self, xs: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Self::Conv(conv) => conv.forward(xs)?,
-            Self::Linear(linear) => linear.forward(xs)?,
+            Self::Conv(conv) => conv.forward_tokens(xs)?,
+            Self::Linear(linear) => linear.forward_tokens(xs)?,
         })
     }
 
-    /// The projection as a `[out, in]` matrix and bias, where it is one in the dtype of `xs`
-    /// (not for bf16-packed or converted weights), for the fused kernels.
-    fn matrix(&self, xs: &Tensor) -> Option<(Tensor, Option<&Tensor>)> {
-        match self {
-            Self::Conv(conv) => conv.matrix(),
-            Self::Linear(linear) => linear.matrix(),
-        }
-        .filter(|(w, b)| w.dtype() == xs.dtype() && b.is_none_or(|b| b.dtype() == xs.dtype()))
+    /// Tokens `[N, H·W, C']` projected back onto `residual`'s map `[N, C, H, W]`, plus it.
+    fn tokens_to_map(&self, tokens: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Conv(conv) => conv.forward_from_tokens(tokens, residual)?,
+            Self::Linear(linear) => linear.forward_from_tokens(tokens, residual)?,
+        })
     }
 }
 
@@ -78,7 +78,6 @@ pub struct Transformer2DModel {
     proj_in: Projection,
     transformer_blocks: Vec<BasicTransformerBlock>,
     proj_out: Projection,
-    use_linear_projection: bool,
 }
 
 impl Transformer2DModel {
@@ -102,45 +101,21 @@ impl Transformer2DModel {
             .map(|i| BasicTransformerBlock::new(vb.pp("transformer_blocks").pp(i), &block))
             .collect::<Result<Vec<_>>>()?;
         let proj_out = Projection::new(vb.pp("proj_out"), linear, inner_dim, config.in_channels)?;
-        Ok(Self { norm, proj_in, transformer_blocks, proj_out, use_linear_projection: linear })
+        Ok(Self { norm, proj_in, transformer_blocks, proj_out })
     }
 
     /// `hidden_states` `[N, C, H, W]`, `encoder_hidden_states` `[N, S, cross_attention_dim]`
     /// → `[N, C, H, W]`.
     pub fn forward(&self, hidden_states: &Tensor, encoder_hidden_states: &Tensor) -> Result<Tensor> {
         let residual = hidden_states;
-        let (batch, _, height, width) = hidden_states.dims4()?;
         let hidden_states = self.norm.forward(hidden_states)?;
-        // [N, C, H, W] -> [N, H·W, C]; the reshape of the permuted tensor makes it contiguous,
-        // which candle's Linear needs (see attention_processor).
-        let to_tokens = |xs: &Tensor| -> Result<Tensor> {
-            let inner_dim = xs.dim(1)?;
-            Ok(xs.permute((0, 2, 3, 1))?.reshape((batch, height * width, inner_dim))?)
-        };
-        // [N, H·W, C] -> [N, C, H, W]
-        let to_map = |xs: &Tensor| -> Result<Tensor> {
-            let inner_dim = xs.dim(2)?;
-            Ok(xs.reshape((batch, height, width, inner_dim))?.permute((0, 3, 1, 2))?.contiguous()?)
-        };
         // proj_in and proj_out are the same matrix products whether diffusers applies them as
         // 1×1 convolutions on the map or as linear layers on the tokens: the fused kernels read
-        // and write the map in place instead of permuting it.
-        let mut hidden_states = match self.proj_in.matrix(&hidden_states) {
-            Some((weight, bias)) => kairos_kernels::tokens_from_map(&hidden_states, &weight, bias)?,
-            None if self.use_linear_projection => self.proj_in.forward(&to_tokens(&hidden_states)?)?,
-            None => to_tokens(&self.proj_in.forward(&hidden_states)?)?,
-        };
+        // and write the map in place instead of permuting it, and add the residual as they write.
+        let mut hidden_states = self.proj_in.map_to_tokens(&hidden_states)?;
         for block in &self.transformer_blocks {
             hidden_states = block.forward(&hidden_states, encoder_hidden_states)?;
         }
-        if let Some((weight, bias)) = self.proj_out.matrix(&hidden_states) {
-            return Ok(kairos_kernels::map_from_tokens(&hidden_states, &weight, bias, residual)?);
-        }
-        let hidden_states = if self.use_linear_projection {
-            to_map(&self.proj_out.forward(&hidden_states)?)?
-        } else {
-            self.proj_out.forward(&to_map(&hidden_states)?)?
-        };
-        Ok((hidden_states + residual)?)
+        self.proj_out.tokens_to_map(&hidden_states, residual)
     }
 }
