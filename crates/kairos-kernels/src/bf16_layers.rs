@@ -64,7 +64,7 @@ impl LinearBf16 {
                 op: LINEAR,
             });
         }
-        apply1(&x.to_dtype(DType::F32)?.contiguous()?, self)
+        apply1(&f32_contiguous(x)?, self)
     }
 
     /// GEGLU's gating of the layer's output, `value · gelu(gate)` on its two halves, in one
@@ -155,24 +155,51 @@ impl F32Op1 for Geglu<'_> {
     }
 }
 
-impl F32Op1 for LinearBf16 {
-    const NAME: &'static str = LINEAR;
+impl LinearBf16 {
+    /// `forward(x) + residual` (`residual` of the output's shape, checked by the caller), the
+    /// GEMM accumulating onto the residual plus the bias: no separate pass for the add (a
+    /// transformer block's `to_out.0` and `ff.net.2`).
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        apply2(&f32_contiguous(x)?, &f32_contiguous(residual)?, &LinearResidual(self))
+    }
 
-    fn run(&self, (x, layout): Input<'_>) -> Result<(Vec<f32>, Shape)> {
+    /// The layer on `x` (`[.., k]`): `x·Wᵀ + b`, plus `residual` (of the output's size) if given.
+    fn run_onto(&self, x: &[f32], layout: &candle_core::Layout, residual: Option<&[f32]>) -> Result<(Vec<f32>, Shape)> {
         let (k, n) = (self.weight.depth(), self.weight.cols());
         let m = x.len() / k.max(1);
         let a = MatRef::row_major(x, m, k).ok_or_else(|| candle_core::Error::Msg(format!("{LINEAR}: input size")))?;
-        let mut out = match self.bias.as_deref() {
-            Some(bias) => filled(m, n, |_| Fill::Copy(bias)),
-            // SAFETY: the GEMM below overwrites all of C (accumulate is false without a bias).
-            None => unsafe { uninit(m * n) },
+        let (mut out, accumulate) = match (residual, self.bias.as_deref()) {
+            (Some(r), Some(bias)) => (filled(m, n, |i| Fill::Sum(&r[i * n..][..n], bias)), true),
+            (Some(r), None) => (filled(m, n, |i| Fill::Copy(&r[i * n..][..n])), true),
+            (None, Some(bias)) => (filled(m, n, |_| Fill::Copy(bias)), true),
+            // SAFETY: the GEMM below overwrites all of C (accumulate is false).
+            (None, None) => (unsafe { uninit(m * n) }, false),
         };
-        gemm_bf16::gemm(&PackedA::new(a), &self.weight, &mut out, n, 1.0, self.bias.is_some(), true);
+        gemm_bf16::gemm(&PackedA::new(a), &self.weight, &mut out, n, 1.0, accumulate, true);
         let mut dims = layout.shape().dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = n;
         }
         Ok((out, Shape::from(dims)))
+    }
+}
+
+impl F32Op1 for LinearBf16 {
+    const NAME: &'static str = LINEAR;
+
+    fn run(&self, (x, layout): Input<'_>) -> Result<(Vec<f32>, Shape)> {
+        self.run_onto(x, layout, None)
+    }
+}
+
+/// [`LinearBf16::forward_residual`]'s kernel.
+struct LinearResidual<'a>(&'a LinearBf16);
+
+impl F32Op2 for LinearResidual<'_> {
+    const NAME: &'static str = LINEAR;
+
+    fn run(&self, (x, layout): Input<'_>, (residual, _): Input<'_>) -> Result<(Vec<f32>, Shape)> {
+        self.0.run_onto(x, layout, Some(residual))
     }
 }
 

@@ -264,6 +264,19 @@ impl Linear {
         crate::geglu(&self.forward(xs)?)
     }
 
+    /// `self.forward(xs) + residual` (`residual` of the output's shape), the add folded into the
+    /// bf16 GEMM's start where the layer runs it (a transformer block's output projections).
+    pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if let Some(bf16) = &self.bf16 {
+            let (out_features, in_features) = self.inner.weight().dims2()?;
+            let (lead, last) = xs.dims().split_at(xs.rank().saturating_sub(1));
+            if last == [in_features] && residual.dims().split_last() == Some((&out_features, lead)) {
+                return bf16.forward_residual(xs, residual);
+            }
+        }
+        self.forward(xs)? + residual
+    }
+
     /// Whether the layer runs the bf16 GEMM: the attention around such projections takes bf16
     /// operands too ([`crate::attention_heads_bf16`]), as a bf16 model does on other engines.
     pub fn runs_bf16(&self) -> bool {

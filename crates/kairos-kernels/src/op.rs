@@ -57,6 +57,8 @@ pub(crate) enum Fill<'a> {
     Copy(&'a [f32]),
     /// A copy of this slice plus this value (a residual plane and its channel's bias).
     Shifted(&'a [f32], f32),
+    /// The elementwise sum of two slices of the chunk's length (a residual row and a bias).
+    Sum(&'a [f32], &'a [f32]),
 }
 
 /// A new vector of `count` chunks of `chunk` elements, chunk `i` as `fill(i)` says, written once
@@ -82,10 +84,16 @@ pub(crate) fn filled<'a>(count: usize, chunk: usize, fill: impl Fn(usize) -> Fil
                     d.write(s + x);
                 });
             }
+            Fill::Sum(a, b) => {
+                assert!(a.len() == chunk && b.len() == chunk, "Fill::Sum sources must have the chunk's length");
+                dst.iter_mut().zip(a).zip(b).for_each(|((d, &x), &y)| {
+                    d.write(x + y);
+                });
+            }
         });
     }
-    // SAFETY: the loop above wrote all `len` elements: each chunk entirely (a Copy or Shifted source
-    // has the chunk's length, asserted), and the chunks tile `..len`.
+    // SAFETY: the loop above wrote all `len` elements: each chunk entirely (a Copy, Shifted or Sum
+    // source has the chunk's length, asserted), and the chunks tile `..len`.
     unsafe { out.set_len(len) };
     out
 }

@@ -150,6 +150,10 @@ fn bf16_layers_match_f32_on_rounded_values() {
         let err = rel_err(&got, &want);
         println!("linear bias={}: {err:.2e}", bias.is_some());
         assert!(err < 1e-5, "{err}");
+        // Plus a residual, folded into the GEMM's start.
+        let residual = t(4, want.dims());
+        let err = rel_err(&layer.forward_residual(&x, &residual).unwrap(), &(&want + &residual).unwrap());
+        assert!(err < 1e-5, "linear + residual, bias={}: {err}", bias.is_some());
     }
     // GEGLU on a bf16 projection (blocked and gated in L1 where the halves are whole blocks of
     // 64 columns: 2 × 128 here, over 2 × 50 rows, not a multiple of the 64-row block; 2 × 40

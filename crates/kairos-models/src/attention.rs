@@ -35,6 +35,12 @@ impl FeedForward {
     pub fn forward(&self, hidden_states: &Tensor) -> Result<Tensor> {
         Ok(self.proj_out.forward(&self.geglu.forward(hidden_states)?)?)
     }
+
+    /// `forward(hidden_states) + residual`, the add folded into `net.2` where a fused kernel
+    /// runs it.
+    pub fn forward_residual(&self, hidden_states: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        Ok(self.proj_out.forward_residual(&self.geglu.forward(hidden_states)?, residual)?)
+    }
 }
 
 /// Constructor arguments of `BasicTransformerBlock` that SD UNets set.
@@ -95,12 +101,13 @@ impl BasicTransformerBlock {
     /// `hidden_states` `[N, L, dim]`, `encoder_hidden_states` `[N, S, cross_attention_dim]`
     /// → `[N, L, dim]`.
     pub fn forward(&self, hidden_states: &Tensor, encoder_hidden_states: &Tensor) -> Result<Tensor> {
+        // Each residual add is folded into the output projection where a fused kernel runs it.
         let norm_hidden_states = self.norm1.forward(hidden_states)?;
-        let hidden_states = (self.attn1.forward(&norm_hidden_states, None)? + hidden_states)?;
+        let hidden_states = self.attn1.forward_residual(&norm_hidden_states, None, hidden_states)?;
         let norm_hidden_states = self.norm2.forward(&hidden_states)?;
-        let attn_output = self.attn2.forward(&norm_hidden_states, Some(encoder_hidden_states))?;
-        let hidden_states = (attn_output + hidden_states)?;
+        let hidden_states =
+            self.attn2.forward_residual(&norm_hidden_states, Some(encoder_hidden_states), &hidden_states)?;
         let norm_hidden_states = self.norm3.forward(&hidden_states)?;
-        Ok((self.ff.forward(&norm_hidden_states)? + hidden_states)?)
+        self.ff.forward_residual(&norm_hidden_states, &hidden_states)
     }
 }

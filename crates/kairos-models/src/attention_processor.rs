@@ -126,6 +126,32 @@ impl Attention {
     /// `hidden_states` `[N, L, C]` (or `[N, C, H, W]`, attended over `H·W`), optional
     /// `encoder_hidden_states` `[N, S, C_cross]` → same shape as `hidden_states`.
     pub fn forward(&self, hidden_states: &Tensor, encoder_hidden_states: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_with(hidden_states, encoder_hidden_states, None)
+    }
+
+    /// `forward(hidden_states, encoder_hidden_states) + residual` for `[N, L, C]` tokens and
+    /// an attention without its own residual connection or rescale (a transformer block's), the
+    /// add folded into `to_out.0` where a fused kernel runs it.
+    pub fn forward_residual(
+        &self,
+        hidden_states: &Tensor,
+        encoder_hidden_states: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        if hidden_states.rank() == 3 && !self.residual_connection && self.rescale_output_factor == 1.0 {
+            return self.forward_with(hidden_states, encoder_hidden_states, Some(residual));
+        }
+        Ok((self.forward(hidden_states, encoder_hidden_states)? + residual)?)
+    }
+
+    /// [`Self::forward`], with `add` added to `to_out.0`'s output (before the spatial layout,
+    /// residual connection and rescale).
+    fn forward_with(
+        &self,
+        hidden_states: &Tensor,
+        encoder_hidden_states: Option<&Tensor>,
+        add: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let residual = hidden_states;
         let spatial = match hidden_states.rank() {
             3 => None,
@@ -171,7 +197,10 @@ impl Attention {
         } else {
             kairos_kernels::attention_heads(&query, &key, &value, self.heads, self.scale)?
         };
-        let hidden_states = self.to_out.forward(&hidden_states)?;
+        let hidden_states = match add {
+            Some(add) => self.to_out.forward_residual(&hidden_states, add)?,
+            None => self.to_out.forward(&hidden_states)?,
+        };
 
         // [N, H·W, C] -> [N, C, H, W]
         let hidden_states = match spatial {
