@@ -21,7 +21,10 @@
 //! - [`activation`]: CLIP's quick GELU and exact GELU in one vectorised pass.
 //! - [`geglu`]: GEGLU's `value · gelu(gate)` in one pass, with a vectorised erf.
 //! - [`gemm_bf16`]: a GEMM with bf16 inputs and f32 accumulation on AMX-BF16 or AVX512-BF16, used by
-//!   `Linear` and `Conv2d` layers whose weights are stored in bf16.
+//!   `Linear` and `Conv2d` layers whose weights are stored in bf16; on AMX, 3×3 (padding 1) and
+//!   1×1 stride-1 convolutions with input channels in multiples of 32 run its kernel on a padded
+//!   channels-last bf16 copy of their input read in place (no im2col), reading and writing maps
+//!   or tokens and adding a residual as they store.
 //! - [`nn`]: drop-in `Conv2d`, `Linear`, `GroupNorm`, `LayerNorm` and `Embedding` constructors
 //!   (same arguments and weight names as `candle_nn`) that route through the kernels, and the
 //!   precision rule for reduced-precision weights ([`nn::activation_dtype`]).
