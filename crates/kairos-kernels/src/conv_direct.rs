@@ -190,18 +190,14 @@ impl OutShape<'_> {
     /// The runs' pixels of channels `c0..min(c0 + 32, co)` lie in the output and no one else
     /// touches them.
     unsafe fn store(&self, block: &Block32, g: usize, runs: &[Run], c0: usize, out: &crate::attention::OutPtr) {
-        let (co, plane, bias) = (self.co, self.plane, self.bias);
         // SAFETY (both): AVX-512F is present (`applies`); the caller's contract.
         #[cfg(target_arch = "x86_64")]
         match self.target {
-            Target::Map { residual } => unsafe { x86::store_map(block, g, runs, c0, co, plane, bias, residual, out.0) },
-            Target::Tokens => unsafe { x86::store_tokens(block, g, runs, c0, co, plane, bias, out.0) },
+            Target::Map { residual } => unsafe { x86::store_map(self, residual, block, g, runs, c0, out.0) },
+            Target::Tokens => unsafe { x86::store_tokens(self, block, g, runs, c0, out.0) },
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!(
-            "the direct convolution runs on AMX only ({block:p}, {g}, {runs:?}, {c0}, {co}, {plane}, {bias:?}, {:p})",
-            out.0
-        );
+        unreachable!("the direct convolution runs on AMX only ({block:p}, {g}, {runs:?}, {c0}, {:p})", out.0);
     }
 }
 
@@ -308,7 +304,7 @@ fn padded_image(input: Source<'_>, ci: usize, grid: &Grid, pad: usize) -> Lines 
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Run, CHANNELS};
+    use super::{OutShape, Run, CHANNELS};
     use crate::gemm_bf16::Block32;
 
     /// Transposes 16 vectors of 16 as a 16×16 matrix (row `i` becomes column `i`).
@@ -386,18 +382,16 @@ mod x86 {
     /// # Safety
     /// AVX-512F is present; the store's contract; `residual`, if any, has the output's shape.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn store_map(
+        shape: &OutShape<'_>,
+        residual: Option<&[f32]>,
         block: &Block32,
         g: usize,
         runs: &[Run],
         c0: usize,
-        co: usize,
-        plane: usize,
-        bias: Option<&[f32]>,
-        residual: Option<&[f32]>,
         out: *mut f32,
     ) {
+        let &OutShape { co, plane, bias, .. } = shape;
         for half in 0..2 {
             let first = c0 + 16 * half;
             if first >= co {
@@ -437,17 +431,15 @@ mod x86 {
     /// # Safety
     /// AVX-512F is present; the store's contract.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn store_tokens(
+        shape: &OutShape<'_>,
         block: &Block32,
         g: usize,
         runs: &[Run],
         c0: usize,
-        co: usize,
-        plane: usize,
-        bias: Option<&[f32]>,
         out: *mut f32,
     ) {
+        let &OutShape { co, plane, bias, .. } = shape;
         let halves: [(usize, __mmask16, __m512); 2] = std::array::from_fn(|half| {
             let c = c0 + 16 * half;
             let mask = ((1u32 << co.saturating_sub(c).min(16)) - 1) as __mmask16;
