@@ -204,7 +204,8 @@ impl F32Op2 for LinearResidual<'_> {
 }
 
 /// A convolution (one group, dilation 1) with a bf16 weight packed once: for the direct AMX
-/// kernel where it applies ([`DirectConv`]: 3×3, stride 1, padding 1), else as the GEMM's left
+/// kernel where it applies ([`DirectConv::applies`]: 3×3 with padding 1 or 1×1, stride 1, input
+/// channels in multiples of 32), else as the GEMM's left
 /// operand `[Co, Ci·kh·kw]` with the input's im2col columns as the right one (the GEMM writes NCHW
 /// rows directly).
 #[derive(Debug, Clone)]

@@ -64,6 +64,12 @@ impl Conv2d {
         Ok(Self { inner, bf16 })
     }
 
+    /// The layer's padding and stride.
+    fn params(&self) -> Conv2dParams {
+        let cfg = self.inner.config();
+        Conv2dParams { padding: cfg.padding, stride: cfg.stride }
+    }
+
     /// A 1×1, stride-1, unpadded convolution's weight as a `[out, in]` matrix, and its bias, in
     /// the dtype of `xs`, for the f32 kernels that fuse the layer with its neighbours
     /// ([`crate::tokens_from_map`], [`crate::map_from_tokens`]); `None` for other convolutions and
@@ -83,8 +89,7 @@ impl Conv2d {
     /// runs the layer (a ResNet block's `conv2` plus its shortcut: one pass less over the map).
     pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         if let Some(bf16) = &self.bf16 {
-            let params = Conv2dParams { padding: self.inner.config().padding, stride: self.inner.config().stride };
-            crate::conv2d::check_shapes(xs, self.inner.weight(), params)?;
+            crate::conv2d::check_shapes(xs, self.inner.weight(), self.params())?;
             let (n, _, h, w) = xs.dims4()?;
             // The direct kernel keeps the size (3×3 padding 1, 1×1 padding 0, stride 1).
             if residual.dims() == [n, self.inner.weight().dim(0)?, h, w] {
@@ -101,7 +106,7 @@ impl Conv2d {
     /// weights take [`crate::tokens_from_map`]); other layers convolve and permute.
     pub fn forward_tokens(&self, xs: &Tensor) -> Result<Tensor> {
         if let Some(bf16) = &self.bf16 {
-            crate::conv2d::check_shapes(xs, self.inner.weight(), Conv2dParams { padding: 0, stride: 1 })?;
+            crate::conv2d::check_shapes(xs, self.inner.weight(), self.params())?;
             if let Some(out) = bf16.forward_tokens(xs, None)? {
                 return Ok(out);
             }
@@ -166,7 +171,7 @@ impl Module for Conv2d {
             let bias = self.inner.bias().map(|b| like(b, xs)).transpose()?;
             return candle_nn::Conv2d::new(weight, bias, *cfg).forward(xs);
         }
-        let params = Conv2dParams { padding: cfg.padding, stride: cfg.stride };
+        let params = self.params();
         if let Some(bf16) = &self.bf16 {
             // The kernel's shape checks, on the stand-in weight.
             crate::conv2d::check_shapes(xs, self.inner.weight(), params)?;
