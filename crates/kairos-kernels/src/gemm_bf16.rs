@@ -171,13 +171,14 @@ impl<'a, T: Element> MatRef<'a, T> {
     /// The pairs `p0..p0 + dst.len()` of row `i` into `dst` (zero past the matrix).
     #[inline(always)]
     fn pairs_into(&self, i: usize, p0: usize, dst: &mut [u32]) {
-        let (j0, j1) = (2 * p0, 2 * (p0 + dst.len()));
-        if self.cs == 1 && i < self.rows && j1 <= self.cols {
-            T::pairs_of(&self.data[i * self.rs + j0..i * self.rs + j1], dst);
-        } else {
-            for (q, d) in dst.iter_mut().enumerate() {
-                *d = self.pair(i, p0 + q);
-            }
+        // A contiguous row's whole pairs in one pass (also where `dst` runs past the row's end:
+        // padding, an odd last column), the rest one at a time.
+        let whole = if self.cs == 1 && i < self.rows { (self.cols / 2).saturating_sub(p0).min(dst.len()) } else { 0 };
+        if whole > 0 {
+            T::pairs_of(&self.data[i * self.rs + 2 * p0..][..2 * whole], &mut dst[..whole]);
+        }
+        for (q, d) in dst.iter_mut().enumerate().skip(whole) {
+            *d = self.pair(i, p0 + q);
         }
     }
 
@@ -401,17 +402,9 @@ impl PackedB {
                     // Each column of B is contiguous (a Linear weight's row, attention's keys):
                     // each converted to pairs in one pass (vectorised for f32), then transposed
                     // into the panel (pair by pair through `pair` was 7 % of SD1.5's attention).
-                    let whole = bt.cols / 2;
                     let mut columns = vec![0u32; NR * pairs];
-                    for (j, column) in columns.chunks_exact_mut(pairs).enumerate() {
-                        let col = col0 + j;
-                        if col < bt.rows {
-                            T::pairs_of(&bt.data[col * bt.rs..][..2 * whole], &mut column[..whole]);
-                            // An odd K's last pair (zero partner), then zeros.
-                            for (p, d) in column.iter_mut().enumerate().skip(whole) {
-                                *d = bt.pair(col, p);
-                            }
-                        }
+                    for (j, column) in columns.chunks_exact_mut(pairs).enumerate().take(bt.rows.saturating_sub(col0)) {
+                        bt.pairs_into(col0 + j, 0, column);
                     }
                     for (p, row) in dst.chunks_exact_mut(NR).enumerate() {
                         for (j, d) in row.iter_mut().enumerate() {
@@ -693,7 +686,7 @@ pub(crate) unsafe fn amx_block(
     steps: impl Iterator<Item = (usize, usize)>,
     out: &mut Block32,
 ) {
-    let panel_len = b.k.div_ceil(2).div_ceil(PAIR_ALIGN) * PAIR_ALIGN * NR;
+    let panel_len = padded(b.n, b.k, NR).1 * NR;
     assert!(panel < b.n.div_ceil(NR), "bf16 amx_block: panel {panel} outside B");
     let operands = amx::Operands { a, a_stride, b: b.data[panel * panel_len..].as_ptr() };
     let tile = Tile { c: out.0.as_mut_ptr(), ldc: NR, rows: 32, cols: NR, alpha: 1.0, overwrite: true };
