@@ -19,8 +19,15 @@ use crate::attention::{exp_max_pairs, OutPtr};
 use crate::gemm_bf16::{self, MatRef, PackedA, PackedB};
 use crate::op::{uninit, F32Op3, Input};
 
-/// Query rows per job: one AMX block of `C` rows.
+/// Query rows per job: a multiple of one AMX block of `C` rows (32), up to [`MAX_ROWS`], with
+/// scores of at most [`SCORES`] values (512 KiB: in L2). Short key sequences (cross-attention's
+/// 77 prompt tokens) take more rows per job, so that each job's fixed costs (tile configuration,
+/// packing, the GEMM calls) cover more than a few hundred cycles of products.
 const ROWS: usize = 32;
+const MAX_ROWS: usize = 256;
+const SCORES: usize = ROWS * 4096;
+/// Packed `kᵀ` and `v` of all heads up to which jobs go head by head within a row block.
+const HEADS_INNER_BYTES: usize = 1 << 20;
 
 /// The CPU kernel: `q` `[N, L, heads·d]`, `k` and `v` `[N, S, heads·d]`, contiguous f32.
 pub(crate) struct AttentionBf16Op {
@@ -73,10 +80,23 @@ impl F32Op3 for AttentionBf16Op {
         // SAFETY: the jobs below write every row of every head.
         let mut out = unsafe { uninit(n * l * c) };
         let out_ptr = OutPtr(out.as_mut_ptr());
-        let blocks = l.div_ceil(ROWS);
+        let rows = (SCORES / s / ROWS).clamp(1, MAX_ROWS / ROWS) * ROWS;
+        let blocks = l.div_ceil(rows);
+        // Consecutive jobs (one thread's, mostly) take one head's row blocks in turn, keeping
+        // its kᵀ and v in L2; where every head's fit there together (short key sequences), they
+        // take one row block's heads in turn instead, so its query and output rows (a few cache
+        // lines per head, scattered) are fetched once rather than once per head.
+        let kv_bytes: usize = packed[..heads].iter().map(|(kt, v)| kt.bytes() + v.bytes()).sum();
+        let heads_inner = kv_bytes <= HEADS_INNER_BYTES;
         (0..n * heads * blocks).into_par_iter().for_each(|job| {
-            let (bh, r0) = (job / blocks, job % blocks * ROWS);
-            let m = ROWS.min(l - r0);
+            let (bh, block) = if heads_inner {
+                let (sample_block, h) = (job / heads, job % heads);
+                ((sample_block / blocks) * heads + h, sample_block % blocks)
+            } else {
+                (job / blocks, job % blocks)
+            };
+            let r0 = block * rows;
+            let m = rows.min(l - r0);
             let offset = ((bh / heads) * l + r0) * c + (bh % heads) * d;
             let (kt, vp) = &packed[bh];
             BUFFERS.with_borrow_mut(|buf| {
@@ -89,7 +109,7 @@ impl F32Op3 for AttentionBf16Op {
                 let at = buf.scores.as_ptr().align_offset(64).min(16);
                 let scores = &mut buf.scores[at..][..m * s];
                 gemm_bf16::gemm(&buf.q, kt, scores, s, 1.0, false, false);
-                let mut sums = [0f32; ROWS];
+                let mut sums = [0f32; MAX_ROWS];
                 buf.p.repack_rows(m, s, |i, dst| {
                     // Causal: keys past the row's own position get probability 0.
                     let seen = if causal { r0 + i + 1 } else { s };

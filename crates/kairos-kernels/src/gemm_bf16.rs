@@ -171,15 +171,18 @@ impl<'a, T: Element> MatRef<'a, T> {
     /// The pairs `p0..p0 + dst.len()` of row `i` into `dst` (zero past the matrix).
     #[inline(always)]
     fn pairs_into(&self, i: usize, p0: usize, dst: &mut [u32]) {
-        // A contiguous row's whole pairs in one pass (also where `dst` runs past the row's end:
-        // padding, an odd last column), the rest one at a time.
-        let whole = if self.cs == 1 && i < self.rows { (self.cols / 2).saturating_sub(p0).min(dst.len()) } else { 0 };
+        // A contiguous row's whole pairs in one pass, an odd last column or a strided row one
+        // pair at a time, and the padding past the row (most of a block at attention's d = 40)
+        // as zeros.
+        let inside = if i < self.rows { self.cols.div_ceil(2).saturating_sub(p0).min(dst.len()) } else { 0 };
+        let whole = if self.cs == 1 { (self.cols / 2).saturating_sub(p0).min(inside) } else { 0 };
         if whole > 0 {
             T::pairs_of(&self.data[i * self.rs + 2 * p0..][..2 * whole], &mut dst[..whole]);
         }
-        for (q, d) in dst.iter_mut().enumerate().skip(whole) {
+        for (q, d) in dst[..inside].iter_mut().enumerate().skip(whole) {
             *d = self.pair(i, p0 + q);
         }
+        dst[inside..].fill(0);
     }
 
     /// The bf16 pair `(i, 2p)`, `(i, 2p + 1)` as `vdpbf16ps` reads it; zero past the matrix.

@@ -251,7 +251,8 @@ fn gemm_clip_shapes_overwrite_nan_poisoned_c() {
 
 /// Attention with bf16 operands against f64 on the bf16-rounded q, k and v, heads interleaved:
 /// SD1.5's head widths (40, 80, 160), SDXL's 64, the VAE's single 512-wide head, cross-attention
-/// to 77 keys, query counts that are not multiples of the 32-row job, and CLIP's causal case.
+/// to 77 keys, query counts that are not multiples of a job's rows (32, or up to 256 for short
+/// key sequences, whose jobs then go head by head), and CLIP's causal case.
 ///
 /// Tolerance: the scores are f32 sums of exact bf16 products (error ~d·2⁻²⁴ of Σ|qk|, under
 /// 1e-5 here) and the unnormalised probabilities p are rounded to bf16 (relative error ≤ 2⁻⁸, the unit roundoff of 8 significant bits)
@@ -270,6 +271,8 @@ fn attention_bf16_matches_f64_on_rounded_values() {
         (20, 100, 1, 512, false),
         (77, 77, 12, 64, true),
         (40, 40, 2, 40, true),
+        (600, 77, 2, 40, false),
+        (300, 300, 2, 40, true),
     ]
     .iter()
     .enumerate()
