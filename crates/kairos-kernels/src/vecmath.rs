@@ -218,14 +218,31 @@ fn sums_generic(row: &[f32], mean: f32) -> [f64; 2] {
             }
         }
     }
-    let mut sum = s.iter().flatten().map(|&v| v as f64).sum::<f64>();
-    let mut sq = q.iter().flatten().map(|&v| v as f64).sum::<f64>();
+    let (mut sum, mut sq) = (lane_sum(s), lane_sum(q));
     for &x in tail {
         let d = x - mean;
         sum += x as f64;
         sq += (d * d) as f64;
     }
     [sum, sq]
+}
+
+/// The sum of four vectors of lanes, as a tree in f32: summing the 64 lanes one by one in f64
+/// (a chain of dependent additions) took longer than a 320-wide LayerNorm row's products.
+#[inline(always)]
+fn lane_sum(v: [[f32; LANES]; 4]) -> f64 {
+    let mut a = [0f32; LANES];
+    for (l, a) in a.iter_mut().enumerate() {
+        *a = (v[0][l] + v[1][l]) + (v[2][l] + v[3][l]);
+    }
+    let mut n = LANES;
+    while n > 1 {
+        n /= 2;
+        for l in 0..n {
+            a[l] += a[l + n];
+        }
+    }
+    a[0] as f64
 }
 
 multiversion! {
