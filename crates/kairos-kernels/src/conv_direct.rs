@@ -136,13 +136,16 @@ impl DirectConv {
         let mut out = unsafe { uninit(n * co * h * w) };
         let out_ptr = crate::attention::OutPtr(out.as_mut_ptr());
         let a_stride = ci * 2;
-        let steps = move || {
-            (0..k).flat_map(move |ky| {
+        // The kernel's steps, the same for every block: listed once, so that each step is a
+        // load from this list rather than the nested iterators' bookkeeping.
+        let steps: Vec<(usize, usize)> = (0..k)
+            .flat_map(move |ky| {
                 (0..ci).step_by(CHANNELS).flat_map(move |c| {
                     (0..k).map(move |kx| (((ky * grid.wp + kx) * ci + c) * 2, ((ky * k + kx) * ci + c) * 64))
                 })
             })
-        };
+            .collect();
+        let steps = || steps.iter().copied();
         (0..row_tasks * col_tasks).into_par_iter().for_each(|task| {
             let (rt, ct) = (task / col_tasks, task % col_tasks);
             let mut block = Block32([0.0; 32 * 32]);
