@@ -74,14 +74,16 @@ impl LinearBf16 {
     /// whole blocks (`n` not a multiple of 64) or `x` is not `[.., in]`: then project (which
     /// reports a bad input) and gate separately.
     pub fn forward_geglu(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        let cols = self.weight.cols();
-        if !cols.is_multiple_of(2)
-            || !(cols / 2).is_multiple_of(GEGLU_COLS)
-            || x.dims().last() != Some(&self.weight.depth())
-        {
+        if !self.geglu_whole_blocks() || x.dims().last() != Some(&self.weight.depth()) {
             return Ok(None);
         }
         apply1(&x.to_dtype(DType::F32)?.contiguous()?, &Geglu(self)).map(Some)
+    }
+
+    /// Whether the output's halves are whole GEGLU blocks (`n` a multiple of 64).
+    fn geglu_whole_blocks(&self) -> bool {
+        let cols = self.weight.cols();
+        cols.is_multiple_of(2) && (cols / 2).is_multiple_of(GEGLU_COLS)
     }
 }
 
@@ -102,11 +104,27 @@ impl F32Op1 for Geglu<'_> {
     const NAME: &'static str = "kairos-linear-geglu-bf16";
 
     fn run(&self, (x, layout): Input<'_>) -> Result<(Vec<f32>, Shape)> {
-        let layer = self.0;
-        let (k, n) = (layer.weight.depth(), layer.weight.cols() / 2);
-        let m = x.len() / k.max(1);
-        let a = MatRef::row_major(x, m, k).ok_or_else(|| candle_core::Error::Msg(format!("{LINEAR}: input size")))?;
-        let a = PackedA::new(a);
+        let k = self.0.weight.depth();
+        let a = MatRef::row_major(x, x.len() / k.max(1), k)
+            .ok_or_else(|| candle_core::Error::Msg(format!("{LINEAR}: input size")))?;
+        Ok((self.0.geglu_packed(&PackedA::new(a)), out_shape(layout.shape(), self.0.weight.cols() / 2)))
+    }
+}
+
+/// `dims` with the last replaced by `n`.
+fn out_shape(dims: &Shape, n: usize) -> Shape {
+    let mut dims = dims.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Shape::from(dims)
+}
+
+impl LinearBf16 {
+    /// The GEGLU-gated output (see [`Self::forward_geglu`]) of the packed input `a`, `[M, n]`.
+    fn geglu_packed(&self, a: &PackedA) -> Vec<f32> {
+        let layer = self;
+        let (m, n) = (a.rows(), layer.weight.cols() / 2);
         // SAFETY: the blocks below tile the output (rows × value columns) and each writes its own.
         let mut out = unsafe { uninit(m * n) };
         let out_ptr = OutPtr(out.as_mut_ptr());
@@ -147,11 +165,7 @@ impl F32Op1 for Geglu<'_> {
                 }
             });
         });
-        let mut dims = layout.shape().dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = n;
-        }
-        Ok((out, Shape::from(dims)))
+        out
     }
 }
 
@@ -165,9 +179,15 @@ impl LinearBf16 {
 
     /// The layer on `x` (`[.., k]`): `x·Wᵀ + b`, plus `residual` (of the output's size) if given.
     fn run_onto(&self, x: &[f32], layout: &candle_core::Layout, residual: Option<&[f32]>) -> Result<(Vec<f32>, Shape)> {
-        let (k, n) = (self.weight.depth(), self.weight.cols());
-        let m = x.len() / k.max(1);
-        let a = MatRef::row_major(x, m, k).ok_or_else(|| candle_core::Error::Msg(format!("{LINEAR}: input size")))?;
+        let k = self.weight.depth();
+        let a = MatRef::row_major(x, x.len() / k.max(1), k)
+            .ok_or_else(|| candle_core::Error::Msg(format!("{LINEAR}: input size")))?;
+        Ok((self.run_packed(&PackedA::new(a), residual), out_shape(layout.shape(), self.weight.cols())))
+    }
+
+    /// The layer on the packed input `a` (`M × k`), plus `residual` if given: `[M, n]`.
+    fn run_packed(&self, a: &PackedA, residual: Option<&[f32]>) -> Vec<f32> {
+        let (m, n) = (a.rows(), self.weight.cols());
         let (mut out, accumulate) = match (residual, self.bias.as_deref()) {
             (Some(r), Some(bias)) => (filled(m, n, |i| Fill::Sum(&r[i * n..][..n], bias)), true),
             (Some(r), None) => (filled(m, n, |i| Fill::Copy(&r[i * n..][..n])), true),
@@ -175,12 +195,35 @@ impl LinearBf16 {
             // SAFETY: the GEMM below overwrites all of C (accumulate is false).
             (None, None) => (unsafe { uninit(m * n) }, false),
         };
-        gemm_bf16::gemm(&PackedA::new(a), &self.weight, &mut out, n, 1.0, accumulate, true);
-        let mut dims = layout.shape().dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = n;
+        gemm_bf16::gemm(a, &self.weight, &mut out, n, 1.0, accumulate, true);
+        out
+    }
+
+    /// The layer on tokens a LayerNorm packed (`[.., k]` as `dims` says), giving f32 `[.., n]`.
+    pub fn forward_packed(&self, a: &PackedA, dims: &Shape) -> Result<Tensor> {
+        self.check_packed(a)?;
+        Tensor::from_vec(self.run_packed(a, None), out_shape(dims, self.weight.cols()), &candle_core::Device::Cpu)
+    }
+
+    /// [`Self::forward_geglu`] on tokens a LayerNorm packed; `None` where that returns `None`.
+    pub fn forward_geglu_packed(&self, a: &PackedA, dims: &Shape) -> Result<Option<Tensor>> {
+        self.check_packed(a)?;
+        if !self.geglu_whole_blocks() {
+            return Ok(None);
         }
-        Ok((out, Shape::from(dims)))
+        Tensor::from_vec(self.geglu_packed(a), out_shape(dims, self.weight.cols() / 2), &candle_core::Device::Cpu)
+            .map(Some)
+    }
+
+    fn check_packed(&self, a: &PackedA) -> Result<()> {
+        if a.depth() != self.weight.depth() {
+            return Err(candle_core::Error::Msg(format!(
+                "{LINEAR}: packed input of depth {}, layer of {}",
+                a.depth(),
+                self.weight.depth()
+            )));
+        }
+        Ok(())
     }
 }
 

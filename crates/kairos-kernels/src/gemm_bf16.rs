@@ -281,16 +281,6 @@ impl PackedA {
     }
 
     fn fill<T: Element>(&mut self, a: MatRef<'_, T>, parallel: bool) {
-        let (rows, pairs) = padded(a.rows, a.cols, ROW_ALIGN);
-        // Every element is written below (padding rows and pairs as zeros), so the buffer is not
-        // zeroed first (a memset of each GEMM's whole packed activations).
-        // SAFETY: `pack_rows` writes all rows × pairs elements (each of the rows/16 chunks, every
-        // 16-pair block of each of its 16 rows) before any is read.
-        unsafe { self.data.set_len_uninit(rows * pairs) };
-        (self.m, self.k, self.pairs) = (a.rows, a.cols, pairs);
-        if pairs == 0 {
-            return;
-        }
         let pack_rows = |(rb, dst): (usize, &mut [u32])| {
             for r in 0..BLOCK {
                 let i = rb * BLOCK + r;
@@ -304,10 +294,14 @@ impl PackedA {
                 }
             }
         };
+        // Every element is written by `pack_rows` (padding rows and pairs as zeros), so the
+        // buffer is not zeroed first (a memset of each GEMM's whole packed activations).
+        // SAFETY: `pack_rows` writes each block whole: every 16-pair chunk of its 16 rows.
+        let blocks = unsafe { self.resize_uninit(a.rows, a.cols) };
         if parallel {
-            self.data.par_chunks_mut(BLOCK * pairs).enumerate().for_each(pack_rows);
+            blocks.collect::<Vec<_>>().into_par_iter().for_each(pack_rows);
         } else {
-            self.data.chunks_mut(BLOCK * pairs).enumerate().for_each(pack_rows);
+            blocks.for_each(pack_rows);
         }
     }
 
@@ -315,24 +309,33 @@ impl PackedA {
     /// allocation: `row(i, dst)` writes row `i` through `dst` (every chunk of it), for producers
     /// that round as they compute (the bf16 attention's probabilities).
     pub fn repack_rows(&mut self, m: usize, k: usize, mut row: impl FnMut(usize, PairRow<'_>)) {
+        // SAFETY: each block below is written whole (`rows_block`).
+        for (rb, blocks) in unsafe { self.resize_uninit(m, k) } {
+            rows_block(rb, blocks, m, &mut row);
+        }
+    }
+
+    /// Packs an `m × k` matrix row by row, 16-row blocks in parallel: `row(i, dst)` writes row
+    /// `i` through `dst` (every chunk of it), for producers that compute the rows as they pack
+    /// them (a LayerNorm's normalised tokens, never written out in f32).
+    pub fn from_rows(m: usize, k: usize, row: impl Fn(usize, PairRow<'_>) + Sync) -> Self {
+        let mut packed = Self::default();
+        // SAFETY: each block below is written whole (`rows_block`).
+        let blocks: Vec<_> = unsafe { packed.resize_uninit(m, k) }.collect();
+        blocks.into_par_iter().for_each(|(rb, blocks)| rows_block(rb, blocks, m, &mut |i, dst| row(i, dst)));
+        packed
+    }
+
+    /// Sizes the buffer for `m × k` without initialising it, and returns its 16-row blocks.
+    ///
+    /// # Safety
+    /// The caller writes every block whole before the packed matrix is read.
+    unsafe fn resize_uninit(&mut self, m: usize, k: usize) -> impl Iterator<Item = (usize, &mut [u32])> {
         let (rows, pairs) = padded(m, k, ROW_ALIGN);
-        // SAFETY: every element is written below: rows < m by `row` (all chunks, its contract),
-        // the padding rows as zeros.
+        // SAFETY: the caller's contract.
         unsafe { self.data.set_len_uninit(rows * pairs) };
         (self.m, self.k, self.pairs) = (m, k, pairs);
-        if pairs == 0 {
-            return;
-        }
-        for (rb, blocks) in self.data.chunks_mut(BLOCK * pairs).enumerate() {
-            for r in 0..BLOCK {
-                let dst = PairRow { blocks: &mut *blocks, r };
-                if rb * BLOCK + r < m {
-                    row(rb * BLOCK + r, dst);
-                } else {
-                    dst.fill(&[]);
-                }
-            }
-        }
+        self.data.chunks_mut((BLOCK * pairs).max(1)).enumerate()
     }
 
     /// Rows (`M`).
@@ -351,7 +354,19 @@ impl PackedA {
     }
 }
 
-/// One row of a [`PackedA`] being filled ([`PackedA::repack_rows`]).
+/// Writes the 16 rows of block `rb` (`blocks`): rows below `m` by `row`, the padding as zeros.
+fn rows_block(rb: usize, blocks: &mut [u32], m: usize, row: &mut impl FnMut(usize, PairRow<'_>)) {
+    for r in 0..BLOCK {
+        let dst = PairRow { blocks: &mut *blocks, r };
+        if rb * BLOCK + r < m {
+            row(rb * BLOCK + r, dst);
+        } else {
+            dst.fill(&[]);
+        }
+    }
+}
+
+/// One row of a [`PackedA`] being filled ([`PackedA::repack_rows`], [`PackedA::from_rows`]).
 pub struct PairRow<'a> {
     /// The row's 16-row block of the packed matrix.
     blocks: &'a mut [u32],
@@ -369,12 +384,9 @@ impl PairRow<'_> {
 
     /// Writes the row from `values`, rounded to bf16, zero past them.
     pub fn fill(mut self, values: &[f32]) {
-        let at = |j: usize| values.get(j).map_or(0, |x| x.bf16_bits() as u32);
+        let row = MatRef::row_major(values, 1, values.len()).expect("one row of its own length");
         for (c, chunk) in self.chunks().enumerate() {
-            for (q, d) in chunk.iter_mut().enumerate() {
-                let j = 2 * (BLOCK * c + q);
-                *d = at(j) | (at(j + 1) << 16);
-            }
+            row.pairs_into(0, BLOCK * c, chunk);
         }
     }
 }

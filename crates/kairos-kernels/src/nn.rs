@@ -16,6 +16,7 @@ use candle_nn::{Conv2dConfig, LayerNormConfig, VarBuilder};
 
 use crate::bf16_layers::{packs, Conv2dBf16, LinearBf16};
 use crate::conv2d::{conv2d as conv2d_kernel, Conv2dParams};
+use crate::gemm_bf16::PackedA;
 use crate::group_norm::group_norm as group_norm_kernel;
 
 /// The dtype activations are computed in for weights stored in `weight_dtype` on `device`: f32
@@ -282,6 +283,27 @@ impl Linear {
         self.forward(xs)? + residual
     }
 
+    /// The layer on a LayerNorm's output: packed tokens go straight to the bf16 GEMM.
+    pub fn forward_normed(&self, xs: &Normed) -> Result<Tensor> {
+        match (xs, &self.bf16) {
+            (Normed::F32(xs), _) => self.forward(xs),
+            (Normed::Packed { packed, dims }, Some(bf16)) => bf16.forward_packed(packed, dims),
+            (Normed::Packed { .. }, None) => candle_core::bail!("kairos Linear: packed bf16 tokens for an f32 layer"),
+        }
+    }
+
+    /// [`Self::forward_geglu`] on a LayerNorm's output.
+    pub fn forward_geglu_normed(&self, xs: &Normed) -> Result<Tensor> {
+        match (xs, &self.bf16) {
+            (Normed::F32(xs), _) => self.forward_geglu(xs),
+            (Normed::Packed { packed, dims }, Some(bf16)) => match bf16.forward_geglu_packed(packed, dims)? {
+                Some(out) => Ok(out),
+                None => crate::geglu(&bf16.forward_packed(packed, dims)?),
+            },
+            (Normed::Packed { .. }, None) => candle_core::bail!("kairos Linear: packed bf16 tokens for an f32 layer"),
+        }
+    }
+
     /// Whether the layer runs the bf16 GEMM: the attention around such projections takes bf16
     /// operands too ([`crate::attention_heads_bf16`]), as a bf16 model does on other engines.
     pub fn runs_bf16(&self) -> bool {
@@ -324,6 +346,30 @@ impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         crate::layer_norm(xs, &self.weight, &self.bias, self.eps)
     }
+}
+
+impl LayerNorm {
+    /// The normalised tokens for the linear layers that read them: with `pack` (those layers run
+    /// the bf16 GEMM, [`Linear::runs_bf16`]) and f32 CPU tokens on a CPU with AVX512-BF16,
+    /// normalised straight into the GEMM's packed operand; otherwise [`Module::forward`]'s f32
+    /// tokens. The values the layers see are the same either way.
+    pub fn forward_normed(&self, xs: &Tensor, pack: bool) -> Result<Normed> {
+        if pack && crate::gemm_bf16::available() && crate::kernel_applies([xs, &self.weight, &self.bias]) {
+            let packed = crate::layer_norm::layer_norm_packed(xs, &self.weight, &self.bias, self.eps)?;
+            return Ok(Normed::Packed { packed, dims: xs.shape().clone() });
+        }
+        Ok(Normed::F32(self.forward(xs)?))
+    }
+}
+
+/// A LayerNorm's output ([`LayerNorm::forward_normed`]) as the linear layers after it read it.
+#[derive(Debug, Clone)]
+pub enum Normed {
+    /// f32 tokens `[.., D]`.
+    F32(Tensor),
+    /// The tokens `dims` (`[.., D]`) packed for the bf16 GEMM, one row per token: not written out
+    /// in f32, and packed once for every projection that reads them (a self-attention's q, k, v).
+    Packed { packed: PackedA, dims: candle_core::Shape },
 }
 
 /// `candle_nn::layer_norm` (mean removed, elementwise affine; weight initialised to 1, bias to 0

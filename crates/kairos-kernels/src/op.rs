@@ -49,6 +49,16 @@ pub(crate) fn apply3<T: F32Op3>(a: &Tensor, b: &Tensor, c: &Tensor, op: T) -> Re
     a.apply_op3_no_bwd(b, c, &Op3(op))
 }
 
+/// `f` on the data of a contiguous f32 CPU tensor, for kernels whose result is not a tensor
+/// (a packed GEMM operand).
+pub(crate) fn read_f32<R>(op: &'static str, t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => f(f32_slice(op, cpu, layout)?),
+        _ => Err(candle_core::Error::Msg(format!("{op}: a CPU tensor was expected"))),
+    }
+}
+
 /// What one chunk of a new output starts as (see [`filled`]).
 pub(crate) enum Fill<'a> {
     /// Every element this value (a convolution's bias for one output plane).

@@ -322,3 +322,58 @@ fn attention_bf16_matches_f64_on_rounded_values() {
         );
     }
 }
+
+/// A LayerNorm's tokens packed straight for bf16 layers ([`LayerNorm::forward_normed`]) give the
+/// same outputs, bit for bit, as the f32 tokens packed by the layers: the same normalised values
+/// rounded the same way. 2 × 50 tokens of 70 channels (neither a multiple of the packing's 16
+/// rows or 32 values) and of 64; a linear, a GEGLU (blocked: 2 × 64 columns) and an f32 layer,
+/// which gets f32 tokens.
+#[test]
+fn layer_norm_packed_for_bf16_layers_matches_f32_tokens() {
+    use candle_core::{DType, Device, Module, Tensor};
+    use candle_nn::VarBuilder;
+    use kairos_kernels::nn::{layer_norm, Linear, Normed};
+    let t = |seed: u64, shape: &[usize]| {
+        Tensor::from_vec(randn(seed, shape.iter().product()), shape, &Device::Cpu).unwrap()
+    };
+    for d in [70usize, 64] {
+        let x = t(60, &[2, 50, d]);
+        let vars = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+        let norm = layer_norm(d, 1e-5, vb.pp("norm")).unwrap();
+        // Affine parameters other than 1 and 0.
+        for (name, seed) in [("norm.weight", 61), ("norm.bias", 62)] {
+            vars.data().lock().unwrap()[name].set(&t(seed, &[d])).unwrap();
+        }
+        let bf16 = |seed: u64, out: usize| {
+            Linear::new(
+                t(seed, &[out, d]).to_dtype(DType::BF16).unwrap(),
+                Some(t(seed + 1, &[out]).to_dtype(DType::BF16).unwrap()),
+            )
+            .unwrap()
+        };
+        let (linear, geglu) = (bf16(63, 45), bf16(65, 128));
+        let packed = norm.forward_normed(&x, true).unwrap();
+        let tokens = norm.forward(&x).unwrap();
+        if kairos_kernels::gemm_bf16::available() {
+            assert!(matches!(packed, Normed::Packed { .. }), "AVX512-BF16 here: the tokens are packed");
+        }
+        let bits = |t: Tensor| {
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            bits(linear.forward_normed(&packed).unwrap()),
+            bits(linear.forward(&tokens).unwrap()),
+            "linear, d = {d}"
+        );
+        assert_eq!(
+            bits(geglu.forward_geglu_normed(&packed).unwrap()),
+            bits(geglu.forward_geglu(&tokens).unwrap()),
+            "geglu, d = {d}"
+        );
+        let f32_layer = Linear::new(t(67, &[45, d]), None).unwrap();
+        let unpacked = norm.forward_normed(&x, f32_layer.runs_bf16()).unwrap();
+        assert!(matches!(unpacked, Normed::F32(_)));
+        assert_eq!(bits(f32_layer.forward_normed(&unpacked).unwrap()), bits(f32_layer.forward(&tokens).unwrap()));
+    }
+}

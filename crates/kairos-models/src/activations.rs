@@ -6,7 +6,7 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use kairos_kernels::nn::Linear;
+use kairos_kernels::nn::{Linear, Normed};
 
 use crate::error::{ModelError, Result};
 
@@ -66,5 +66,15 @@ impl GEGLU {
     /// `[.., dim_in]` → `[.., dim_out]`.
     pub fn forward(&self, hidden_states: &Tensor) -> Result<Tensor> {
         Ok(self.proj.forward_geglu(hidden_states)?)
+    }
+
+    /// [`Self::forward`] on a LayerNorm's output, packed where [`Self::reads_packed`].
+    pub fn forward_normed(&self, hidden_states: &Normed) -> Result<Tensor> {
+        Ok(self.proj.forward_geglu_normed(hidden_states)?)
+    }
+
+    /// Whether the LayerNorm before should pack its tokens for `proj` (a bf16 GEMM).
+    pub fn reads_packed(&self) -> bool {
+        self.proj.runs_bf16()
     }
 }

@@ -9,7 +9,7 @@
 
 use candle_core::Tensor;
 use candle_nn::{LayerNormConfig, Module, VarBuilder};
-use kairos_kernels::nn::{LayerNorm, Linear};
+use kairos_kernels::nn::{LayerNorm, Linear, Normed};
 
 use crate::activations::GEGLU;
 use crate::attention_processor::{Attention, AttentionConfig};
@@ -36,10 +36,15 @@ impl FeedForward {
         Ok(self.proj_out.forward(&self.geglu.forward(hidden_states)?)?)
     }
 
-    /// `forward(hidden_states) + residual`, the add folded into `net.2` where a fused kernel
-    /// runs it.
-    pub fn forward_residual(&self, hidden_states: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        Ok(self.proj_out.forward_residual(&self.geglu.forward(hidden_states)?, residual)?)
+    /// `forward(hidden_states) + residual` on a LayerNorm's output (packed where
+    /// [`Self::reads_packed`]), the add folded into `net.2` where a fused kernel runs it.
+    pub fn forward_normed_residual(&self, hidden_states: &Normed, residual: &Tensor) -> Result<Tensor> {
+        Ok(self.proj_out.forward_residual(&self.geglu.forward_normed(hidden_states)?, residual)?)
+    }
+
+    /// Whether the LayerNorm before should pack its tokens for `net.0` (a bf16 GEMM).
+    pub fn reads_packed(&self) -> bool {
+        self.geglu.reads_packed()
     }
 }
 
@@ -101,13 +106,14 @@ impl BasicTransformerBlock {
     /// `hidden_states` `[N, L, dim]`, `encoder_hidden_states` `[N, S, cross_attention_dim]`
     /// → `[N, L, dim]`.
     pub fn forward(&self, hidden_states: &Tensor, encoder_hidden_states: &Tensor) -> Result<Tensor> {
-        // Each residual add is folded into the output projection where a fused kernel runs it.
-        let norm_hidden_states = self.norm1.forward(hidden_states)?;
-        let hidden_states = self.attn1.forward_residual(&norm_hidden_states, None, hidden_states)?;
-        let norm_hidden_states = self.norm2.forward(&hidden_states)?;
+        // Each residual add is folded into the output projection where a fused kernel runs it;
+        // bf16 projections read their LayerNorm's tokens packed for the GEMM, not as f32 tokens.
+        let norm_hidden_states = self.norm1.forward_normed(hidden_states, self.attn1.reads_packed())?;
+        let hidden_states = self.attn1.forward_normed_residual(&norm_hidden_states, None, hidden_states)?;
+        let norm_hidden_states = self.norm2.forward_normed(&hidden_states, self.attn2.reads_packed())?;
         let hidden_states =
-            self.attn2.forward_residual(&norm_hidden_states, Some(encoder_hidden_states), &hidden_states)?;
-        let norm_hidden_states = self.norm3.forward(&hidden_states)?;
-        self.ff.forward_residual(&norm_hidden_states, &hidden_states)
+            self.attn2.forward_normed_residual(&norm_hidden_states, Some(encoder_hidden_states), &hidden_states)?;
+        let norm_hidden_states = self.norm3.forward_normed(&hidden_states, self.ff.reads_packed())?;
+        self.ff.forward_normed_residual(&norm_hidden_states, &hidden_states)
     }
 }

@@ -16,7 +16,7 @@
 
 use candle_core::{DType, Tensor};
 use candle_nn::{Module, VarBuilder};
-use kairos_kernels::nn::{GroupNorm, Linear};
+use kairos_kernels::nn::{GroupNorm, Linear, Normed};
 
 use crate::error::{ModelError, Result};
 
@@ -129,19 +129,44 @@ impl Attention {
         self.forward_with(hidden_states, encoder_hidden_states, None)
     }
 
-    /// `forward(hidden_states, encoder_hidden_states) + residual` for `[N, L, C]` tokens and
-    /// an attention without its own residual connection or rescale (a transformer block's), the
-    /// add folded into `to_out.0` where a fused kernel runs it.
-    pub fn forward_residual(
+    /// Whether the LayerNorm before this attention should pack its tokens for it
+    /// ([`LayerNorm::forward_normed`](kairos_kernels::nn::LayerNorm::forward_normed)): its
+    /// projections run the bf16 GEMM on the tokens as they come (no input group norm), its
+    /// attention is bf16 (no upcast), and it has no residual connection or rescale of its own (a
+    /// transformer block's).
+    pub fn reads_packed(&self) -> bool {
+        self.to_q.runs_bf16()
+            && self.group_norm.is_none()
+            && !self.upcast
+            && !self.residual_connection
+            && self.rescale_output_factor == 1.0
+    }
+
+    /// `forward(hidden_states, encoder_hidden_states) + residual` for a transformer block:
+    /// LayerNorm-ed `[N, L, C]` tokens (packed where [`Self::reads_packed`]), the add folded into
+    /// `to_out.0` where a fused kernel runs it.
+    pub fn forward_normed_residual(
         &self,
-        hidden_states: &Tensor,
+        hidden_states: &Normed,
         encoder_hidden_states: Option<&Tensor>,
         residual: &Tensor,
     ) -> Result<Tensor> {
-        if hidden_states.rank() == 3 && !self.residual_connection && self.rescale_output_factor == 1.0 {
-            return self.forward_with(hidden_states, encoder_hidden_states, Some(residual));
+        match hidden_states {
+            Normed::F32(tokens)
+                if tokens.rank() == 3 && !self.residual_connection && self.rescale_output_factor == 1.0 =>
+            {
+                self.forward_with(tokens, encoder_hidden_states, Some(residual))
+            }
+            Normed::F32(tokens) => Ok((self.forward(tokens, encoder_hidden_states)? + residual)?),
+            Normed::Packed { .. } => {
+                let query = self.to_q.forward_normed(hidden_states)?;
+                let (key, value) = match encoder_hidden_states {
+                    Some(context) => (self.to_k.forward(context)?, self.to_v.forward(context)?),
+                    None => (self.to_k.forward_normed(hidden_states)?, self.to_v.forward_normed(hidden_states)?),
+                };
+                Ok(self.to_out.forward_residual(&self.attend(query, key, value)?, residual)?)
+            }
         }
-        Ok((self.forward(hidden_states, encoder_hidden_states)? + residual)?)
     }
 
     /// [`Self::forward`], with `add` added to `to_out.0`'s output (before the spatial layout,
@@ -169,7 +194,6 @@ impl Attention {
             Some((n, c, h, w)) => hidden_states.reshape((n, c, h * w))?.transpose(1, 2)?,
             None => hidden_states.clone(),
         };
-        let (batch_size, _, _) = hidden_states.dims3()?;
         let hidden_states = match &self.group_norm {
             // GroupNorm normalises over channels in dim 1: [N, L, C] -> [N, C, L] and back.
             Some(norm) => norm.forward(&hidden_states.transpose(1, 2)?)?.transpose(1, 2)?,
@@ -183,20 +207,7 @@ impl Attention {
         let encoder_hidden_states = encoder_hidden_states.unwrap_or(&hidden_states);
         let key = self.to_k.forward(encoder_hidden_states)?;
         let value = self.to_v.forward(encoder_hidden_states)?;
-
-        let hidden_states = if self.upcast && value.dtype() != DType::F32 {
-            let (inner_dim, heads) = (key.dim(2)?, self.heads);
-            // [N, L, heads·d] -> [N, heads, L, d] and back.
-            let split =
-                |t: Tensor| t.reshape((batch_size, (), heads, inner_dim / heads))?.transpose(1, 2)?.contiguous();
-            let out = scaled_dot_product_attention(&split(query)?, &split(key)?, &split(value)?, self.scale, true)?;
-            out.transpose(1, 2)?.reshape((batch_size, (), inner_dim))?
-        } else if self.to_q.runs_bf16() && !self.upcast {
-            // bf16 projections: bf16 attention operands (an upcast model keeps f32 scores).
-            kairos_kernels::attention_heads_bf16(&query, &key, &value, self.heads, self.scale, false)?
-        } else {
-            kairos_kernels::attention_heads(&query, &key, &value, self.heads, self.scale)?
-        };
+        let hidden_states = self.attend(query, key, value)?;
         let hidden_states = match add {
             Some(add) => self.to_out.forward_residual(&hidden_states, add)?,
             None => self.to_out.forward(&hidden_states)?,
@@ -212,6 +223,25 @@ impl Attention {
             hidden_states
         } else {
             (hidden_states / self.rescale_output_factor)?
+        })
+    }
+
+    /// The attention of the projected `query`, `key`, `value` (`[N, L or S, heads·d]`), heads
+    /// back in place: `[N, L, heads·d]`.
+    fn attend(&self, query: Tensor, key: Tensor, value: Tensor) -> Result<Tensor> {
+        let batch_size = query.dim(0)?;
+        Ok(if self.upcast && value.dtype() != DType::F32 {
+            let (inner_dim, heads) = (key.dim(2)?, self.heads);
+            // [N, L, heads·d] -> [N, heads, L, d] and back.
+            let split =
+                |t: Tensor| t.reshape((batch_size, (), heads, inner_dim / heads))?.transpose(1, 2)?.contiguous();
+            let out = scaled_dot_product_attention(&split(query)?, &split(key)?, &split(value)?, self.scale, true)?;
+            out.transpose(1, 2)?.reshape((batch_size, (), inner_dim))?
+        } else if self.to_q.runs_bf16() && !self.upcast {
+            // bf16 projections: bf16 attention operands (an upcast model keeps f32 scores).
+            kairos_kernels::attention_heads_bf16(&query, &key, &value, self.heads, self.scale, false)?
+        } else {
+            kairos_kernels::attention_heads(&query, &key, &value, self.heads, self.scale)?
         })
     }
 }
