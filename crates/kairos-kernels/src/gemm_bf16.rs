@@ -706,7 +706,7 @@ pub(crate) unsafe fn amx_block(
     let operands = amx::Operands { a, a_stride, b: b.data[panel * panel_len..].as_ptr() };
     let tile = Tile { c: out.0.as_mut_ptr(), ldc: NR, rows: 32, cols: NR, alpha: 1.0, overwrite: true };
     // SAFETY: the caller's contract; out is a whole aligned 32×32 block.
-    unsafe { amx::block_kernel(operands, steps, tile) }
+    unsafe { amx::block_kernel(operands, steps, tile, true) }
 }
 
 /// Rows and columns of `C` one call computes, and the element `origin` that `out` points at.
@@ -1072,7 +1072,7 @@ mod amx {
             Operands { a: [a.as_ptr(), a.as_ptr().wrapping_add(row_blocks)], a_stride: BLOCK * 4, b: b.as_ptr() };
         let steps = (0..kc).step_by(PAIR_ALIGN).map(|s| (s * BLOCK * 4, s * NR * 4));
         // SAFETY: every step's tiles lie inside a and b (asserted above); the caller's contract.
-        unsafe { block_kernel(operands, steps, tile) }
+        unsafe { block_kernel(operands, steps, tile, false) }
     }
 
     /// Where [`block_kernel`] reads: the first row of each 16-row `A` tile (`a_stride` bytes
@@ -1090,8 +1090,15 @@ mod amx {
     ///
     /// # Safety
     /// [`enabled`] returned true; every step's tiles are readable; `tile` describes writable
-    /// memory of `C`.
-    pub(crate) unsafe fn block_kernel(operands: Operands, steps: impl Iterator<Item = (usize, usize)>, tile: Tile) {
+    /// memory of `C`; with `prefetch`, so is every step's `B` tiles' memory (they are prefetched
+    /// one step ahead).
+    #[inline(always)]
+    pub(crate) unsafe fn block_kernel(
+        operands: Operands,
+        steps: impl Iterator<Item = (usize, usize)>,
+        tile: Tile,
+        prefetch: bool,
+    ) {
         if !CONFIGURED.get() {
             // SAFETY: CONFIG is a valid palette-1 configuration; AMX is enabled (caller).
             unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
@@ -1130,14 +1137,15 @@ mod amx {
             // not renamed, so a load waits for the products still reading its register, and
             // four loads ahead of four products serialised every step's load latency with its
             // compute (interleaved: 3×3 convolutions and 4096² 12–20 % faster, bf16_shapes).
-            // The next step's `B` tiles are prefetched into L1: with no tile register free to
-            // load ahead, a `B` load has one product's time (16 cycles) before the product that
-            // reads it, and the direct convolution's weight panels stream from L2 (3×3
-            // convolutions 640@32² and 1280@8² 15–27 % faster, examples/conv_bf16; the same for
-            // `A` gained nothing, the packed GEMM is unchanged within noise).
+            // With `prefetch`, the next step's `B` tiles are prefetched into L1: with no tile
+            // register free to load ahead, a `B` load has one product's time (16 cycles) before
+            // the product that reads it, and the direct convolution's weight panels, read
+            // across the taps, stream from L2 (3×3 convolutions 640@32² and 1280@8² 15–27 %
+            // faster, examples/conv_bf16; the same for `A` gained nothing). The packed GEMM's
+            // operands are read in order, and there it cost 3–15 % (bf16_shapes).
             let mut steps = steps.peekable();
             while let Some((a_offset, b_offset)) = steps.next() {
-                if let Some(&(_, b_next)) = steps.peek() {
+                if let Some(&(_, b_next)) = steps.peek().filter(|_| prefetch) {
                     for r in 0..16 {
                         _mm_prefetch::<_MM_HINT_T0>(b.add(b_next + r * b_stride).cast());
                         _mm_prefetch::<_MM_HINT_T0>(b.add(b_next + r * b_stride + 64).cast());
