@@ -9,7 +9,8 @@ use candle_core::{DType, Result, Shape, Tensor};
 use crate::attention::OutPtr;
 use crate::conv2d::{im2col_conv, Conv2dParams};
 use crate::conv_direct::{DirectConv, Source, Target};
-use crate::gemm_bf16::{self, MatRef, PackedA, PackedB};
+use crate::gemm_bf16::{self, MatRef, PackedA, PackedB, PackedWriter};
+use crate::nn::Tokens;
 use crate::op::{apply1, apply2, filled, uninit, F32Op1, F32Op2, Fill, Input};
 use crate::vecmath;
 use rayon::prelude::*;
@@ -104,11 +105,20 @@ impl F32Op1 for Geglu<'_> {
     const NAME: &'static str = "kairos-linear-geglu-bf16";
 
     fn run(&self, (x, layout): Input<'_>) -> Result<(Vec<f32>, Shape)> {
-        let k = self.0.weight.depth();
-        let a = MatRef::row_major(x, x.len() / k.max(1), k)
-            .ok_or_else(|| candle_core::Error::Msg(format!("{LINEAR}: input size")))?;
-        Ok((self.0.geglu_packed(&PackedA::new(a)), out_shape(layout.shape(), self.0.weight.cols() / 2)))
+        let (k, n) = (self.0.weight.depth(), self.0.weight.cols() / 2);
+        let m = x.len() / k.max(1);
+        let a = MatRef::row_major(x, m, k).ok_or_else(|| candle_core::Error::Msg(format!("{LINEAR}: input size")))?;
+        // SAFETY: the rows × value columns the blocks write tile the output.
+        let mut out = unsafe { uninit(m * n) };
+        self.0.geglu_into(&PackedA::new(a), GegluOut::F32(OutPtr(out.as_mut_ptr())));
+        Ok((out, out_shape(layout.shape(), n)))
     }
+}
+
+/// Where [`LinearBf16::geglu_into`] writes: `[M, n]` f32, or packed for the next bf16 layer.
+enum GegluOut<'a> {
+    F32(OutPtr),
+    Packed(PackedWriter<'a>),
 }
 
 /// `dims` with the last replaced by `n`.
@@ -121,13 +131,11 @@ fn out_shape(dims: &Shape, n: usize) -> Shape {
 }
 
 impl LinearBf16 {
-    /// The GEGLU-gated output (see [`Self::forward_geglu`]) of the packed input `a`, `[M, n]`.
-    fn geglu_packed(&self, a: &PackedA) -> Vec<f32> {
+    /// The GEGLU-gated output (see [`Self::forward_geglu`]) of the packed input `a`, `[M, n]`,
+    /// into `out`: every row × value column, each block by one job.
+    fn geglu_into(&self, a: &PackedA, out: GegluOut<'_>) {
         let layer = self;
         let (m, n) = (a.rows(), layer.weight.cols() / 2);
-        // SAFETY: the blocks below tile the output (rows × value columns) and each writes its own.
-        let mut out = unsafe { uninit(m * n) };
-        let out_ptr = OutPtr(out.as_mut_ptr());
         let (row_blocks, col_blocks) = (m.div_ceil(GEGLU_ROWS), n / GEGLU_COLS);
         (0..row_blocks * col_blocks).into_par_iter().for_each(|job| {
             let (r0, c0) = (job / col_blocks * GEGLU_ROWS, job % col_blocks * GEGLU_COLS);
@@ -158,14 +166,19 @@ impl LinearBf16 {
                     true,
                 );
                 for (i, row) in buf.chunks(ld).take(rows).enumerate() {
-                    // SAFETY: row r0 + i, columns c0..c0 + GEGLU_COLS of the output: inside it,
-                    // and this job's alone.
-                    let dst = unsafe { out_ptr.slice((r0 + i) * n + c0, GEGLU_COLS) };
-                    vecmath::geglu(row, dst);
+                    // SAFETY (both): row r0 + i, columns c0..c0 + GEGLU_COLS of the output: inside
+                    // it, and this job's alone (the caller sized it `[M, n]`, whole chunks).
+                    match &out {
+                        GegluOut::F32(ptr) => vecmath::geglu(row, unsafe { ptr.slice((r0 + i) * n + c0, GEGLU_COLS) }),
+                        GegluOut::Packed(writer) => {
+                            let mut gated = [0f32; GEGLU_COLS];
+                            vecmath::geglu(row, &mut gated);
+                            unsafe { writer.write(r0 + i, c0 / 2, &gated) };
+                        }
+                    }
                 }
             });
         });
-        out
     }
 }
 
@@ -205,14 +218,34 @@ impl LinearBf16 {
         Tensor::from_vec(self.run_packed(a, None), out_shape(dims, self.weight.cols()), &candle_core::Device::Cpu)
     }
 
-    /// [`Self::forward_geglu`] on tokens a LayerNorm packed; `None` where that returns `None`.
-    pub fn forward_geglu_packed(&self, a: &PackedA, dims: &Shape) -> Result<Option<Tensor>> {
+    /// [`Self::forward_geglu`] on packed tokens (`dims` `[.., k]`), its output f32 or, with
+    /// `pack`, packed for the next bf16 layer (a feed-forward's `net.2`: the 4×-wide gated
+    /// tokens are never written out in f32); `None` where `forward_geglu` returns `None`.
+    pub fn forward_geglu_packed(&self, a: &PackedA, dims: &Shape, pack: bool) -> Result<Option<Tokens>> {
         self.check_packed(a)?;
         if !self.geglu_whole_blocks() {
             return Ok(None);
         }
-        Tensor::from_vec(self.geglu_packed(a), out_shape(dims, self.weight.cols() / 2), &candle_core::Device::Cpu)
-            .map(Some)
+        let (m, n) = (a.rows(), self.weight.cols() / 2);
+        let dims = out_shape(dims, n);
+        if pack {
+            let mut packed = PackedA::for_writer(m, n);
+            self.geglu_into(a, GegluOut::Packed(packed.writer()));
+            return Ok(Some(Tokens::Packed { packed, dims }));
+        }
+        // SAFETY: the rows × value columns the blocks write tile the output.
+        let mut out = unsafe { uninit(m * n) };
+        self.geglu_into(a, GegluOut::F32(OutPtr(out.as_mut_ptr())));
+        Ok(Some(Tokens::F32(Tensor::from_vec(out, dims, &candle_core::Device::Cpu)?)))
+    }
+
+    /// [`Self::forward_residual`] on packed tokens (`dims` `[.., k]`; `residual` of the output's
+    /// shape, checked by the caller).
+    pub fn forward_residual_packed(&self, a: &PackedA, dims: &Shape, residual: &Tensor) -> Result<Tensor> {
+        self.check_packed(a)?;
+        let residual = f32_contiguous(residual)?;
+        let out = crate::op::read_f32(LINEAR, &residual, |r| Ok(self.run_packed(a, Some(r))))?;
+        Tensor::from_vec(out, out_shape(dims, self.weight.cols()), &candle_core::Device::Cpu)
     }
 
     fn check_packed(&self, a: &PackedA) -> Result<()> {

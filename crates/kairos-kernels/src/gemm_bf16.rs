@@ -326,6 +326,28 @@ impl PackedA {
         packed
     }
 
+    /// An `m × k` matrix (`k` a multiple of 32: whole chunks of 16 pairs) whose rows the caller
+    /// writes through [`PackedA::writer`], from several threads; the padding rows are zeros.
+    pub(crate) fn for_writer(m: usize, k: usize) -> Self {
+        assert!(k.is_multiple_of(2 * BLOCK), "bf16 PackedA::for_writer: depth {k} not in whole chunks");
+        let mut packed = Self::default();
+        // SAFETY: the padding rows are zeroed here; the writer's users write every other row
+        // whole (`PackedWriter::write`'s contract).
+        for (rb, blocks) in unsafe { packed.resize_uninit(m, k) } {
+            if (rb + 1) * BLOCK > m {
+                for r in m.saturating_sub(rb * BLOCK)..BLOCK {
+                    PairRow { blocks: &mut *blocks, r }.fill(&[]);
+                }
+            }
+        }
+        packed
+    }
+
+    /// Writes rows of a matrix made by [`PackedA::for_writer`].
+    pub(crate) fn writer(&mut self) -> PackedWriter<'_> {
+        PackedWriter { data: self.data.as_mut_ptr(), pairs: self.pairs, _packed: std::marker::PhantomData }
+    }
+
     /// Sizes the buffer for `m × k` without initialising it, and returns its 16-row blocks.
     ///
     /// # Safety
@@ -362,6 +384,34 @@ fn rows_block(rb: usize, blocks: &mut [u32], m: usize, row: &mut impl FnMut(usiz
             row(rb * BLOCK + r, dst);
         } else {
             dst.fill(&[]);
+        }
+    }
+}
+
+/// Writes chunks of rows of a [`PackedA`] from several threads ([`PackedA::for_writer`]).
+pub(crate) struct PackedWriter<'a> {
+    data: *mut u32,
+    pairs: usize,
+    _packed: std::marker::PhantomData<&'a mut PackedA>,
+}
+
+// SAFETY: the writers' callers write disjoint chunks (`write`'s contract).
+unsafe impl Sync for PackedWriter<'_> {}
+
+impl PackedWriter<'_> {
+    /// Writes `values` (a multiple of 32: whole chunks of 16 pairs), rounded to bf16, into row
+    /// `i` from pair `p0` (a multiple of 16).
+    ///
+    /// # Safety
+    /// Row `i` and pairs `p0..p0 + values.len() / 2` lie inside the matrix, and no one else reads
+    /// or writes them during the call; the matrix is read only after every row is written.
+    pub(crate) unsafe fn write(&self, i: usize, p0: usize, values: &[f32]) {
+        debug_assert!(p0.is_multiple_of(BLOCK) && values.len().is_multiple_of(2 * BLOCK));
+        for (c, chunk) in values.chunks_exact(2 * BLOCK).enumerate() {
+            let p = p0 + BLOCK * c;
+            let at = (i / BLOCK) * BLOCK * self.pairs + (p / BLOCK) * BLOCK * BLOCK + (i % BLOCK) * BLOCK;
+            // SAFETY: inside the matrix, this caller's alone (the contract).
+            f32::pairs_of(chunk, unsafe { std::slice::from_raw_parts_mut(self.data.add(at), BLOCK) });
         }
     }
 }

@@ -283,24 +283,52 @@ impl Linear {
         self.forward(xs)? + residual
     }
 
-    /// The layer on a LayerNorm's output: packed tokens go straight to the bf16 GEMM.
-    pub fn forward_normed(&self, xs: &Normed) -> Result<Tensor> {
-        match (xs, &self.bf16) {
-            (Normed::F32(xs), _) => self.forward(xs),
-            (Normed::Packed { packed, dims }, Some(bf16)) => bf16.forward_packed(packed, dims),
-            (Normed::Packed { .. }, None) => candle_core::bail!("kairos Linear: packed bf16 tokens for an f32 layer"),
+    /// The layer on [`Tokens`]: packed tokens go straight to the bf16 GEMM.
+    pub fn forward_from(&self, xs: &Tokens) -> Result<Tensor> {
+        match xs {
+            Tokens::F32(xs) => self.forward(xs),
+            Tokens::Packed { packed, dims } => self.packed_layer()?.forward_packed(packed, dims),
         }
     }
 
-    /// [`Self::forward_geglu`] on a LayerNorm's output.
-    pub fn forward_geglu_normed(&self, xs: &Normed) -> Result<Tensor> {
-        match (xs, &self.bf16) {
-            (Normed::F32(xs), _) => self.forward_geglu(xs),
-            (Normed::Packed { packed, dims }, Some(bf16)) => match bf16.forward_geglu_packed(packed, dims)? {
-                Some(out) => Ok(out),
-                None => crate::geglu(&bf16.forward_packed(packed, dims)?),
-            },
-            (Normed::Packed { .. }, None) => candle_core::bail!("kairos Linear: packed bf16 tokens for an f32 layer"),
+    /// [`Self::forward_geglu`] on [`Tokens`], its output packed with `pack` (for a bf16 layer
+    /// after it) where the layer runs the blocked bf16 kernel, else f32.
+    pub fn forward_geglu_from(&self, xs: &Tokens, pack: bool) -> Result<Tokens> {
+        match xs {
+            Tokens::F32(xs) => Ok(Tokens::F32(self.forward_geglu(xs)?)),
+            Tokens::Packed { packed, dims } => {
+                let bf16 = self.packed_layer()?;
+                match bf16.forward_geglu_packed(packed, dims, pack)? {
+                    Some(out) => Ok(out),
+                    None => Ok(Tokens::F32(crate::geglu(&bf16.forward_packed(packed, dims)?)?)),
+                }
+            }
+        }
+    }
+
+    /// [`Self::forward_residual`] on [`Tokens`].
+    pub fn forward_residual_from(&self, xs: &Tokens, residual: &Tensor) -> Result<Tensor> {
+        match xs {
+            Tokens::F32(xs) => self.forward_residual(xs, residual),
+            Tokens::Packed { packed, dims } => {
+                let (lead, _) = dims.dims().split_at(dims.rank().saturating_sub(1));
+                let out_features = self.inner.weight().dim(0)?;
+                if residual.dims().split_last() != Some((&out_features, lead)) {
+                    candle_core::bail!(
+                        "kairos Linear: residual {:?} for an output of {lead:?} × {out_features}",
+                        residual.dims()
+                    );
+                }
+                self.packed_layer()?.forward_residual_packed(packed, dims, residual)
+            }
+        }
+    }
+
+    /// The bf16 layer that packed tokens need.
+    fn packed_layer(&self) -> Result<&LinearBf16> {
+        match &self.bf16 {
+            Some(bf16) => Ok(bf16),
+            None => candle_core::bail!("kairos Linear: tokens packed for bf16 given to an f32 layer"),
         }
     }
 
@@ -353,22 +381,24 @@ impl LayerNorm {
     /// the bf16 GEMM, [`Linear::runs_bf16`]) and f32 CPU tokens on a CPU with AVX512-BF16,
     /// normalised straight into the GEMM's packed operand; otherwise [`Module::forward`]'s f32
     /// tokens. The values the layers see are the same either way.
-    pub fn forward_normed(&self, xs: &Tensor, pack: bool) -> Result<Normed> {
+    pub fn forward_normed(&self, xs: &Tensor, pack: bool) -> Result<Tokens> {
         if pack && crate::gemm_bf16::available() && crate::kernel_applies([xs, &self.weight, &self.bias]) {
             let packed = crate::layer_norm::layer_norm_packed(xs, &self.weight, &self.bias, self.eps)?;
-            return Ok(Normed::Packed { packed, dims: xs.shape().clone() });
+            return Ok(Tokens::Packed { packed, dims: xs.shape().clone() });
         }
-        Ok(Normed::F32(self.forward(xs)?))
+        Ok(Tokens::F32(self.forward(xs)?))
     }
 }
 
-/// A LayerNorm's output ([`LayerNorm::forward_normed`]) as the linear layers after it read it.
+/// Tokens `[.., D]` as the linear layers that read them take them: f32, or packed for the bf16
+/// GEMM by the layer that computed them (a LayerNorm, [`LayerNorm::forward_normed`]; a GEGLU,
+/// [`Linear::forward_geglu_from`]), so that they are never written out in f32 and are packed
+/// once for every projection that reads them (a self-attention's q, k and v).
 #[derive(Debug, Clone)]
-pub enum Normed {
-    /// f32 tokens `[.., D]`.
+pub enum Tokens {
+    /// f32 tokens.
     F32(Tensor),
-    /// The tokens `dims` (`[.., D]`) packed for the bf16 GEMM, one row per token: not written out
-    /// in f32, and packed once for every projection that reads them (a self-attention's q, k, v).
+    /// The tokens `dims` packed for the bf16 GEMM, one row per token.
     Packed { packed: PackedA, dims: candle_core::Shape },
 }
 

@@ -323,16 +323,17 @@ fn attention_bf16_matches_f64_on_rounded_values() {
     }
 }
 
-/// A LayerNorm's tokens packed straight for bf16 layers ([`LayerNorm::forward_normed`]) give the
-/// same outputs, bit for bit, as the f32 tokens packed by the layers: the same normalised values
-/// rounded the same way. 2 × 50 tokens of 70 channels (neither a multiple of the packing's 16
-/// rows or 32 values) and of 64; a linear, a GEGLU (blocked: 2 × 64 columns) and an f32 layer,
-/// which gets f32 tokens.
+/// A LayerNorm's tokens packed straight for bf16 layers (`LayerNorm::forward_normed`), and a
+/// GEGLU's gated tokens packed for the layer after it, give the same outputs, bit for bit, as f32
+/// tokens packed by the layers: the same values rounded the same way. 2 × 50 tokens of 70
+/// channels (neither a multiple of the packing's 16 rows or 32 values) and of 64; a linear, a
+/// GEGLU (blocked: 2 × 64 columns) with a linear plus residual after it, and an f32 layer, which
+/// gets f32 tokens.
 #[test]
 fn layer_norm_packed_for_bf16_layers_matches_f32_tokens() {
     use candle_core::{DType, Device, Module, Tensor};
     use candle_nn::VarBuilder;
-    use kairos_kernels::nn::{layer_norm, Linear, Normed};
+    use kairos_kernels::nn::{layer_norm, Linear, Tokens};
     let t = |seed: u64, shape: &[usize]| {
         Tensor::from_vec(randn(seed, shape.iter().product()), shape, &Device::Cpu).unwrap()
     };
@@ -356,24 +357,38 @@ fn layer_norm_packed_for_bf16_layers_matches_f32_tokens() {
         let packed = norm.forward_normed(&x, true).unwrap();
         let tokens = norm.forward(&x).unwrap();
         if kairos_kernels::gemm_bf16::available() {
-            assert!(matches!(packed, Normed::Packed { .. }), "AVX512-BF16 here: the tokens are packed");
+            assert!(matches!(packed, Tokens::Packed { .. }), "AVX512-BF16 here: the tokens are packed");
         }
         let bits = |t: Tensor| {
             t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>()
         };
         assert_eq!(
-            bits(linear.forward_normed(&packed).unwrap()),
+            bits(linear.forward_from(&packed).unwrap()),
             bits(linear.forward(&tokens).unwrap()),
             "linear, d = {d}"
         );
+        let gated = geglu.forward_geglu(&tokens).unwrap();
+        let Tokens::F32(got) = geglu.forward_geglu_from(&packed, false).unwrap() else { panic!("f32 asked for") };
+        assert_eq!(bits(got), bits(gated.clone()), "geglu, d = {d}");
+        // The gated tokens packed for the next bf16 layer, with a residual.
+        let next = Linear::new(
+            t(68, &[24, 64]).to_dtype(DType::BF16).unwrap(),
+            Some(t(69, &[24]).to_dtype(DType::BF16).unwrap()),
+        )
+        .unwrap();
+        let residual = t(70, &[2, 50, 24]);
+        let gated_packed = geglu.forward_geglu_from(&packed, next.runs_bf16()).unwrap();
+        if kairos_kernels::gemm_bf16::available() {
+            assert!(matches!(gated_packed, Tokens::Packed { .. }), "AVX512-BF16 here: the gated tokens are packed");
+        }
         assert_eq!(
-            bits(geglu.forward_geglu_normed(&packed).unwrap()),
-            bits(geglu.forward_geglu(&tokens).unwrap()),
-            "geglu, d = {d}"
+            bits(next.forward_residual_from(&gated_packed, &residual).unwrap()),
+            bits(next.forward_residual(&gated, &residual).unwrap()),
+            "geglu packed for the next layer, d = {d}"
         );
         let f32_layer = Linear::new(t(67, &[45, d]), None).unwrap();
         let unpacked = norm.forward_normed(&x, f32_layer.runs_bf16()).unwrap();
-        assert!(matches!(unpacked, Normed::F32(_)));
-        assert_eq!(bits(f32_layer.forward_normed(&unpacked).unwrap()), bits(f32_layer.forward(&tokens).unwrap()));
+        assert!(matches!(unpacked, Tokens::F32(_)));
+        assert_eq!(bits(f32_layer.forward_from(&unpacked).unwrap()), bits(f32_layer.forward(&tokens).unwrap()));
     }
 }

@@ -6,7 +6,7 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use kairos_kernels::nn::{Linear, Normed};
+use kairos_kernels::nn::{Linear, Tokens};
 
 use crate::error::{ModelError, Result};
 
@@ -68,9 +68,10 @@ impl GEGLU {
         Ok(self.proj.forward_geglu(hidden_states)?)
     }
 
-    /// [`Self::forward`] on a LayerNorm's output, packed where [`Self::reads_packed`].
-    pub fn forward_normed(&self, hidden_states: &Normed) -> Result<Tensor> {
-        Ok(self.proj.forward_geglu_normed(hidden_states)?)
+    /// [`Self::forward`] on a LayerNorm's output (packed where [`Self::reads_packed`]), the result
+    /// packed with `pack` for a bf16 layer after it.
+    pub fn forward_from(&self, hidden_states: &Tokens, pack: bool) -> Result<Tokens> {
+        Ok(self.proj.forward_geglu_from(hidden_states, pack)?)
     }
 
     /// Whether the LayerNorm before should pack its tokens for `proj` (a bf16 GEMM).

@@ -9,7 +9,7 @@
 
 use candle_core::Tensor;
 use candle_nn::{LayerNormConfig, Module, VarBuilder};
-use kairos_kernels::nn::{LayerNorm, Linear, Normed};
+use kairos_kernels::nn::{LayerNorm, Linear, Tokens};
 
 use crate::activations::GEGLU;
 use crate::attention_processor::{Attention, AttentionConfig};
@@ -38,8 +38,10 @@ impl FeedForward {
 
     /// `forward(hidden_states) + residual` on a LayerNorm's output (packed where
     /// [`Self::reads_packed`]), the add folded into `net.2` where a fused kernel runs it.
-    pub fn forward_normed_residual(&self, hidden_states: &Normed, residual: &Tensor) -> Result<Tensor> {
-        Ok(self.proj_out.forward_residual(&self.geglu.forward_normed(hidden_states)?, residual)?)
+    pub fn forward_normed_residual(&self, hidden_states: &Tokens, residual: &Tensor) -> Result<Tensor> {
+        // A bf16 `net.2` reads the gated tokens packed as the GEGLU gates them.
+        let gated = self.geglu.forward_from(hidden_states, self.proj_out.runs_bf16())?;
+        Ok(self.proj_out.forward_residual_from(&gated, residual)?)
     }
 
     /// Whether the LayerNorm before should pack its tokens for `net.0` (a bf16 GEMM).

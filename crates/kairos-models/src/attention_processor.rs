@@ -16,7 +16,7 @@
 
 use candle_core::{DType, Tensor};
 use candle_nn::{Module, VarBuilder};
-use kairos_kernels::nn::{GroupNorm, Linear, Normed};
+use kairos_kernels::nn::{GroupNorm, Linear, Tokens};
 
 use crate::error::{ModelError, Result};
 
@@ -147,22 +147,22 @@ impl Attention {
     /// `to_out.0` where a fused kernel runs it.
     pub fn forward_normed_residual(
         &self,
-        hidden_states: &Normed,
+        hidden_states: &Tokens,
         encoder_hidden_states: Option<&Tensor>,
         residual: &Tensor,
     ) -> Result<Tensor> {
         match hidden_states {
-            Normed::F32(tokens)
+            Tokens::F32(tokens)
                 if tokens.rank() == 3 && !self.residual_connection && self.rescale_output_factor == 1.0 =>
             {
                 self.forward_with(tokens, encoder_hidden_states, Some(residual))
             }
-            Normed::F32(tokens) => Ok((self.forward(tokens, encoder_hidden_states)? + residual)?),
-            Normed::Packed { .. } => {
-                let query = self.to_q.forward_normed(hidden_states)?;
+            Tokens::F32(tokens) => Ok((self.forward(tokens, encoder_hidden_states)? + residual)?),
+            Tokens::Packed { .. } => {
+                let query = self.to_q.forward_from(hidden_states)?;
                 let (key, value) = match encoder_hidden_states {
                     Some(context) => (self.to_k.forward(context)?, self.to_v.forward(context)?),
-                    None => (self.to_k.forward_normed(hidden_states)?, self.to_v.forward_normed(hidden_states)?),
+                    None => (self.to_k.forward_from(hidden_states)?, self.to_v.forward_from(hidden_states)?),
                 };
                 Ok(self.to_out.forward_residual(&self.attend(query, key, value)?, residual)?)
             }
