@@ -274,13 +274,18 @@ impl Linear {
     /// bf16 GEMM's start where the layer runs it (a transformer block's output projections).
     pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         if let Some(bf16) = &self.bf16 {
-            let (out_features, in_features) = self.inner.weight().dims2()?;
-            let (lead, last) = xs.dims().split_at(xs.rank().saturating_sub(1));
-            if last == [in_features] && residual.dims().split_last() == Some((&out_features, lead)) {
+            if self.residual_fits(xs.dims(), residual)? {
                 return bf16.forward_residual(xs, residual);
             }
         }
         self.forward(xs)? + residual
+    }
+
+    /// Whether inputs of `dims` (`[.., in]`) give outputs of `residual`'s shape.
+    fn residual_fits(&self, dims: &[usize], residual: &Tensor) -> Result<bool> {
+        let (out_features, in_features) = self.inner.weight().dims2()?;
+        let (lead, last) = dims.split_at(dims.len().saturating_sub(1));
+        Ok(last == [in_features] && residual.dims().split_last() == Some((&out_features, lead)))
     }
 
     /// The layer on [`Tokens`]: packed tokens go straight to the bf16 GEMM.
@@ -311,13 +316,8 @@ impl Linear {
         match xs {
             Tokens::F32(xs) => self.forward_residual(xs, residual),
             Tokens::Packed { packed, dims } => {
-                let (lead, _) = dims.dims().split_at(dims.rank().saturating_sub(1));
-                let out_features = self.inner.weight().dim(0)?;
-                if residual.dims().split_last() != Some((&out_features, lead)) {
-                    candle_core::bail!(
-                        "kairos Linear: residual {:?} for an output of {lead:?} × {out_features}",
-                        residual.dims()
-                    );
+                if !self.residual_fits(dims.dims(), residual)? {
+                    candle_core::bail!("kairos Linear: residual {:?} for inputs {dims:?}", residual.dims());
                 }
                 self.packed_layer()?.forward_residual_packed(packed, dims, residual)
             }
