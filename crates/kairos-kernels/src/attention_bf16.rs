@@ -4,8 +4,8 @@
 //! normalisation stay f32. This is the precision PyTorch's and OpenVINO's bf16 attention run in;
 //! the layers of a bf16 model take it (see `kairos_kernels::nn`), f32 models keep the f32 kernel.
 //!
-//! Each job takes [`ROWS`] query rows of one head: their unscaled scores against all `S` keys
-//! (`ROWS × S` f32, 512 KiB at S = 4096: in L2), a softmax of each scaled row without the
+//! Each job takes [`ROWS`] query rows of one head (more for short key sequences): their unscaled
+//! scores against all `S` keys (at most [`SCORES`] f32, 512 KiB: in L2), a softmax of each scaled row without the
 //! division whose exponentials go straight into `p·v`'s packed bf16 operand (no f32 pass over
 //! them: SD1.5's 4096-token self-attention 15–25 % faster), then `p·v` and the division folded
 //! into the copy to the output. `kᵀ` and `v` are packed once per (sample, head).
