@@ -20,6 +20,7 @@
 //!   residual as they write.
 //! - [`activation`]: CLIP's quick GELU and exact GELU in one vectorised pass.
 //! - [`geglu`]: GEGLU's `value · gelu(gate)` in one pass, with a vectorised erf.
+//! - [`upsample_nearest2d`]: nearest-neighbour doubling of a map, in parallel.
 //! - [`gemm_bf16`]: a GEMM with bf16 inputs and f32 accumulation on AMX-BF16 or AVX512-BF16, used by
 //!   `Linear` and `Conv2d` layers whose weights are stored in bf16; on AMX, 3×3 (padding 1) and
 //!   1×1 stride-1 convolutions with input channels in multiples of 32 run its kernel on a padded
@@ -58,6 +59,7 @@ mod op;
 pub mod probe;
 mod projection;
 mod scratch;
+mod upsample;
 mod vecmath;
 mod winograd;
 
@@ -72,6 +74,7 @@ pub use group_norm::{group_norm, group_norm_plain};
 pub use layer_norm::{layer_norm, layer_norm_plain};
 pub use linear::{linear, linear_plain};
 pub use projection::{map_from_tokens, tokens_from_map};
+pub use upsample::{upsample_nearest2d, upsample_nearest2d_plain};
 pub use winograd::WinogradTile;
 
 /// `n` deterministic values in [-1, 1) from a xorshift stream of `seed`: the dtype probe's inputs

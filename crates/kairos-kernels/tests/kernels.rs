@@ -10,8 +10,8 @@ use candle_core::{DType, Device, Tensor};
 use kairos_kernels::{
     activation, activation_plain, attention, attention_heads, attention_heads_causal, attention_plain,
     attention_plain_causal, conv2d, conv2d_plain, conv2d_winograd, geglu, geglu_plain, group_norm, group_norm_plain,
-    layer_norm, layer_norm_plain, linear, linear_plain, map_from_tokens, tokens_from_map, Activation, Conv2dParams,
-    WinogradTile,
+    layer_norm, layer_norm_plain, linear, linear_plain, map_from_tokens, tokens_from_map, upsample_nearest2d,
+    upsample_nearest2d_plain, Activation, Conv2dParams, WinogradTile,
 };
 
 fn randn(seed: u64, shape: &[usize]) -> Tensor {
@@ -382,4 +382,23 @@ fn non_f32_falls_back_to_candle() {
     let map = map_from_tokens(&tokens, &f64(&randn(8, &[2, 2])), None, &f64(&residual)).unwrap();
     let want = map_from_tokens(&tokens.to_dtype(DType::F32).unwrap(), &randn(8, &[2, 2]), None, &residual).unwrap();
     assert!(max_abs_diff(&map.to_dtype(DType::F32).unwrap(), &want) < 1e-5);
+}
+
+/// Nearest doubling against candle's op, exactly: square, odd and one-pixel maps, a transposed
+/// (non-contiguous) input, and a non-doubling size (candle's path, the same call).
+#[test]
+fn upsample_nearest2d_matches_candle() {
+    let cases = [(2usize, 3usize, 8usize, 8usize), (1, 5, 7, 3), (2, 2, 1, 1)];
+    for (i, &(n, c, h, w)) in cases.iter().enumerate() {
+        let x = randn(90 + i as u64, &[n, c, h, w]);
+        for x in [x.clone(), x.transpose(2, 3).unwrap()] {
+            let (_, _, h, w) = x.dims4().unwrap();
+            for (oh, ow) in [(2 * h, 2 * w), (3 * h, 2 * w + 1)] {
+                let got = upsample_nearest2d(&x, oh, ow).unwrap();
+                let want = upsample_nearest2d_plain(&x, oh, ow).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                assert_eq!(max_abs_diff(&got, &want), 0.0, "case {i}, {h}×{w} → {oh}×{ow}");
+            }
+        }
+    }
 }

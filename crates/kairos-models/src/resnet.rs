@@ -279,7 +279,7 @@ impl Upsample2D {
     pub fn forward(&self, hidden_states: &Tensor, output_size: Option<(usize, usize)>) -> Result<Tensor> {
         let (_, _, h, w) = hidden_states.dims4()?;
         let (out_h, out_w) = output_size.unwrap_or((2 * h, 2 * w));
-        let hidden_states = hidden_states.upsample_nearest2d(out_h, out_w)?;
+        let hidden_states = kairos_kernels::upsample_nearest2d(hidden_states, out_h, out_w)?;
         Ok(match &self.conv {
             Some(conv) => conv.forward(&hidden_states)?,
             None => hidden_states,

@@ -229,7 +229,7 @@ impl Layer {
             Self::Act(act) => act.forward(x),
             Self::Upsample(f) => {
                 let (_, _, h, w) = x.dims4()?;
-                Ok(x.upsample_nearest2d(h * f, w * f)?)
+                Ok(kairos_kernels::upsample_nearest2d(x, h * f, w * f)?)
             }
         }
     }
