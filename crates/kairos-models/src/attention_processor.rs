@@ -11,7 +11,8 @@
 //!   projections put them (`[N, L, heads·d]`) instead of splitting them out into copies; only the
 //!   upcast of reduced-precision attention takes [`scaled_dot_product_attention`]. Around bf16
 //!   projections (a bf16 model on the CPU) it is [`kairos_kernels::attention_heads_bf16`], bf16
-//!   operands with f32 sums, unless the model upcasts its attention.
+//!   operands with f32 sums and an f32 softmax (so an upcast softmax, the VAE's, is honoured),
+//!   unless the model upcasts `q·kᵀ` (`upcast_attention`, SD2.1-v).
 //! - Dropout is omitted (inference only).
 
 use candle_core::{DType, Tensor};
@@ -80,6 +81,7 @@ pub struct Attention {
     heads: usize,
     scale: f64,
     upcast: bool,
+    upcast_attention: bool,
     residual_connection: bool,
     rescale_output_factor: f64,
 }
@@ -118,6 +120,7 @@ impl Attention {
             heads: config.heads,
             scale: (config.dim_head as f64).powf(-0.5),
             upcast: config.upcast_attention || config.upcast_softmax,
+            upcast_attention: config.upcast_attention,
             residual_connection: config.residual_connection,
             rescale_output_factor: config.rescale_output_factor,
         })
@@ -131,13 +134,11 @@ impl Attention {
 
     /// Whether the LayerNorm before this attention should pack its tokens for it
     /// ([`LayerNorm::forward_normed`](kairos_kernels::nn::LayerNorm::forward_normed)): its
-    /// projections run the bf16 GEMM on the tokens as they come (no input group norm), its
-    /// attention is bf16 (no upcast), and it has no residual connection or rescale of its own (a
-    /// transformer block's).
+    /// projections run the bf16 GEMM on the tokens as they come (no input group norm), and it
+    /// has no residual connection or rescale of its own (a transformer block's).
     pub fn reads_packed(&self) -> bool {
         self.to_q.runs_bf16()
             && self.group_norm.is_none()
-            && !self.upcast
             && !self.residual_connection
             && self.rescale_output_factor == 1.0
     }
@@ -237,8 +238,9 @@ impl Attention {
                 |t: Tensor| t.reshape((batch_size, (), heads, inner_dim / heads))?.transpose(1, 2)?.contiguous();
             let out = scaled_dot_product_attention(&split(query)?, &split(key)?, &split(value)?, self.scale, true)?;
             out.transpose(1, 2)?.reshape((batch_size, (), inner_dim))?
-        } else if self.to_q.runs_bf16() && !self.upcast {
-            // bf16 projections: bf16 attention operands (an upcast model keeps f32 scores).
+        } else if self.to_q.runs_bf16() && !self.upcast_attention {
+            // bf16 projections: bf16 attention operands. Its scores and softmax are f32, so an
+            // upcast softmax (the VAE's) takes it too; an upcast q·kᵀ (SD2.1-v) keeps f32.
             kairos_kernels::attention_heads_bf16(&query, &key, &value, self.heads, self.scale, false)?
         } else {
             kairos_kernels::attention_heads(&query, &key, &value, self.heads, self.scale)?
