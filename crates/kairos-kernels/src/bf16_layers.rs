@@ -106,12 +106,9 @@ impl F32Op1 for Geglu<'_> {
 
     fn run(&self, (x, layout): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let (k, n) = (self.0.weight.depth(), self.0.weight.cols() / 2);
-        let m = x.len() / k.max(1);
-        let a = MatRef::row_major(x, m, k).ok_or_else(|| candle_core::Error::Msg(format!("{LINEAR}: input size")))?;
-        // SAFETY: the rows × value columns the blocks write tile the output.
-        let mut out = unsafe { uninit(m * n) };
-        self.0.geglu_into(&PackedA::new(a), GegluOut::F32(OutPtr(out.as_mut_ptr())));
-        Ok((out, out_shape(layout.shape(), n)))
+        let a = MatRef::row_major(x, x.len() / k.max(1), k)
+            .ok_or_else(|| candle_core::Error::Msg(format!("{LINEAR}: input size")))?;
+        Ok((self.0.geglu_f32(&PackedA::new(a)), out_shape(layout.shape(), n)))
     }
 }
 
@@ -131,6 +128,14 @@ fn out_shape(dims: &Shape, n: usize) -> Shape {
 }
 
 impl LinearBf16 {
+    /// The GEGLU-gated output of the packed input `a` as f32 `[M, n]`.
+    fn geglu_f32(&self, a: &PackedA) -> Vec<f32> {
+        // SAFETY: the rows × value columns `geglu_into` writes tile the output.
+        let mut out = unsafe { uninit(a.rows() * (self.weight.cols() / 2)) };
+        self.geglu_into(a, GegluOut::F32(OutPtr(out.as_mut_ptr())));
+        out
+    }
+
     /// The GEGLU-gated output (see [`Self::forward_geglu`]) of the packed input `a`, `[M, n]`,
     /// into `out`: every row × value column, each block by one job.
     fn geglu_into(&self, a: &PackedA, out: GegluOut<'_>) {
@@ -154,9 +159,9 @@ impl LinearBf16 {
                     }
                 }
                 let ld = 2 * GEGLU_COLS;
-                gemm_bf16::gemm_block(&a, &layer.weight, r0..r0 + rows, c0..c0 + GEGLU_COLS, buf, ld, 1.0, true);
+                gemm_bf16::gemm_block(a, &layer.weight, r0..r0 + rows, c0..c0 + GEGLU_COLS, buf, ld, 1.0, true);
                 gemm_bf16::gemm_block(
-                    &a,
+                    a,
                     &layer.weight,
                     r0..r0 + rows,
                     n + c0..n + c0 + GEGLU_COLS,
@@ -233,10 +238,7 @@ impl LinearBf16 {
             self.geglu_into(a, GegluOut::Packed(packed.writer()));
             return Ok(Some(Tokens::Packed { packed, dims }));
         }
-        // SAFETY: the rows × value columns the blocks write tile the output.
-        let mut out = unsafe { uninit(m * n) };
-        self.geglu_into(a, GegluOut::F32(OutPtr(out.as_mut_ptr())));
-        Ok(Some(Tokens::F32(Tensor::from_vec(out, dims, &candle_core::Device::Cpu)?)))
+        Ok(Some(Tokens::F32(Tensor::from_vec(self.geglu_f32(a), dims, &candle_core::Device::Cpu)?)))
     }
 
     /// [`Self::forward_residual`] on packed tokens (`dims` `[.., k]`; `residual` of the output's

@@ -137,10 +137,13 @@ impl Attention {
     /// projections run the bf16 GEMM on the tokens as they come (no input group norm), and it
     /// has no residual connection or rescale of its own (a transformer block's).
     pub fn reads_packed(&self) -> bool {
-        self.to_q.runs_bf16()
-            && self.group_norm.is_none()
-            && !self.residual_connection
-            && self.rescale_output_factor == 1.0
+        self.to_q.runs_bf16() && self.group_norm.is_none() && self.output_as_is()
+    }
+
+    /// Whether `to_out.0`'s output is the result as it is: no residual connection or rescale of
+    /// the attention's own (a transformer block's), so a residual can be added in `to_out.0`.
+    fn output_as_is(&self) -> bool {
+        !self.residual_connection && self.rescale_output_factor == 1.0
     }
 
     /// `forward(hidden_states, encoder_hidden_states) + residual` for a transformer block:
@@ -153,9 +156,7 @@ impl Attention {
         residual: &Tensor,
     ) -> Result<Tensor> {
         match hidden_states {
-            Tokens::F32(tokens)
-                if tokens.rank() == 3 && !self.residual_connection && self.rescale_output_factor == 1.0 =>
-            {
+            Tokens::F32(tokens) if tokens.rank() == 3 && self.output_as_is() => {
                 self.forward_with(tokens, encoder_hidden_states, Some(residual))
             }
             Tokens::F32(tokens) => Ok((self.forward(tokens, encoder_hidden_states)? + residual)?),
