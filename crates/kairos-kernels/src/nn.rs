@@ -226,6 +226,18 @@ impl Linear {
         }
     }
 
+    /// [`Self::new`] for a layer whose inputs have few rows (a text encoder's, over a prompt's
+    /// 77 tokens): an f32 CPU weight is stored transposed ([`crate::linear::gemm_weight`]), which
+    /// made the f32 text encoder's GEMMs about 20 % faster, for a pass over the weight where the
+    /// layer is built (about 1.4 ns per element); on the many rows of a UNet's layers it gained
+    /// nothing.
+    pub fn new_few_rows(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        if packs(&weight) {
+            return Self::new(weight, bias);
+        }
+        Ok(Self { inner: candle_nn::Linear::new(crate::linear::gemm_weight(&weight)?, bias), bf16: None })
+    }
+
     /// The `[out, in]` weight and the bias in the dtype of `xs`, for the f32 kernels that fuse the
     /// layer with its neighbours; `None` for bf16-packed or converted weights.
     fn matrix(&self, xs: &Tensor) -> Option<(Tensor, Option<&Tensor>)> {
@@ -355,6 +367,13 @@ pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
     let weight = vb.get((out_dim, in_dim), "weight")?;
     let bias = vb.get(out_dim, "bias")?;
     Linear::new(weight, Some(bias))
+}
+
+/// [`linear`] for a layer whose inputs have few rows ([`Linear::new_few_rows`]).
+pub fn linear_few_rows(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let bias = vb.get(out_dim, "bias")?;
+    Linear::new_few_rows(weight, Some(bias))
 }
 
 /// `candle_nn::linear_no_bias` returning the kernel-backed layer.

@@ -8,30 +8,30 @@
 use candle_core::{Result, Shape, Tensor};
 
 use crate::error::KernelError;
-use crate::linear::linear_plain;
+use crate::linear::{linear_plain, WeightLayout};
 use crate::matmul::{self, Mat, MatMut, Threads};
 use crate::op::{apply3, filled, F32Op3, Fill, Input};
 
 const OP: &str = "kairos-projection";
 
-/// `[N, Ci, H, W]`, `[Co, Ci]`, `[Co]` → `[N, H·W, Co]`.
-struct TokensOp;
+/// `[N, Ci, H, W]`, `[Co, Ci]` (stored as the layout says), `[Co]` → `[N, H·W, Co]`.
+struct TokensOp(WeightLayout);
 
 impl F32Op3 for TokensOp {
     const NAME: &'static str = OP;
 
     fn run(&self, (x, l1): Input<'_>, (w, l2): Input<'_>, (bias, _l3): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let (n, ci, h, wd) = l1.shape().dims4()?;
-        let co = l2.dims()[0];
+        let (co, _) = self.0.out_in(l2.shape().dims2()?);
         let t = h * wd;
         let mut out = filled(n * t, co, |_| Fill::Copy(bias));
         for b in 0..n {
             // SAFETY: out's sample b is T×Co row-major; A (T×Ci) is sample b of x read
-            // transposed (element (t, c) at x[b·Ci·T + c·T + t]); B = Wᵀ (Ci×Co) is w (Co×Ci
-            // row-major) read transposed. Every index stays inside its sample / w.
+            // transposed (element (t, c) at x[b·Ci·T + c·T + t]); B = Wᵀ (Ci×Co) is read from w
+            // (Co·Ci elements in either layout). Every index stays inside its sample / w.
             unsafe {
                 let dst = MatMut::rows(&mut out[b * t * co..], co);
-                let (lhs, rhs) = (Mat::rows_t(&x[b * ci * t..], t), Mat::rows_t(w, ci));
+                let (lhs, rhs) = (Mat::rows_t(&x[b * ci * t..], t), self.0.wt(w, (co, ci)));
                 matmul::gemm(t, co, ci, dst, lhs, rhs, true, Threads::All);
             }
         }
@@ -39,10 +39,12 @@ impl F32Op3 for TokensOp {
     }
 }
 
-/// `[N, H·W, Ci]`, `[Co, Ci]`, residual `[N, Co, H, W]` (+ `bias`) → `[N, Co, H, W]`.
+/// `[N, H·W, Ci]`, `[Co, Ci]` (stored as `layout` says), residual `[N, Co, H, W]` (+ `bias`) →
+/// `[N, Co, H, W]`.
 struct MapOp {
     /// `[Co]` (zeros without a bias).
     bias: Vec<f32>,
+    layout: WeightLayout,
 }
 
 impl F32Op3 for MapOp {
@@ -50,15 +52,15 @@ impl F32Op3 for MapOp {
 
     fn run(&self, (x, l1): Input<'_>, (w, l2): Input<'_>, (residual, l3): Input<'_>) -> Result<(Vec<f32>, Shape)> {
         let (n, t, ci) = l1.shape().dims3()?;
-        let co = l2.dims()[0];
+        let (co, _) = self.layout.out_in(l2.shape().dims2()?);
         let mut out = filled(n * co, t, |i| Fill::Shifted(&residual[i * t..][..t], self.bias[i % co]));
         for b in 0..n {
-            // SAFETY: out's sample b is Co×T row-major; A = W (Co×Ci row-major); B (Ci×T) is
+            // SAFETY: out's sample b is Co×T row-major; A = W (Co·Ci elements in either layout); B (Ci×T) is
             // sample b of x (T×Ci row-major) read transposed (element (c, t) at
             // x[b·T·Ci + t·Ci + c]). Every index stays inside its sample / w.
             unsafe {
                 let dst = MatMut::rows(&mut out[b * co * t..], t);
-                let (lhs, rhs) = (Mat::rows(w, ci), Mat::rows_t(&x[b * t * ci..], ci));
+                let (lhs, rhs) = (self.layout.w(w, (co, ci)), Mat::rows_t(&x[b * t * ci..], ci));
                 matmul::gemm(co, t, ci, dst, lhs, rhs, true, Threads::All);
             }
         }
@@ -93,7 +95,8 @@ pub fn tokens_from_map(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Re
         Some(b) => b.contiguous()?,
         None => Tensor::zeros(co, x.dtype(), x.device())?,
     };
-    apply3(&x.contiguous()?, &weight.contiguous()?, &bias, TokensOp)
+    let (weight, layout) = WeightLayout::of(weight)?;
+    apply3(&x.contiguous()?, &weight, &bias, TokensOp(layout))
 }
 
 /// `proj_out` plus the residual: `tokens` `[N, H·W, Ci]`, `weight` `[Co, Ci]`, optional `bias`
@@ -119,5 +122,6 @@ pub fn map_from_tokens(tokens: &Tensor, weight: &Tensor, bias: Option<&Tensor>, 
         Some(b) => b.to_vec1::<f32>()?,
         None => vec![0.0; co],
     };
-    apply3(&tokens.contiguous()?, &weight.contiguous()?, &residual.contiguous()?, MapOp { bias })
+    let (weight, layout) = WeightLayout::of(weight)?;
+    apply3(&tokens.contiguous()?, &weight, &residual.contiguous()?, MapOp { bias, layout })
 }

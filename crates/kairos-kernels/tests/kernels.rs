@@ -6,7 +6,7 @@
 //! are 1e-5 absolute on O(1) outputs (about 100 ulp), well under any real discrepancy (a wrong
 //! index or missing term moves outputs by O(0.1)).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use kairos_kernels::{
     activation, activation_plain, attention, attention_heads, attention_heads_causal, attention_plain,
     attention_plain_causal, conv2d, conv2d_plain, conv2d_winograd, geglu, geglu_plain, group_norm, group_norm_plain,
@@ -321,6 +321,37 @@ fn linear_matches_candle() {
     );
     let err = linear(&randn(6, &[2, 4]), &w, None).unwrap_err().to_string();
     assert!(err.contains("[.., 5]"), "{err}");
+}
+
+/// A weight whose data is stored transposed (`[in, out]`, viewed as `[out, in]`), as
+/// `nn::Linear::new_few_rows` stores it, gives the same layer: through `linear`, the projections,
+/// and the layer itself (70×45 and 45×70: partial 32-blocks of the transposition).
+#[test]
+fn transposed_weights_give_the_same_layer() {
+    for (dout, din) in [(70usize, 45usize), (45, 70), (7, 5)] {
+        let w = randn(1, &[dout, din]);
+        let b = randn(2, &[dout]);
+        let wt = w.t().unwrap().contiguous().unwrap().t().unwrap();
+        assert!(!wt.is_contiguous());
+        let x = randn(3, &[2, 9, din]);
+        let want = linear_plain(&x, &w, Some(&b)).unwrap();
+        let err = max_abs_diff(&linear(&x, &wt, Some(&b)).unwrap(), &want);
+        assert!(err < 1e-5, "linear {dout}×{din}: {err}");
+        let layer = kairos_kernels::nn::Linear::new_few_rows(w.clone(), Some(b.clone())).unwrap();
+        let err = max_abs_diff(&layer.forward(&x).unwrap(), &want);
+        assert!(err < 1e-5, "new_few_rows {dout}×{din}: {err}");
+        let (n, h, wd) = (2, 3, 4);
+        let map = randn(4, &[n, din, h, wd]);
+        let err =
+            max_abs_diff(&tokens_from_map(&map, &wt, Some(&b)).unwrap(), &tokens_from_map(&map, &w, Some(&b)).unwrap());
+        assert!(err < 1e-5, "tokens_from_map {dout}×{din}: {err}");
+        let (tokens, residual) = (randn(5, &[n, h * wd, din]), randn(6, &[n, dout, h, wd]));
+        let err = max_abs_diff(
+            &map_from_tokens(&tokens, &wt, None, &residual).unwrap(),
+            &map_from_tokens(&tokens, &w, None, &residual).unwrap(),
+        );
+        assert!(err < 1e-5, "map_from_tokens {dout}×{din}: {err}");
+    }
 }
 
 #[test]

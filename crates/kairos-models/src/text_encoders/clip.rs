@@ -202,10 +202,10 @@ impl CLIPAttention {
         let embed_dim = config.hidden_size;
         let head_dim = embed_dim / config.num_attention_heads;
         Ok(Self {
-            k_proj: kairos_kernels::nn::linear(embed_dim, embed_dim, vb.pp("k_proj"))?,
-            v_proj: kairos_kernels::nn::linear(embed_dim, embed_dim, vb.pp("v_proj"))?,
-            q_proj: kairos_kernels::nn::linear(embed_dim, embed_dim, vb.pp("q_proj"))?,
-            out_proj: kairos_kernels::nn::linear(embed_dim, embed_dim, vb.pp("out_proj"))?,
+            k_proj: kairos_kernels::nn::linear_few_rows(embed_dim, embed_dim, vb.pp("k_proj"))?,
+            v_proj: kairos_kernels::nn::linear_few_rows(embed_dim, embed_dim, vb.pp("v_proj"))?,
+            q_proj: kairos_kernels::nn::linear_few_rows(embed_dim, embed_dim, vb.pp("q_proj"))?,
+            out_proj: kairos_kernels::nn::linear_few_rows(embed_dim, embed_dim, vb.pp("out_proj"))?,
             num_heads: config.num_attention_heads,
             scale: (head_dim as f64).powf(-0.5),
         })
@@ -241,8 +241,8 @@ impl CLIPMLP {
     pub fn new(vb: VarBuilder, config: &CLIPTextConfig) -> Result<Self> {
         Ok(Self {
             activation_fn: config.hidden_act,
-            fc1: kairos_kernels::nn::linear(config.hidden_size, config.intermediate_size, vb.pp("fc1"))?,
-            fc2: kairos_kernels::nn::linear(config.intermediate_size, config.hidden_size, vb.pp("fc2"))?,
+            fc1: kairos_kernels::nn::linear_few_rows(config.hidden_size, config.intermediate_size, vb.pp("fc1"))?,
+            fc2: kairos_kernels::nn::linear_few_rows(config.intermediate_size, config.hidden_size, vb.pp("fc2"))?,
         })
     }
 
