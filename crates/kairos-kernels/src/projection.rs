@@ -55,8 +55,8 @@ impl F32Op3 for MapOp {
         let (co, _) = self.layout.out_in(l2.shape().dims2()?);
         let mut out = filled(n * co, t, |i| Fill::Shifted(&residual[i * t..][..t], self.bias[i % co]));
         for b in 0..n {
-            // SAFETY: out's sample b is Co×T row-major; A = W (Co·Ci elements in either layout); B (Ci×T) is
-            // sample b of x (T×Ci row-major) read transposed (element (c, t) at
+            // SAFETY: out's sample b is Co×T row-major; A = W (Co·Ci elements in either layout);
+            // B (Ci×T) is sample b of x (T×Ci row-major) read transposed (element (c, t) at
             // x[b·T·Ci + t·Ci + c]). Every index stays inside its sample / w.
             unsafe {
                 let dst = MatMut::rows(&mut out[b * co * t..], t);
