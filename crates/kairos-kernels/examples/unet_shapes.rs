@@ -46,11 +46,17 @@ fn main() -> Result<()> {
         (256, 1280, 10240),
         (256, 5120, 1280),
         (256, 1280, 1280),
+        (77, 768, 3072),
     ] {
         let x = Tensor::randn(0f32, 1., (2, tokens, din), &dev)?;
         let w = (Tensor::randn(0f32, 1., (dout, din), &dev)? * 0.02)?;
-        let lin = kairos_kernels::nn::Linear::new(w, Some(Tensor::zeros(dout, candle_core::DType::F32, &dev)?))?;
-        bench(&format!("linear {din}->{dout} {tokens}"), 2.0 * (2 * tokens * din * dout) as f64, || lin.forward(&x))?;
+        let b = Tensor::zeros(dout, candle_core::DType::F32, &dev)?;
+        let flops = 2.0 * (2 * tokens * din * dout) as f64;
+        let lin = kairos_kernels::nn::Linear::new(w.clone(), Some(b.clone()))?;
+        bench(&format!("linear {din}->{dout} {tokens}"), flops, || lin.forward(&x))?;
+        // The weight stored transposed, as a text encoder's layers keep it.
+        let lin = kairos_kernels::nn::Linear::new_few_rows(w, Some(b))?;
+        bench(&format!("linear {din}->{dout} {tokens} wT"), flops, || lin.forward(&x))?;
     }
     for (tokens, inner) in [(4096, 1280), (1024, 2560), (256, 5120)] {
         let x = Tensor::randn(0f32, 1., (2, tokens, 2 * inner), &dev)?;
