@@ -232,10 +232,8 @@ impl Linear {
     /// layer is built (about 1.4 ns per element); on the many rows of a UNet's layers it gained
     /// nothing.
     pub fn new_few_rows(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        if packs(&weight) {
-            return Self::new(weight, bias);
-        }
-        Ok(Self { inner: candle_nn::Linear::new(crate::linear::gemm_weight(&weight)?, bias), bf16: None })
+        // Only f32 weights are transposed, and only bf16 ones are packed: the two never meet.
+        Self::new(crate::linear::gemm_weight(&weight)?, bias)
     }
 
     /// The `[out, in]` weight and the bias in the dtype of `xs`, for the f32 kernels that fuse the
